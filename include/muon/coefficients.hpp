@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file coefficients.hpp
+/// \brief Newton–Schulz polynomial schedules as data.
+///
+/// Every step maps each singular value s (after normalization) to
+/// p(s) = a s + b s^3 + c s^5. A schedule is a list of per-step (a, b, c);
+/// steps past the end of the list repeat its last row. A schedule may also
+/// recommend an input divisor (Polar Express normalizes by 1.01 ||X||_F).
+
+#include <cmath>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "error.hpp"
+
+namespace muon {
+
+/// Coefficients of one odd quintic step p(s) = a s + b s^3 + c s^5.
+struct Coefficients {
+  double a = 0, b = 0, c = 0;
+  /// p(s), evaluated in double (for references and tests).
+  double operator()(double s) const { return s * (a + s * s * (b + c * s * s)); }
+};
+
+/// A named, immutable list of per-step coefficients. Copies share the data,
+/// so copying a schedule (or options holding one) never allocates; the
+/// built-in schedules are created once per process.
+class Schedule {
+ public:
+  /// Jordan's quintic, the default of reference Muon and torch.optim.Muon.
+  Schedule() : Schedule(jordan()) {}
+
+  /// A user schedule. Throws muon::Error when `rows` is empty, a coefficient is
+  /// not finite, or `norm_divisor` is not a finite value >= 1e-3.
+  explicit Schedule(std::vector<Coefficients> rows, double norm_divisor = 1.0,
+                    std::string name = "custom")
+      : data_(std::make_shared<const Data>(Data{std::move(rows), norm_divisor, std::move(name)})) {
+    detail::require(!data_->rows.empty(), "schedule", "needs at least one (a, b, c) row");
+    for (const auto& r : data_->rows)
+      detail::require(finite(r.a) && finite(r.b) && finite(r.c), "schedule",
+                      "coefficients must be finite");
+    detail::require(finite(norm_divisor) && norm_divisor >= 1e-3, "schedule.norm_divisor",
+                    "must be finite and >= 1e-3");
+  }
+
+  /// Keller Jordan's quintic (3.4445, -4.7750, 2.0315) every step. It does
+  /// not converge to 1: it drives s into about [0.68, 1.13] in 5 steps.
+  static Schedule jordan() {
+    static const Schedule s({{3.4445, -4.7750, 2.0315}}, 1.0, "jordan");
+    return s;
+  }
+
+  /// Classic Newton–Schulz cubic (1.5, -0.5, 0): converges to 1, slowly from small s.
+  static Schedule cubic() {
+    static const Schedule s({{1.5, -0.5, 0.0}}, 1.0, "cubic");
+    return s;
+  }
+
+  /// Classic quintic (15/8, -10/8, 3/8): converges to 1, slowly from small s.
+  static Schedule quintic() {
+    static const Schedule s({{1.875, -1.25, 0.375}}, 1.0, "quintic");
+    return s;
+  }
+
+  /// Polar Express, degree 5 (Amsel, Persson, Musco, Gower 2025, arXiv
+  /// 2505.16932), with the paper's safety factor 1.01: every row but the last
+  /// is scaled to (a/1.01, b/1.01^3, c/1.01^5) and the input is normalized by
+  /// 1.01 ||X||_F. With that, s in [1e-3, 1] lands in about [0.84, 1.12] after
+  /// 5 steps and within 1e-2 of 1 after 6.
+  static Schedule polar_express() {
+    static const Schedule s = make_polar_express();
+    return s;
+  }
+
+  /// Looks a built-in schedule up by name: "jordan", "cubic", "quintic",
+  /// "polar_express". Throws muon::Error for any other name.
+  static Schedule by_name(const std::string& name) {
+    if (name == "jordan") return jordan();
+    if (name == "cubic") return cubic();
+    if (name == "quintic") return quintic();
+    if (name == "polar_express") return polar_express();
+    throw Error("schedule: unknown name '" + name +
+                "' (expected jordan, cubic, quintic or polar_express)");
+  }
+
+  /// Coefficients of step `k` (0-based); steps past the list repeat the last row.
+  const Coefficients& at(std::size_t k) const {
+    const auto& r = data_->rows;
+    return r[k < r.size() ? k : r.size() - 1];
+  }
+  const std::vector<Coefficients>& rows() const { return data_->rows; }
+  /// The divisor this schedule was designed for (1.01 for Polar Express, else 1).
+  double norm_divisor() const { return data_->norm_divisor; }
+  const std::string& name() const { return data_->name; }
+
+  /// p_{k-1}(...p_0(s)): where `steps` steps send a normalized singular value s.
+  double apply(double s, int steps) const {
+    for (int k = 0; k < steps; ++k) s = at(static_cast<std::size_t>(k))(s);
+    return s;
+  }
+
+ private:
+  struct Data {
+    std::vector<Coefficients> rows;
+    double norm_divisor;
+    std::string name;
+  };
+
+  static Schedule make_polar_express() {
+    std::vector<Coefficients> raw = {
+        {8.28721201814563, -23.595886519098837, 17.300387312530933},
+        {4.107059111542203, -2.9478499167379106, 0.5448431082926601},
+        {3.9486908534822946, -2.908902115962949, 0.5518191394370137},
+        {3.3184196573706015, -2.488488024314874, 0.51004894012372},
+        {2.300652019954817, -1.6689039845747493, 0.4188073119525673},
+        {1.891301407787398, -1.2679958271945868, 0.37680408948524835},
+        {1.8750014808534479, -1.2500016453999487, 0.3750001645474248},
+        {1.875, -1.25, 0.375}};
+    const double f = 1.01;
+    for (std::size_t i = 0; i + 1 < raw.size(); ++i) {
+      raw[i].a /= f;
+      raw[i].b /= f * f * f;
+      raw[i].c /= f * f * f * f * f;
+    }
+    return Schedule(std::move(raw), f, "polar_express");
+  }
+
+  static bool finite(double v) { return std::isfinite(v); }
+  std::shared_ptr<const Data> data_;
+};
+
+}  // namespace muon

@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file orthogonalize.hpp
+/// \brief The CPU entry points: orthogonalize Eigen matrices with Newton–Schulz.
+///
+///  - `orthogonalize(G[, options])`: returns O = NS(G), convenient, allocates.
+///  - `orthogonalize_into(G, out, workspace[, options])`: no heap allocation;
+///    `out` may be G itself (in place).
+///  - `orthogonalize_batch(...)`: a batch of same-shape matrices, one workspace.
+///
+/// Inputs are any Eigen expression (`Eigen::Map` over a framework's tensor
+/// included; a row-major map is simply the transpose and is handled as such).
+/// Every entry validates everything before writing anything: on a muon::Error
+/// the caller's data is untouched.
+
+#include <Eigen/Core>
+#include <vector>
+
+#include "backend/eigen.hpp"
+#include "error.hpp"
+#include "newton_schulz.hpp"
+#include "scalar.hpp"
+
+namespace muon {
+
+/// O = NS(G) written into `out` (same shape as G; may alias G), using the
+/// caller's workspace (shape G.rows() x G.cols()). Performs no heap allocation.
+/// Throws muon::Error for a wrong workspace or output shape, NaN/Inf in G, or
+/// invalid options; `out` is then unchanged.
+template <class T, class DerivedIn, class DerivedOut>
+void orthogonalize_into(const Eigen::MatrixBase<DerivedIn>& G,
+                        const Eigen::MatrixBase<DerivedOut>& out, Workspace<T>& workspace,
+                        const NewtonSchulzOptions& options) {
+  options.validate();
+  workspace.check_shape(G.rows(), G.cols(), "G");
+  workspace.check_shape(out.rows(), out.cols(), "out");
+  detail::require(workspace.load(G), "G", "contains NaN or Inf");
+  detail::newton_schulz_iterate(workspace, options);
+  workspace.store(out);
+}
+
+/// orthogonalize_into with default options (Jordan quintic, 5 steps).
+template <class T, class DerivedIn, class DerivedOut>
+void orthogonalize_into(const Eigen::MatrixBase<DerivedIn>& G,
+                        const Eigen::MatrixBase<DerivedOut>& out, Workspace<T>& workspace) {
+  static const NewtonSchulzOptions defaults;
+  orthogonalize_into(G, out, workspace, defaults);
+}
+
+/// Returns NS(G) as a new matrix of G's scalar. Throws muon::Error for an
+/// empty or non-finite G or invalid options.
+template <class Derived>
+Matrix<typename Derived::Scalar> orthogonalize(const Eigen::MatrixBase<Derived>& G,
+                                               const NewtonSchulzOptions& options = {}) {
+  using T = typename Derived::Scalar;
+  detail::require(G.rows() > 0 && G.cols() > 0, "G", "is empty");
+  Workspace<T> ws(G.rows(), G.cols());
+  Matrix<T> out(G.rows(), G.cols());
+  orthogonalize_into(G, out, ws, options);
+  return out;
+}
+
+/// Orthogonalizes `batch` same-shape column-major matrices stored `stride`
+/// elements apart (stride >= rows*cols; use rows*cols for a dense 3-D
+/// tensor). `out` may equal `in`. Every input is checked for NaN/Inf before
+/// any output is written. Performs no heap allocation.
+template <class T>
+void orthogonalize_batch(const T* in, T* out, Eigen::Index batch, Eigen::Index stride,
+                         Workspace<T>& workspace, const NewtonSchulzOptions& options) {
+  using ConstMap = Eigen::Map<const Matrix<T>>;
+  using MutMap = Eigen::Map<Matrix<T>>;
+  options.validate();
+  const Eigen::Index r = workspace.rows(), c = workspace.cols();
+  detail::require(batch >= 0, "batch", "must be >= 0");
+  detail::require(stride >= r * c, "stride", "must be >= rows*cols of the workspace");
+  detail::require(batch == 0 || (in != nullptr && out != nullptr), "in/out", "null pointer");
+  for (Eigen::Index i = 0; i < batch; ++i)
+    detail::require(ConstMap(in + i * stride, r, c).allFinite(), "in",
+                    "matrix " + std::to_string(i) + " of the batch contains NaN or Inf");
+  for (Eigen::Index i = 0; i < batch; ++i) {
+    workspace.load(ConstMap(in + i * stride, r, c));
+    detail::newton_schulz_iterate(workspace, options);
+    workspace.store(MutMap(out + i * stride, r, c));
+  }
+}
+
+/// A batch given as a list of same-shape matrices; returns their NS images.
+template <class T>
+std::vector<Matrix<T>> orthogonalize_batch(const std::vector<Matrix<T>>& Gs,
+                                           const NewtonSchulzOptions& options = {}) {
+  std::vector<Matrix<T>> out;
+  if (Gs.empty()) return out;
+  const Eigen::Index r = Gs.front().rows(), c = Gs.front().cols();
+  detail::require(r > 0 && c > 0, "Gs", "matrix 0 is empty");
+  for (std::size_t i = 0; i < Gs.size(); ++i) {
+    detail::require(Gs[i].rows() == r && Gs[i].cols() == c, "Gs",
+                    "matrix " + std::to_string(i) + " has a different shape than matrix 0");
+    detail::require(Gs[i].allFinite(), "Gs",
+                    "matrix " + std::to_string(i) + " contains NaN or Inf");
+  }
+  options.validate();
+  Workspace<T> ws(r, c);
+  out.reserve(Gs.size());
+  for (const auto& G : Gs) {
+    out.emplace_back(r, c);
+    orthogonalize_into(G, out.back(), ws, options);
+  }
+  return out;
+}
+
+}  // namespace muon

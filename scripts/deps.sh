@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs, from Debian, whatever the build needs and is missing.
+# Usage: scripts/deps.sh [extra-package ...]. Needs root (or sudo) only when
+# something is missing; runs `apt-get update` once, only then.
+set -euo pipefail
+
+packages=(cmake ninja-build g++ clang libeigen3-dev catch2 libbenchmark-dev zlib1g-dev "$@")
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

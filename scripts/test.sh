@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what is missing, then
+#   1. g++    Release, -Werror, tests/benchmarks/examples (+ CUDA code when nvcc is found)
+#   2. clang++ Release, -Werror, same targets
+#   3. AddressSanitizer + UndefinedBehaviorSanitizer build of the tests
+#   4. install to a prefix and build/run the consumer project against it
+#      (find_package) and against the source tree (add_subdirectory)
+# Environment: MUON_TEST_QUICK=1 runs stage 1 only; JOBS sets build parallelism.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+jobs=${JOBS:-$(nproc)}
+
+bash scripts/deps.sh
+
+stage() { echo; echo "=== $* ==="; }
+build_and_test() {  # dir, extra cmake args...
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMUON_WARNINGS_AS_ERRORS=ON "$@"
+  cmake --build "$dir" -j "$jobs"
+  ctest --test-dir "$dir" --output-on-failure -j "$jobs"
+}
+
+stage "g++: build and test"
+build_and_test build/gcc -DCMAKE_CXX_COMPILER=g++
+[[ ${MUON_TEST_QUICK:-0} == 1 ]] && exit 0
+
+stage "clang++: build and test"
+build_and_test build/clang -DCMAKE_CXX_COMPILER=clang++ -DMUON_ENABLE_CUDA=OFF
+
+stage "ASan + UBSan: build and test"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  build_and_test build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMUON_SANITIZE=ON \
+  -DMUON_BUILD_BENCHMARKS=OFF -DMUON_BUILD_EXAMPLES=OFF -DMUON_ENABLE_CUDA=OFF
+
+stage "package: install, then consume with find_package and add_subdirectory"
+prefix="$root/build/prefix"
+rm -rf "$prefix"
+cmake --install build/gcc --prefix "$prefix"
+cmake -S tests/consumer -B build/consumer-installed -G Ninja -DCMAKE_PREFIX_PATH="$prefix"
+cmake --build build/consumer-installed
+./build/consumer-installed/muon_consumer
+cmake -S tests/consumer -B build/consumer-subdir -G Ninja -DMUON_CONSUMER_SOURCE_DIR="$root"
+cmake --build build/consumer-subdir
+./build/consumer-subdir/muon_consumer
+
+echo
+echo "all stages passed"
