@@ -4,10 +4,14 @@
 /// \brief Umbrella header for the CPU API. Include this, not the internals.
 /// Never pulls in CUDA headers (the device backend is muon/cuda.hpp).
 
+#include "adamw.hpp"
 #include "coefficients.hpp"
 #include "error.hpp"
+#include "lr_schedule.hpp"
+#include "momentum.hpp"
 #include "newton_schulz.hpp"
 #include "orthogonalize.hpp"
 #include "reference.hpp"
 #include "scalar.hpp"
+#include "update.hpp"
 #include "version.hpp"
