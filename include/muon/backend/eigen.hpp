@@ -88,7 +88,10 @@ class Workspace {
   void normalize(double divisor, double eps, EpsMode mode) {
     // Accumulate in double: no overflow for any finite float input.
     const double norm = std::sqrt(X_.template cast<double>().squaredNorm());
-    X_ *= static_cast<S>(1.0 / detail::normalization_denominator(norm, divisor, eps, mode));
+    const double denominator = detail::normalization_denominator(norm, divisor, eps, mode);
+    // Divide in double: 1/denominator overflows a float compute scalar for a
+    // tiny eps with a zero or denormal X, and 0 * inf would be NaN.
+    X_ = (X_.template cast<double>() / denominator).template cast<S>();
   }
 
   void gram() {  // A = X X^T, lower triangle computed, then mirrored
