@@ -25,6 +25,8 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <type_traits>
+#include <utility>
 
 #include "coefficients.hpp"
 #include "error.hpp"
@@ -36,6 +38,17 @@ enum class EpsMode {
   add,  ///< X / (d ||X||_F + eps)  (reference Muon, Moonlight, Dion, Polar Express)
   max   ///< X / max(d ||X||_F, eps) (torch.optim.Muon)
 };
+
+/// Which form of the iteration runs (see gram_newton_schulz_iterate).
+enum class NsMethod {
+  automatic,  ///< Gram form when cols/rows (wide orientation) >= kGramAspectThreshold
+  standard,   ///< X = a X + (b A + c A^2) X every step
+  gram        ///< Gram Newton–Schulz: iterate on the m x m Gram matrix, apply once
+};
+
+/// The aspect ratio n/m (n >= m) from which NsMethod::automatic picks the Gram
+/// form on the CPU backend; measured in docs/performance_cpu.md.
+inline constexpr double kGramAspectThreshold = 2.0;
 
 /// Options of one orthogonalization. Plain data; validate() checks them.
 struct NewtonSchulzOptions {
@@ -50,6 +63,9 @@ struct NewtonSchulzOptions {
   /// Extra divisor d on the norm (1.01, 1.02, ...). Unset: the schedule's own
   /// recommendation (1.01 for Polar Express, 1 otherwise).
   std::optional<double> norm_divisor;
+  /// Standard or Gram form. Default: automatic (by aspect ratio). Both
+  /// compute the same polynomial of X; they differ by rounding only.
+  NsMethod method = NsMethod::automatic;
 
   NewtonSchulzOptions() = default;
   explicit NewtonSchulzOptions(Schedule s, int n = 5) : schedule(std::move(s)), steps(n) {}
@@ -58,6 +74,7 @@ struct NewtonSchulzOptions {
   NewtonSchulzOptions& with_steps(int n) { steps = n; return *this; }
   NewtonSchulzOptions& with_eps(double e, EpsMode m) { eps = e; eps_mode = m; return *this; }
   NewtonSchulzOptions& with_norm_divisor(double d) { norm_divisor = d; return *this; }
+  NewtonSchulzOptions& with_method(NsMethod m) { method = m; return *this; }
 
   /// The divisor actually used: norm_divisor if set, else the schedule's.
   double divisor() const { return norm_divisor ? *norm_divisor : schedule.norm_divisor(); }
@@ -73,9 +90,9 @@ struct NewtonSchulzOptions {
 
 namespace detail {
 
-/// Runs the iteration on the backend's current X (already loaded, wide).
+/// The standard iteration on the backend's current X (already loaded, wide).
 template <class Backend>
-void newton_schulz_iterate(Backend& be, const NewtonSchulzOptions& opt) {
+void standard_newton_schulz_iterate(Backend& be, const NewtonSchulzOptions& opt) {
   be.normalize(opt.divisor(), opt.eps, opt.eps_mode);
   for (int k = 0; k < opt.steps; ++k) {
     const Coefficients& p = opt.schedule.at(static_cast<std::size_t>(k));
@@ -83,6 +100,70 @@ void newton_schulz_iterate(Backend& be, const NewtonSchulzOptions& opt) {
     be.symmetric_polynomial(p.b, p.c);  // B = b A + c A^2
     be.apply_polynomial(p.a);           // X = a X + B X
   }
+}
+
+/// Gram Newton–Schulz (Zhang, Amsel, Chen, Dao 2026). With R = X X^T and
+/// W_k = a_k I + b_k R + c_k R^2, step k is X <- W_k X, so
+///     R <- W_k R W_k = W_k^2 R,   Q <- W_k Q,   and finally X <- Q X:
+/// only m x m products inside the loop, two m x n products outside. After
+/// step kGramRestartAfter the accumulated Q is applied to X and R recomputed
+/// from it (a restart), which bounds the drift of R from X X^T.
+/// Backend primitives, beyond the standard ones:
+///   be.gram_q_init(a)    Q = a I + Z          (Z = b R + c R^2, from symmetric_polynomial)
+///   be.gram_q_update(a)  Q <- a Q + Z Q
+///   be.gram_r_update(a)  R <- (a I + Z)^2 R   (kept symmetric; may overwrite Z)
+///   be.gram_apply_q()    X <- Q X
+inline constexpr int kGramRestartAfter = 2;
+
+template <class Backend>
+void gram_newton_schulz_iterate(Backend& be, const NewtonSchulzOptions& opt) {
+  be.normalize(opt.divisor(), opt.eps, opt.eps_mode);
+  if (opt.steps == 0) return;
+  be.gram();  // R = X X^T
+  bool q_is_identity = true;
+  for (int k = 0; k < opt.steps; ++k) {
+    const Coefficients& p = opt.schedule.at(static_cast<std::size_t>(k));
+    be.symmetric_polynomial(p.b, p.c);  // Z = b R + c R^2
+    if (q_is_identity)
+      be.gram_q_init(p.a);  // Q = a I + Z
+    else
+      be.gram_q_update(p.a);  // Q <- (a I + Z) Q
+    q_is_identity = false;
+    if (k + 1 == opt.steps) break;
+    if (k + 1 == kGramRestartAfter) {
+      be.gram_apply_q();  // X <- Q X
+      be.gram();          // R = X X^T, fresh
+      q_is_identity = true;
+    } else {
+      be.gram_r_update(p.a);  // R <- (a I + Z)^2 R
+    }
+  }
+  be.gram_apply_q();
+}
+
+template <class B, class = void>
+struct has_gram_primitives : std::false_type {};
+template <class B>
+struct has_gram_primitives<B, std::void_t<decltype(std::declval<B&>().gram_apply_q()),
+                                          decltype(std::declval<const B&>().aspect_ratio())>>
+    : std::true_type {};
+
+/// Runs the iteration on the backend's current X (already loaded, wide),
+/// in the form options.method asks for (automatic: by the backend's aspect
+/// ratio). Throws muon::Error when the Gram form is forced on a backend
+/// that lacks its primitives.
+template <class Backend>
+void newton_schulz_iterate(Backend& be, const NewtonSchulzOptions& opt) {
+  if constexpr (has_gram_primitives<Backend>::value) {
+    const bool gram = opt.method == NsMethod::gram ||
+                      (opt.method == NsMethod::automatic &&
+                       be.aspect_ratio() >= kGramAspectThreshold);
+    if (gram) return gram_newton_schulz_iterate(be, opt);
+  } else {
+    require(opt.method != NsMethod::gram, "options.method",
+            "NsMethod::gram is not supported by this backend");
+  }
+  standard_newton_schulz_iterate(be, opt);
 }
 
 /// The normalization denominator, shared by every backend's normalize().

@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file detail/parallel_products.hpp
+/// \brief Multi-threaded, allocation-free level-3 products for the CPU backend.
+///
+///  - ParallelSyrk: lower triangle of C = alpha M M^T (the Gram X X^T and the
+///    square A^2 = A A^T of a symmetric A), upper triangle mirrored. The lower
+///    triangle is split into row panels of equal area: panel [r0, r1) is a
+///    triangular diagonal block (a rank-k update of rows r0..r1) plus the
+///    rectangle C[r0:r1, 0:r0] = M[r0:r1, :] M[0:r0, :]^T (a general product).
+///    Each panel also mirrors its own rows into the upper triangle, so one
+///    parallel region does the whole symmetric product.
+///  - ParallelGemm: C = L R (plus whatever a prologue writes into C first),
+///    split by columns of R and C.
+/// Every panel owns its kernel objects and their packing buffers, created
+/// with the product; run() allocates nothing. Each task first calls a
+/// caller-supplied prologue on its own part of C (zeroing, scaling a copy),
+/// so elementwise work is threaded too.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "eigen_products.hpp"
+#include "thread_pool.hpp"
+
+namespace muon {
+namespace detail {
+
+/// C (ldc) += alpha * L * R^T with L (rows x depth) and R (cols x depth)
+/// column-major: a general product whose right factor is read transposed.
+template <class S>
+class GemmNT {
+ public:
+  GemmNT(Eigen::Index rows, Eigen::Index cols, Eigen::Index depth)
+      : rows_(rows), cols_(cols), depth_(depth), blocking_(rows, cols, depth, 1, true) {
+    blocking_.allocateAll();
+  }
+  GemmNT(const GemmNT&) = delete;
+  GemmNT& operator=(const GemmNT&) = delete;
+
+  void run(const S* L, Eigen::Index ldl, const S* R, Eigen::Index ldr, S* C, Eigen::Index ldc,
+           S alpha) {
+    Eigen::internal::general_matrix_matrix_product<Eigen::Index, S, Eigen::ColMajor, false, S,
+                                                   Eigen::RowMajor, false, Eigen::ColMajor,
+                                                   1>::run(rows_, cols_, depth_, L, ldl, R, ldr, C,
+                                                           1, ldc, alpha, blocking_, nullptr);
+  }
+
+ private:
+  Eigen::Index rows_, cols_, depth_;
+  Eigen::internal::gemm_blocking_space<Eigen::ColMajor, S, S, Eigen::Dynamic, Eigen::Dynamic,
+                                       Eigen::Dynamic, 1, false>
+      blocking_;
+};
+
+/// Number of tasks worth using for `flops` of work on `threads` threads:
+/// each task gets at least ~8 MFLOP, so the wake-up cost stays negligible.
+inline int useful_tasks(double flops, int threads) {
+  const double per_task = 8e6;
+  const int by_work = static_cast<int>(flops / per_task);
+  return std::max(1, std::min(threads, by_work));
+}
+
+/// Rounds x to a multiple of 16 (the kernels' row granularity), within [lo, hi].
+inline Eigen::Index align16(double x, Eigen::Index lo, Eigen::Index hi) {
+  Eigen::Index v = static_cast<Eigen::Index>(std::lround(x / 16.0)) * 16;
+  return std::min(hi, std::max(lo, v));
+}
+
+/// Symmetric C = alpha M M^T (prologue + accumulate), threaded by row panels.
+template <class S>
+class ParallelSyrk {
+ public:
+  /// C is size x size, M is size x depth. `pool` may be null (one thread).
+  ParallelSyrk(Eigen::Index size, Eigen::Index depth, ThreadPool* pool)
+      : size_(size), depth_(depth), pool_(pool) {
+    const int threads = pool ? pool->size() : 1;
+    const int tasks = useful_tasks(double(size) * double(size) * double(depth), threads);
+    // Equal-area panels of the lower triangle: boundary p at size * sqrt(p / P).
+    bounds_.push_back(0);
+    for (int p = 1; p < tasks; ++p) {
+      const Eigen::Index b =
+          align16(double(size) * std::sqrt(double(p) / double(tasks)), bounds_.back() + 1, size);
+      if (b > bounds_.back() && b < size) bounds_.push_back(b);
+    }
+    bounds_.push_back(size);
+    for (std::size_t p = 0; p + 1 < bounds_.size(); ++p) {
+      const Eigen::Index r0 = bounds_[p], rows = bounds_[p + 1] - r0;
+      diag_.push_back(std::make_unique<Syrk<S>>(rows, depth));
+      rect_.push_back(r0 > 0 ? std::make_unique<GemmNT<S>>(rows, r0, depth) : nullptr);
+    }
+  }
+
+  int tasks() const { return static_cast<int>(diag_.size()); }
+
+  /// For each panel [r0, r1): pre(r0, r1) (e.g. initialize C's rows r0..r1,
+  /// columns 0..r1), then lower(C)[r0:r1, :] += alpha M M^T, then mirror those
+  /// rows into the upper triangle. M (ldm) size x depth, C (ldc) size x size.
+  template <class Pre>
+  void run(const S* M, Eigen::Index ldm, S* C, Eigen::Index ldc, S alpha, Pre& pre) {
+    auto task = [&](int p) {
+      const Eigen::Index r0 = bounds_[static_cast<std::size_t>(p)];
+      const Eigen::Index r1 = bounds_[static_cast<std::size_t>(p) + 1];
+      pre(r0, r1);
+      diag_[static_cast<std::size_t>(p)]->run(M + r0, ldm, C + r0 + r0 * ldc, ldc, alpha);
+      if (r0 > 0) rect_[static_cast<std::size_t>(p)]->run(M + r0, ldm, M, ldm, C + r0, ldc, alpha);
+      mirror_rows(C, ldc, r0, r1);
+    };
+    if (pool_ && tasks() > 1)
+      pool_->parallel(tasks(), task);
+    else
+      for (int p = 0; p < tasks(); ++p) task(p);
+  }
+
+  /// Upper triangle entries (i, j), i < j, j in [r0, r1) <- C(j, i); blocked
+  /// 32 x 32 so the strided reads stay in L1.
+  static void mirror_rows(S* C, Eigen::Index ldc, Eigen::Index r0, Eigen::Index r1) {
+    constexpr Eigen::Index kTile = 32;
+    for (Eigen::Index jb = r0; jb < r1; jb += kTile) {
+      const Eigen::Index je = std::min(r1, jb + kTile);
+      for (Eigen::Index ib = 0; ib < je; ib += kTile) {
+        const Eigen::Index ie = std::min(je, ib + kTile);
+        for (Eigen::Index j = jb; j < je; ++j) {
+          const Eigen::Index iend = std::min(ie, j);
+          for (Eigen::Index i = ib; i < iend; ++i) C[i + j * ldc] = C[j + i * ldc];
+        }
+      }
+    }
+  }
+
+ private:
+  Eigen::Index size_, depth_;
+  ThreadPool* pool_;
+  std::vector<Eigen::Index> bounds_;
+  std::vector<std::unique_ptr<Syrk<S>>> diag_;
+  std::vector<std::unique_ptr<GemmNT<S>>> rect_;
+};
+
+/// C (rows x cols) += L (rows x depth) * R (depth x cols), all column-major,
+/// threaded by column blocks of R and C.
+template <class S>
+class ParallelGemm {
+ public:
+  ParallelGemm(Eigen::Index rows, Eigen::Index cols, Eigen::Index depth, ThreadPool* pool)
+      : rows_(rows), cols_(cols), depth_(depth), pool_(pool) {
+    const int threads = pool ? pool->size() : 1;
+    const int tasks = useful_tasks(2.0 * double(rows) * double(cols) * double(depth), threads);
+    bounds_.push_back(0);
+    for (int p = 1; p < tasks; ++p) {
+      const Eigen::Index b = align16(double(cols) * double(p) / double(tasks), bounds_.back() + 1, cols);
+      if (b > bounds_.back() && b < cols) bounds_.push_back(b);
+    }
+    bounds_.push_back(cols);
+    for (std::size_t p = 0; p + 1 < bounds_.size(); ++p)
+      parts_.push_back(std::make_unique<Gemm<S>>(rows, bounds_[p + 1] - bounds_[p], depth));
+  }
+
+  int tasks() const { return static_cast<int>(parts_.size()); }
+
+  /// For each column block [c0, c1): pre(c0, c1), then
+  /// C[:, c0:c1] += alpha L R[:, c0:c1].
+  template <class Pre>
+  void run(const S* L, Eigen::Index ldl, const S* R, Eigen::Index ldr, S* C, Eigen::Index ldc,
+           S alpha, Pre& pre) {
+    auto task = [&](int p) {
+      const Eigen::Index c0 = bounds_[static_cast<std::size_t>(p)];
+      const Eigen::Index c1 = bounds_[static_cast<std::size_t>(p) + 1];
+      pre(c0, c1);
+      parts_[static_cast<std::size_t>(p)]->run(L, ldl, R + c0 * ldr, ldr, C + c0 * ldc, ldc, alpha);
+    };
+    if (pool_ && tasks() > 1)
+      pool_->parallel(tasks(), task);
+    else
+      for (int p = 0; p < tasks(); ++p) task(p);
+  }
+
+ private:
+  Eigen::Index rows_, cols_, depth_;
+  ThreadPool* pool_;
+  std::vector<Eigen::Index> bounds_;
+  std::vector<std::unique_ptr<Gemm<S>>> parts_;
+};
+
+}  // namespace detail
+}  // namespace muon

@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: MIT
+// Gram Newton–Schulz against the standard iteration and the SVD polar
+// factor, and the threaded CPU products against the single-threaded ones.
+#include <Eigen/Core>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "test_support.hpp"
+
+#include <muon/muon.hpp>
+
+namespace {
+
+using Index = Eigen::Index;
+
+struct Case {
+  Index rows, cols;
+};
+
+// Aspect ratios 1, 1.5, 2, 4 (wide) and 4 (tall), small enough for a test.
+const std::vector<Case>& cases() {
+  static const std::vector<Case> all = {{48, 48}, {64, 96}, {40, 80}, {32, 128}, {160, 40}};
+  return all;
+}
+
+const std::vector<muon::Schedule>& schedules() {
+  static const std::vector<muon::Schedule> all = {
+      muon::Schedule::jordan(), muon::Schedule::cubic(), muon::Schedule::quintic(),
+      muon::Schedule::polar_express()};
+  return all;
+}
+
+// Singular values spread over [1e-2, 1]: the regime the schedules target.
+Eigen::MatrixXd test_input(Index rows, Index cols, std::uint64_t seed) {
+  const Index k = rows < cols ? rows : cols;
+  return muon_test::with_singular_values(rows, cols, muon_test::geometric(k, 1.0, 1e-2), seed).G;
+}
+
+template <class T>
+muon::Matrix<T> run(const Eigen::MatrixXd& G, const muon::NewtonSchulzOptions& opt,
+                    int threads = 0) {
+  const muon::Matrix<T> Gt = G.cast<T>();
+  muon::Workspace<T> ws(G.rows(), G.cols(), threads);
+  muon::Matrix<T> out(G.rows(), G.cols());
+  muon::orthogonalize_into(Gt, out, ws, opt);
+  return out;
+}
+
+double rel(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) {
+  return (a - b).norm() / b.norm();
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Gram Newton-Schulz matches the standard iteration", "[gram]", double, float) {
+  using T = TestType;
+  // Both forms evaluate the same polynomial of X; they differ by rounding,
+  // which the Gram form amplifies by about the largest |p'| of the steps.
+  const double tol = std::is_same<T, double>::value ? 1e-9 : 5e-3;
+  std::uint64_t seed = 100;
+  for (const auto& c : cases()) {
+    for (const auto& s : schedules()) {
+      for (int steps : {1, 2, 3, 5, 8}) {
+        INFO("shape " << c.rows << "x" << c.cols << ", schedule " << s.name() << ", steps "
+                      << steps << ", seed " << seed);
+        const Eigen::MatrixXd G = test_input(c.rows, c.cols, seed++);
+        muon::NewtonSchulzOptions opt(s, steps);
+        const Eigen::MatrixXd standard =
+            run<T>(G, opt.with_method(muon::NsMethod::standard)).template cast<double>();
+        const Eigen::MatrixXd gram =
+            run<T>(G, opt.with_method(muon::NsMethod::gram)).template cast<double>();
+        CHECK(rel(gram, standard) <= tol);
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("Gram Newton-Schulz converges to the SVD polar factor", "[gram]", double,
+                   float) {
+  using T = TestType;
+  // Polar Express, 8 steps: every singular value in [1e-2, 1] ends within
+  // ~1e-2 of 1 after 6 steps and much closer after 8.
+  const double tol = std::is_same<T, double>::value ? 1e-4 : 2e-3;
+  std::uint64_t seed = 500;
+  for (const auto& c : cases()) {
+    INFO("shape " << c.rows << "x" << c.cols << ", seed " << seed);
+    const Eigen::MatrixXd G = test_input(c.rows, c.cols, seed++);
+    const Eigen::MatrixXd polar = muon::reference::polar_svd<double>(G);
+    muon::NewtonSchulzOptions opt(muon::Schedule::polar_express(), 8);
+    const Eigen::MatrixXd gram =
+        run<T>(G, opt.with_method(muon::NsMethod::gram)).template cast<double>();
+    const Eigen::MatrixXd standard =
+        run<T>(G, opt.with_method(muon::NsMethod::standard)).template cast<double>();
+    const double d_gram = rel(gram, polar), d_std = rel(standard, polar);
+    INFO("distance to polar: gram " << d_gram << ", standard " << d_std);
+    CHECK(d_gram <= tol);
+    CHECK(d_gram <= d_std + tol);
+    CHECK(muon::reference::orthogonality_error(gram) <= 10 * tol * std::sqrt(double(c.rows)));
+  }
+}
+
+TEST_CASE("automatic method picks the Gram form only for wide enough shapes", "[gram]") {
+  // The automatic choice must give the same result as the form it picks.
+  const muon::NewtonSchulzOptions automatic;
+  for (const auto& c : std::vector<Case>{{64, 64}, {64, 96}, {32, 128}, {128, 32}}) {
+    INFO("shape " << c.rows << "x" << c.cols);
+    const Eigen::MatrixXd G = test_input(c.rows, c.cols, 900);
+    const Index m = c.rows < c.cols ? c.rows : c.cols, n = c.rows < c.cols ? c.cols : c.rows;
+    const bool wide_enough = double(n) / double(m) >= muon::kGramAspectThreshold;
+    muon::NewtonSchulzOptions expected;
+    expected.with_method(wide_enough ? muon::NsMethod::gram : muon::NsMethod::standard);
+    const Eigen::MatrixXd a = run<double>(G, automatic);
+    const Eigen::MatrixXd b = run<double>(G, expected);
+    CHECK((a - b).norm() == 0.0);
+  }
+}
+
+TEMPLATE_TEST_CASE("threaded products equal the single-threaded ones", "[threads]", double,
+                   float) {
+  using T = TestType;
+  const double tol = std::is_same<T, double>::value ? 1e-12 : 1e-5;
+  // Shapes large enough for the workspace to start its threads, with sizes
+  // that are not multiples of the panel granularity.
+  for (const auto& c : std::vector<Case>{{256, 256}, {200, 520}, {520, 200}, {130, 1000}}) {
+    for (auto method : {muon::NsMethod::standard, muon::NsMethod::gram}) {
+      INFO("shape " << c.rows << "x" << c.cols << ", method " << int(method));
+      const Eigen::MatrixXd G = test_input(c.rows, c.cols, 1234);
+      muon::NewtonSchulzOptions opt;
+      opt.with_method(method);
+      muon::Workspace<T> ws3(c.rows, c.cols, 3);
+      CHECK(ws3.threads() == 3);
+      const Eigen::MatrixXd one = run<T>(G, opt, 1).template cast<double>();
+      const Eigen::MatrixXd three = run<T>(G, opt, 3).template cast<double>();
+      CHECK(rel(three, one) <= tol);
+      // And both agree with products computed by plain Eigen in double.
+      Eigen::MatrixXd X = (c.rows > c.cols ? Eigen::MatrixXd(G.transpose()) : G);
+      X /= X.norm() + 1e-7;
+      for (int k = 0; k < 5; ++k) {
+        const Eigen::MatrixXd A = X * X.transpose();
+        const Eigen::MatrixXd B = -4.7750 * A + 2.0315 * A * A;
+        X = (3.4445 * X + B * X).eval();
+      }
+      if (c.rows > c.cols) X.transposeInPlace();
+      CHECK(rel(three, X) <= (std::is_same<T, double>::value ? 1e-9 : 5e-3));
+    }
+  }
+}
+
+TEST_CASE("thread count follows muon::set_num_threads", "[threads]") {
+  muon::set_num_threads(2);
+  CHECK(muon::default_threads() == 2);
+  muon::Workspace<float> big(256, 512);
+  CHECK(big.threads() == 2);
+  muon::Workspace<float> tiny(8, 8);  // too small to split: no threads started
+  CHECK(tiny.threads() == 1);
+  muon::set_num_threads(0);
+  CHECK(muon::default_threads() >= 1);
+}
