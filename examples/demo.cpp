@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: MIT
+/// \file demo.cpp
+/// \brief What Newton–Schulz does to a gradient, schedule by schedule.
+///
+/// Builds a seeded gradient-like 512 x 2048 float matrix (a decaying rank-16
+/// signal plus dense noise, so its singular values spread over three orders
+/// of magnitude), prints that spread, then orthogonalizes it with every
+/// built-in schedule and prints, for each: where the singular values landed,
+/// the orthogonality error, the distance to the exact polar factor U V^T, and
+/// the time against the two exact routes (BDCSVD and the Gram
+/// eigendecomposition). Run by scripts/demo.sh.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <muon/muon.hpp>
+
+namespace {
+
+using Index = Eigen::Index;
+using MatrixF = muon::Matrix<float>;
+
+constexpr Index kRows = 512, kCols = 2048, kSignalRank = 16;
+constexpr unsigned kSeed = 42;
+
+/// Signal singular values about 1, 1/2, ..., 1/16; noise singular values
+/// about 5e-3 * (1 +- sqrt(rows/cols)), i.e. between 2.5e-3 and 7.5e-3.
+MatrixF gradient_like(unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  auto gaussian = [&](Index r, Index c) {
+    MatrixF M(r, c);
+    for (Index j = 0; j < c; ++j)
+      for (Index i = 0; i < r; ++i) M(i, j) = normal(rng);
+    return M;
+  };
+  // Gaussian columns of length k have norm about sqrt(k): divide it out.
+  MatrixF left = gaussian(kRows, kSignalRank) / std::sqrt(float(kRows));
+  const MatrixF right = gaussian(kCols, kSignalRank) / std::sqrt(float(kCols));
+  for (Index k = 0; k < kSignalRank; ++k) left.col(k) /= float(k + 1);
+  const float noise = 5e-3f / std::sqrt(float(kCols));
+  return left * right.transpose() + noise * gaussian(kRows, kCols);
+}
+
+/// Summary of a spectrum: extremes and quantiles over the nonzero singular
+/// values (those above the numerical-rank cutoff max(rows, cols) * eps_float
+/// * sigma_max, the same rule as numpy's matrix_rank).
+struct Spread {
+  Index nonzero = 0, total = 0;
+  double min = 0, p10 = 0, p50 = 0, p90 = 0, max = 0;
+  double condition() const { return min > 0 ? max / min : std::numeric_limits<double>::infinity(); }
+};
+
+Spread spread_of(const MatrixF& M) {
+  const Eigen::VectorXd s = muon::reference::singular_values(M);  // descending
+  const double cutoff =
+      s(0) * double(std::max(M.rows(), M.cols())) * double(std::numeric_limits<float>::epsilon());
+  std::vector<double> kept;
+  for (Index i = 0; i < s.size(); ++i)
+    if (s(i) > cutoff) kept.push_back(s(i));
+  std::sort(kept.begin(), kept.end());
+  Spread r;
+  r.total = s.size();
+  r.nonzero = Index(kept.size());
+  if (kept.empty()) return r;
+  auto quantile = [&](double q) { return kept[std::size_t(q * double(kept.size() - 1) + 0.5)]; };
+  r.min = kept.front();
+  r.p10 = quantile(0.1);
+  r.p50 = quantile(0.5);
+  r.p90 = quantile(0.9);
+  r.max = kept.back();
+  return r;
+}
+
+/// Median wall time (steady_clock) of `runs` calls, in milliseconds.
+template <class Work>
+double median_ms(int runs, Work&& work) {
+  std::vector<double> ms;
+  for (int i = 0; i < runs; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    work();
+    const auto stop = std::chrono::steady_clock::now();
+    ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+struct Row {
+  std::string method;
+  Spread after;
+  double orthogonality_error, distance_to_polar, time_ms;
+};
+
+void print_spread_header() {
+  std::printf("  %-24s %9s %9s %9s %9s %9s %10s\n", "", "min", "p10", "p50", "p90", "max",
+              "max/min");
+}
+
+void print_spread(const char* what, const Spread& s) {
+  std::printf("  %-24s %9.3g %9.3g %9.3g %9.3g %9.3g %10.3g   (%ld of %ld nonzero)\n", what,
+              s.min, s.p10, s.p50, s.p90, s.max, s.condition(), long(s.nonzero), long(s.total));
+}
+
+}  // namespace
+
+int main() {
+  const MatrixF G = gradient_like(kSeed);
+  const double frobenius = double(G.norm());
+
+  std::printf("muon %s demo: Newton-Schulz on a gradient-like %ldx%ld float matrix\n",
+              MUON_VERSION_STRING, long(kRows), long(kCols));
+  std::printf("(rank-%ld signal + noise, seed %u; Eigen SIMD: %s)\n\n", long(kSignalRank), kSeed,
+              Eigen::SimdInstructionSetsInUse());
+
+  // Newton–Schulz sees G / ||G||_F: its polynomial acts on sigma / ||G||_F,
+  // which is why the small end of this spread decides how many steps it takes.
+  std::printf("Singular values of the input\n");
+  print_spread_header();
+  const Spread before = spread_of(G);
+  print_spread("G", before);
+  print_spread("G / ||G||_F (NS input)", spread_of(MatrixF(G / float(frobenius))));
+  std::printf("\n");
+
+  const Eigen::MatrixXd polar = muon::reference::polar_svd<double>(G);  // U V^T, the target
+
+  struct Variant {
+    muon::Schedule schedule;
+    int steps;
+  };
+  const std::vector<Variant> variants = {{muon::Schedule::jordan(), 5},
+                                         {muon::Schedule::cubic(), 5},
+                                         {muon::Schedule::quintic(), 5},
+                                         {muon::Schedule::polar_express(), 5},
+                                         {muon::Schedule::polar_express(), 6}};
+
+  std::vector<Row> rows;
+  muon::Workspace<float> workspace(kRows, kCols);  // reused by every Newton–Schulz call
+  MatrixF O(kRows, kCols);
+  for (const auto& v : variants) {
+    const muon::NewtonSchulzOptions options(v.schedule, v.steps);
+    const double ms = median_ms(7, [&] { muon::orthogonalize_into(G, O, workspace, options); });
+    rows.push_back({"NS " + v.schedule.name() + " x" + std::to_string(v.steps), spread_of(O),
+                    muon::reference::orthogonality_error(O),
+                    muon::reference::relative_distance(O, polar), ms});
+  }
+  {
+    const double ms = median_ms(3, [&] { O = muon::reference::polar_svd<float>(G); });
+    rows.push_back({"exact: SVD (BDCSVD)", spread_of(O), muon::reference::orthogonality_error(O),
+                    muon::reference::relative_distance(O, polar), ms});
+  }
+  {
+    const double ms = median_ms(5, [&] { O = muon::reference::polar_eigh<float>(G); });
+    rows.push_back({"exact: Gram eigh", spread_of(O), muon::reference::orthogonality_error(O),
+                    muon::reference::relative_distance(O, polar), ms});
+  }
+  const double svd_ms = rows[rows.size() - 2].time_ms, eigh_ms = rows.back().time_ms;
+
+  std::printf("Singular values after orthogonalization (the target is all 1)\n");
+  print_spread_header();
+  for (const Row& r : rows) print_spread(r.method.c_str(), r.after);
+  std::printf("\n");
+
+  std::printf("Accuracy and time (float, single thread, median wall time)\n");
+  std::printf("  %-24s %12s %20s %10s %9s %9s\n", "", "||OO^T-I||_F", "||O-UV^T||/||UV^T||",
+              "time ms", "SVD/NS", "eigh/NS");
+  for (const Row& r : rows)
+    std::printf("  %-24s %12.3g %20.3g %10.2f %9.2f %9.2f\n", r.method.c_str(),
+                r.orthogonality_error, r.distance_to_polar, r.time_ms, svd_ms / r.time_ms,
+                eigh_ms / r.time_ms);
+  std::printf(
+      "\nSVD/NS, eigh/NS: how many times longer the exact route takes (> 1: Newton-Schulz is "
+      "faster).\n"
+      "Jordan's schedule trades accuracy for speed and never converges to 1: it lands\n"
+      "s/||G||_F >= 0.006 in about [0.68, 1.13], and smaller ones can overshoot to 1.20.\n"
+      "In float the Gram route squares the condition number and drops directions below its\n"
+      "cutoff, which is why its orthogonality error is large on this input.\n");
+  return 0;
+}
