@@ -1,0 +1,608 @@
+// SPDX-License-Identifier: MIT
+// Fashion-MNIST: an MLP trained with hybrid Muon + AdamW, AdamW alone, and
+// SGD with momentum, each at its own best learning rate from a short sweep on
+// a held-out validation split; per-epoch CSV logs, a summary table and a PNG
+// of the curves. --width-transfer instead sweeps Muon's lr across widths and
+// compares the optimum with muon::scale_to_width's prediction.
+//
+// Run with --help for the flags.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <muon/muon.hpp>
+
+#include "idx.hpp"
+#include "mlp.hpp"
+#include "optimizers.hpp"
+#include "progress.hpp"
+
+namespace fm = fashion_mnist;
+using Scalar = float;
+using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+namespace {
+
+// ---------------------------------------------------------------- options
+
+struct Config {
+  int epochs = 3;
+  int batch_size = 128;
+  std::vector<int> widths{512, 512};
+  std::uint64_t seed = 42;
+  std::vector<std::string> optimizers{"muon", "adamw", "sgd"};
+  bool lr_sweep = true;
+  int sweep_points = 3;
+  long sweep_subset = 10000;  // training samples per sweep run (1 epoch)
+  long val_size = 5000;       // held out from the training set
+  long train_limit = 0;       // 0 = the whole training split (for quick checks)
+  int threads = 1;            // see --help: more threads only help on an idle machine
+  bool width_transfer = false;
+  std::vector<int> wt_widths{128, 256, 512, 1024};
+  int wt_epochs = 1;
+  long wt_subset = 10000;
+  double wt_adam_lr = 1e-3;
+  bool muon_first_layer = false;
+  std::string muon_adjust = "match_rms_adamw";
+  std::map<std::string, double> lr;  // fixed lr per optimizer (skips its sweep)
+  std::string out_dir;
+  std::string data_dir = fm::default_data_dir();
+  bool plot = true;
+  std::string plot_script;
+};
+
+const char* usage_text() {
+  return R"(Usage: fashion_mnist [flags]
+
+Trains an MLP (784-<widths>-10, ReLU, softmax cross-entropy) on Fashion-MNIST
+with each optimizer at its best swept learning rate, then prints a table and
+writes <out>/<optimizer>.csv, <out>/lr_sweep.csv and <out>/curves.png.
+
+  --epochs N            full-run epochs (default 3)
+  --batch-size N        minibatch size (default 128)
+  --widths A,B,...      hidden layer widths (default 512,512)
+  --seed N              seed of init, split and shuffling (default 42)
+  --optimizers LIST     any of muon,adamw,sgd (default muon,adamw,sgd)
+  --lr-sweep on|off     sweep the lr first (default on); off uses the defaults
+                        or --lr-NAME
+  --sweep-points N      lrs per sweep, a factor 3 apart (default 3)
+  --sweep-subset N      training samples in each 1-epoch sweep run (default 10000)
+  --val-size N          validation samples held out of training (default 5000)
+  --train-limit N       use only N training samples (default all; for quick runs)
+  --lr-muon X, --lr-adamw X, --lr-sgd X
+                        fixed lr for that optimizer (no sweep for it)
+  --muon-first-layer    route the first weight matrix to Muon too
+  --muon-adjust NAME    Muon lr adjustment: match_rms_adamw (default; one lr
+                        drives Muon and its AdamW part), original, spectral, none
+  --threads N           Eigen GEMM threads (default 1; needs OpenMP). On a
+                        busy machine more threads spin-wait and run slower
+  --width-transfer      instead of the comparison: sweep Muon's lr at several
+                        widths and compare with muon::scale_to_width
+  --wt-widths A,B,...   widths for --width-transfer (default 128,256,512,1024)
+  --wt-epochs N         epochs per width-transfer run (default 1)
+  --wt-subset N         training samples per width-transfer run (default 10000)
+  --wt-adam-lr X        lr of the AdamW part in --width-transfer (default 1e-3)
+  --out DIR             output folder (default build/fashion_mnist_out if
+                        ./build exists, else ./fashion_mnist_out)
+  --data-dir DIR        IDX files (default $FASHION_MNIST_DIR or
+                        /usr/share/datasets/fashion-mnist)
+  --plot on|off         run gnuplot on the CSVs (default on)
+  --plot-script FILE    gnuplot script (default: the one next to the sources)
+  --help                this text
+)";
+}
+
+[[noreturn]] void usage_error(const std::string& message) {
+  throw std::invalid_argument(message + " (see --help)");
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
+  std::stringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ','))
+    if (!item.empty()) items.push_back(item);
+  return items;
+}
+
+long parse_long(const std::string& flag, const std::string& text, long min_value) {
+  char* end = nullptr;
+  const long v = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || v < min_value)
+    usage_error(flag + ": expected an integer >= " + std::to_string(min_value) + ", got \"" +
+                text + "\"");
+  return v;
+}
+
+double parse_positive(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !(v > 0) || !std::isfinite(v))
+    usage_error(flag + ": expected a positive number, got \"" + text + "\"");
+  return v;
+}
+
+bool parse_on_off(const std::string& flag, const std::string& text) {
+  if (text == "on" || text == "true" || text == "1") return true;
+  if (text == "off" || text == "false" || text == "0") return false;
+  usage_error(flag + ": expected on or off, got \"" + text + "\"");
+}
+
+std::vector<int> parse_int_list(const std::string& flag, const std::string& text) {
+  std::vector<int> values;
+  for (const auto& item : split_list(text))
+    values.push_back(static_cast<int>(parse_long(flag, item, 1)));
+  if (values.empty()) usage_error(flag + ": expected a comma-separated list of integers");
+  return values;
+}
+
+Config parse_args(int argc, char** argv) {
+  Config c;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage_error(flag + ": missing value");
+      return argv[++i];
+    };
+    if (flag == "--help" || flag == "-h") {
+      std::cout << usage_text();
+      std::exit(0);
+    } else if (flag == "--epochs") {
+      c.epochs = static_cast<int>(parse_long(flag, value(), 1));
+    } else if (flag == "--batch-size") {
+      c.batch_size = static_cast<int>(parse_long(flag, value(), 1));
+    } else if (flag == "--widths") {
+      c.widths = parse_int_list(flag, value());
+    } else if (flag == "--seed") {
+      c.seed = static_cast<std::uint64_t>(parse_long(flag, value(), 0));
+    } else if (flag == "--optimizers") {
+      c.optimizers = split_list(value());
+      for (const auto& name : c.optimizers)
+        if (name != "muon" && name != "adamw" && name != "sgd")
+          usage_error("--optimizers: unknown optimizer \"" + name + "\" (muon, adamw, sgd)");
+      if (c.optimizers.empty()) usage_error("--optimizers: empty list");
+    } else if (flag == "--lr-sweep") {
+      c.lr_sweep = parse_on_off(flag, value());
+    } else if (flag == "--sweep-points") {
+      c.sweep_points = static_cast<int>(parse_long(flag, value(), 1));
+    } else if (flag == "--sweep-subset") {
+      c.sweep_subset = parse_long(flag, value(), 1);
+    } else if (flag == "--val-size") {
+      c.val_size = parse_long(flag, value(), 1);
+    } else if (flag == "--train-limit") {
+      c.train_limit = parse_long(flag, value(), 1);
+    } else if (flag == "--lr-muon" || flag == "--lr-adamw" || flag == "--lr-sgd") {
+      c.lr[flag.substr(5)] = parse_positive(flag, value());
+    } else if (flag == "--muon-first-layer") {
+      c.muon_first_layer = true;
+    } else if (flag == "--muon-adjust") {
+      c.muon_adjust = value();
+      muon::lr_adjust_from_name(c.muon_adjust);  // throws naming the choices
+    } else if (flag == "--threads") {
+      c.threads = static_cast<int>(parse_long(flag, value(), 1));
+    } else if (flag == "--width-transfer") {
+      c.width_transfer = true;
+    } else if (flag == "--wt-widths") {
+      c.wt_widths = parse_int_list(flag, value());
+    } else if (flag == "--wt-epochs") {
+      c.wt_epochs = static_cast<int>(parse_long(flag, value(), 1));
+    } else if (flag == "--wt-subset") {
+      c.wt_subset = parse_long(flag, value(), 1);
+    } else if (flag == "--wt-adam-lr") {
+      c.wt_adam_lr = parse_positive(flag, value());
+    } else if (flag == "--out") {
+      c.out_dir = value();
+    } else if (flag == "--data-dir") {
+      c.data_dir = value();
+    } else if (flag == "--plot") {
+      c.plot = parse_on_off(flag, value());
+    } else if (flag == "--plot-script") {
+      c.plot_script = value();
+    } else {
+      usage_error("unknown flag \"" + flag + "\"");
+    }
+  }
+  if (c.out_dir.empty())
+    c.out_dir = std::filesystem::is_directory("build") ? "build/fashion_mnist_out"
+                                                       : "fashion_mnist_out";
+  return c;
+}
+
+// ---------------------------------------------------------------- data
+
+struct Splits {
+  Matrix train_x, val_x, test_x;
+  std::vector<int> train_y, val_y, test_y;
+};
+
+/// Holds out a seeded random validation set from the training images and
+/// standardizes every split with the training split's pixel mean and std.
+Splits prepare_data(const Config& c) {
+  const fm::Dataset train = fm::load_split(c.data_dir, "train");
+  const fm::Dataset test = fm::load_split(c.data_dir, "t10k");
+  if (c.val_size >= train.size())
+    usage_error("--val-size: must be below the " + std::to_string(train.size()) +
+                " training images");
+  std::vector<Eigen::Index> order(static_cast<std::size_t>(train.size()));
+  std::iota(order.begin(), order.end(), Eigen::Index{0});
+  std::mt19937_64 rng(c.seed ^ 0x5eedULL);
+  std::shuffle(order.begin(), order.end(), rng);
+  const Eigen::Index n_val = c.val_size;
+  Eigen::Index n_train = train.size() - n_val;
+  if (c.train_limit > 0) n_train = std::min<Eigen::Index>(n_train, c.train_limit);
+
+  Splits s;
+  const Eigen::Index features = train.images.rows();
+  s.val_x.resize(features, n_val);
+  s.train_x.resize(features, n_train);
+  for (Eigen::Index j = 0; j < n_val; ++j) {
+    s.val_x.col(j) = train.images.col(order[static_cast<std::size_t>(j)]);
+    s.val_y.push_back(train.labels[static_cast<std::size_t>(order[static_cast<std::size_t>(j)])]);
+  }
+  for (Eigen::Index j = 0; j < n_train; ++j) {
+    const auto src = order[static_cast<std::size_t>(n_val + j)];
+    s.train_x.col(j) = train.images.col(src);
+    s.train_y.push_back(train.labels[static_cast<std::size_t>(src)]);
+  }
+  s.test_x = test.images;
+  s.test_y = test.labels;
+
+  const double mean = s.train_x.cast<double>().mean();
+  const double var = (s.train_x.cast<double>().array() - mean).square().mean();
+  const auto m = static_cast<Scalar>(mean);
+  const auto inv_std = static_cast<Scalar>(1.0 / std::sqrt(var));
+  for (Matrix* x : {&s.train_x, &s.val_x, &s.test_x}) x->array() = (x->array() - m) * inv_std;
+  return s;
+}
+
+// ---------------------------------------------------------------- training
+
+struct RunSpec {
+  std::string optimizer;
+  double lr = 0;
+  std::vector<int> widths;
+  int epochs = 1;
+  long train_samples = 0;  // first N of the (fixed) training order
+  std::string adjust = "match_rms_adamw";
+  double adam_lr = -1;     // AdamW part of the hybrid; <0 = the same lr
+  bool muon_first_layer = false;
+};
+
+struct EpochLog {
+  int epoch;
+  double train_loss, val_loss, val_accuracy, test_loss, test_accuracy, train_seconds;
+};
+
+std::unique_ptr<fm::TrainOptimizer<Scalar>> make_optimizer(const RunSpec& r, fm::Mlp<Scalar>& model,
+                                                           const muon::LrSchedule& schedule) {
+  if (r.optimizer == "sgd") {
+    typename fm::SgdMomentum<Scalar>::Options o;
+    o.lr = r.lr;
+    o.momentum = 0.9;
+    o.nesterov = true;
+    o.weight_decay = 5e-4;
+    return std::make_unique<fm::SgdMomentum<Scalar>>(model.parameters(), o, schedule);
+  }
+  muon::AdamWOptions adam;  // torch defaults: betas (0.9, 0.999), eps 1e-8, wd 0.01
+  adam.lr = r.lr;
+  if (r.optimizer == "adamw")
+    return std::make_unique<fm::LibraryOptimizer<Scalar>>(model.parameters(),
+                                                          muon::MuonGroupOptions{}, adam,
+                                                          std::set<fm::ParameterRole>{}, schedule);
+  // torch.optim.Muon defaults (momentum 0.95 Nesterov, Jordan NS5, wd 0.1)
+  // apart from the lr and its shape adjustment.
+  muon::MuonGroupOptions muon_options;
+  muon_options.lr = r.lr;
+  muon_options.adjust_lr = muon::lr_adjust_from_name(r.adjust);
+  if (r.adam_lr > 0) adam.lr = r.adam_lr;
+  std::set<fm::ParameterRole> muon_roles{fm::ParameterRole::hidden_matrix};
+  if (r.muon_first_layer) muon_roles.insert(fm::ParameterRole::input_matrix);
+  return std::make_unique<fm::LibraryOptimizer<Scalar>>(model.parameters(), muon_options, adam,
+                                                        muon_roles, schedule);
+}
+
+/// Trains a fresh, seeded model; evaluates after every epoch (validation and,
+/// when `with_test`, test). Timing counts training steps only.
+std::vector<EpochLog> train(const RunSpec& r, const Config& c, const Splits& d, bool with_test,
+                            const std::string& label) {
+  std::vector<int> sizes{static_cast<int>(d.train_x.rows())};
+  sizes.insert(sizes.end(), r.widths.begin(), r.widths.end());
+  sizes.push_back(10);
+  fm::Mlp<Scalar> model(sizes, c.seed);
+
+  const Eigen::Index n = std::min<Eigen::Index>(r.train_samples, d.train_x.cols());
+  const Eigen::Index batch = std::min<Eigen::Index>(c.batch_size, n);
+  const long steps_per_epoch = static_cast<long>(n / batch);  // drop the ragged tail
+  const long total_steps = steps_per_epoch * r.epochs;
+  // Short linear warmup, cosine decay to zero: the same schedule for all.
+  const auto schedule = muon::LrSchedule::warmup_cosine(
+      std::max<long>(1, total_steps / 50), std::max<long>(2, total_steps));
+  auto optimizer = make_optimizer(r, model, schedule);
+  if (with_test) std::cout << "routing of " << r.optimizer << ":\n" << optimizer->routing_table();
+
+  std::vector<Eigen::Index> order(static_cast<std::size_t>(n));
+  std::iota(order.begin(), order.end(), Eigen::Index{0});
+  std::mt19937_64 rng(c.seed + 1);
+  Matrix xb(d.train_x.rows(), batch);
+  std::vector<int> yb(static_cast<std::size_t>(batch));
+  std::vector<EpochLog> logs;
+  double seconds = 0;
+  for (int epoch = 1; epoch <= r.epochs; ++epoch) {
+    std::shuffle(order.begin(), order.end(), rng);
+    fm::ProgressBar bar(label + " epoch " + std::to_string(epoch) + "/" + std::to_string(r.epochs),
+                        steps_per_epoch);
+    double loss_sum = 0;
+    const auto start = std::chrono::steady_clock::now();
+    for (long s = 0; s < steps_per_epoch; ++s) {
+      for (Eigen::Index j = 0; j < batch; ++j) {
+        const auto src = order[static_cast<std::size_t>(s * batch + j)];
+        xb.col(j) = d.train_x.col(src);
+        yb[static_cast<std::size_t>(j)] = d.train_y[static_cast<std::size_t>(src)];
+      }
+      const double loss = model.loss_and_gradient(xb, yb.data());
+      if (!std::isfinite(loss)) {
+        loss_sum = std::numeric_limits<double>::infinity();
+        break;  // diverged: the sweep marks this lr as unusable
+      }
+      optimizer->step();
+      loss_sum += loss;
+      bar.update(s + 1, loss_sum / static_cast<double>(s + 1));
+    }
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    bar.finish();
+    EpochLog log{epoch, loss_sum / static_cast<double>(steps_per_epoch), 0, 0, 0, 0, seconds};
+    if (!std::isfinite(log.train_loss)) {
+      log.val_loss = log.test_loss = std::numeric_limits<double>::infinity();
+      logs.push_back(log);
+      break;
+    }
+    const auto val = model.evaluate(d.val_x, d.val_y);
+    log.val_loss = val.loss;
+    log.val_accuracy = val.accuracy;
+    if (with_test) {
+      const auto test = model.evaluate(d.test_x, d.test_y);
+      log.test_loss = test.loss;
+      log.test_accuracy = test.accuracy;
+    }
+    logs.push_back(log);
+  }
+  return logs;
+}
+
+/// The sweep grid: `points` lrs a factor 3 apart, centred on a default that
+/// suits the optimizer (chosen so the usual optimum is inside the grid).
+std::vector<double> sweep_grid(const std::string& optimizer, int points) {
+  const double centre = optimizer == "sgd" ? 0.03 : optimizer == "adamw" ? 1e-3 : 3e-3;
+  std::vector<double> grid;
+  for (int k = 0; k < points; ++k)
+    grid.push_back(centre * std::pow(3.0, k - (points - 1) / 2.0));
+  return grid;
+}
+
+double default_lr(const std::string& optimizer) { return sweep_grid(optimizer, 1).front(); }
+
+std::string format_double(double v, int precision = 4) {
+  std::ostringstream s;
+  s.precision(precision);
+  s << v;
+  return s.str();
+}
+
+// ---------------------------------------------------------------- modes
+
+int run_comparison(const Config& c, const Splits& d) {
+  namespace fs = std::filesystem;
+  std::ofstream sweep_csv;
+  if (c.lr_sweep) {
+    sweep_csv.open(fs::path(c.out_dir) / "lr_sweep.csv");
+    sweep_csv << "optimizer,lr,val_loss,val_accuracy\n";
+  }
+  struct Result {
+    std::string optimizer;
+    double lr;
+    std::vector<EpochLog> logs;
+  };
+  std::vector<Result> results;
+  for (const auto& name : c.optimizers) {
+    RunSpec spec;
+    spec.optimizer = name;
+    spec.widths = c.widths;
+    spec.adjust = c.muon_adjust;
+    spec.muon_first_layer = c.muon_first_layer;
+    double best_lr = c.lr.count(name) ? c.lr.at(name) : default_lr(name);
+    if (c.lr_sweep && !c.lr.count(name)) {
+      const auto grid = sweep_grid(name, c.sweep_points);
+      double best_loss = std::numeric_limits<double>::infinity();
+      for (double lr : grid) {
+        RunSpec s = spec;
+        s.lr = lr;
+        s.epochs = 1;
+        s.train_samples = c.sweep_subset;
+        const auto log = train(s, c, d, false, "sweep " + name + " lr " + format_double(lr)).back();
+        std::cout << "  sweep " << name << " lr " << format_double(lr) << ": val loss "
+                  << format_double(log.val_loss) << ", val accuracy "
+                  << format_double(100 * log.val_accuracy, 3) << "%\n"
+                  << std::flush;
+        sweep_csv << name << ',' << lr << ',' << log.val_loss << ',' << log.val_accuracy << '\n';
+        if (log.val_loss < best_loss) {
+          best_loss = log.val_loss;
+          best_lr = lr;
+        }
+      }
+      if (grid.size() > 2 && (best_lr == grid.front() || best_lr == grid.back()))
+        std::cout << "  note: best " << name
+                  << " lr is at the edge of the grid; widen it with --sweep-points\n";
+      std::cout << "  -> " << name << " best lr " << format_double(best_lr) << "\n";
+    }
+    spec.lr = best_lr;
+    spec.epochs = c.epochs;
+    spec.train_samples = d.train_x.cols();
+    const auto logs = train(spec, c, d, true, name);
+    std::ofstream csv(fs::path(c.out_dir) / (name + ".csv"));
+    csv << "epoch,train_loss,val_loss,val_accuracy,test_loss,test_accuracy,train_time_s\n";
+    for (const auto& l : logs) {
+      csv << l.epoch << ',' << l.train_loss << ',' << l.val_loss << ',' << l.val_accuracy << ','
+          << l.test_loss << ',' << l.test_accuracy << ',' << l.train_seconds << '\n';
+      std::cout << name << " epoch " << l.epoch << ": train loss " << format_double(l.train_loss)
+                << ", val loss " << format_double(l.val_loss) << ", test accuracy "
+                << format_double(100 * l.test_accuracy, 4) << "%, " << format_double(l.train_seconds, 3)
+                << " s\n"
+                << std::flush;
+    }
+    results.push_back({name, best_lr, logs});
+  }
+
+  double adamw_seconds = 0;
+  for (const auto& r : results)
+    if (r.optimizer == "adamw") adamw_seconds = r.logs.back().train_seconds;
+  std::printf("\n%-9s %9s %11s %10s %10s %9s %14s\n", "optimizer", "best lr", "train loss",
+              "val loss", "test acc", "time (s)", "speed vs AdamW");
+  for (const auto& r : results) {
+    const auto& last = r.logs.back();
+    char speed[32] = "-";
+    if (adamw_seconds > 0)
+      std::snprintf(speed, sizeof speed, "%.2fx", adamw_seconds / last.train_seconds);
+    std::printf("%-9s %9.3g %11.4f %10.4f %9.2f%% %9.1f %14s\n", r.optimizer.c_str(), r.lr,
+                last.train_loss, last.val_loss, 100 * last.test_accuracy, last.train_seconds, speed);
+  }
+  std::ofstream summary(fs::path(c.out_dir) / "summary.csv");
+  summary << "optimizer,best_lr,train_loss,val_loss,test_accuracy,train_time_s\n";
+  for (const auto& r : results) {
+    const auto& last = r.logs.back();
+    summary << r.optimizer << ',' << r.lr << ',' << last.train_loss << ',' << last.val_loss << ','
+            << last.test_accuracy << ',' << last.train_seconds << '\n';
+  }
+  return 0;
+}
+
+int run_width_transfer(const Config& c, const Splits& d) {
+  namespace fs = std::filesystem;
+  // Muon lr grid, a factor 2 apart; "original" adjustment leaves square
+  // hidden matrices at the raw lr, so any width dependence of the optimum
+  // shows up in the lr itself.
+  const std::vector<double> grid{0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16};
+  std::ofstream csv(fs::path(c.out_dir) / "width_transfer.csv");
+  csv << "width,lr,val_loss,val_accuracy,kind\n";
+  auto run = [&](int width, double lr, const char* kind) {
+    RunSpec s;
+    s.optimizer = "muon";
+    s.lr = lr;
+    s.widths = std::vector<int>(c.widths.size(), width);
+    s.epochs = c.wt_epochs;
+    s.train_samples = c.wt_subset;
+    s.adjust = "original";
+    s.adam_lr = c.wt_adam_lr;
+    s.muon_first_layer = c.muon_first_layer;
+    const auto log =
+        train(s, c, d, false, "width " + std::to_string(width) + " lr " + format_double(lr)).back();
+    csv << width << ',' << lr << ',' << log.val_loss << ',' << log.val_accuracy << ',' << kind
+        << '\n';
+    std::cout << "  width " << width << " lr " << format_double(lr) << " (" << kind
+              << "): val loss " << format_double(log.val_loss) << "\n"
+              << std::flush;
+    return log.val_loss;
+  };
+
+  struct Row {
+    int width;
+    double best_lr, best_loss;
+  };
+  std::vector<Row> rows;
+  for (int width : c.wt_widths) {
+    Row row{width, grid.front(), std::numeric_limits<double>::infinity()};
+    for (double lr : grid) {
+      const double loss = run(width, lr, "grid");
+      if (loss < row.best_loss) {
+        row.best_loss = loss;
+        row.best_lr = lr;
+      }
+    }
+    rows.push_back(row);
+  }
+
+  // Transfer from the first width: the library's rule scales lr by
+  // sqrt(base_width / width). Check it against the measured optimum, and
+  // against keeping the base lr unchanged.
+  muon::WidthTransferConfig base{rows.front().best_lr, 0, 0.95, 5, rows.front().width};
+  std::printf("\nwidth transfer (Muon lr, base width %d, best base lr %.4g)\n", rows.front().width,
+              base.lr);
+  std::printf("%6s %10s %13s %12s %14s %16s\n", "width", "best lr", "val loss@best", "scaled lr",
+              "val loss@scaled", "val loss@base lr");
+  for (const auto& row : rows) {
+    const double scaled = muon::scale_to_width(base, row.width).lr;
+    const bool is_base = row.width == rows.front().width;
+    const double loss_scaled = is_base ? row.best_loss : run(row.width, scaled, "scaled");
+    const double loss_unscaled = is_base ? row.best_loss : run(row.width, base.lr, "base");
+    std::printf("%6d %10.4g %13.4f %12.4g %14.4f %16.4f\n", row.width, row.best_lr, row.best_loss,
+                scaled, loss_scaled, loss_unscaled);
+  }
+  return 0;
+}
+
+void make_plot(const Config& c) {
+  std::string script = c.plot_script;
+#ifdef FASHION_MNIST_PLOT_SCRIPT
+  if (script.empty()) script = FASHION_MNIST_PLOT_SCRIPT;
+#endif
+  if (script.empty() || !std::filesystem::exists(script)) {
+    std::cout << "plot: script not found; pass --plot-script examples/fashion_mnist/plot.gp\n";
+    return;
+  }
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
+    std::cout << "plot: gnuplot not found (Debian: apt-get install gnuplot-nox); CSVs are in "
+              << c.out_dir << "\n";
+    return;
+  }
+  std::string names;
+  for (const auto& n : c.optimizers) names += (names.empty() ? "" : " ") + n;
+  const std::string command = "gnuplot -e \"outdir='" + c.out_dir + "'; optimizers='" + names +
+                              "'\" '" + script + "'";
+  if (std::system(command.c_str()) == 0)
+    std::cout << "plot: " << (std::filesystem::path(c.out_dir) / "curves.png").string() << "\n";
+  else
+    std::cout << "plot: gnuplot failed (command: " << command << ")\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Config c = parse_args(argc, argv);
+    Eigen::setNbThreads(c.threads);
+    std::filesystem::create_directories(c.out_dir);
+    const auto start = std::chrono::steady_clock::now();
+    const Splits d = prepare_data(c);
+    std::cout << "Fashion-MNIST: " << d.train_x.cols() << " train, " << d.val_x.cols()
+              << " validation, " << d.test_x.cols() << " test images; Eigen threads "
+              << Eigen::nbThreads() << "; seed " << c.seed << "\n";
+    const int rc = c.width_transfer ? run_width_transfer(c, d) : run_comparison(c, d);
+    if (!c.width_transfer && c.plot) make_plot(c);
+    std::cout << "outputs in " << c.out_dir << " (total "
+              << format_double(
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+                     3)
+              << " s)\n";
+    return rc;
+  } catch (const std::exception& e) {
+    std::cerr << "fashion_mnist: error: " << e.what() << "\n";
+    return 1;
+  }
+}
