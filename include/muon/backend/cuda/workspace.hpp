@@ -1,0 +1,542 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file backend/cuda/workspace.hpp
+/// \brief The device backend of detail::newton_schulz_iterate.
+///
+/// A Workspace<T> serves one (rows, cols, batch) shape. It follows CUTLASS's
+/// rhythm:
+///
+///     Workspace<T>::Arguments args{rows, cols, batch, in, out, options};
+///     if (!Workspace<T>::can_implement(args)) ...;          // or check(args)
+///     size_t bytes = Workspace<T>::get_workspace_size(args);
+///     ws.initialize(args, device_ptr, stream);              // once per shape
+///     ws.run(stream);                                       // no sync, no allocation
+///     ws.update(args2);                                     // new pointers / options
+///
+/// and `Orthogonalizer<T>` owns the memory for you. T is the storage and
+/// product scalar (__nv_bfloat16, __half or float); products accumulate in
+/// fp32 (CUBLAS_COMPUTE_32F), the norm in double.
+///
+/// Compute layout: inputs are oriented wide (m = min(rows, cols) <= n): X and
+/// Y are m x n, A and B m x m, all column-major and dense, `batch` of each.
+/// Tall inputs are transposed on load and back on store. The symmetric
+/// products X X^T and A A^T compute only the lower-triangle tiles when m is
+/// large (grouped batched GEMMs over the tiles on and below the diagonal),
+/// then a mirror kernel fills the upper triangle. run() launches kernels and
+/// cuBLAS calls on the stream only, so it can be captured in a CUDA graph.
+///
+/// Non-finite input: the norm of each matrix is checked on the device; a
+/// matrix whose norm is NaN/Inf is not written to `out` (left as it was) and
+/// its flag in nonfinite_flags() is set. The host wrappers read the flags and
+/// throw muon::Error; run() never synchronizes.
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../../error.hpp"
+#include "../../newton_schulz.hpp"
+#include "common.hpp"
+#include "kernels.cuh"
+
+namespace muon {
+namespace cuda {
+
+template <class T>
+class Workspace {
+ public:
+  using scalar = T;
+
+  /// The problem: shape, batch, input and output views, options.
+  struct Arguments {
+    std::int64_t rows = 0, cols = 0, batch = 1;
+    BatchedMatrixView<const T> in;  ///< rows x cols, `batch` matrices
+    BatchedMatrixView<T> out;       ///< rows x cols, `batch` matrices; may equal `in`
+    NewtonSchulzOptions options;
+    /// Tile edge of the lower-triangle tiling: 0 (default) picks it from the
+    /// shape (tiles of about kTileTarget once m >= kTilingThreshold); a value
+    /// in (0, m) forces that edge (tests use it to cover the tiled path).
+    std::int64_t tile = 0;
+  };
+
+  /// Size of the cuBLAS workspace handed to cublasSetWorkspace (32 MiB, the
+  /// size cuBLAS's documentation recommends for Hopper).
+  static constexpr std::size_t kBlasWorkspaceBytes = std::size_t(32) << 20;
+  /// Gram sizes m >= this use lower-triangle tiling.
+  static constexpr std::int64_t kTilingThreshold = 1536;
+  /// Target tile edge of the triangular tiling.
+  static constexpr std::int64_t kTileTarget = 1024;
+  /// Largest supported rows or cols (grid limits of the load/store kernels).
+  static constexpr std::int64_t kMaxDim = std::int64_t(65535) * 32;
+
+  /// "" when the shape alone is supported, else the problem (naming the field).
+  static std::string check_shape(std::int64_t rows, std::int64_t cols, std::int64_t batch) {
+    if (rows <= 0 || cols <= 0)
+      return "shape: rows and cols must be positive, got " + std::to_string(rows) + "x" +
+             std::to_string(cols);
+    if (batch < 1 || batch > 65535)
+      return "batch: must be in [1, 65535], got " + std::to_string(batch);
+    if (rows > kMaxDim || cols > kMaxDim)
+      return "shape: rows and cols must be <= " + std::to_string(kMaxDim);
+    return {};
+  }
+
+  /// "" when `a` can run, else "<field>: <problem>".
+  static std::string check(const Arguments& a) {
+    std::string s = check_shape(a.rows, a.cols, a.batch);
+    if (!s.empty()) return s;
+    if (a.tile < 0) return "tile: must be >= 0";
+    if (auto e = check_view(a.in, a, "in"); !e.empty()) return e;
+    if (auto e = check_view(a.out, a, "out"); !e.empty()) return e;
+    try {
+      a.options.validate();
+    } catch (const Error& e) {
+      const std::string w = e.what(), prefix = "muon: ";
+      return w.compare(0, prefix.size(), prefix) == 0 ? w.substr(prefix.size()) : w;
+    }
+    return {};
+  }
+  static bool can_implement(const Arguments& a) { return check(a).empty(); }
+
+  /// Bytes of device memory initialize() needs for this shape (pointers and
+  /// options do not matter).
+  static std::size_t get_workspace_size(const Arguments& a) {
+    return Layout(a.rows, a.cols, a.batch, a.tile).total;
+  }
+
+  Workspace() = default;
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+
+  /// Binds the workspace memory (get_workspace_size(args) bytes, 256-byte
+  /// aligned, e.g. from cudaMalloc) and prepares the tiling tables (uploaded
+  /// on `stream`). Creates the cuBLAS handle on first use. Throws muon::Error
+  /// when check(args) fails or a CUDA/cuBLAS call fails.
+  void initialize(const Arguments& a, void* workspace, cudaStream_t stream) {
+    const std::string problem = check(a);
+    if (!problem.empty()) throw Error(problem);
+    ::muon::detail::require(workspace != nullptr, "workspace", "null device pointer");
+    ::muon::detail::require(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0, "workspace",
+                            "must be 256-byte aligned");
+    args_ = a;
+    layout_ = Layout(a.rows, a.cols, a.batch, a.tile);
+    char* base = static_cast<char*>(workspace);
+    buf_[0] = reinterpret_cast<T*>(base + layout_.x);
+    buf_[1] = reinterpret_cast<T*>(base + layout_.y);
+    A_ = reinterpret_cast<T*>(base + layout_.a);
+    B_ = reinterpret_cast<T*>(base + layout_.b);
+    partials_ = reinterpret_cast<double*>(base + layout_.partials);
+    scale_ = reinterpret_cast<float*>(base + layout_.scale);
+    flags_ = reinterpret_cast<int*>(base + layout_.flags);
+    ptrs_ = reinterpret_cast<const void**>(base + layout_.ptrs);
+    blas_ws_ = base + layout_.blas;
+    if (!handle_) handle_.reset(new BlasHandle());
+    upload_tile_tables(stream);
+    MUON_CUDA_CHECK(cudaMemsetAsync(flags_, 0, sizeof(int) * static_cast<std::size_t>(a.batch),
+                                    stream));
+    initialized_ = true;
+  }
+
+  /// New views / options for the same shape (no device work). Throws
+  /// muon::Error when they do not fit.
+  void update(const Arguments& a) {
+    ::muon::detail::require(initialized_, "Workspace::update", "initialize() was not called");
+    ::muon::detail::require(a.rows == args_.rows && a.cols == args_.cols &&
+                                a.batch == args_.batch && a.tile == args_.tile,
+                            "Workspace::update", "shape differs from the initialized one");
+    const std::string problem = check(a);
+    if (!problem.empty()) throw Error(problem);
+    args_ = a;
+  }
+
+  /// in -> NS(in) -> out on `stream`: launches only, no synchronization, no
+  /// allocation (capturable in a CUDA graph).
+  void run(cudaStream_t stream) {
+    ::muon::detail::require(initialized_, "Workspace::run", "initialize() was not called");
+    stream_ = stream;
+    MUON_CUDA_CHECK(cublasSetStream(handle_->get(), stream));
+    // cublasSetStream resets the workspace to cuBLAS's pool: set ours after it.
+    MUON_CUDA_CHECK(cublasSetWorkspace(handle_->get(), blas_ws_, kBlasWorkspaceBytes));
+    load();
+    ::muon::detail::newton_schulz_iterate(*this, args_.options);
+    store();
+  }
+
+  // ---- backend primitives called by detail::newton_schulz_iterate ----------
+
+  void normalize(double divisor, double eps, EpsMode mode) {
+    const std::int64_t count = layout_.m * layout_.n;
+    const dim3 grid(static_cast<unsigned>(layout_.reduce_blocks),
+                    static_cast<unsigned>(args_.batch));
+    kernels::sumsq_partial<T><<<grid, kernels::kReduceThreads, 0, stream_>>>(X(), count, partials_);
+    check_launch("muon::cuda::kernels::sumsq_partial");
+    kernels::finalize_scale<<<static_cast<unsigned>(args_.batch), kernels::kReduceThreads, 0,
+                              stream_>>>(partials_, static_cast<int>(layout_.reduce_blocks),
+                                         scale_, flags_, divisor, eps, mode == EpsMode::max);
+    check_launch("muon::cuda::kernels::finalize_scale");
+    const unsigned blocks = kernels::elementwise_blocks(count);
+    const dim3 g2(blocks > 1024u ? 1024u : blocks, static_cast<unsigned>(args_.batch));
+    kernels::scale_by<T><<<g2, 256, 0, stream_>>>(X(), count, scale_);
+    check_launch("muon::cuda::kernels::scale_by");
+  }
+
+  void gram() {  // A = X X^T
+    const int m = static_cast<int>(layout_.m), n = static_cast<int>(layout_.n);
+    if (!layout_.tiled()) {
+      const float one = 1.0f, zero = 0.0f;
+      MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
+          handle_->get(), CUBLAS_OP_N, CUBLAS_OP_T, m, m, n, &one, X(), dtype(), m,
+          layout_.m * layout_.n, X(), dtype(), m, layout_.m * layout_.n, &zero, A_, dtype(), m,
+          layout_.m * layout_.m, static_cast<int>(args_.batch), CUBLAS_COMPUTE_32F,
+          CUBLAS_GEMM_DEFAULT));
+      return;
+    }
+    tiled_products(cur_, n, 1.0f, 0.0f);  // lower tiles of A
+    // Mirror A's lower triangle (B is written by symmetric_polynomial).
+    launch_symmetrize(A_, nullptr, true, 1.0f, 0.0f);
+  }
+
+  void symmetric_polynomial(double b, double c) {  // B = b A + c A^2 (A^2 = A A^T)
+    const bool square = c != 0.0;
+    // B <- (square ? 1 : b) * A
+    launch_symmetrize(A_, B_, false, square ? 1.0f : static_cast<float>(b), 0.0f);
+    if (!square) return;
+    const int m = static_cast<int>(layout_.m);
+    const float alpha = static_cast<float>(c), beta = static_cast<float>(b);
+    if (!layout_.tiled()) {
+      MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
+          handle_->get(), CUBLAS_OP_N, CUBLAS_OP_T, m, m, m, &alpha, A_, dtype(), m,
+          layout_.m * layout_.m, A_, dtype(), m, layout_.m * layout_.m, &beta, B_, dtype(), m,
+          layout_.m * layout_.m, static_cast<int>(args_.batch), CUBLAS_COMPUTE_32F,
+          CUBLAS_GEMM_DEFAULT));
+      b_lower_only_ = false;
+    } else {
+      tiled_products(2, m, alpha, beta);  // lower tiles of B
+      b_lower_only_ = true;
+    }
+  }
+
+  void apply_polynomial(double a) {  // X = a X + B X = (B + a I) X
+    // Finish B: mirror its lower triangle if only that was computed, add a I.
+    launch_symmetrize(B_, B_, b_lower_only_, 1.0f, static_cast<float>(a));
+    b_lower_only_ = false;
+    const int m = static_cast<int>(layout_.m), n = static_cast<int>(layout_.n);
+    const float one = 1.0f, zero = 0.0f;
+    MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
+        handle_->get(), CUBLAS_OP_N, CUBLAS_OP_N, m, n, m, &one, B_, dtype(), m,
+        layout_.m * layout_.m, X(), dtype(), m, layout_.m * layout_.n, &zero, buf_[1 - cur_],
+        dtype(), m, layout_.m * layout_.n, static_cast<int>(args_.batch), CUBLAS_COMPUTE_32F,
+        CUBLAS_GEMM_DEFAULT));
+    cur_ = 1 - cur_;
+  }
+
+  // ---- introspection ---------------------------------------------------------
+
+  const Arguments& arguments() const { return args_; }
+  bool transposed() const { return args_.rows > args_.cols; }
+  /// Per matrix of the batch: 1 when its norm was not finite in the last run
+  /// (its output was not written), else 0. Device memory.
+  const int* nonfinite_flags() const { return flags_; }
+  /// Whether the lower-triangle tiling is used for this shape.
+  bool tiled() const { return layout_.tiled(); }
+  /// Number of tiles on and below the diagonal per matrix (1 when untiled).
+  std::int64_t lower_tiles() const { return layout_.tiles; }
+  /// The current iterate X (wide, m x n per matrix, dense), device memory.
+  const T* iterate() const { return buf_[cur_]; }
+
+ private:
+  // Where each buffer lives in the workspace, and the tiling plan.
+  struct Layout {
+    std::int64_t m = 0, n = 0, batch = 0;
+    std::int64_t tile = 0, nb = 1, tiles = 1;  // tile edge, tiles per side, lower tiles
+    std::int64_t reduce_blocks = 1;
+    std::size_t x = 0, y = 0, a = 0, b = 0, partials = 0, scale = 0, flags = 0, ptrs = 0,
+                blas = 0, total = 0;
+    bool tiled() const { return nb > 1; }
+
+    Layout() = default;
+    Layout(std::int64_t rows, std::int64_t cols, std::int64_t bt, std::int64_t tile_request)
+        : batch(bt) {
+      m = rows < cols ? rows : cols;
+      n = rows < cols ? cols : rows;
+      if (tile_request > 0 && tile_request < m) {
+        tile = tile_request;
+        nb = (m + tile - 1) / tile;
+      } else if (tile_request == 0 && m >= kTilingThreshold) {
+        const std::int64_t want = (m + kTileTarget - 1) / kTileTarget;
+        tile = ((m + want - 1) / want + 63) / 64 * 64;  // multiple of 64 (tensor-core friendly)
+        nb = (m + tile - 1) / tile;
+      } else {
+        tile = m;
+        nb = 1;
+      }
+      tiles = nb * (nb + 1) / 2;
+      const std::int64_t per = (m * n + 256 * 16 - 1) / (256 * 16);
+      reduce_blocks = per < 1 ? 1 : (per > 256 ? 256 : per);
+      std::size_t off = 0;
+      auto take = [&off](std::size_t bytes) {
+        const std::size_t at = off;
+        off += (bytes + 255) / 256 * 256;
+        return at;
+      };
+      const std::size_t mn = static_cast<std::size_t>(m * n * batch) * sizeof(T);
+      const std::size_t mm = static_cast<std::size_t>(m * m * batch) * sizeof(T);
+      x = take(mn);
+      y = take(mn);
+      a = take(mm);
+      b = take(mm);
+      partials = take(sizeof(double) * static_cast<std::size_t>(reduce_blocks * batch));
+      scale = take(sizeof(float) * static_cast<std::size_t>(batch));
+      flags = take(sizeof(int) * static_cast<std::size_t>(batch));
+      // 3 product sets (gram on buffer 0, gram on buffer 1, A A^T) x 3 pointer
+      // arrays (A, B, C operands) x tiles x batch.
+      ptrs = take(nb > 1 ? sizeof(void*) * static_cast<std::size_t>(9 * tiles * batch) : 0);
+      blas = take(kBlasWorkspaceBytes);
+      total = off;
+    }
+  };
+
+  // A group of same-size tiles of one product set: `count` GEMMs of
+  // rows x cols, operands at ptrs_[first + {0, 1, 2} * count].
+  struct TileGroup {
+    int rows = 0, cols = 0;
+    std::int64_t count = 0;
+    std::size_t first = 0;
+  };
+
+  static cudaDataType_t dtype() { return device_scalar<T>::data_type; }
+  T* X() const { return buf_[cur_]; }
+
+  template <class V>
+  static std::string check_view(const BatchedMatrixView<V>& v, const Arguments& a,
+                                const char* name) {
+    const std::string n(name);
+    if (v.ptr == nullptr) return n + ": null device pointer";
+    if (v.rows != a.rows || v.cols != a.cols)
+      return n + ": shape " + std::to_string(v.rows) + "x" + std::to_string(v.cols) +
+             " does not match the problem's " + std::to_string(a.rows) + "x" +
+             std::to_string(a.cols);
+    if (v.ld < v.rows) return n + ": ld must be >= rows";
+    if (v.batch != a.batch)
+      return n + ": batch " + std::to_string(v.batch) + " does not match " +
+             std::to_string(a.batch);
+    if (a.batch > 1 && v.stride < v.ld * v.cols) return n + ": stride must be >= ld*cols";
+    return {};
+  }
+
+  void load() {
+    cur_ = 0;
+    b_lower_only_ = false;
+    const auto& in = args_.in;
+    const dim3 block(kernels::kTile, kernels::kTileRows);
+    const dim3 grid(static_cast<unsigned>((layout_.m + kernels::kTile - 1) / kernels::kTile),
+                    static_cast<unsigned>((layout_.n + kernels::kTile - 1) / kernels::kTile),
+                    static_cast<unsigned>(args_.batch));
+    kernels::copy_transpose<T, T><<<grid, block, 0, stream_>>>(
+        in.ptr, in.ld, in.stride, X(), layout_.m, layout_.m * layout_.n, layout_.m, layout_.n,
+        transposed(), nullptr);
+    check_launch("muon::cuda::kernels::copy_transpose (load)");
+  }
+
+  void store() {
+    const auto& out = args_.out;
+    const dim3 block(kernels::kTile, kernels::kTileRows);
+    const dim3 grid(static_cast<unsigned>((args_.rows + kernels::kTile - 1) / kernels::kTile),
+                    static_cast<unsigned>((args_.cols + kernels::kTile - 1) / kernels::kTile),
+                    static_cast<unsigned>(args_.batch));
+    kernels::copy_transpose<T, T><<<grid, block, 0, stream_>>>(
+        X(), layout_.m, layout_.m * layout_.n, out.ptr, out.ld, out.stride, args_.rows,
+        args_.cols, transposed(), flags_);
+    check_launch("muon::cuda::kernels::copy_transpose (store)");
+  }
+
+  void launch_symmetrize(T* src, T* out, bool mirror, float s, float diag) {
+    const unsigned t = static_cast<unsigned>((layout_.m + kernels::kTile - 1) / kernels::kTile);
+    const dim3 grid(t, t, static_cast<unsigned>(args_.batch));
+    const dim3 block(kernels::kTile, kernels::kTileRows);
+    kernels::symmetrize<T><<<grid, block, 0, stream_>>>(src, out, layout_.m, mirror, s, diag);
+    check_launch("muon::cuda::kernels::symmetrize");
+  }
+
+  // The tile groups of one product set (0, 1: gram on buf_[0], buf_[1]; 2: A A^T).
+  const std::vector<TileGroup>& groups(int set) const { return groups_[set]; }
+
+  // C_ij = alpha * L_i L_j^T + beta * C_ij for the lower tiles (i >= j), where
+  // L_i is row block i of the left operand (X for the gram sets, A for set 2)
+  // and C is A (gram) or B (set 2). k is the inner dimension.
+  void tiled_products(int set, int k, float alpha, float beta) {
+    const int m = static_cast<int>(layout_.m);
+    for (const TileGroup& g : groups(set)) {
+      MUON_CUDA_CHECK(cublasGemmBatchedEx(
+          handle_->get(), CUBLAS_OP_N, CUBLAS_OP_T, g.rows, g.cols, k, &alpha, ptrs_ + g.first,
+          dtype(), m, ptrs_ + g.first + g.count, dtype(), m, &beta,
+          const_cast<void**>(ptrs_ + g.first + 2 * g.count), dtype(), m,
+          static_cast<int>(g.count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+  }
+
+  // Builds the operand pointer tables of the three product sets and uploads
+  // them (stream-ordered; the host copy is staged before cudaMemcpyAsync
+  // returns for pageable memory, and kept as a member anyway).
+  void upload_tile_tables(cudaStream_t stream) {
+    for (auto& g : groups_) g.clear();
+    host_ptrs_.clear();
+    if (!layout_.tiled()) return;
+    const std::int64_t m = layout_.m, n = layout_.n, t = layout_.tile, nb = layout_.nb;
+    const std::int64_t last = m - (nb - 1) * t;
+    auto size_of = [&](std::int64_t blk) { return blk == nb - 1 ? last : t; };
+    for (int set = 0; set < 3; ++set) {
+      const T* left = set < 2 ? buf_[set] : A_;
+      T* out = set < 2 ? A_ : B_;
+      const std::int64_t lstride = set < 2 ? m * n : m * m;
+      // Group tiles by (rows, cols).
+      struct Key {
+        std::int64_t r, c;
+      };
+      std::vector<Key> keys;
+      std::vector<std::vector<std::int64_t>> members;  // encoded i * nb + j
+      for (std::int64_t i = 0; i < nb; ++i)
+        for (std::int64_t j = 0; j <= i; ++j) {
+          const Key key{size_of(i), size_of(j)};
+          std::size_t g = 0;
+          while (g < keys.size() && !(keys[g].r == key.r && keys[g].c == key.c)) ++g;
+          if (g == keys.size()) {
+            keys.push_back(key);
+            members.emplace_back();
+          }
+          members[g].push_back(i * nb + j);
+        }
+      for (std::size_t g = 0; g < keys.size(); ++g) {
+        TileGroup tg;
+        tg.rows = static_cast<int>(keys[g].r);
+        tg.cols = static_cast<int>(keys[g].c);
+        tg.count = static_cast<std::int64_t>(members[g].size()) * args_.batch;
+        tg.first = host_ptrs_.size();
+        std::vector<const void*> pa, pb, pc;
+        for (std::int64_t z = 0; z < args_.batch; ++z)
+          for (std::int64_t code : members[g]) {
+            const std::int64_t i = code / nb, j = code % nb;
+            pa.push_back(left + z * lstride + i * t);
+            pb.push_back(left + z * lstride + j * t);
+            pc.push_back(out + z * m * m + i * t + j * t * m);
+          }
+        host_ptrs_.insert(host_ptrs_.end(), pa.begin(), pa.end());
+        host_ptrs_.insert(host_ptrs_.end(), pb.begin(), pb.end());
+        host_ptrs_.insert(host_ptrs_.end(), pc.begin(), pc.end());
+        groups_[set].push_back(tg);
+      }
+    }
+    MUON_CUDA_CHECK(cudaMemcpyAsync(ptrs_, host_ptrs_.data(), sizeof(void*) * host_ptrs_.size(),
+                                    cudaMemcpyHostToDevice, stream));
+  }
+
+  Arguments args_{};
+  Layout layout_{};
+  T* buf_[2] = {nullptr, nullptr};
+  T *A_ = nullptr, *B_ = nullptr;
+  double* partials_ = nullptr;
+  float* scale_ = nullptr;
+  int* flags_ = nullptr;
+  const void** ptrs_ = nullptr;
+  void* blas_ws_ = nullptr;
+  std::vector<TileGroup> groups_[3];
+  std::vector<const void*> host_ptrs_;
+  std::unique_ptr<BlasHandle> handle_;
+  cudaStream_t stream_ = nullptr;
+  int cur_ = 0;
+  bool b_lower_only_ = false;
+  bool initialized_ = false;
+};
+
+/// A Workspace that owns its memory (through the allocator hook): made once
+/// per (rows, cols, batch) shape, then called any number of times.
+template <class T>
+class Orthogonalizer {
+ public:
+  /// Throws muon::Error for an unsupported shape or a failed allocation.
+  Orthogonalizer(std::int64_t rows, std::int64_t cols, std::int64_t batch, cudaStream_t stream,
+                 Allocator alloc = default_allocator(), std::int64_t tile = 0)
+      : rows_(rows), cols_(cols), batch_(batch), tile_(tile) {
+    const std::string problem = Workspace<T>::check_shape(rows, cols, batch);
+    if (!problem.empty()) throw Error(problem);
+    typename Workspace<T>::Arguments a;
+    a.rows = rows;
+    a.cols = cols;
+    a.batch = batch;
+    a.tile = tile;
+    ::muon::detail::require(tile >= 0, "tile", "must be >= 0");
+    mem_ = DeviceBuffer(Workspace<T>::get_workspace_size(a), stream, alloc,
+                        "muon::cuda::Orthogonalizer workspace");
+    // Bind with placeholder views over the workspace itself (never run).
+    T* p = static_cast<T*>(mem_.data());
+    a.in = BatchedMatrixView<const T>(p, rows, cols, rows, rows * cols, batch);
+    a.out = BatchedMatrixView<T>(p, rows, cols, rows, rows * cols, batch);
+    ws_.initialize(a, mem_.data(), stream);
+  }
+
+  /// out <- NS(in) on `stream`, no synchronization (capturable). `out` may
+  /// equal `in`. Throws muon::Error (before launching anything) for views
+  /// that do not match the shape, or invalid options.
+  void operator()(BatchedMatrixView<const T> in, BatchedMatrixView<T> out,
+                  const NewtonSchulzOptions& options, cudaStream_t stream) {
+    typename Workspace<T>::Arguments a;
+    a.rows = rows_;
+    a.cols = cols_;
+    a.batch = batch_;
+    a.tile = tile_;
+    a.in = in;
+    a.out = out;
+    a.options = options;
+    ws_.update(a);
+    ws_.run(stream);
+  }
+
+  /// Synchronizes `stream` and throws muon::Error naming `parameter` when a
+  /// matrix of the last call had a NaN/Inf norm (its output was not written).
+  void throw_if_nonfinite(cudaStream_t stream, const char* parameter = "in") const {
+    std::vector<int> flags(static_cast<std::size_t>(batch_));
+    MUON_CUDA_CHECK(cudaMemcpyAsync(flags.data(), ws_.nonfinite_flags(),
+                                    sizeof(int) * flags.size(), cudaMemcpyDeviceToHost, stream));
+    MUON_CUDA_CHECK(cudaStreamSynchronize(stream));
+    for (std::size_t k = 0; k < flags.size(); ++k)
+      if (flags[k])
+        throw Error(std::string(parameter) + ": matrix " + std::to_string(k) +
+                    (batch_ > 1 ? " of the batch" : "") + " contains NaN or Inf");
+  }
+
+  Workspace<T>& workspace() { return ws_; }
+  const Workspace<T>& workspace() const { return ws_; }
+
+ private:
+  std::int64_t rows_, cols_, batch_, tile_;
+  DeviceBuffer mem_;
+  Workspace<T> ws_;
+};
+
+/// Convenience: out <- NS(in) for a batch (or one matrix), allocating a
+/// temporary workspace, then synchronizing `stream`. Throws muon::Error for
+/// bad views/options or when a matrix holds NaN/Inf (that output untouched).
+template <class T>
+void orthogonalize(BatchedMatrixView<const T> in, BatchedMatrixView<T> out,
+                   const NewtonSchulzOptions& options, cudaStream_t stream) {
+  ::muon::detail::require(in.rows == out.rows && in.cols == out.cols && in.batch == out.batch,
+                          "out", "shape or batch differs from in");
+  Orthogonalizer<T> o(in.rows, in.cols, in.batch, stream);
+  o(in, out, options, stream);
+  o.throw_if_nonfinite(stream, "in");
+}
+
+/// One-matrix convenience overload (views of T or const T).
+template <class T>
+void orthogonalize(MatrixView<const T> in, MatrixView<T> out,
+                   const NewtonSchulzOptions& options, cudaStream_t stream) {
+  orthogonalize<T>(BatchedMatrixView<const T>(in), BatchedMatrixView<T>(out), options, stream);
+}
+
+}  // namespace cuda
+}  // namespace muon

@@ -1,0 +1,250 @@
+// SPDX-License-Identifier: MIT
+// The nvcc half of the CUDA tests: wraps muon/cuda.hpp behind harness.hpp.
+#include "harness.hpp"
+
+#include <muon/cuda.hpp>
+
+#include <sstream>
+#include <stdexcept>
+
+namespace muon_cuda_test {
+namespace mc = muon::cuda;
+
+namespace {
+
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { MUON_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
+  ~Stream() { (void)cudaStreamDestroy(s); }
+};
+
+template <class T>
+T from_double(double v);
+template <>
+float from_double<float>(double v) {
+  return static_cast<float>(v);
+}
+template <>
+__half from_double<__half>(double v) {
+  return __float2half_rn(static_cast<float>(v));
+}
+template <>
+__nv_bfloat16 from_double<__nv_bfloat16>(double v) {
+  return __float2bfloat16_rn(static_cast<float>(v));
+}
+inline double to_double(float v) { return v; }
+inline double to_double(__half v) { return __half2float(v); }
+inline double to_double(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <class T>
+std::vector<double> run_typed(const std::vector<double>& in, std::int64_t rows, std::int64_t cols,
+                              std::int64_t batch, const muon::NewtonSchulzOptions& options,
+                              RunMode mode) {
+  Stream st;
+  const std::int64_t ld = rows + mode.ld_pad, stride = ld * cols;
+  std::vector<T> host(static_cast<std::size_t>(stride * batch), from_double<T>(0.0));
+  for (std::int64_t z = 0; z < batch; ++z)
+    for (std::int64_t j = 0; j < cols; ++j)
+      for (std::int64_t i = 0; i < rows; ++i)
+        host[z * stride + j * ld + i] = from_double<T>(in[z * rows * cols + j * rows + i]);
+  mc::DeviceMatrix<T> din(stride, batch, st.s), dout(stride, batch, st.s);
+  din.upload(host.data(), st.s);
+  MUON_CUDA_CHECK(cudaMemsetAsync(dout.data(), 0, dout.bytes(), st.s));
+  mc::Orthogonalizer<T> ortho(rows, cols, batch, st.s, mc::default_allocator(), mode.tile);
+  const mc::BatchedMatrixView<const T> vin(din.data(), rows, cols, ld, stride, batch);
+  const mc::BatchedMatrixView<T> vout(dout.data(), rows, cols, ld, stride, batch);
+  if (mode.graph) {
+    cudaGraph_t g = nullptr;
+    cudaGraphExec_t e = nullptr;
+    MUON_CUDA_CHECK(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal));
+    ortho(vin, vout, options, st.s);
+    MUON_CUDA_CHECK(cudaStreamEndCapture(st.s, &g));
+    MUON_CUDA_CHECK(cudaGraphInstantiate(&e, g, 0));
+    MUON_CUDA_CHECK(cudaGraphLaunch(e, st.s));
+    MUON_CUDA_CHECK(cudaGraphLaunch(e, st.s));  // replays are repeatable
+    MUON_CUDA_CHECK(cudaStreamSynchronize(st.s));
+    MUON_CUDA_CHECK(cudaGraphExecDestroy(e));
+    MUON_CUDA_CHECK(cudaGraphDestroy(g));
+  } else {
+    ortho(vin, vout, options, st.s);
+    if (mode.reuse) ortho(vin, vout, options, st.s);
+  }
+  ortho.throw_if_nonfinite(st.s, "in");
+  std::vector<T> back(host.size());
+  dout.download(back.data(), st.s);
+  MUON_CUDA_CHECK(cudaStreamSynchronize(st.s));
+  std::vector<double> out(static_cast<std::size_t>(rows * cols * batch));
+  for (std::int64_t z = 0; z < batch; ++z)
+    for (std::int64_t j = 0; j < cols; ++j)
+      for (std::int64_t i = 0; i < rows; ++i)
+        out[z * rows * cols + j * rows + i] = to_double(back[z * stride + j * ld + i]);
+  return out;
+}
+
+}  // namespace
+
+bool device_present() { return mc::device_available(); }
+
+std::vector<double> orthogonalize(const std::vector<double>& in, std::int64_t rows,
+                                  std::int64_t cols, std::int64_t batch, Dtype dtype,
+                                  const muon::NewtonSchulzOptions& options, RunMode mode) {
+  switch (dtype) {
+    case Dtype::bf16: return run_typed<__nv_bfloat16>(in, rows, cols, batch, options, mode);
+    case Dtype::f16: return run_typed<__half>(in, rows, cols, batch, options, mode);
+    case Dtype::f32: return run_typed<float>(in, rows, cols, batch, options, mode);
+  }
+  throw std::logic_error("dtype");
+}
+
+void orthogonalize_checked(const std::vector<float>& in, std::int64_t rows, std::int64_t cols,
+                           std::vector<float>& out_after, float out_init) {
+  Stream st;
+  mc::DeviceMatrix<float> din(rows, cols, st.s), dout(rows, cols, st.s);
+  din.upload(in.data(), st.s);
+  std::vector<float> init(static_cast<std::size_t>(rows * cols), out_init);
+  dout.upload(init.data(), st.s);
+  auto fetch = [&] {
+    out_after.resize(init.size());
+    dout.download(out_after.data(), st.s);
+    MUON_CUDA_CHECK(cudaStreamSynchronize(st.s));
+  };
+  try {
+    mc::orthogonalize<float>(mc::MatrixView<const float>(din.view()), dout.view(),
+                             muon::NewtonSchulzOptions(), st.s);
+  } catch (...) {
+    fetch();
+    throw;
+  }
+  fetch();
+}
+
+std::string workspace_check(const std::string& broken) {
+  using W = mc::Workspace<float>;
+  float* fake = reinterpret_cast<float*>(std::uintptr_t(4096));  // never dereferenced
+  W::Arguments a;
+  a.rows = 8;
+  a.cols = 12;
+  a.batch = 2;
+  a.in = mc::BatchedMatrixView<const float>(fake, 8, 12, 8, 96, 2);
+  a.out = mc::BatchedMatrixView<float>(fake, 8, 12, 8, 96, 2);
+  if (broken == "rows") a.rows = 0;
+  if (broken == "batch") a.batch = 0;
+  if (broken == "in_null") a.in.ptr = nullptr;
+  if (broken == "out_shape") a.out.cols = 13;
+  if (broken == "ld") a.in.ld = 7;
+  if (broken == "stride") a.out.stride = 50;
+  if (broken == "steps") a.options.steps = 100;
+  if (broken == "tile") a.tile = -1;
+  return W::check(a);
+}
+
+std::string cuda_error_message() {
+  try {
+    mc::check(cudaErrorInvalidValue, "cudaMemcpyAsync");
+  } catch (const muon::Error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+std::string cublas_error_message() {
+  try {
+    mc::check(CUBLAS_STATUS_INVALID_VALUE, "cublasGemmEx");
+  } catch (const muon::Error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+namespace {
+
+template <class C>
+std::vector<std::vector<float>> run_optimizer_typed(std::vector<OptParam> params,
+                                                    const OptRun& run) {
+  Stream st;
+  mc::OptimizerOptions o;
+  o.lr = run.lr;
+  o.weight_decay = run.weight_decay;
+  o.momentum = run.momentum;
+  o.nesterov = run.nesterov;
+  o.momentum_kind = run.sum_momentum ? mc::Momentum::sum : mc::Momentum::ema;
+  o.adam_lr = run.adam_lr;
+  std::vector<mc::DeviceMatrix<float>> p, g;
+  for (const auto& q : params) {
+    p.emplace_back(q.rows, q.cols, st.s);
+    g.emplace_back(q.rows, q.cols, st.s);
+    p.back().upload(q.value.data(), st.s);
+  }
+  auto make = [&] {
+    auto opt = std::make_unique<mc::Optimizer<float, C>>(o);
+    for (std::size_t k = 0; k < params.size(); ++k) {
+      const auto& q = params[k];
+      if (q.adamw)
+        opt->add_adamw(q.name, p[k].data(), g[k].data(), q.rows * q.cols);
+      else
+        opt->add_muon(q.name, p[k].data(), g[k].data(), q.rows, q.cols,
+                      q.row_major ? mc::Layout::row_major : mc::Layout::col_major);
+    }
+    return opt;
+  };
+  auto opt = make();
+  bool captured = false;
+  for (int s = 0; s < run.steps; ++s) {
+    for (std::size_t k = 0; k < params.size(); ++k)
+      g[k].upload(run.grads.at(static_cast<std::size_t>(s)).at(k).data(), st.s);
+    if (run.graph) {
+      if (!captured) {
+        opt->capture(st.s);
+        captured = true;
+      }
+      opt->replay(st.s);
+    } else {
+      opt->step(st.s);
+    }
+    if (run.save_after == s + 1) {
+      std::stringstream buf;
+      opt->save(buf, st.s);
+      opt = make();
+      opt->load(buf, st.s);
+      captured = false;
+    }
+    MUON_CUDA_CHECK(cudaStreamSynchronize(st.s));  // grads are re-uploaded from host
+  }
+  std::vector<std::vector<float>> out;
+  for (std::size_t k = 0; k < params.size(); ++k) {
+    out.emplace_back(params[k].value.size());
+    p[k].download(out.back().data(), st.s);
+  }
+  MUON_CUDA_CHECK(cudaStreamSynchronize(st.s));
+  if (opt->step_count(st.s) != run.steps) throw std::runtime_error("step count mismatch");
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::vector<float>> run_optimizer(std::vector<OptParam> params, const OptRun& run) {
+  return run.ns_f32 ? run_optimizer_typed<float>(std::move(params), run)
+                    : run_optimizer_typed<__nv_bfloat16>(std::move(params), run);
+}
+
+std::string optimizer_error(const std::string& what) {
+  try {
+    mc::OptimizerOptions o;
+    if (what == "options") o.momentum = 1.0;
+    mc::Optimizer<float> opt(o);
+    float* fake = reinterpret_cast<float*>(std::uintptr_t(4096));  // never dereferenced
+    opt.add_muon("w", fake, fake, 4, 4);
+    if (what == "duplicate") opt.add_muon("w", fake, fake, 4, 4);
+    if (what == "null") opt.add_muon("v", nullptr, fake, 4, 4);
+    if (what == "shape") opt.add_muon("v", fake, fake, 0, 4);
+    if (what == "bad_magic") {
+      std::stringstream s("NOTMUON!");
+      opt.load(s, nullptr);
+    }
+  } catch (const muon::Error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+}  // namespace muon_cuda_test
