@@ -80,11 +80,16 @@ struct NewtonSchulzOptions {
   double divisor() const { return norm_divisor ? *norm_divisor : schedule.norm_divisor(); }
 
   /// Throws muon::Error naming the field when an option is out of range.
+  /// Runs on every call of the allocation-free entry points, so a message
+  /// (a std::string) is built only once a check has failed.
   void validate() const {
-    detail::require(steps >= 0 && steps < 100, "options.steps", "must be in [0, 100)");
-    detail::require(std::isfinite(eps) && eps > 0, "options.eps", "must be finite and > 0");
+    if (!(steps >= 0 && steps < 100))
+      detail::require(false, "options.steps", "must be in [0, 100)");
+    if (!(std::isfinite(eps) && eps > 0))
+      detail::require(false, "options.eps", "must be finite and > 0");
     const double d = divisor();
-    detail::require(std::isfinite(d) && d > 0, "options.norm_divisor", "must be finite and > 0");
+    if (!(std::isfinite(d) && d > 0))
+      detail::require(false, "options.norm_divisor", "must be finite and > 0");
   }
 };
 

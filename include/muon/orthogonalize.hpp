@@ -34,7 +34,8 @@ void orthogonalize_into(const Eigen::MatrixBase<DerivedIn>& G,
   options.validate();
   workspace.check_shape(G.rows(), G.cols(), "G");
   workspace.check_shape(out.rows(), out.cols(), "out");
-  detail::require(workspace.load(G), "G", "contains NaN or Inf");
+  // Messages are built only once a check fails: this path allocates nothing.
+  if (!workspace.load(G)) detail::require(false, "G", "contains NaN or Inf");
   detail::newton_schulz_iterate(workspace, options);
   workspace.store(out);
 }
@@ -71,12 +72,15 @@ void orthogonalize_batch(const T* in, T* out, Eigen::Index batch, Eigen::Index s
   using MutMap = Eigen::Map<Matrix<T>>;
   options.validate();
   const Eigen::Index r = workspace.rows(), c = workspace.cols();
-  detail::require(batch >= 0, "batch", "must be >= 0");
-  detail::require(stride >= r * c, "stride", "must be >= rows*cols of the workspace");
-  detail::require(batch == 0 || (in != nullptr && out != nullptr), "in/out", "null pointer");
+  // Messages are built only once a check fails: this path allocates nothing.
+  if (batch < 0) detail::require(false, "batch", "must be >= 0");
+  if (stride < r * c) detail::require(false, "stride", "must be >= rows*cols of the workspace");
+  if (batch > 0 && (in == nullptr || out == nullptr))
+    detail::require(false, "in/out", "null pointer");
   for (Eigen::Index i = 0; i < batch; ++i)
-    detail::require(ConstMap(in + i * stride, r, c).allFinite(), "in",
-                    "matrix " + std::to_string(i) + " of the batch contains NaN or Inf");
+    if (!ConstMap(in + i * stride, r, c).allFinite())
+      detail::require(false, "in",
+                      "matrix " + std::to_string(i) + " of the batch contains NaN or Inf");
   for (Eigen::Index i = 0; i < batch; ++i) {
     workspace.load(ConstMap(in + i * stride, r, c));
     detail::newton_schulz_iterate(workspace, options);

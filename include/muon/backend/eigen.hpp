@@ -74,7 +74,8 @@ class Workspace {
 
   /// Throws muon::Error unless `r x c` is this workspace's shape.
   void check_shape(Index r, Index c, const char* parameter) const {
-    detail::require(r == rows_ && c == cols_, parameter,
+    if (r == rows_ && c == cols_) return;  // the message is built only on failure: no allocation
+    detail::require(false, parameter,
                     "shape " + std::to_string(r) + "x" + std::to_string(c) +
                         " does not match the workspace's " + std::to_string(rows_) + "x" +
                         std::to_string(cols_));
