@@ -4,10 +4,26 @@
 #include <muon/muon.hpp>
 
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <random>
 #include <string>
 
 #include "catch.hpp"
+
+// Counts every heap allocation of this test program, to show that the
+// per-step functions allocate nothing (std::string messages included).
+namespace {
+std::size_t heap_allocations = 0;
+}  // namespace
+
+void* operator new(std::size_t size) {
+  ++heap_allocations;
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 namespace {
 
@@ -174,4 +190,40 @@ TEST_CASE("apply_muon_update rejects bad arguments and leaves the parameter unto
   REQUIRE(throws_naming([&] { muon::apply_muon_update(p, transposed, 0.1, 0.1, 0.1, true); },
                         "update"));
   REQUIRE(p == p0);
+}
+
+TEST_CASE("per-step functions perform no heap allocation", "[update][alloc]") {
+  using bf16 = Eigen::bfloat16;
+  const Eigen::Index rows = 8, cols = 12;
+  Eigen::MatrixXf param = random_matrix(rows, cols, 91).cast<float>();
+  Eigen::Matrix<bf16, Eigen::Dynamic, Eigen::Dynamic> grad = random_matrix(rows, cols, 92).cast<bf16>();
+  Eigen::MatrixXf buf = Eigen::MatrixXf::Zero(rows, cols), ns_input(rows, cols);
+  Eigen::MatrixXf exp_avg = Eigen::MatrixXf::Zero(rows, cols), exp_avg_sq = exp_avg;
+  Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> top(param.data(), rows / 2, cols,
+                                                          Eigen::OuterStride<>(rows));
+  const muon::MomentumOptions momentum;
+  const muon::AdamWOptions adamw;
+  const auto schedule = muon::LrSchedule::warmup_cosine(5, 50, 0.1);
+  const muon::MomentumWarmup warmup;
+  const muon::LrAdjustFn rule = [](double lr, Eigen::Index, Eigen::Index) { return 2 * lr; };
+
+  const std::size_t before = heap_allocations;
+  double sink = 0;
+  for (std::int64_t step = 0; step < 3; ++step) {
+    const double lr = 0.02 * schedule.factor(step);
+    sink += warmup.at(step);
+    muon::momentum_step(grad, buf, ns_input, momentum);
+    const double lr_adjusted = muon::adjusted_lr(lr, rows, cols, muon::LrAdjust::match_rms_adamw) +
+                               muon::adjusted_lr(lr, rows, cols, rule);
+    muon::apply_muon_update(param, ns_input, lr, lr_adjusted, 0.1, step % 2 == 1);
+    muon::apply_muon_update(top, ns_input.topRows(rows / 2), lr, lr_adjusted, 0.1, false);
+    muon::adamw_step(param, grad, exp_avg, exp_avg_sq, step + 1, adamw);
+  }
+  const std::size_t after = heap_allocations;
+  REQUIRE(after == before);
+  REQUIRE(std::isfinite(sink));
+  REQUIRE(param.allFinite());
+  // The counter does see allocations (a failing check builds its message).
+  REQUIRE_THROWS_AS(muon::adamw_step(param, grad, exp_avg, exp_avg_sq, 0, adamw), muon::Error);
+  REQUIRE(heap_allocations > after);
 }

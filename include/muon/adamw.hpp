@@ -32,13 +32,13 @@ struct AdamWOptions {
 
   /// Throws muon::Error naming the field when an option is out of range.
   void validate() const {
-    detail::require(std::isfinite(lr) && lr >= 0.0, "lr", "must be finite and >= 0");
-    detail::require(std::isfinite(beta1) && beta1 >= 0.0 && beta1 < 1.0, "beta1",
+    detail::check_arg(std::isfinite(lr) && lr >= 0.0, "lr", "must be finite and >= 0");
+    detail::check_arg(std::isfinite(beta1) && beta1 >= 0.0 && beta1 < 1.0, "beta1",
                     "must be in [0, 1)");
-    detail::require(std::isfinite(beta2) && beta2 >= 0.0 && beta2 < 1.0, "beta2",
+    detail::check_arg(std::isfinite(beta2) && beta2 >= 0.0 && beta2 < 1.0, "beta2",
                     "must be in [0, 1)");
-    detail::require(std::isfinite(eps) && eps > 0.0, "eps", "must be finite and > 0");
-    detail::require(std::isfinite(weight_decay) && weight_decay >= 0.0, "weight_decay",
+    detail::check_arg(std::isfinite(eps) && eps > 0.0, "eps", "must be finite and > 0");
+    detail::check_arg(std::isfinite(weight_decay) && weight_decay >= 0.0, "weight_decay",
                     "must be finite and >= 0");
   }
 };
@@ -70,8 +70,8 @@ void adamw_step(const Eigen::DenseBase<DP>& param, const Eigen::DenseBase<DG>& g
   using C = detail::elementwise_compute_t<PS, GS, MS, VS>;
 
   opt.validate();
-  detail::require(step >= 1, "step", "must be >= 1 (1 on the first call), got " +
-                                         std::to_string(step));
+  if (step < 1)
+    detail::fail_arg("step", "must be >= 1 (1 on the first call), got " + std::to_string(step));
   detail::require_same_shape(param, "param", grad, "grad");
   detail::require_same_shape(param, "param", exp_avg, "exp_avg");
   detail::require_same_shape(param, "param", exp_avg_sq, "exp_avg_sq");

@@ -46,9 +46,9 @@ struct MomentumOptions {
 
   /// Throws muon::Error naming the field when an option is out of range.
   void validate() const {
-    detail::require(std::isfinite(momentum) && momentum >= 0.0 && momentum < 1.0, "momentum",
-                    "must be in [0, 1), got " + std::to_string(momentum));
-    detail::require(kind == MomentumKind::ema || kind == MomentumKind::sum, "kind",
+    if (!(std::isfinite(momentum) && momentum >= 0.0 && momentum < 1.0))
+      detail::fail_arg("momentum", "must be in [0, 1), got " + std::to_string(momentum));
+    detail::check_arg(kind == MomentumKind::ema || kind == MomentumKind::sum, "kind",
                     "is not a MomentumKind value");
   }
 };

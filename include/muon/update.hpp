@@ -42,9 +42,9 @@ using LrAdjustFn = std::function<double(double lr, Eigen::Index out_dim, Eigen::
 /// Throws muon::Error naming "lr", "out_dim" or "in_dim" for a non-finite lr
 /// or a dimension < 1.
 inline double adjusted_lr(double lr, Eigen::Index out_dim, Eigen::Index in_dim, LrAdjust rule) {
-  detail::require(std::isfinite(lr), "lr", "must be finite");
-  detail::require(out_dim >= 1, "out_dim", "must be >= 1, got " + std::to_string(out_dim));
-  detail::require(in_dim >= 1, "in_dim", "must be >= 1, got " + std::to_string(in_dim));
+  detail::check_arg(std::isfinite(lr), "lr", "must be finite");
+  if (out_dim < 1) detail::fail_arg("out_dim", "must be >= 1, got " + std::to_string(out_dim));
+  if (in_dim < 1) detail::fail_arg("in_dim", "must be >= 1, got " + std::to_string(in_dim));
   const double a = static_cast<double>(out_dim);
   const double b = static_cast<double>(in_dim);
   switch (rule) {
@@ -64,12 +64,12 @@ inline double adjusted_lr(double lr, Eigen::Index out_dim, Eigen::Index in_dim, 
 /// finite (muon::Error naming "adjust_lr_fn" otherwise, or when it is empty).
 inline double adjusted_lr(double lr, Eigen::Index out_dim, Eigen::Index in_dim,
                           const LrAdjustFn& rule) {
-  detail::require(static_cast<bool>(rule), "adjust_lr_fn", "is empty");
-  detail::require(std::isfinite(lr), "lr", "must be finite");
-  detail::require(out_dim >= 1, "out_dim", "must be >= 1, got " + std::to_string(out_dim));
-  detail::require(in_dim >= 1, "in_dim", "must be >= 1, got " + std::to_string(in_dim));
+  detail::check_arg(static_cast<bool>(rule), "adjust_lr_fn", "is empty");
+  detail::check_arg(std::isfinite(lr), "lr", "must be finite");
+  if (out_dim < 1) detail::fail_arg("out_dim", "must be >= 1, got " + std::to_string(out_dim));
+  if (in_dim < 1) detail::fail_arg("in_dim", "must be >= 1, got " + std::to_string(in_dim));
   const double adjusted = rule(lr, out_dim, in_dim);
-  detail::require(std::isfinite(adjusted), "adjust_lr_fn", "returned a non-finite learning rate");
+  detail::check_arg(std::isfinite(adjusted), "adjust_lr_fn", "returned a non-finite learning rate");
   return adjusted;
 }
 
@@ -116,9 +116,9 @@ void apply_muon_update(const Eigen::DenseBase<DP>& param, const Eigen::DenseBase
   static_assert(detail::supported_scalars<PS, US>(), "muon: unsupported scalar");
   using C = detail::elementwise_compute_t<PS, US>;
 
-  detail::require(std::isfinite(lr) && lr >= 0.0, "lr", "must be finite and >= 0");
-  detail::require(std::isfinite(lr_adjusted), "lr_adjusted", "must be finite");
-  detail::require(std::isfinite(weight_decay) && weight_decay >= 0.0, "weight_decay",
+  detail::check_arg(std::isfinite(lr) && lr >= 0.0, "lr", "must be finite and >= 0");
+  detail::check_arg(std::isfinite(lr_adjusted), "lr_adjusted", "must be finite");
+  detail::check_arg(std::isfinite(weight_decay) && weight_decay >= 0.0, "weight_decay",
                   "must be finite and >= 0");
   detail::require_same_shape(param, "param", update, "update");
 

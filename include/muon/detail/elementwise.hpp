@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "../error.hpp"
+#include "check.hpp"
 #include "../scalar.hpp"
 
 namespace muon {
@@ -59,9 +60,10 @@ inline std::string shape_string(Eigen::Index rows, Eigen::Index cols) {
 template <class DR, class DX>
 void require_same_shape(const Eigen::DenseBase<DR>& reference, const char* reference_name,
                         const Eigen::DenseBase<DX>& x, const char* name) {
-  require(x.rows() == reference.rows() && x.cols() == reference.cols(), name,
-          "shape " + shape_string(x.rows(), x.cols()) + " does not match " + reference_name +
-              "'s shape " + shape_string(reference.rows(), reference.cols()));
+  if (x.rows() != reference.rows() || x.cols() != reference.cols())
+    fail_arg(name, "shape " + shape_string(x.rows(), x.cols()) + " does not match " +
+                   reference_name + "'s shape " +
+                   shape_string(reference.rows(), reference.cols()));
 }
 
 /// Reads one element in compute type C (the cast each element gets on read).
