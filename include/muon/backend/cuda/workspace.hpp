@@ -43,6 +43,7 @@
 #include "../../newton_schulz.hpp"
 #include "common.hpp"
 #include "kernels.cuh"
+#include "tiling.hpp"
 
 namespace muon {
 namespace cuda {
@@ -253,29 +254,20 @@ class Workspace {
   // Where each buffer lives in the workspace, and the tiling plan.
   struct Layout {
     std::int64_t m = 0, n = 0, batch = 0;
-    std::int64_t tile = 0, nb = 1, tiles = 1;  // tile edge, tiles per side, lower tiles
+    std::int64_t tiles = 1;  // lower blocks of the tiling (1 when untiled)
+    detail::TilePlan plan;
     std::int64_t reduce_blocks = 1;
     std::size_t x = 0, y = 0, a = 0, b = 0, partials = 0, scale = 0, flags = 0, ptrs = 0,
                 blas = 0, total = 0;
-    bool tiled() const { return nb > 1; }
+    bool tiled() const { return plan.tiled(); }
 
     Layout() = default;
     Layout(std::int64_t rows, std::int64_t cols, std::int64_t bt, std::int64_t tile_request)
         : batch(bt) {
       m = rows < cols ? rows : cols;
       n = rows < cols ? cols : rows;
-      if (tile_request > 0 && tile_request < m) {
-        tile = tile_request;
-        nb = (m + tile - 1) / tile;
-      } else if (tile_request == 0 && m >= kTilingThreshold) {
-        const std::int64_t want = (m + kTileTarget - 1) / kTileTarget;
-        tile = ((m + want - 1) / want + 63) / 64 * 64;  // multiple of 64 (tensor-core friendly)
-        nb = (m + tile - 1) / tile;
-      } else {
-        tile = m;
-        nb = 1;
-      }
-      tiles = nb * (nb + 1) / 2;
+      plan = detail::plan_lower_tiles(m, tile_request, kTilingThreshold, kTileTarget);
+      tiles = plan.tiled() ? plan.lower_blocks() : 1;
       const std::int64_t per = (m * n + 256 * 16 - 1) / (256 * 16);
       reduce_blocks = per < 1 ? 1 : (per > 256 ? 256 : per);
       std::size_t off = 0;
@@ -295,7 +287,7 @@ class Workspace {
       flags = take(sizeof(int) * static_cast<std::size_t>(batch));
       // 3 product sets (gram on buffer 0, gram on buffer 1, A A^T) x 3 pointer
       // arrays (A, B, C operands) x tiles x batch.
-      ptrs = take(nb > 1 ? sizeof(void*) * static_cast<std::size_t>(9 * tiles * batch) : 0);
+      ptrs = take(plan.tiled() ? sizeof(void*) * static_cast<std::size_t>(9 * tiles * batch) : 0);
       blas = take(kBlasWorkspaceBytes);
       total = off;
     }
@@ -387,47 +379,27 @@ class Workspace {
     for (auto& g : groups_) g.clear();
     host_ptrs_.clear();
     if (!layout_.tiled()) return;
-    const std::int64_t m = layout_.m, n = layout_.n, t = layout_.tile, nb = layout_.nb;
-    const std::int64_t last = m - (nb - 1) * t;
-    auto size_of = [&](std::int64_t blk) { return blk == nb - 1 ? last : t; };
+    const std::int64_t m = layout_.m, n = layout_.n;
     for (int set = 0; set < 3; ++set) {
       const T* left = set < 2 ? buf_[set] : A_;
       T* out = set < 2 ? A_ : B_;
       const std::int64_t lstride = set < 2 ? m * n : m * m;
-      // Group tiles by (rows, cols).
-      struct Key {
-        std::int64_t r, c;
-      };
-      std::vector<Key> keys;
-      std::vector<std::vector<std::int64_t>> members;  // encoded i * nb + j
-      for (std::int64_t i = 0; i < nb; ++i)
-        for (std::int64_t j = 0; j <= i; ++j) {
-          const Key key{size_of(i), size_of(j)};
-          std::size_t g = 0;
-          while (g < keys.size() && !(keys[g].r == key.r && keys[g].c == key.c)) ++g;
-          if (g == keys.size()) {
-            keys.push_back(key);
-            members.emplace_back();
-          }
-          members[g].push_back(i * nb + j);
-        }
-      for (std::size_t g = 0; g < keys.size(); ++g) {
+      for (const auto& pg : layout_.plan.groups) {
+        const std::size_t blocks = pg.row_offset.size();
         TileGroup tg;
-        tg.rows = static_cast<int>(keys[g].r);
-        tg.cols = static_cast<int>(keys[g].c);
-        tg.count = static_cast<std::int64_t>(members[g].size()) * args_.batch;
+        tg.rows = static_cast<int>(pg.rows);
+        tg.cols = static_cast<int>(pg.cols);
+        tg.count = static_cast<std::int64_t>(blocks) * args_.batch;
         tg.first = host_ptrs_.size();
-        std::vector<const void*> pa, pb, pc;
-        for (std::int64_t z = 0; z < args_.batch; ++z)
-          for (std::int64_t code : members[g]) {
-            const std::int64_t i = code / nb, j = code % nb;
-            pa.push_back(left + z * lstride + i * t);
-            pb.push_back(left + z * lstride + j * t);
-            pc.push_back(out + z * m * m + i * t + j * t * m);
-          }
-        host_ptrs_.insert(host_ptrs_.end(), pa.begin(), pa.end());
-        host_ptrs_.insert(host_ptrs_.end(), pb.begin(), pb.end());
-        host_ptrs_.insert(host_ptrs_.end(), pc.begin(), pc.end());
+        // [A operands | B operands | C operands], batch-major within each.
+        for (int operand = 0; operand < 3; ++operand)
+          for (std::int64_t z = 0; z < args_.batch; ++z)
+            for (std::size_t k = 0; k < blocks; ++k) {
+              const std::int64_t r = pg.row_offset[k], c = pg.col_offset[k];
+              if (operand == 0) host_ptrs_.push_back(left + z * lstride + r);
+              if (operand == 1) host_ptrs_.push_back(left + z * lstride + c);
+              if (operand == 2) host_ptrs_.push_back(out + z * m * m + r + c * m);
+            }
         groups_[set].push_back(tg);
       }
     }
