@@ -4,6 +4,7 @@
 
 #include <muon/cuda.hpp>
 
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 
@@ -136,6 +137,110 @@ std::string workspace_check(const std::string& broken) {
   if (broken == "steps") a.options.steps = 100;
   if (broken == "tile") a.tile = -1;
   return W::check(a);
+}
+
+namespace {
+
+namespace k = muon::cuda::kernels;
+
+// Runs a two-phase block function over a grid, block by block, as the
+// kernel would: phase 0 for every thread, then (if the block goes on) phase 1.
+template <class F>
+void emulate_grid(std::int64_t gx, std::int64_t gy, std::int64_t gz, F&& phase) {
+  for (std::int64_t bz = 0; bz < gz; ++bz)
+    for (std::int64_t by = 0; by < gy; ++by)
+      for (std::int64_t bx = 0; bx < gx; ++bx) {
+        k::Tile tile;
+        for (auto& row : tile)
+          for (auto& v : row) v = std::nanf("");  // unset shared memory shows up as NaN
+        int go = -1;
+        for (int ty = 0; ty < k::kTileRows; ++ty)
+          for (int tx = 0; tx < k::kTile; ++tx) {
+            const bool more = phase(0, k::ThreadCoord{bx, by, bz, tx, ty}, tile);
+            if (go != -1 && go != static_cast<int>(more))
+              throw std::logic_error("phase 0 result is not block-uniform");
+            go = more;
+          }
+        if (!go) continue;
+        for (int ty = 0; ty < k::kTileRows; ++ty)
+          for (int tx = 0; tx < k::kTile; ++tx) phase(1, k::ThreadCoord{bx, by, bz, tx, ty}, tile);
+      }
+}
+
+std::int64_t tiles(std::int64_t n) { return (n + k::kTile - 1) / k::kTile; }
+
+std::string check_copy(std::int64_t rows, std::int64_t cols, bool transpose) {
+  // dst is rows x cols (ld rows + 3), src is its transpose or same shape (ld + 2); batch 2,
+  // matrix 1 skipped.
+  const std::int64_t sr = transpose ? cols : rows, sc = transpose ? rows : cols;
+  const std::int64_t sld = sr + 2, dld = rows + 3, batch = 2;
+  std::vector<float> src(static_cast<std::size_t>(sld * sc * batch));
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i % 977) - 300.0f;
+  std::vector<float> dst(static_cast<std::size_t>(dld * cols * batch), -1.0f);
+  const int skip[2] = {0, 1};
+  emulate_grid(tiles(rows), tiles(cols), batch, [&](int ph, k::ThreadCoord c, k::Tile& t) {
+    return k::copy_transpose_phase<float, float>(ph, src.data(), sld, sld * sc, dst.data(), dld,
+                                                 dld * cols, rows, cols, transpose, skip, c, t);
+  });
+  for (std::int64_t z = 0; z < batch; ++z)
+    for (std::int64_t j = 0; j < cols; ++j)
+      for (std::int64_t i = 0; i < rows; ++i) {
+        const float want = z == 1 ? -1.0f
+                                  : (transpose ? src[j + i * sld] : src[i + j * sld]);
+        if (dst[z * dld * cols + i + j * dld] != want)
+          return "copy_transpose " + std::to_string(rows) + "x" + std::to_string(cols) +
+                 (transpose ? " transposed" : "") + ": wrong at (" + std::to_string(i) + ", " +
+                 std::to_string(j) + ") of matrix " + std::to_string(z);
+      }
+  // Padding rows of dst are untouched.
+  for (std::int64_t j = 0; j < cols; ++j)
+    for (std::int64_t i = rows; i < dld; ++i)
+      if (dst[i + j * dld] != -1.0f) return "copy_transpose wrote into the padding";
+  return {};
+}
+
+// mode 0: gram-style mirror (out = null); 1: copy with scale (no mirror) into
+// another buffer; 2: in-place mirror + diagonal; 3: in-place diagonal only.
+std::string check_symmetrize(std::int64_t m, int mode) {
+  const std::int64_t batch = 2;
+  std::vector<float> a(static_cast<std::size_t>(m * m * batch)), b(a.size(), -7.0f);
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>((i * 37) % 101) - 50.0f;
+  const std::vector<float> a0 = a;
+  const float s = mode == 1 ? 0.5f : 1.0f, diag = mode >= 2 ? 3.0f : 0.0f;
+  const bool mirror = mode == 0 || mode == 2;
+  float* out = mode == 0 ? nullptr : mode == 1 ? b.data() : a.data();
+  emulate_grid(tiles(m), tiles(m), batch, [&](int ph, k::ThreadCoord c, k::Tile& t) {
+    return k::symmetrize_phase<float>(ph, a.data(), out, m, mirror, s, diag, c, t);
+  });
+  for (std::int64_t z = 0; z < batch; ++z)
+    for (std::int64_t j = 0; j < m; ++j)
+      for (std::int64_t i = 0; i < m; ++i) {
+        const std::size_t at = static_cast<std::size_t>(z * m * m + i + j * m);
+        const std::size_t tr = static_cast<std::size_t>(z * m * m + j + i * m);
+        const float lower = i >= j ? a0[at] : a0[tr];  // the mirrored value
+        float want_a = a0[at], want_b = -7.0f;
+        if (mode == 0) want_a = lower;
+        if (mode == 1) want_b = s * a0[at];
+        if (mode == 2) want_a = lower + (i == j ? diag : 0.0f);
+        if (mode == 3) want_a = a0[at] + (i == j ? diag : 0.0f);
+        if (a[at] != want_a || b[at] != want_b)
+          return "symmetrize m=" + std::to_string(m) + " mode " + std::to_string(mode) +
+                 ": wrong at (" + std::to_string(i) + ", " + std::to_string(j) + ")";
+      }
+  return {};
+}
+
+}  // namespace
+
+std::string emulate_tiled_kernels() {
+  for (std::int64_t r : {1, 5, 32, 33, 70})
+    for (std::int64_t c : {1, 31, 32, 64, 65})
+      for (bool t : {false, true})
+        if (auto e = check_copy(r, c, t); !e.empty()) return e;
+  for (std::int64_t m : {1, 5, 31, 32, 33, 70, 96})
+    for (int mode = 0; mode < 4; ++mode)
+      if (auto e = check_symmetrize(m, mode); !e.empty()) return e;
+  return {};
 }
 
 std::string cuda_error_message() {

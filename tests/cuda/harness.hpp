@@ -41,6 +41,11 @@ void orthogonalize_checked(const std::vector<float>& in, std::int64_t rows, std:
 /// "in_null", "out_shape", "ld", "stride", "steps", "tile".
 std::string workspace_check(const std::string& broken);
 
+/// Runs the tiled kernels' phase functions (copy_transpose, symmetrize) on
+/// the host, block by block, against plain loops. "" when all agree, else
+/// the first disagreement. No device needed.
+std::string emulate_tiled_kernels();
+
 /// muon::cuda::check() on a failing CUDA / cuBLAS status: the message.
 std::string cuda_error_message();
 std::string cublas_error_message();

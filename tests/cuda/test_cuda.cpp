@@ -136,6 +136,10 @@ TEST_CASE("cuda: optimizer argument errors (no device needed)") {
   CHECK(optimizer_error("options").find("momentum") != std::string::npos);
 }
 
+TEST_CASE("cuda: tiled kernels emulated on the host agree with plain loops (no device needed)") {
+  CHECK(muon_cuda_test::emulate_tiled_kernels() == "");
+}
+
 TEST_CASE("cuda: the lower-triangle tiling covers each lower entry once (no device needed)") {
   using muon::cuda::detail::plan_lower_tiles;
   for (std::int64_t m : {1, 2, 5, 64, 96, 100, 130, 1535, 1536, 1600, 3000, 4096, 8192})

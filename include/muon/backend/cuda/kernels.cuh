@@ -33,67 +33,101 @@ namespace kernels {
 
 // ---- conversions --------------------------------------------------------------
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__host__ __device__ __forceinline__ float to_float(float v) { return v; }
+__host__ __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__host__ __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 template <class T>
-__device__ __forceinline__ T from_float(float v);
+__host__ __device__ __forceinline__ T from_float(float v);
 template <>
-__device__ __forceinline__ float from_float<float>(float v) {
+__host__ __device__ __forceinline__ float from_float<float>(float v) {
   return v;
 }
 template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
+__host__ __device__ __forceinline__ __half from_float<__half>(float v) {
   return __float2half_rn(v);
 }
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+__host__ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
 constexpr int kTile = 32;
 constexpr int kTileRows = 8;  // blockDim = (kTile, kTileRows)
 
+// ---- tiled kernels as block phases ------------------------------------------------
+//
+// copy_transpose and symmetrize are written as phase functions of one thread
+// (block and thread indices passed in, shared tile passed by pointer): the
+// kernel runs phase 0, __syncthreads(), phase 1; the tests run the same
+// functions on the host block by block (tests/cuda, no device needed).
+
+/// Block and thread coordinates of one thread (blockDim = (kTile, kTileRows)).
+struct ThreadCoord {
+  std::int64_t bx, by, bz;
+  int tx, ty;
+};
+using Tile = float[kTile][kTile + 1];
+
 // ---- load / store ---------------------------------------------------------------
 
 /// dst(i, j) = src(j, i) if transpose else src(i, j), for a dst_rows x
 /// dst_cols destination; matrix z = blockIdx.z of the batch. When `skip` is
-/// non-null and skip[z] != 0, matrix z is not written.
+/// non-null and skip[z] != 0, matrix z is not written. Returns false when the
+/// block has nothing more to do (block-uniform).
+template <class Src, class Dst>
+__host__ __device__ inline bool copy_transpose_phase(int phase, const Src* src, std::int64_t src_ld,
+                                                     std::int64_t src_stride, Dst* dst,
+                                                     std::int64_t dst_ld, std::int64_t dst_stride,
+                                                     std::int64_t dst_rows, std::int64_t dst_cols,
+                                                     bool transpose, const int* skip,
+                                                     ThreadCoord c, Tile& tile) {
+  const std::int64_t z = c.bz;
+  if (skip && skip[z]) return false;
+  src += z * src_stride;
+  dst += z * dst_stride;
+  const std::int64_t i0 = c.bx * kTile, j0 = c.by * kTile;
+  if (!transpose) {
+    if (phase == 1) return false;
+    const std::int64_t i = i0 + c.tx;
+    if (i < dst_rows)
+      for (int k = c.ty; k < kTile; k += kTileRows) {
+        const std::int64_t j = j0 + k;
+        if (j < dst_cols) dst[i + j * dst_ld] = from_float<Dst>(to_float(src[i + j * src_ld]));
+      }
+    return false;
+  }
+  if (phase == 0) {
+    // dst tile (i0.., j0..) comes from the src tile (j0.., i0..): read it
+    // coalesced along src's rows; tile[a][b] = dst(i0 + a, j0 + b).
+    for (int k = c.ty; k < kTile; k += kTileRows) {
+      const std::int64_t sr = j0 + c.tx, sc = i0 + k;  // src(sr, sc) = dst(sc, sr)
+      if (sr < dst_cols && sc < dst_rows) tile[k][c.tx] = to_float(src[sr + sc * src_ld]);
+    }
+    return true;
+  }
+  for (int k = c.ty; k < kTile; k += kTileRows) {  // write coalesced along dst's rows
+    const std::int64_t i = i0 + c.tx, j = j0 + k;
+    if (i < dst_rows && j < dst_cols) dst[i + j * dst_ld] = from_float<Dst>(tile[c.tx][k]);
+  }
+  return false;
+}
+
 template <class Src, class Dst>
 __global__ void copy_transpose(const Src* __restrict__ src, std::int64_t src_ld,
                                std::int64_t src_stride, Dst* __restrict__ dst,
                                std::int64_t dst_ld, std::int64_t dst_stride,
                                std::int64_t dst_rows, std::int64_t dst_cols, bool transpose,
                                const int* __restrict__ skip) {
-  __shared__ float tile[kTile][kTile + 1];
-  const std::int64_t z = blockIdx.z;
-  if (skip && skip[z]) return;
-  src += z * src_stride;
-  dst += z * dst_stride;
-  const std::int64_t i0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
-  const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  if (!transpose) {
-    const std::int64_t i = i0 + tx;
-    if (i >= dst_rows) return;
-    for (int k = ty; k < kTile; k += kTileRows) {
-      const std::int64_t j = j0 + k;
-      if (j < dst_cols) dst[i + j * dst_ld] = from_float<Dst>(to_float(src[i + j * src_ld]));
-    }
+  __shared__ Tile tile;
+  const ThreadCoord c{blockIdx.x, blockIdx.y, blockIdx.z, static_cast<int>(threadIdx.x),
+                      static_cast<int>(threadIdx.y)};
+  if (!copy_transpose_phase(0, src, src_ld, src_stride, dst, dst_ld, dst_stride, dst_rows,
+                            dst_cols, transpose, skip, c, tile))
     return;
-  }
-  // dst tile (i0.., j0..) comes from the src tile (j0.., i0..): read it
-  // coalesced along src's rows, write coalesced along dst's rows.
-  for (int k = ty; k < kTile; k += kTileRows) {
-    const std::int64_t sr = j0 + tx, sc = i0 + k;  // src(sr, sc) = dst(sc, sr)
-    if (sr < dst_cols && sc < dst_rows) tile[k][tx] = to_float(src[sr + sc * src_ld]);
-  }
   __syncthreads();
-  for (int k = ty; k < kTile; k += kTileRows) {
-    const std::int64_t i = i0 + tx, j = j0 + k;
-    if (i < dst_rows && j < dst_cols) dst[i + j * dst_ld] = from_float<Dst>(tile[tx][k]);
-  }
+  copy_transpose_phase(1, src, src_ld, src_stride, dst, dst_ld, dst_stride, dst_rows, dst_cols,
+                       transpose, skip, c, tile);
 }
 
 // ---- normalization ----------------------------------------------------------------
@@ -168,47 +202,62 @@ __global__ void scale_by(T* __restrict__ x, std::int64_t count, const float* __r
 ///   out(i, j) <- s v + (i == j ? diag : 0)        when out is non-null
 /// When out == src only the entries with i <= j are written (the strict lower
 /// triangle keeps its values). blockDim = (kTile, kTileRows), grid =
-/// (ceil(m/kTile), ceil(m/kTile), batch).
+/// (ceil(m/kTile), ceil(m/kTile), batch): block (bx, by) owns tile row bx,
+/// tile column by. Returns false when the block is done (block-uniform).
 template <class T>
-__global__ void symmetrize(T* src, T* out, std::int64_t m, bool mirror, float s, float diag) {
-  __shared__ float tile[kTile][kTile + 1];
-  const std::int64_t z = blockIdx.z;
-  src += z * m * m;
-  if (out) out += z * m * m;
-  const std::int64_t ti = blockIdx.x, tj = blockIdx.y;  // tile row, tile col
-  const int tx = threadIdx.x, ty = threadIdx.y;
+__host__ __device__ inline bool symmetrize_phase(int phase, T* src, T* out, std::int64_t m,
+                                                 bool mirror, float s, float diag,
+                                                 ThreadCoord c, Tile& tile) {
+  src += c.bz * m * m;
+  if (out) out += c.bz * m * m;
+  const std::int64_t ti = c.bx, tj = c.by;
   const bool in_place = out == src;
-  if ((in_place || !out) && ti > tj) return;  // nothing to write below the diagonal
+  if ((in_place || !out) && ti > tj) return false;  // nothing to write below the diagonal
   if (!mirror || ti > tj) {
-    for (int k = ty; k < kTile; k += kTileRows) {
-      const std::int64_t i = ti * kTile + tx, j = tj * kTile + k;
+    if (phase == 1) return false;
+    for (int k = c.ty; k < kTile; k += kTileRows) {
+      const std::int64_t i = ti * kTile + c.tx, j = tj * kTile + k;
       if (i >= m || j >= m) continue;
       if (out && (!in_place || i <= j)) {
         const float v = to_float(src[i + j * m]);
         out[i + j * m] = from_float<T>(s * v + (i == j ? diag : 0.0f));
       }
     }
-    return;
+    return false;
   }
-  // Upper or diagonal tile with mirroring: stage the source tile (tj, ti)
-  // (for the diagonal, the tile itself), read coalesced.
-  for (int k = ty; k < kTile; k += kTileRows) {
-    const std::int64_t r = tj * kTile + tx, c = ti * kTile + k;  // tile[k][tx] = src(r, c)
-    if (r < m && c < m) tile[k][tx] = to_float(src[r + c * m]);
+  if (phase == 0) {
+    // Upper or diagonal tile with mirroring: stage the source tile (tj, ti)
+    // (for the diagonal, the tile itself), read coalesced:
+    // tile[b][a] = src(tj*kTile + a, ti*kTile + b).
+    for (int k = c.ty; k < kTile; k += kTileRows) {
+      const std::int64_t r = tj * kTile + c.tx, col = ti * kTile + k;
+      if (r < m && col < m) tile[k][c.tx] = to_float(src[r + col * m]);
+    }
+    return true;
   }
-  __syncthreads();
-  for (int k = ty; k < kTile; k += kTileRows) {
-    const std::int64_t i = ti * kTile + tx, j = tj * kTile + k;
+  for (int k = c.ty; k < kTile; k += kTileRows) {
+    const std::int64_t i = ti * kTile + c.tx, j = tj * kTile + k;
     if (i >= m || j >= m) continue;
     float v;
-    if (ti < tj) {
-      v = tile[tx][k];  // src(j, i): row j = tj*kTile + k, col i = ti*kTile + tx
-    } else {            // diagonal tile: tile[c][r] = src(r, c) with local indices
-      v = i >= j ? tile[k][tx] : tile[tx][k];
-    }
+    if (ti < tj)
+      v = tile[c.tx][k];  // src(j, i): row j = tj*kTile + k, col i = ti*kTile + tx
+    else                  // diagonal tile: local (a, b) = src(ti*kTile + a, ti*kTile + b) = tile[b][a]
+      v = i >= j ? tile[k][c.tx] : tile[c.tx][k];
     if (i < j) src[i + j * m] = from_float<T>(v);
-    if (out && (!in_place || i <= j)) out[i + j * m] = from_float<T>(s * v + (i == j ? diag : 0.0f));
+    if (out && (!in_place || i <= j))
+      out[i + j * m] = from_float<T>(s * v + (i == j ? diag : 0.0f));
   }
+  return false;
+}
+
+template <class T>
+__global__ void symmetrize(T* src, T* out, std::int64_t m, bool mirror, float s, float diag) {
+  __shared__ Tile tile;
+  const ThreadCoord c{blockIdx.x, blockIdx.y, blockIdx.z, static_cast<int>(threadIdx.x),
+                      static_cast<int>(threadIdx.y)};
+  if (!symmetrize_phase(0, src, out, m, mirror, s, diag, c, tile)) return;
+  __syncthreads();
+  symmetrize_phase(1, src, out, m, mirror, s, diag, c, tile);
 }
 
 // ---- optimizer elementwise kernels ----------------------------------------------------
