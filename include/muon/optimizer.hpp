@@ -626,8 +626,9 @@ class Optimizer {
   const StepReport& step() {
     const std::int64_t k = step_count_;
     const double lr_factor = schedule_ ? schedule_->factor(k) : 1.0;
-    detail::require(std::isfinite(lr_factor) && lr_factor >= 0.0, "lr_schedule",
-                    "factor must be finite and >= 0");
+    // (No detail::require on the hot path: its message string would allocate.)
+    if (!(std::isfinite(lr_factor) && lr_factor >= 0.0))
+      throw Error("lr_schedule: factor must be finite and >= 0");
     const bool warm = warmup_.has_value();
     const double warm_mu = warm ? warmup_->at(k) : 0.0;
 
@@ -1066,7 +1067,16 @@ class Optimizer {
                     "checkpoint", where + "buffer size differs from the parameter's");
     r.require_items(n, sizeof(B), "buffer element");
     out.resize(p.rows, p.cols);
-    for (Index i = 0; i < out.size(); ++i) out.data()[i] = r.scalar<B>();
+    // Values a step could not survive (NaN/Inf, a negative second moment)
+    // mean a corrupt or foreign file; refuse them here rather than mid-step.
+    const bool second_moment = std::string(name) == "exp_avg_sq";
+    for (Index i = 0; i < out.size(); ++i) {
+      const B v = r.scalar<B>();
+      const double d = as_double(v);
+      detail::require(std::isfinite(d) && (!second_moment || d >= 0.0), "checkpoint",
+                      where + "buffer '" + name + "' holds an invalid value");
+      out.data()[i] = v;
+    }
   }
 
   static void write_group(checkpoint::Writer& w, const Group& g) {

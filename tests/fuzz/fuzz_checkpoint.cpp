@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: MIT
+// libFuzzer target: arbitrary bytes into Optimizer::load. The loader may only
+// succeed or throw muon::Error, never crash, hang or read out of bounds; and
+// when it throws, the optimizer must be exactly as before (checked by saving
+// before and after and comparing the bytes).
+
+#include <cstdint>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+
+#include "fuzz_model.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  FuzzModel model;
+  muon::Optimizer<float> opt;
+  model.attach(opt);
+  opt.step();  // non-zero buffers, so "unchanged" is a real check
+  std::ostringstream before;
+  opt.save(before);
+
+  std::istringstream input(std::string(reinterpret_cast<const char*>(data), size));
+  try {
+    opt.load(input);
+  } catch (const muon::Error&) {
+    std::ostringstream after;
+    opt.save(after);
+    if (after.str() != before.str()) std::abort();  // a failed load modified the optimizer
+    return 0;
+  }
+  // A load that succeeded must leave a state that saves and steps.
+  std::ostringstream again;
+  opt.save(again);
+  opt.step();
+  return 0;
+}

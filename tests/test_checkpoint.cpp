@@ -1,0 +1,342 @@
+// SPDX-License-Identifier: MIT
+// Checkpoints: round trip, bitwise resume, and every kind of bad file raising
+// muon::Error while leaving the optimizer exactly as it was.
+
+#include <muon/checkpoint.hpp>
+#include <muon/optimizer.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+
+namespace {
+
+// Overwrites in place: the optimizer holds views of these buffers, so they
+// must never be reallocated (no move-assignment of a new vector).
+template <class T>
+void refill(std::vector<T>& dst, const std::vector<T>& src) {
+  std::copy(src.begin(), src.end(), dst.begin());
+}
+
+using Index = Eigen::Index;
+
+template <class T>
+std::vector<T> gaussian(std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<T> v(n);
+  for (T& x : v) x = static_cast<T>(normal(rng));
+  return v;
+}
+
+template <class T>
+bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// A small hybrid model: Muon matrix, split QKV, conv filter, 3-D batch, AdamW bias.
+template <class T>
+struct Model {
+  std::vector<T> w, qkv, conv, batch, bias;
+  std::vector<T> gw, gqkv, gconv, gbatch, gbias;
+  explicit Model(std::uint64_t seed)
+      : w(gaussian<T>(6 * 10, seed)), qkv(gaussian<T>(12 * 4, seed + 1)),
+        conv(gaussian<T>(4 * 2 * 3 * 3, seed + 2)), batch(gaussian<T>(2 * 3 * 5, seed + 3)),
+        bias(gaussian<T>(6, seed + 4)), gw(w.size()), gqkv(qkv.size()), gconv(conv.size()),
+        gbatch(batch.size()), gbias(bias.size()) {}
+
+  template <class Opt>
+  void attach(Opt& opt, Index w_cols = 10) {
+    opt.add_param("w", {w.data(), {6, w_cols}}, {gw.data(), {6, w_cols}});
+    muon::ParamOptions po;
+    po.split = {4, 4, 4};
+    opt.add_param("qkv", {qkv.data(), {12, 4}}, {gqkv.data(), {12, 4}}, po);
+    opt.add_param("conv", {conv.data(), {4, 2, 3, 3}}, {gconv.data(), {4, 2, 3, 3}});
+    opt.add_param("batch", {batch.data(), {2, 3, 5}}, {gbatch.data(), {2, 3, 5}});
+    opt.add_param("bias", {bias.data(), {6}}, {gbias.data(), {6}});
+  }
+  void grads(int k) {
+    refill(gw, gaussian<T>(gw.size(), 100 + k));
+    refill(gqkv, gaussian<T>(gqkv.size(), 200 + k));
+    refill(gconv, gaussian<T>(gconv.size(), 300 + k));
+    refill(gbatch, gaussian<T>(gbatch.size(), 400 + k));
+    refill(gbias, gaussian<T>(gbias.size(), 500 + k));
+  }
+  bool same(const Model& o) const {
+    return bitwise_equal(w, o.w) && bitwise_equal(qkv, o.qkv) && bitwise_equal(conv, o.conv) &&
+           bitwise_equal(batch, o.batch) && bitwise_equal(bias, o.bias);
+  }
+};
+
+template <class T>
+void configure(muon::Optimizer<T>& opt) {
+  opt.set_option("lr", 0.02);
+  opt.set_option("adamw_lr", 0.01);
+  opt.set_lr_schedule(muon::LrSchedule::warmup_cosine(3, 12, 0.1));
+  opt.set_momentum_warmup(muon::MomentumWarmup{0.8, 0.95, 6});
+}
+
+template <class T>
+std::string save_bytes(const muon::Optimizer<T>& opt) {
+  std::ostringstream os;
+  opt.save(os);
+  return os.str();
+}
+
+template <class T>
+std::string load_error(muon::Optimizer<T>& opt, const std::string& bytes) {
+  std::istringstream is(bytes);
+  try {
+    opt.load(is);
+  } catch (const muon::Error& e) {
+    return e.what();
+  }
+  return "<loaded>";
+}
+
+// The u32 version field sits right after the magic; CRC covers the payload only.
+std::string with_u32_at(std::string bytes, std::size_t offset, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) bytes[offset + static_cast<std::size_t>(i)] = static_cast<char>((v >> (8 * i)) & 0xFF);
+  return bytes;
+}
+
+}  // namespace
+
+TEST_CASE("CRC-32 matches the standard check value", "[checkpoint]") {
+  const char* s = "123456789";
+  REQUIRE(muon::checkpoint::crc32(reinterpret_cast<const unsigned char*>(s), 9) == 0xCBF43926u);
+  REQUIRE(muon::checkpoint::crc32(nullptr, 0) == 0u);
+  // Continuing a CRC over a split buffer equals one pass.
+  const auto* u = reinterpret_cast<const unsigned char*>(s);
+  REQUIRE(muon::checkpoint::crc32(u + 4, 5, muon::checkpoint::crc32(u, 4)) == 0xCBF43926u);
+}
+
+TEST_CASE("the header is little-endian: magic, version, size, payload, CRC", "[checkpoint]") {
+  Model<float> m(1);
+  muon::Optimizer<float> opt;
+  m.attach(opt);
+  const std::string bytes = save_bytes(opt);
+  REQUIRE(bytes.substr(0, 8) == "MUONCKPT");
+  REQUIRE(static_cast<unsigned char>(bytes[8]) == 1);  // version 1, LE
+  REQUIRE(bytes[9] == 0);
+  std::uint64_t size = 0;
+  for (int i = 0; i < 8; ++i) size |= std::uint64_t(static_cast<unsigned char>(bytes[12 + i])) << (8 * i);
+  REQUIRE(size + 8 + 4 + 8 + 4 == bytes.size());
+  const auto* payload = reinterpret_cast<const unsigned char*>(bytes.data() + 20);
+  std::uint32_t crc = 0;
+  for (int i = 0; i < 4; ++i)
+    crc |= std::uint32_t(static_cast<unsigned char>(bytes[20 + size + static_cast<std::size_t>(i)])) << (8 * i);
+  REQUIRE(crc == muon::checkpoint::crc32(payload, size));
+}
+
+TEMPLATE_TEST_CASE("round trip restores buffers, step counts and group options",
+                   "[checkpoint]", float, double, Eigen::bfloat16) {
+  using T = TestType;
+  Model<T> m(2);
+  muon::Optimizer<T> a;
+  m.attach(a);
+  configure(a);
+  a.set_option("adjust_lr", "match_rms_adamw");
+  a.set_option("ns_coefficients", "polar_express");
+  a.set_option("weight_decay", 0.25);
+  for (int k = 0; k < 3; ++k) {
+    m.grads(k);
+    if (k == 2) a.clear_grad("bias");
+    a.step();
+  }
+  const std::string bytes = save_bytes(a);
+
+  Model<T> m2(99);
+  muon::Optimizer<T> b;
+  m2.attach(b);
+  std::istringstream is(bytes);
+  b.load(is);
+  REQUIRE(save_bytes(b) == bytes);  // everything saved came back
+  REQUIRE(b.step_count() == 3);
+  REQUIRE(b.param_steps("bias") == 2);
+  REQUIRE(b.param_steps("w") == 3);
+  REQUIRE(b.momentum_buffer("qkv") == a.momentum_buffer("qkv"));
+  REQUIRE(b.exp_avg_sq("bias") == a.exp_avg_sq("bias"));
+  REQUIRE(b.muon_options().adjust_lr == muon::LrAdjust::match_rms_adamw);
+  REQUIRE(b.muon_options().ns.schedule.name() == "polar_express");
+  REQUIRE(b.muon_options().ns.schedule.at(0).a == muon::Schedule::polar_express().at(0).a);
+  REQUIRE(b.muon_options().weight_decay == 0.25);
+  REQUIRE(b.adamw_options().lr == 0.01);
+}
+
+TEMPLATE_TEST_CASE("resuming from a checkpoint is bitwise identical to never stopping",
+                   "[checkpoint]", float, double) {
+  using T = TestType;
+  Model<T> straight(5);
+  muon::Optimizer<T> opt;
+  straight.attach(opt);
+  configure(opt);
+  for (int k = 0; k < 10; ++k) {
+    straight.grads(k);
+    opt.step();
+  }
+
+  Model<T> first(5);
+  std::string bytes;
+  {
+    muon::Optimizer<T> half;
+    first.attach(half);
+    configure(half);
+    for (int k = 0; k < 5; ++k) {
+      first.grads(k);
+      half.step();
+    }
+    bytes = save_bytes(half);
+  }
+  Model<T> resumed = first;  // copies of the parameters at step 5
+  muon::Optimizer<T> fresh;
+  resumed.attach(fresh);
+  configure(fresh);
+  std::istringstream is(bytes);
+  fresh.load(is);
+  for (int k = 5; k < 10; ++k) {
+    resumed.grads(k);
+    fresh.step();
+  }
+  REQUIRE(resumed.same(straight));
+  // And resuming without the checkpoint does differ (the test can fail).
+  Model<T> cold = first;
+  muon::Optimizer<T> cold_opt;
+  cold.attach(cold_opt);
+  configure(cold_opt);
+  for (int k = 5; k < 10; ++k) {
+    cold.grads(k);
+    cold_opt.step();
+  }
+  REQUIRE(!cold.same(straight));
+}
+
+TEST_CASE("file helpers round-trip", "[checkpoint]") {
+  Model<float> m(6);
+  muon::Optimizer<float> a;
+  m.attach(a);
+  m.grads(0);
+  a.step();
+  const std::string path = "test_checkpoint_roundtrip.muonckpt";
+  a.save_file(path);
+  muon::Optimizer<float> b;
+  Model<float> m2(6);
+  m2.attach(b);
+  b.load_file(path);
+  REQUIRE(save_bytes(b) == save_bytes(a));
+  std::remove(path.c_str());
+  REQUIRE(load_error(b, "") != "<loaded>");
+  bool threw = false;
+  try {
+    b.load_file("no/such/dir/x.muonckpt");
+  } catch (const muon::Error&) {
+    threw = true;
+  }
+  REQUIRE(threw);
+}
+
+TEST_CASE("corrupt, truncated or mismatched checkpoints throw and change nothing",
+          "[checkpoint]") {
+  Model<float> src(7);
+  muon::Optimizer<float> a;
+  src.attach(a);
+  for (int k = 0; k < 2; ++k) {
+    src.grads(k);
+    a.step();
+  }
+  const std::string good = save_bytes(a);
+
+  Model<float> dst(8);
+  muon::Optimizer<float> b;
+  dst.attach(b);
+  b.set_option("lr", 0.3);
+  dst.grads(0);
+  b.step();
+  const std::string before = save_bytes(b);
+  const auto unchanged = [&] { return save_bytes(b) == before && b.muon_options().lr == 0.3; };
+
+  SECTION("every flipped byte is caught") {
+    for (std::size_t i = 0; i < good.size(); ++i) {
+      std::string bad = good;
+      bad[i] = static_cast<char>(bad[i] ^ 0x5A);
+      INFO("byte " << i);
+      REQUIRE(load_error(b, bad) != "<loaded>");
+      REQUIRE(unchanged());
+    }
+  }
+  SECTION("truncation at any offset is caught") {
+    for (std::size_t n = 0; n < good.size(); n += 7) {
+      INFO("length " << n);
+      REQUIRE(load_error(b, good.substr(0, n)).find("truncated") != std::string::npos);
+      REQUIRE(unchanged());
+    }
+    REQUIRE(load_error(b, good.substr(0, good.size() - 1)) != "<loaded>");
+  }
+  SECTION("wrong magic and wrong version") {
+    std::string bad = good;
+    bad[0] = 'X';
+    REQUIRE(load_error(b, bad).find("magic") != std::string::npos);
+    REQUIRE(load_error(b, with_u32_at(good, 8, 2)).find("version 2") != std::string::npos);
+    REQUIRE(load_error(b, with_u32_at(good, 8, 0)).find("version 0") != std::string::npos);
+    REQUIRE(unchanged());
+  }
+  SECTION("a huge size field does not allocate it") {
+    std::string bad = good;
+    for (int i = 12; i < 20; ++i) bad[static_cast<std::size_t>(i)] = static_cast<char>(0x7F);
+    REQUIRE(load_error(b, bad).find("truncated") != std::string::npos);
+    REQUIRE(unchanged());
+  }
+  SECTION("mismatched shape, unknown parameter, other buffer dtype") {
+    Model<float> other(9);
+    muon::Optimizer<float> c;
+    other.attach(c, 9);  // "w" is 6 x 9 instead of 6 x 10
+    REQUIRE(load_error(c, good).find("shape differs") != std::string::npos);
+
+    muon::Optimizer<float> d;
+    std::vector<float> x(60), gx(60);
+    d.add_param("renamed", {x.data(), {6, 10}}, {gx.data(), {6, 10}});
+    d.add_param("qkv", {x.data(), {12, 4}}, {gx.data(), {12, 4}});
+    d.add_param("conv", {x.data(), {4, 2, 3, 3}}, {gx.data(), {4, 2, 3, 3}});
+    d.add_param("batch", {x.data(), {2, 3, 5}}, {gx.data(), {2, 3, 5}});
+    d.add_param("bias", {x.data(), {6}}, {gx.data(), {6}});
+    const std::string d_before = save_bytes(d);
+    REQUIRE(load_error(d, good).find("unknown parameter 'w'") != std::string::npos);
+    REQUIRE(save_bytes(d) == d_before);
+
+    muon::Optimizer<float> missing;
+    Model<float> part(10);
+    missing.add_param("w", {part.w.data(), {6, 10}}, {part.gw.data(), {6, 10}});
+    REQUIRE(load_error(missing, good).find("parameters") != std::string::npos);
+
+    Model<double> dm(11);
+    muon::Optimizer<double> e;
+    dm.attach(e);
+    REQUIRE(load_error(e, good).find("dtype") != std::string::npos);
+
+    muon::Optimizer<float> split_differs;
+    Model<float> sm(12);
+    sm.attach(split_differs);
+    split_differs.add_group(muon::MuonGroupOptions());
+    REQUIRE(load_error(split_differs, good).find("groups") != std::string::npos);
+  }
+  SECTION("a user adjust_lr_fn must be present to load a group saved with one") {
+    Model<float> fm(13);
+    muon::Optimizer<float> with_fn(muon::MuonGroupOptions().with_adjust_lr(
+        muon::LrAdjustFn([](double lr, Eigen::Index, Eigen::Index) { return 2 * lr; })));
+    fm.attach(with_fn);
+    const std::string fn_bytes = save_bytes(with_fn);
+    REQUIRE(load_error(b, fn_bytes).find("adjust_lr_fn") != std::string::npos);
+    REQUIRE(unchanged());
+    Model<float> fm2(14);
+    muon::Optimizer<float> with_fn2(muon::MuonGroupOptions().with_adjust_lr(
+        muon::LrAdjustFn([](double lr, Eigen::Index, Eigen::Index) { return 2 * lr; })));
+    fm2.attach(with_fn2);
+    REQUIRE(load_error(with_fn2, fn_bytes) == "<loaded>");
+  }
+}

@@ -1,0 +1,684 @@
+// SPDX-License-Identifier: MIT
+// The optimizer's step checked against the update rules written out again
+// here, in double: momentum (EMA/sum, Nesterov), per-block Newton–Schulz (via
+// muon::orthogonalize in double, or the exact SVD polar factor once NS
+// converges), the lr rules from their formulas, decoupled weight decay in
+// torch's order, AdamW with bias correction, schedules. Plus: skipping,
+// determinism, threads, errors leaving everything untouched, no allocation.
+
+// Eigen's allocations are counted (not aborted on) while a test asks for it.
+#define EIGEN_RUNTIME_NO_MALLOC
+#include <atomic>
+int muon_test_eigen_assert_failures = 0;
+#define eigen_assert(x)                                   \
+  do {                                                    \
+    if (!(x)) ++muon_test_eigen_assert_failures;          \
+  } while (false)
+
+#include <muon/optimizer.hpp>
+#include <muon/reference.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "catch.hpp"
+
+// Counts operator new calls while `g_count_new` is set (std containers,
+// std::function, strings); Eigen's own mallocs are caught above. GCC 12 sees
+// the malloc/free pair through inlining and wrongly calls it mismatched.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+static std::atomic<bool> g_count_new{false};
+static std::atomic<long> g_new_calls{0};
+void* operator new(std::size_t n) {
+  if (g_count_new.load()) ++g_new_calls;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace {
+
+// Overwrites in place: the optimizer holds views of these buffers, so they
+// must never be reallocated (no move-assignment of a new vector).
+template <class T>
+void refill(std::vector<T>& dst, const std::vector<T>& src) {
+  std::copy(src.begin(), src.end(), dst.begin());
+}
+
+using Index = Eigen::Index;
+using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+std::vector<double> gaussian(std::size_t n, std::uint64_t seed, double scale = 1.0) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, scale);
+  std::vector<double> v(n);
+  for (double& x : v) x = normal(rng);
+  return v;
+}
+
+template <class T>
+std::vector<T> cast_vec(const std::vector<double>& v) {
+  std::vector<T> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<T>(v[i]);
+  return out;
+}
+
+template <class T>
+double as_double(T v) {
+  return static_cast<double>(static_cast<float>(v));
+}
+template <>
+double as_double<double>(double v) {
+  return v;
+}
+
+template <class T>
+RowMat to_rowmat(const std::vector<T>& v, Index rows, Index cols) {
+  RowMat M(rows, cols);
+  for (Index i = 0; i < rows * cols; ++i) M.data()[i] = as_double(v[static_cast<std::size_t>(i)]);
+  return M;
+}
+
+template <class T>
+double max_abs_diff(const std::vector<T>& got, const RowMat& want) {
+  double d = 0;
+  for (Index i = 0; i < want.size(); ++i)
+    d = std::max(d, std::abs(as_double(got[static_cast<std::size_t>(i)]) - want.data()[i]));
+  return d;
+}
+
+template <class T>
+bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+template <class T>
+double tolerance() {
+  return std::is_same<T, double>::value ? 1e-11 : 2e-5;
+}
+
+// The lr rules from their definitions (A = out rows, B = in columns).
+double ref_scale(const std::string& rule, double A, double B) {
+  if (rule == "original") return std::sqrt(std::max(1.0, A / B));
+  if (rule == "match_rms_adamw") return 0.2 * std::sqrt(std::max(A, B));
+  if (rule == "spectral") return std::sqrt(A / B);
+  return 1.0;
+}
+
+muon::NewtonSchulzOptions torch_ns() {
+  muon::NewtonSchulzOptions o;
+  o.eps_mode = muon::EpsMode::max;
+  return o;
+}
+
+// Muon on one parameter, in double, written from the definitions.
+struct RefMuon {
+  double lr = 1e-3, wd = 0.1, mu = 0.95;
+  bool nesterov = true, ema = true;
+  std::string rule = "original";
+  muon::NewtonSchulzOptions ns = torch_ns();
+  RowMat m;
+
+  void step(RowMat& W, const RowMat& G, const std::vector<Index>& blocks, double lr_t, double mu_t) {
+    if (m.size() == 0) m = RowMat::Zero(G.rows(), G.cols());
+    m = ema ? RowMat(mu_t * m + (1 - mu_t) * G) : RowMat(mu_t * m + G);
+    RowMat X = m;
+    if (nesterov) X = ema ? RowMat((1 - mu_t) * G + mu_t * m) : RowMat(G + mu_t * m);
+    Index r0 = 0;
+    for (Index rows : blocks) {
+      const Eigen::MatrixXd Xb = X.middleRows(r0, rows);
+      const Eigen::MatrixXd O = muon::orthogonalize(Xb, ns);
+      const double lr_adj = lr_t * ref_scale(rule, double(rows), double(G.cols()));
+      W.middleRows(r0, rows) = W.middleRows(r0, rows) * (1 - lr_t * wd) - lr_adj * O;
+      r0 += rows;
+    }
+  }
+  void step(RowMat& W, const RowMat& G, const std::vector<Index>& blocks) { step(W, G, blocks, lr, mu); }
+};
+
+// torch.optim.AdamW's update, in double.
+struct RefAdamW {
+  double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.01;
+  RowMat m, v;
+  int t = 0;
+  void step(RowMat& W, const RowMat& G, double lr_t) {
+    if (m.size() == 0) {
+      m = RowMat::Zero(G.rows(), G.cols());
+      v = m;
+    }
+    ++t;
+    W *= (1 - lr_t * wd);
+    m = b1 * m + (1 - b1) * G;
+    v = b2 * v + (1 - b2) * G.cwiseProduct(G);
+    const double bc1 = 1 - std::pow(b1, t), bc2 = 1 - std::pow(b2, t);
+    W.array() -= (lr_t / bc1) * m.array() / (v.array().sqrt() / std::sqrt(bc2) + eps);
+  }
+};
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const muon::Error& e) {
+    return e.what();
+  }
+  return "<no muon::Error>";
+}
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("2-D matrices and a bias: steps match the double reference", "[optimizer]",
+                   float, double) {
+  using T = TestType;
+  // One wide and one tall matrix (the tall one has lr scale sqrt(12/5)) and a bias.
+  const Index wr = 6, wc = 10, tr = 12, tc = 5, nb = 7;
+  auto w = cast_vec<T>(gaussian(wr * wc, 1)), t = cast_vec<T>(gaussian(tr * tc, 2));
+  auto b = cast_vec<T>(gaussian(nb, 3));
+  std::vector<T> gw(w.size()), gt(t.size()), gb(b.size());
+  RowMat Rw = to_rowmat(w, wr, wc), Rt = to_rowmat(t, tr, tc), Rb = to_rowmat(b, 1, nb);
+
+  const auto rule = GENERATE(as<std::string>{}, "original", "match_rms_adamw", "spectral");
+  const bool nesterov = GENERATE(true, false);
+  const bool ema = GENERATE(true, false);
+  INFO("rule " << rule << " nesterov " << nesterov << " ema " << ema);
+
+  muon::MuonGroupOptions mo;
+  mo.with_lr(0.02).with_weight_decay(0.5).with_momentum(0.9).with_nesterov(nesterov);
+  mo.with_momentum_kind(ema ? muon::MomentumKind::ema : muon::MomentumKind::sum);
+  mo.with_adjust_lr(muon::lr_adjust_from_name(rule));
+  muon::AdamWOptions ao;
+  ao.lr = 0.01;
+  ao.weight_decay = 0.2;
+  muon::Optimizer<T> opt(mo, ao);
+  opt.add_param("wide", {w.data(), {wr, wc}}, {gw.data(), {wr, wc}});
+  opt.add_param("tall", {t.data(), {tr, tc}}, {gt.data(), {tr, tc}});
+  opt.add_param("bias", {b.data(), {nb}}, {gb.data(), {nb}});
+
+  RefMuon rw, rt;
+  for (RefMuon* r : {&rw, &rt}) {
+    r->lr = 0.02, r->wd = 0.5, r->mu = 0.9, r->nesterov = nesterov, r->ema = ema, r->rule = rule;
+  }
+  RefAdamW ra;
+  ra.lr = 0.01, ra.wd = 0.2;
+
+  for (int k = 0; k < 3; ++k) {
+    refill(gw, cast_vec<T>(gaussian(gw.size(), 100 + k)));
+    refill(gt, cast_vec<T>(gaussian(gt.size(), 200 + k)));
+    refill(gb, cast_vec<T>(gaussian(gb.size(), 300 + k)));
+    const auto& report = opt.step();
+    REQUIRE(report.status == muon::StepStatus::ok);
+    REQUIRE(report.updated == 3);
+    rw.step(Rw, to_rowmat(gw, wr, wc), {wr});
+    rt.step(Rt, to_rowmat(gt, tr, tc), {tr});
+    ra.step(Rb, to_rowmat(gb, 1, nb), ra.lr);
+    REQUIRE(max_abs_diff(w, Rw) < tolerance<T>());
+    REQUIRE(max_abs_diff(t, Rt) < tolerance<T>());
+    REQUIRE(max_abs_diff(b, Rb) < tolerance<T>());
+  }
+  REQUIRE(opt.param_steps("wide") == 3);
+  REQUIRE(opt.step_count() == 3);
+}
+
+TEST_CASE("weight decay uses the unadjusted lr and precedes the update", "[optimizer]") {
+  // With NS converged (quintic, 40 steps) the update is the exact polar factor
+  // U V^T of the Nesterov input, independent of muon's Newton–Schulz. From
+  // zero momentum that input is a positive multiple of g, and the polar
+  // factor ignores positive scale, so O = polar(g).
+  const Index r = 9, c = 4;  // tall: lr scale sqrt(9/4) = 1.5
+  auto w = gaussian(r * c, 11), g = gaussian(r * c, 12);
+  const RowMat W0 = to_rowmat(w, r, c), G = to_rowmat(g, r, c);
+  muon::MuonGroupOptions mo;
+  mo.with_lr(0.1).with_weight_decay(2.0).with_ns(muon::NewtonSchulzOptions(muon::Schedule::quintic(), 40));
+  muon::Optimizer<double> opt(mo);
+  opt.add_param("w", {w.data(), {r, c}}, {g.data(), {r, c}});
+  opt.step();
+  const Eigen::MatrixXd O = muon::reference::polar_svd(Eigen::MatrixXd(G));
+  const RowMat want = W0 * (1 - 0.1 * 2.0) - 0.1 * 1.5 * O;
+  REQUIRE(max_abs_diff(w, want) < 1e-9);
+  // The two wrong variants differ by far more than that.
+  const RowMat decay_after = (W0 - 0.1 * 1.5 * O) * (1 - 0.1 * 2.0);
+  const RowMat decay_adjusted = W0 * (1 - 0.15 * 2.0) - 0.15 * O;
+  REQUIRE((decay_after - want).cwiseAbs().maxCoeff() > 1e-3);
+  REQUIRE((decay_adjusted - want).cwiseAbs().maxCoeff() > 1e-3);
+}
+
+TEST_CASE("cautious weight decay decays only where update and parameter agree in sign",
+          "[optimizer]") {
+  const Index r = 5, c = 8;
+  auto w = gaussian(r * c, 21), g = gaussian(r * c, 22);
+  const RowMat W0 = to_rowmat(w, r, c), G = to_rowmat(g, r, c);
+  muon::MuonGroupOptions mo;
+  mo.with_lr(0.05).with_weight_decay(1.0).with_cautious_weight_decay(true);
+  mo.with_ns(muon::NewtonSchulzOptions(muon::Schedule::quintic(), 40));
+  muon::Optimizer<double> opt(mo);
+  opt.add_param("w", {w.data(), {r, c}}, {g.data(), {r, c}});
+  opt.step();
+  const Eigen::MatrixXd O = muon::reference::polar_svd(Eigen::MatrixXd(G));
+  RowMat want = W0;
+  int decayed = 0;
+  for (Index i = 0; i < r; ++i)
+    for (Index j = 0; j < c; ++j) {
+      if (O(i, j) * W0(i, j) > 0) {
+        want(i, j) *= 1 - 0.05;
+        ++decayed;
+      }
+      want(i, j) -= 0.05 * O(i, j);  // scale sqrt(max(1, 5/8)) = 1
+    }
+  REQUIRE(decayed > 0);
+  REQUIRE(decayed < r * c);
+  REQUIRE(max_abs_diff(w, want) < 1e-9);
+}
+
+TEST_CASE("conv filter: lr scale from the flattened (out, in*kh*kw) shape", "[optimizer]") {
+  // (16, 1, 2, 2) flattens to 16 x 4: original scale sqrt(16/4) = 2 (scaling
+  // by in=1 alone, as some ports do, would give 4).
+  const Index o = 16, i = 1, kh = 2, kw = 2;
+  auto f = gaussian(o * i * kh * kw, 31);
+  std::vector<double> g(f.size());
+  RowMat R = to_rowmat(f, o, i * kh * kw);
+  const auto rule = GENERATE(as<std::string>{}, "original", "match_rms_adamw");
+  muon::MuonGroupOptions mo;
+  mo.with_lr(0.01).with_adjust_lr(muon::lr_adjust_from_name(rule));
+  muon::Optimizer<double> opt(mo);
+  opt.add_param("conv1.weight", {f.data(), {o, i, kh, kw}}, {g.data(), {o, i, kh, kw}});
+  REQUIRE(std::abs(opt.routing().at("conv1.weight").lr_scale - ref_scale(rule, 16, 4)) < 1e-12);
+  RefMuon ref;
+  ref.lr = 0.01, ref.rule = rule;
+  for (int k = 0; k < 2; ++k) {
+    refill(g, gaussian(g.size(), 40 + k));
+    opt.step();
+    ref.step(R, to_rowmat(g, o, i * kh * kw), {o});
+    REQUIRE(max_abs_diff(f, R) < 1e-11);
+  }
+}
+
+TEMPLATE_TEST_CASE("3-D batch: each matrix orthogonalized and scaled on its own", "[optimizer]",
+                   float, double) {
+  using T = TestType;
+  const Index b = 3, r = 6, c = 4;  // each 6 x 4: scale sqrt(1.5)
+  auto p = cast_vec<T>(gaussian(b * r * c, 51));
+  std::vector<T> g(p.size());
+  RowMat R = to_rowmat(p, b * r, c);
+  muon::Optimizer<T> opt(muon::MuonGroupOptions().with_lr(0.03));
+  opt.add_param("experts.w", {p.data(), {b, r, c}}, {g.data(), {b, r, c}});
+  REQUIRE(opt.route("experts.w") == muon::Route::muon);
+  RefMuon ref;
+  ref.lr = 0.03;
+  for (int k = 0; k < 2; ++k) {
+    refill(g, cast_vec<T>(gaussian(g.size(), 60 + k)));
+    opt.step();
+    ref.step(R, to_rowmat(g, b * r, c), {r, r, r});
+    REQUIRE(max_abs_diff(p, R) < tolerance<T>());
+  }
+}
+
+TEST_CASE("split rows (fused QKV): each block orthogonalized with its own lr scale",
+          "[optimizer]") {
+  const Index rows = 12, cols = 3;
+  const std::vector<Index> split = {2, 4, 6};  // scales 1, sqrt(4/3), sqrt(2)
+  auto p = gaussian(rows * cols, 71);
+  std::vector<double> g(p.size());
+  RowMat R = to_rowmat(p, rows, cols);
+  muon::Optimizer<double> opt(muon::MuonGroupOptions().with_lr(0.02));
+  muon::ParamOptions po;
+  po.split = split;
+  opt.add_param("attn.qkv", {p.data(), {rows, cols}}, {g.data(), {rows, cols}}, po);
+  RefMuon ref;
+  ref.lr = 0.02;
+  for (int k = 0; k < 3; ++k) {
+    refill(g, gaussian(g.size(), 80 + k));
+    opt.step();
+    ref.step(R, to_rowmat(g, rows, cols), split);
+    REQUIRE(max_abs_diff(p, R) < 1e-11);
+  }
+  // Orthogonalizing the whole matrix instead gives a different result.
+  RowMat whole = to_rowmat(gaussian(p.size(), 71), rows, cols);
+  RefMuon ref_whole;
+  ref_whole.lr = 0.02;
+  for (int k = 0; k < 3; ++k) ref_whole.step(whole, to_rowmat(gaussian(g.size(), 80 + k), rows, cols), {rows});
+  REQUIRE((whole - R).cwiseAbs().maxCoeff() > 1e-4);
+}
+
+TEST_CASE("a row-strided 2-D view updates only its window", "[optimizer]") {
+  const Index r = 4, c = 6, ld = 9;
+  auto buf = gaussian(r * ld, 91);
+  std::vector<double> g(r * c);
+  const auto before = buf;
+  RowMat R(r, c);
+  for (Index i = 0; i < r; ++i)
+    for (Index j = 0; j < c; ++j) R(i, j) = buf[static_cast<std::size_t>(i * ld + j)];
+  muon::Optimizer<double> opt;
+  opt.add_param("w", muon::ParamView<double>::matrix(buf.data(), r, c, ld), {g.data(), {r, c}});
+  refill(g, gaussian(g.size(), 92));
+  opt.step();
+  RefMuon ref;
+  ref.step(R, to_rowmat(g, r, c), {r});
+  for (Index i = 0; i < r; ++i)
+    for (Index j = 0; j < ld; ++j) {
+      const double got = buf[static_cast<std::size_t>(i * ld + j)];
+      if (j < c) REQUIRE(std::abs(got - R(i, j)) < 1e-11);
+      else REQUIRE(got == before[static_cast<std::size_t>(i * ld + j)]);
+    }
+}
+
+TEST_CASE("lr schedule and momentum warmup are applied per step", "[optimizer]") {
+  const Index r = 5, c = 7, nb = 5;
+  auto w = gaussian(r * c, 101), b = gaussian(nb, 102);
+  std::vector<double> gw(w.size()), gb(b.size());
+  RowMat Rw = to_rowmat(w, r, c), Rb = to_rowmat(b, 1, nb);
+  muon::Optimizer<double> opt(muon::MuonGroupOptions().with_lr(0.02));
+  opt.add_param("w", {w.data(), {r, c}}, {gw.data(), {r, c}});
+  opt.add_param("b", {b.data(), {nb}}, {gb.data(), {nb}});
+  opt.set_lr_schedule(muon::LrSchedule::warmup_linear(2, 6, 0.1));
+  muon::MomentumWarmup mw;
+  mw.start = 0.5, mw.end = 0.9, mw.steps = 4;
+  opt.set_momentum_warmup(mw);
+  RefMuon rm;
+  rm.lr = 0.02;
+  RefAdamW ra;
+  for (int k = 0; k < 7; ++k) {
+    // Written from the definitions: warmup (k+1)/2, then linear to 0.1 at step 6.
+    const double factor = k < 2 ? (k + 1) / 2.0 : (k >= 6 ? 0.1 : 0.1 + 0.9 * (1 - (k - 2) / 4.0));
+    const double mu = k >= 4 ? 0.9 : 0.5 + 0.4 * k / 4.0;
+    refill(gw, gaussian(gw.size(), 110 + k));
+    refill(gb, gaussian(gb.size(), 120 + k));
+    opt.step();
+    rm.step(Rw, to_rowmat(gw, r, c), {r}, 0.02 * factor, mu);
+    ra.step(Rb, to_rowmat(gb, 1, nb), 1e-3 * factor);
+    REQUIRE(max_abs_diff(w, Rw) < 1e-11);
+    REQUIRE(max_abs_diff(b, Rb) < 1e-11);
+  }
+}
+
+TEMPLATE_TEST_CASE("bf16/half parameters keep fp32 buffers and follow the reference",
+                   "[optimizer]", Eigen::bfloat16, Eigen::half) {
+  using T = TestType;
+  static_assert(std::is_same<typename muon::Optimizer<T>::Buffer::Scalar, float>::value,
+                "fp32 buffers by default");
+  const Index r = 8, c = 16;
+  auto w = cast_vec<T>(gaussian(r * c, 131));
+  std::vector<T> g(w.size());
+  RowMat R = to_rowmat(w, r, c);
+  muon::Optimizer<T> opt(muon::MuonGroupOptions().with_lr(0.02));
+  opt.add_param("w", {w.data(), {r, c}}, {g.data(), {r, c}});
+  RefMuon ref;
+  ref.lr = 0.02;
+  for (int k = 0; k < 3; ++k) {
+    refill(g, cast_vec<T>(gaussian(g.size(), 140 + k)));
+    opt.step();
+    ref.step(R, to_rowmat(g, r, c), {r});
+    // Parameters are rounded to 8 (bf16) or 11 (half) bits each step.
+    REQUIRE(max_abs_diff(w, R) < 0.05);
+  }
+  REQUIRE(opt.momentum_buffer("w").template cast<double>().isApprox(ref.m, 1e-2));
+}
+
+TEST_CASE("a parameter without a gradient is skipped entirely", "[optimizer]") {
+  const Index r = 4, c = 5, nb = 4;
+  auto w = gaussian(r * c, 151), b = gaussian(nb, 152), v = gaussian(r * c, 153);
+  auto gw = gaussian(w.size(), 154), gb = gaussian(b.size(), 155), gv = gaussian(v.size(), 156);
+  muon::Optimizer<double> opt(muon::MuonGroupOptions().with_weight_decay(0.5));
+  opt.add_param("w", {w.data(), {r, c}}, {gw.data(), {r, c}});
+  opt.add_param("b", {b.data(), {nb}}, muon::ParamView<double>::absent());
+  opt.add_param("v", {v.data(), {r, c}}, {gv.data(), {r, c}});
+  opt.clear_grad("v");
+  const auto b0 = b, v0 = v, w0 = w;
+  const auto& rep = opt.step();
+  REQUIRE(rep.status == muon::StepStatus::partial);
+  REQUIRE(rep.updated == 1);
+  REQUIRE(rep.skipped.size() == 2);
+  REQUIRE(rep.skipped[0].name == "b");
+  REQUIRE(rep.skipped[0].reason == muon::SkipReason::no_grad);
+  REQUIRE(rep.skipped[1].name == "v");
+  REQUIRE(bitwise_equal(b, b0));  // no decay either
+  REQUIRE(bitwise_equal(v, v0));
+  REQUIRE(!bitwise_equal(w, w0));
+  REQUIRE(opt.param_steps("b") == 0);
+  REQUIRE(opt.param_steps("v") == 0);
+  REQUIRE(opt.momentum_buffer("v").isZero(0.0));
+  REQUIRE(opt.exp_avg("b").isZero(0.0));
+
+  // Given a gradient later, AdamW's bias correction starts at t = 1.
+  opt.set_grad("b", {gb.data(), {nb}});
+  opt.clear_grad("w");
+  RowMat Rb = to_rowmat(b, 1, nb);
+  RefAdamW ra;
+  opt.step();
+  ra.step(Rb, to_rowmat(gb, 1, nb), ra.lr);
+  REQUIRE(max_abs_diff(b, Rb) < 1e-12);
+  REQUIRE(opt.param_steps("b") == 1);
+  REQUIRE(opt.param_steps("w") == 1);
+
+  opt.clear_grads();
+  REQUIRE(opt.step().status == muon::StepStatus::nothing);
+}
+
+namespace {
+struct Model {
+  std::vector<float> w, b, f, gw, gb, gf;
+  explicit Model(std::uint64_t seed)
+      : w(cast_vec<float>(gaussian(6 * 10, seed))), b(cast_vec<float>(gaussian(6, seed + 1))),
+        f(cast_vec<float>(gaussian(8 * 2 * 3 * 3, seed + 2))), gw(w.size()), gb(b.size()), gf(f.size()) {}
+  void attach(muon::Optimizer<float>& opt) {
+    opt.add_param("w", {w.data(), {6, 10}}, {gw.data(), {6, 10}});
+    opt.add_param("b", {b.data(), {6}}, {gb.data(), {6}});
+    opt.add_param("f", {f.data(), {8, 2, 3, 3}}, {gf.data(), {8, 2, 3, 3}});
+  }
+  void grads(int k) {
+    refill(gw, cast_vec<float>(gaussian(gw.size(), 1000 + k)));
+    refill(gb, cast_vec<float>(gaussian(gb.size(), 2000 + k)));
+    refill(gf, cast_vec<float>(gaussian(gf.size(), 3000 + k)));
+  }
+};
+void train(Model& m, int steps) {
+  muon::Optimizer<float> opt(muon::MuonGroupOptions().with_lr(0.02));
+  m.attach(opt);
+  for (int k = 0; k < steps; ++k) {
+    m.grads(k);
+    opt.step();
+  }
+}
+}  // namespace
+
+TEST_CASE("determinism: same inputs give bitwise the same parameters", "[optimizer]") {
+  Model a(7), b(7);
+  train(a, 4);
+  train(b, 4);
+  REQUIRE(bitwise_equal(a.w, b.w));
+  REQUIRE(bitwise_equal(a.b, b.b));
+  REQUIRE(bitwise_equal(a.f, b.f));
+}
+
+TEST_CASE("two optimizers in two threads match running them one after the other",
+          "[optimizer]") {
+  Model seq1(1), seq2(2), par1(1), par2(2);
+  train(seq1, 5);
+  train(seq2, 5);
+  std::thread t1([&] { train(par1, 5); });
+  std::thread t2([&] { train(par2, 5); });
+  t1.join();
+  t2.join();
+  REQUIRE(bitwise_equal(seq1.w, par1.w));
+  REQUIRE(bitwise_equal(seq1.f, par1.f));
+  REQUIRE(bitwise_equal(seq2.w, par2.w));
+  REQUIRE(bitwise_equal(seq2.b, par2.b));
+}
+
+TEST_CASE("a non-finite gradient: raise updates nothing, skip updates the others",
+          "[optimizer]") {
+  Model m(3);
+  muon::Optimizer<float> opt;
+  m.attach(opt);
+  m.grads(0);
+  opt.step();
+  m.grads(1);
+  m.gf[5] = std::numeric_limits<float>::quiet_NaN();
+  const auto w0 = m.w, b0 = m.b, f0 = m.f;
+  const auto mom_w = opt.momentum_buffer("w");
+  const auto ea_b = opt.exp_avg("b");
+  const std::string msg = error_of([&] { opt.step(); });
+  REQUIRE(contains(msg, "'f'"));
+  REQUIRE(contains(msg, "NaN or Inf"));
+  REQUIRE(bitwise_equal(m.w, w0));
+  REQUIRE(bitwise_equal(m.b, b0));
+  REQUIRE(bitwise_equal(m.f, f0));
+  REQUIRE(opt.momentum_buffer("w") == mom_w);
+  REQUIRE(opt.exp_avg("b") == ea_b);
+  REQUIRE(opt.step_count() == 1);
+  REQUIRE(opt.param_steps("w") == 1);
+
+  opt.set_non_finite_policy(muon::NonFinitePolicy::skip);
+  m.gw[0] = std::numeric_limits<float>::infinity();
+  m.gf[5] = 1.0f;
+  const auto& rep = opt.step();
+  REQUIRE(rep.status == muon::StepStatus::partial);
+  REQUIRE(rep.skipped.size() == 1);
+  REQUIRE(rep.skipped[0].name == "w");
+  REQUIRE(rep.skipped[0].reason == muon::SkipReason::non_finite_grad);
+  REQUIRE(bitwise_equal(m.w, w0));
+  REQUIRE(!bitwise_equal(m.f, f0));
+  REQUIRE(opt.param_steps("w") == 1);
+  REQUIRE(opt.param_steps("f") == 2);
+}
+
+TEST_CASE("bad registrations and options throw, naming the problem, and change nothing",
+          "[optimizer]") {
+  std::vector<double> w(12), g(12), g_bad(10);
+  muon::Optimizer<double> opt;
+  opt.add_param("w", {w.data(), {3, 4}}, {g.data(), {3, 4}});
+  const auto check = [&](auto&& f, const char* part) {
+    const std::string msg = error_of(f);
+    INFO(msg);
+    REQUIRE(contains(msg, part));
+    REQUIRE(opt.param_count() == 1);
+  };
+  check([&] { opt.add_param("w", {w.data(), {3, 4}}, {g.data(), {3, 4}}); }, "already registered");
+  check([&] { opt.add_param("x", {w.data(), {3, 4}}, {g_bad.data(), {2, 5}}); }, "shape (2, 5)");
+  check([&] { opt.add_param("x", {w.data(), {3, 0}}, {g.data(), {3, 0}}); }, "empty");
+  check([&] { opt.add_param("x", {nullptr, {3, 4}}, {g.data(), {3, 4}}); }, "null");
+  check([&] { opt.add_param("", {w.data(), {3, 4}}, {g.data(), {3, 4}}); }, "name");
+  check([&] { opt.add_param("x", {w.data(), {3, 4}}, {g.data(), {3, 4}}, muon::Route::muon, 5); },
+        "group");
+  check([&] { opt.add_param("x", muon::ParamView<double>::matrix(w.data(), 3, 4, 2), {g.data(), {3, 4}}); },
+        "row stride");
+  muon::ParamOptions po;
+  po.split = {1, 1};
+  check([&] { opt.add_param("x", {w.data(), {3, 4}}, {g.data(), {3, 4}}, po); }, "sum to 2");
+  po.route = muon::Route::adamw;
+  po.split = {1, 2};
+  check([&] { opt.add_param("x", {w.data(), {3, 4}}, {g.data(), {3, 4}}, po); }, "Muon-routed");
+  check([&] { opt.set_grad("w", {g_bad.data(), {10}}); }, "shape (10)");
+  check([&] { opt.set_grad("nope", {g.data(), {3, 4}}); }, "no parameter named 'nope'");
+  check([&] { opt.set_routing_rules({}); }, "before the first parameter");
+  check([&] { (void)muon::ParamView<double>(w.data(), {1, 1, 1, 1, 1}); }, "at most 4");
+
+  const auto before = opt.muon_options();
+  check([&] { opt.set_option("lr", -0.1); }, "lr");
+  check([&] { opt.set_option("momentum", 1.5); }, "momentum");
+  check([&] { opt.set_option("weight_decay", -1.0); }, "weight_decay");
+  check([&] { opt.set_option("ns_steps", 2.5); }, "ns_steps");
+  check([&] { opt.set_option("learning_rate", 0.1); }, "unknown numeric option 'learning_rate'");
+  check([&] { opt.set_option("adjust_lr", "bogus"); }, "bogus");
+  check([&] { opt.set_option("colour", "red"); }, "unknown named option 'colour'");
+  check([&] { opt.set_option("adamw_beta2", 1.0); }, "beta2");
+  check([&] { opt.set_muon_options(muon::MuonGroupOptions().with_ns_steps(100)); }, "steps");
+  check([&] { (void)opt.add_group(muon::MuonGroupOptions().with_lr(NAN)); }, "lr");
+  const auto& after = opt.muon_options();
+  REQUIRE(after.lr == before.lr);
+  REQUIRE(after.momentum == before.momentum);
+  REQUIRE(after.weight_decay == before.weight_decay);
+  REQUIRE(after.ns.steps == before.ns.steps);
+  REQUIRE(opt.group_count() == 1);
+
+  opt.set_option("lr", 0.5);
+  opt.set_option("adjust_lr", "match_rms_adamw");
+  opt.set_option("nesterov", 0.0);
+  REQUIRE(opt.muon_options().lr == 0.5);
+  REQUIRE(opt.muon_options().adjust_lr == muon::LrAdjust::match_rms_adamw);
+  REQUIRE(!opt.muon_options().nesterov);
+}
+
+TEST_CASE("defaults are torch.optim.Muon's", "[optimizer]") {
+  const muon::MuonGroupOptions o;
+  REQUIRE(o.lr == 1e-3);
+  REQUIRE(o.weight_decay == 0.1);
+  REQUIRE(o.momentum == 0.95);
+  REQUIRE(o.nesterov);
+  REQUIRE(o.ns.steps == 5);
+  REQUIRE(o.ns.eps == 1e-7);
+  REQUIRE(o.ns.eps_mode == muon::EpsMode::max);
+  REQUIRE(o.ns.schedule.at(0).a == 3.4445);
+  REQUIRE(o.adjust_lr == muon::LrAdjust::original);
+  REQUIRE(!o.cautious_weight_decay);
+}
+
+TEST_CASE("metrics match their definitions and the hook sees every step", "[optimizer]") {
+  const Index r = 6, c = 9;
+  auto w = gaussian(r * c, 161);
+  std::vector<double> g(w.size());
+  RowMat R = to_rowmat(w, r, c);
+  muon::Optimizer<double> opt;
+  opt.add_param("w", {w.data(), {r, c}}, {g.data(), {r, c}});
+  int calls = 0;
+  muon::ParamMetrics last;
+  opt.on_step([&](const muon::StepMetrics& m) {
+    ++calls;
+    REQUIRE(m.params.size() == 1);
+    last = m.params[0];
+  });
+  RefMuon ref;
+  for (int k = 0; k < 30; ++k) {
+    refill(g, gaussian(g.size(), 170 + k));
+    opt.step();
+    // The update O of this step, rebuilt in double.
+    const RowMat G = to_rowmat(g, r, c);
+    const RowMat m_new = 0.95 * (ref.m.size() ? ref.m : RowMat::Zero(r, c)) + 0.05 * G;
+    const Eigen::MatrixXd O = muon::orthogonalize(Eigen::MatrixXd(0.05 * G + 0.95 * m_new), torch_ns());
+    ref.step(R, G, {r});
+    REQUIRE(std::abs(last.grad_norm - G.norm()) < 1e-10);
+    REQUIRE(std::abs(last.momentum_norm - ref.m.norm()) < 1e-10);
+    REQUIRE(std::abs(last.update_rms - O.norm() / std::sqrt(double(r * c))) < 1e-10);
+    REQUIRE(std::abs(last.orthogonality_error - muon::reference::orthogonality_error(O)) < 1e-9);
+  }
+  REQUIRE(calls == 30);
+  // Power iteration from below; after 60 iterations on a slowly moving W it is close.
+  const double sigma = muon::reference::singular_values(R)(0);
+  REQUIRE(last.spectral_norm <= sigma * (1 + 1e-12));
+  REQUIRE(last.spectral_norm > 0.99 * sigma);
+}
+
+TEST_CASE("after the first step, step() allocates nothing", "[optimizer]") {
+  Model m(9);
+  muon::Optimizer<float> opt;
+  m.attach(opt);
+  auto qkv = cast_vec<float>(gaussian(8 * 12, 181)), gqkv = cast_vec<float>(gaussian(8 * 12, 182));
+  auto bat = cast_vec<float>(gaussian(3 * 8 * 4, 183)), gbat = cast_vec<float>(gaussian(3 * 8 * 4, 184));
+  muon::ParamOptions po;
+  po.split = {3, 5};
+  opt.add_param("qkv", {qkv.data(), {8, 12}}, {gqkv.data(), {8, 12}}, po);
+  opt.add_param("batch", {bat.data(), {3, 8, 4}}, {gbat.data(), {3, 8, 4}});
+  const bool metrics = GENERATE(false, true);
+  opt.enable_metrics(metrics);
+  m.grads(0);
+  opt.step();  // first step: metrics scratch may be made here
+  muon_test_eigen_assert_failures = 0;
+  g_new_calls = 0;
+  Eigen::internal::set_is_malloc_allowed(false);
+  g_count_new = true;
+  for (int k = 0; k < 3; ++k) opt.step();
+  g_count_new = false;
+  Eigen::internal::set_is_malloc_allowed(true);
+  REQUIRE(g_new_calls.load() == 0);
+  REQUIRE(muon_test_eigen_assert_failures == 0);
+}
