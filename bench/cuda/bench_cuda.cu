@@ -119,6 +119,7 @@ void bench_ns(benchmark::State& state, std::int64_t rows, std::int64_t cols, std
     return;
   }
   Graph gr;
+  ortho.workspace().bind(st.s);
   MUON_CUDA_CHECK(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal));
   eager(st.s);
   MUON_CUDA_CHECK(cudaStreamEndCapture(st.s, &gr.g));

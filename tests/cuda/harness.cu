@@ -57,6 +57,7 @@ std::vector<double> run_typed(const std::vector<double>& in, std::int64_t rows, 
   if (mode.graph) {
     cudaGraph_t g = nullptr;
     cudaGraphExec_t e = nullptr;
+    ortho.workspace().bind(st.s);
     MUON_CUDA_CHECK(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal));
     ortho(vin, vout, options, st.s);
     MUON_CUDA_CHECK(cudaStreamEndCapture(st.s, &g));

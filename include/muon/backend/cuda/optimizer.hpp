@@ -218,6 +218,7 @@ class Optimizer {
       MUON_CUDA_CHECK(cudaGraphDestroy(graph_));
       graph_ = nullptr;
     }
+    for (auto& g : groups_) g.ortho->workspace().bind(stream);
     MUON_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     try {
       enqueue(stream);

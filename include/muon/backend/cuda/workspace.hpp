@@ -136,6 +136,7 @@ class Workspace {
     flags_ = reinterpret_cast<int*>(base + layout_.flags);
     ptrs_ = reinterpret_cast<const void**>(base + layout_.ptrs);
     blas_ws_ = base + layout_.blas;
+    bound_ = false;  // (re)bind the handle to the stream and this workspace in run()
     if (!handle_) handle_.reset(new BlasHandle());
     upload_tile_tables(stream);
     MUON_CUDA_CHECK(cudaMemsetAsync(flags_, 0, sizeof(int) * static_cast<std::size_t>(a.batch),
@@ -160,12 +161,24 @@ class Workspace {
   void run(cudaStream_t stream) {
     ::muon::detail::require(initialized_, "Workspace::run", "initialize() was not called");
     stream_ = stream;
-    MUON_CUDA_CHECK(cublasSetStream(handle_->get(), stream));
-    // cublasSetStream resets the workspace to cuBLAS's pool: set ours after it.
-    MUON_CUDA_CHECK(cublasSetWorkspace(handle_->get(), blas_ws_, kBlasWorkspaceBytes));
+    bind(stream);
     load();
     ::muon::detail::newton_schulz_iterate(*this, args_.options);
     store();
+  }
+
+  /// Binds the cuBLAS handle to `stream` and to this workspace's cuBLAS
+  /// workspace (host-side only; run() does it when the stream changes). Call
+  /// it before capturing run() into a graph to keep those calls out of the
+  /// capture.
+  void bind(cudaStream_t stream) {
+    ::muon::detail::require(initialized_, "Workspace::bind", "initialize() was not called");
+    if (bound_ && bound_stream_ == stream) return;
+    MUON_CUDA_CHECK(cublasSetStream(handle_->get(), stream));
+    // cublasSetStream resets the workspace to cuBLAS's pool: set ours after it.
+    MUON_CUDA_CHECK(cublasSetWorkspace(handle_->get(), blas_ws_, kBlasWorkspaceBytes));
+    bound_stream_ = stream;
+    bound_ = true;
   }
 
   // ---- backend primitives called by detail::newton_schulz_iterate ----------
@@ -420,6 +433,8 @@ class Workspace {
   std::vector<const void*> host_ptrs_;
   std::unique_ptr<BlasHandle> handle_;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t bound_stream_ = nullptr;
+  bool bound_ = false;
   int cur_ = 0;
   bool b_lower_only_ = false;
   bool initialized_ = false;
