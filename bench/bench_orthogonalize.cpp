@@ -17,10 +17,17 @@
 ///                 (3 m^2 n + m^3 per step), so its arithmetic rate is lower
 ///                 by that ratio (1.5x for square inputs).
 ///
-/// Times are CPU time (Google Benchmark's default). Nothing here starts a
-/// thread (Eigen without OpenMP is single-threaded), so CPU time is the
-/// compute time, and unlike wall time it does not count the time the process
-/// waited for a core on a shared machine; the JSON holds both.
+/// Threads: Newton–Schulz runs on `--muon_threads=N` threads (default 1),
+/// because the exact routes (Eigen's BDCSVD and SelfAdjointEigenSolver
+/// without OpenMP) are single-threaded and the default comparison should be
+/// like for like. With one thread, times are CPU time (Google Benchmark's
+/// default): on a shared machine it leaves out the time spent waiting for a
+/// core, which wall time counts. With N > 1 threads, times are wall time
+/// (CPU time would add up the threads). The JSON holds both.
+///
+/// On wide-enough shapes (n/m >= muon::kGramAspectThreshold) the library's
+/// automatic choice runs the Gram form of Newton–Schulz; the label says
+/// which form ran. Its effective rate still uses the standard count.
 ///
 /// Every method sees the same seeded gradient-like input per shape (a
 /// decaying rank-16 signal plus dense noise): it has the spread of small
@@ -30,6 +37,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <random>
@@ -45,6 +55,9 @@ using Index = Eigen::Index;
 using MatrixF = muon::Matrix<float>;
 
 constexpr int kSteps = 5;
+
+/// Threads Newton–Schulz uses (--muon_threads=N).
+int g_threads = 1;
 
 struct Shape {
   Index rows, cols;
@@ -120,7 +133,7 @@ void report_quality(benchmark::State& state, Shape s, const MatrixF& result) {
 
 void bench_newton_schulz(benchmark::State& state, Shape s, const muon::Schedule& schedule) {
   const MatrixF& G = data_for(s).input;
-  muon::Workspace<float> workspace(s.rows, s.cols);  // sized once: the loop allocates nothing
+  muon::Workspace<float> workspace(s.rows, s.cols, g_threads);  // sized once: no allocation below
   MatrixF out(s.rows, s.cols);
   const muon::NewtonSchulzOptions options(schedule, kSteps);
   for (auto _ : state) {
@@ -131,7 +144,9 @@ void bench_newton_schulz(benchmark::State& state, Shape s, const muon::Schedule&
   state.counters["eff_flop_rate"] = benchmark::Counter(
       effective_flops(s, kSteps), benchmark::Counter::kIsIterationInvariantRate);
   report_quality(state, s, out);
-  state.SetLabel(schedule.name() + " x" + std::to_string(kSteps));
+  const bool gram = workspace.aspect_ratio() >= muon::kGramAspectThreshold;
+  state.SetLabel(schedule.name() + " x" + std::to_string(kSteps) + (gram ? ", gram" : ", standard") +
+                 ", " + std::to_string(workspace.threads()) + " thr");
 }
 
 template <class PolarFactor>
@@ -146,6 +161,12 @@ void bench_exact(benchmark::State& state, Shape s, PolarFactor polar_factor) {
   report_quality(state, s, out);
 }
 
+template <class Registration>
+void configure(Registration* b) {
+  b->Unit(benchmark::kMillisecond);
+  if (g_threads > 1) b->UseRealTime();
+}
+
 void register_all() {
   const std::vector<muon::Schedule> schedules = {
       muon::Schedule::jordan(), muon::Schedule::cubic(), muon::Schedule::quintic(),
@@ -153,29 +174,50 @@ void register_all() {
   for (const Shape& s : shapes()) {
     for (const auto& schedule : schedules) {
       const std::string name = "NS_" + schedule.name() + "/" + s.name();
-      benchmark::RegisterBenchmark(name.c_str(), [s, schedule](benchmark::State& st) {
+      configure(benchmark::RegisterBenchmark(name.c_str(), [s, schedule](benchmark::State& st) {
         bench_newton_schulz(st, s, schedule);
-      })->Unit(benchmark::kMillisecond);
+      }));
     }
     const std::string svd = "polar_svd/" + s.name();
-    benchmark::RegisterBenchmark(svd.c_str(), [s](benchmark::State& st) {
+    configure(benchmark::RegisterBenchmark(svd.c_str(), [s](benchmark::State& st) {
       bench_exact(st, s, [](const MatrixF& G) { return muon::reference::polar_svd<float>(G); });
-    })->Unit(benchmark::kMillisecond);
+    }));
     const std::string eigh = "polar_eigh/" + s.name();
-    benchmark::RegisterBenchmark(eigh.c_str(), [s](benchmark::State& st) {
+    configure(benchmark::RegisterBenchmark(eigh.c_str(), [s](benchmark::State& st) {
       bench_exact(st, s, [](const MatrixF& G) { return muon::reference::polar_eigh<float>(G); });
-    })->Unit(benchmark::kMillisecond);
+    }));
   }
+}
+
+/// Takes --muon_threads=N out of argv (Google Benchmark rejects flags it
+/// does not know).
+void parse_own_flags(int& argc, char** argv) {
+  const char* flag = "--muon_threads=";
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], flag, std::strlen(flag)) == 0) {
+      g_threads = std::atoi(argv[i] + std::strlen(flag));
+      if (g_threads < 1) {
+        std::fprintf(stderr, "bench_orthogonalize: --muon_threads must be >= 1\n");
+        std::exit(1);
+      }
+    } else {
+      argv[kept++] = argv[i];
+    }
+  }
+  argc = kept;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  parse_own_flags(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   register_all();
   benchmark::AddCustomContext("muon_version", MUON_VERSION_STRING);
   benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("muon_threads", std::to_string(g_threads));
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

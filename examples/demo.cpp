@@ -116,8 +116,12 @@ int main() {
 
   std::printf("muon %s demo: Newton-Schulz on a gradient-like %ldx%ld float matrix\n",
               MUON_VERSION_STRING, long(kRows), long(kCols));
-  std::printf("(rank-%ld signal + noise, seed %u; Eigen SIMD: %s)\n\n", long(kSignalRank), kSeed,
+  std::printf("(rank-%ld signal + noise, seed %u; Eigen SIMD: %s)\n", long(kSignalRank), kSeed,
               Eigen::SimdInstructionSetsInUse());
+  // At n/m >= muon::kGramAspectThreshold the library runs the Gram form.
+  std::printf("Newton-Schulz form: %s (n/m = %.1f)\n\n",
+              double(kCols) / double(kRows) >= muon::kGramAspectThreshold ? "Gram" : "standard",
+              double(kCols) / double(kRows));
 
   // Newton–Schulz sees G / ||G||_F: its polynomial acts on sigma / ||G||_F,
   // which is why the small end of this spread decides how many steps it takes.
@@ -140,16 +144,25 @@ int main() {
                                          {muon::Schedule::polar_express(), 5},
                                          {muon::Schedule::polar_express(), 6}};
 
+  // One thread, like the exact routes below (Eigen's SVD and eigensolver
+  // are single-threaded without OpenMP), so the time ratios compare like
+  // with like; the library's default thread count gets its own row.
   std::vector<Row> rows;
-  muon::Workspace<float> workspace(kRows, kCols);  // reused by every Newton–Schulz call
   MatrixF O(kRows, kCols);
-  for (const auto& v : variants) {
+  auto run_newton_schulz = [&](const Variant& v, muon::Workspace<float>& workspace,
+                               const std::string& suffix) {
     const muon::NewtonSchulzOptions options(v.schedule, v.steps);
     const double ms = median_ms(7, [&] { muon::orthogonalize_into(G, O, workspace, options); });
-    rows.push_back({"NS " + v.schedule.name() + " x" + std::to_string(v.steps), spread_of(O),
-                    muon::reference::orthogonality_error(O),
+    rows.push_back({"NS " + v.schedule.name() + " x" + std::to_string(v.steps) + suffix,
+                    spread_of(O), muon::reference::orthogonality_error(O),
                     muon::reference::relative_distance(O, polar), ms});
-  }
+  };
+  muon::Workspace<float> single(kRows, kCols, 1);  // reused by every call: no allocation
+  for (const auto& v : variants) run_newton_schulz(v, single, "");
+  muon::Workspace<float> threaded(kRows, kCols);  // muon::default_threads()
+  if (threaded.threads() > 1)
+    run_newton_schulz(variants.front(), threaded,
+                      ", " + std::to_string(threaded.threads()) + " thr");
   {
     const double ms = median_ms(3, [&] { O = muon::reference::polar_svd<float>(G); });
     rows.push_back({"exact: SVD (BDCSVD)", spread_of(O), muon::reference::orthogonality_error(O),
@@ -167,7 +180,7 @@ int main() {
   for (const Row& r : rows) print_spread(r.method.c_str(), r.after);
   std::printf("\n");
 
-  std::printf("Accuracy and time (float, single thread, median wall time)\n");
+  std::printf("Accuracy and time (float, one thread unless marked, median wall time of a few runs)\n");
   std::printf("  %-24s %12s %20s %10s %9s %9s\n", "", "||OO^T-I||_F", "||O-UV^T||/||UV^T||",
               "time ms", "SVD/NS", "eigh/NS");
   for (const Row& r : rows)
