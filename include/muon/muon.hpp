@@ -5,11 +5,13 @@
 /// Never pulls in CUDA headers (the device backend is muon/cuda.hpp).
 
 #include "adamw.hpp"
+#include "checkpoint.hpp"
 #include "coefficients.hpp"
 #include "error.hpp"
 #include "lr_schedule.hpp"
 #include "momentum.hpp"
 #include "newton_schulz.hpp"
+#include "optimizer.hpp"
 #include "orthogonalize.hpp"
 #include "reference.hpp"
 #include "scalar.hpp"
