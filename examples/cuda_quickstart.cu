@@ -7,15 +7,11 @@
 #include <cstdio>
 #include <vector>
 
-int main() {
-  namespace mc = muon::cuda;
-  if (!mc::device_available()) {
-    std::puts("no CUDA device: skipping");
-    return 0;
-  }
-  cudaStream_t stream = nullptr;
-  MUON_CUDA_CHECK(cudaStreamCreate(&stream));
+namespace mc = muon::cuda;
 
+// Everything that allocates on `stream` lives in here, so it is released
+// (stream-ordered) before the stream is destroyed.
+void quickstart(cudaStream_t stream) {
   // 1. One matrix. A PyTorch (768, 3072) row-major tensor is viewed as its
   //    transpose; NS(W^T) = NS(W)^T, so orthogonalizing the view in place gives
   //    NS(W) in torch's layout.
@@ -56,6 +52,17 @@ int main() {
   for (int s = 0; s < 3; ++s) muon.replay(stream);        // one launch per step
   std::printf("steps: %lld, Muon groups (batched NS calls): %zu\n", muon.step_count(stream),
               muon.muon_groups());
+}
+
+int main() {
+  if (!mc::device_available()) {
+    std::puts("no CUDA device: skipping");
+    return 0;
+  }
+  cudaStream_t stream = nullptr;
+  MUON_CUDA_CHECK(cudaStreamCreate(&stream));
+  quickstart(stream);
+  MUON_CUDA_CHECK(cudaStreamSynchronize(stream));
   MUON_CUDA_CHECK(cudaStreamDestroy(stream));
   return 0;
 }
