@@ -58,8 +58,9 @@ struct Config {
   bool width_transfer = false;
   std::vector<int> wt_widths{128, 256, 512, 1024};
   int wt_epochs = 1;
-  long wt_subset = 10000;
+  long wt_subset = 6000;
   double wt_adam_lr = 1e-3;
+  std::vector<double> wt_lrs;  // empty: a grid suited to muon_adjust
   bool muon_first_layer = false;
   std::string muon_adjust = "match_rms_adamw";
   std::map<std::string, double> lr;  // fixed lr per optimizer (skips its sweep)
@@ -98,7 +99,10 @@ writes <out>/<optimizer>.csv, <out>/lr_sweep.csv and <out>/curves.png.
                         widths and compare with muon::scale_to_width
   --wt-widths A,B,...   widths for --width-transfer (default 128,256,512,1024)
   --wt-epochs N         epochs per width-transfer run (default 1)
-  --wt-subset N         training samples per width-transfer run (default 10000)
+  --wt-subset N         training samples per width-transfer run (default 6000)
+  --wt-lrs A,B,...      Muon lr grid for --width-transfer (default
+                        0.005,...,0.16 for match_rms_adamw, 0.02,...,0.64
+                        for the other adjustments; factors of 2)
   --wt-adam-lr X        lr of the AdamW part in --width-transfer (default 1e-3)
   --out DIR             output folder (default build/fashion_mnist_out if
                         ./build exists, else ./fashion_mnist_out)
@@ -206,6 +210,11 @@ Config parse_args(int argc, char** argv) {
       c.wt_epochs = static_cast<int>(parse_long(flag, value(), 1));
     } else if (flag == "--wt-subset") {
       c.wt_subset = parse_long(flag, value(), 1);
+    } else if (flag == "--wt-lrs") {
+      c.wt_lrs.clear();
+      for (const auto& item : split_list(value())) c.wt_lrs.push_back(parse_positive(flag, item));
+      if (c.wt_lrs.empty()) usage_error("--wt-lrs: expected a comma-separated list of lrs");
+      std::sort(c.wt_lrs.begin(), c.wt_lrs.end());
     } else if (flag == "--wt-adam-lr") {
       c.wt_adam_lr = parse_positive(flag, value());
     } else if (flag == "--out") {
@@ -274,6 +283,14 @@ Splits prepare_data(const Config& c) {
 }
 
 // ---------------------------------------------------------------- training
+
+std::string format_double(double v, int precision = 4) {
+  std::ostringstream s;
+  s.precision(precision);
+  s << v;
+  return s.str();
+}
+
 
 struct RunSpec {
   std::string optimizer;
@@ -381,6 +398,11 @@ std::vector<EpochLog> train(const RunSpec& r, const Config& c, const Splits& d, 
       const auto test = model.evaluate(d.test_x, d.test_y);
       log.test_loss = test.loss;
       log.test_accuracy = test.accuracy;
+      std::cout << label << " epoch " << epoch << ": train loss " << format_double(log.train_loss)
+                << ", val loss " << format_double(log.val_loss) << ", test accuracy "
+                << format_double(100 * log.test_accuracy, 4) << "%, "
+                << format_double(log.train_seconds, 3) << " s\n"
+                << std::flush;
     }
     logs.push_back(log);
   }
@@ -398,13 +420,6 @@ std::vector<double> sweep_grid(const std::string& optimizer, int points) {
 }
 
 double default_lr(const std::string& optimizer) { return sweep_grid(optimizer, 1).front(); }
-
-std::string format_double(double v, int precision = 4) {
-  std::ostringstream s;
-  s.precision(precision);
-  s << v;
-  return s.str();
-}
 
 // ---------------------------------------------------------------- modes
 
@@ -458,15 +473,9 @@ int run_comparison(const Config& c, const Splits& d) {
     const auto logs = train(spec, c, d, true, name);
     std::ofstream csv(fs::path(c.out_dir) / (name + ".csv"));
     csv << "epoch,train_loss,val_loss,val_accuracy,test_loss,test_accuracy,train_time_s\n";
-    for (const auto& l : logs) {
+    for (const auto& l : logs)
       csv << l.epoch << ',' << l.train_loss << ',' << l.val_loss << ',' << l.val_accuracy << ','
           << l.test_loss << ',' << l.test_accuracy << ',' << l.train_seconds << '\n';
-      std::cout << name << " epoch " << l.epoch << ": train loss " << format_double(l.train_loss)
-                << ", val loss " << format_double(l.val_loss) << ", test accuracy "
-                << format_double(100 * l.test_accuracy, 4) << "%, " << format_double(l.train_seconds, 3)
-                << " s\n"
-                << std::flush;
-    }
     results.push_back({name, best_lr, logs});
   }
 
@@ -495,11 +504,15 @@ int run_comparison(const Config& c, const Splits& d) {
 
 int run_width_transfer(const Config& c, const Splits& d) {
   namespace fs = std::filesystem;
-  // Muon lr grid, a factor 2 apart; "original" adjustment leaves square
-  // hidden matrices at the raw lr, so any width dependence of the optimum
-  // shows up in the lr itself.
-  const std::vector<double> grid{0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16};
-  std::ofstream csv(fs::path(c.out_dir) / "width_transfer.csv");
+  // Muon lr grid, a factor 2 apart. The adjustment decides where the
+  // optimum sits: "original" leaves square hidden matrices at the raw lr,
+  // match_rms_adamw multiplies it by 0.2 sqrt(width).
+  std::vector<double> grid = c.wt_lrs;
+  if (grid.empty())
+    grid = c.muon_adjust == "match_rms_adamw"
+               ? std::vector<double>{0.005, 0.01, 0.02, 0.04, 0.08, 0.16}
+               : std::vector<double>{0.02, 0.04, 0.08, 0.16, 0.32, 0.64};
+  std::ofstream csv(fs::path(c.out_dir) / ("width_transfer_" + c.muon_adjust + ".csv"));
   csv << "width,lr,val_loss,val_accuracy,kind\n";
   auto run = [&](int width, double lr, const char* kind) {
     RunSpec s;
@@ -508,7 +521,7 @@ int run_width_transfer(const Config& c, const Splits& d) {
     s.widths = std::vector<int>(c.widths.size(), width);
     s.epochs = c.wt_epochs;
     s.train_samples = c.wt_subset;
-    s.adjust = "original";
+    s.adjust = c.muon_adjust;
     s.adam_lr = c.wt_adam_lr;
     s.muon_first_layer = c.muon_first_layer;
     const auto log =
@@ -541,19 +554,26 @@ int run_width_transfer(const Config& c, const Splits& d) {
   // Transfer from the first width: the library's rule scales lr by
   // sqrt(base_width / width). Check it against the measured optimum, and
   // against keeping the base lr unchanged.
-  muon::WidthTransferConfig base{rows.front().best_lr, 0, 0.95, 5, rows.front().width};
-  std::printf("\nwidth transfer (Muon lr, base width %d, best base lr %.4g)\n", rows.front().width,
-              base.lr);
-  std::printf("%6s %10s %13s %12s %14s %16s\n", "width", "best lr", "val loss@best", "scaled lr",
-              "val loss@scaled", "val loss@base lr");
+  const muon::WidthTransferConfig base{rows.front().best_lr, 0, 0.95, 5, rows.front().width};
+  std::vector<double> scaled_lr, loss_scaled, loss_unscaled;
   for (const auto& row : rows) {
-    const double scaled = muon::scale_to_width(base, row.width).lr;
+    scaled_lr.push_back(muon::scale_to_width(base, row.width).lr);
     const bool is_base = row.width == rows.front().width;
-    const double loss_scaled = is_base ? row.best_loss : run(row.width, scaled, "scaled");
-    const double loss_unscaled = is_base ? row.best_loss : run(row.width, base.lr, "base");
-    std::printf("%6d %10.4g %13.4f %12.4g %14.4f %16.4f\n", row.width, row.best_lr, row.best_loss,
-                scaled, loss_scaled, loss_unscaled);
+    loss_scaled.push_back(is_base ? row.best_loss : run(row.width, scaled_lr.back(), "scaled"));
+    loss_unscaled.push_back(is_base ? row.best_loss : run(row.width, base.lr, "base"));
   }
+  std::printf("\nwidth transfer of the Muon lr (hidden matrices, adjust_lr %s; AdamW part at lr "
+              "%.3g; base width %d, its best lr %.4g; scaled = muon::scale_to_width)\n",
+              c.muon_adjust.c_str(), c.wt_adam_lr, rows.front().width, base.lr);
+  std::printf("%6s %9s %14s %10s %16s %17s\n", "width", "best lr", "val loss@best", "scaled lr",
+              "val loss@scaled", "val loss@base lr");
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    std::printf("%6d %9.4g %14.4f %10.4g %16.4f %17.4f\n", rows[i].width, rows[i].best_lr,
+                rows[i].best_loss, scaled_lr[i], loss_scaled[i], loss_unscaled[i]);
+  if (std::any_of(rows.begin(), rows.end(), [&](const Row& r) {
+        return r.best_lr == grid.front() || r.best_lr == grid.back();
+      }))
+    std::printf("note: some optimum lies at the edge of the grid; widen it with --wt-lrs\n");
   return 0;
 }
 
