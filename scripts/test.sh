@@ -28,6 +28,17 @@ build_and_test build/gcc -DCMAKE_CXX_COMPILER=g++
 stage "clang++: build and test"
 build_and_test build/clang -DCMAKE_CXX_COMPILER=clang++ -DMUON_ENABLE_CUDA=OFF
 
+stage "libFuzzer: checkpoint loader (clang, 30 s)"
+# The fuzz targets live in tests/ (configured, not built); only they are built.
+cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
+  -DMUON_WARNINGS_AS_ERRORS=ON -DMUON_BUILD_FUZZERS=ON -DMUON_BUILD_BENCHMARKS=OFF \
+  -DMUON_BUILD_EXAMPLES=OFF -DMUON_ENABLE_CUDA=OFF
+cmake --build build/fuzz -j "$jobs" --target fuzz_checkpoint fuzz_checkpoint_seed
+rm -rf build/fuzz/corpus && mkdir -p build/fuzz/corpus
+./build/fuzz/tests/fuzz_checkpoint_seed build/fuzz/corpus  # valid checkpoints as seeds
+./build/fuzz/tests/fuzz_checkpoint -max_total_time=30 -max_len=8192 -rss_limit_mb=2048 \
+  -print_final_stats=1 build/fuzz/corpus
+
 stage "ASan + UBSan: build and test"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   build_and_test build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMUON_SANITIZE=ON \
