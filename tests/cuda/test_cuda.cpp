@@ -257,6 +257,25 @@ TEST_CASE("cuda: padded leading dimensions, reuse and graph replay equal eager")
   }
 }
 
+TEST_CASE("cuda: the automatic lower-triangle tiling (m >= 1536) equals the untiled products") {
+  MUON_REQUIRE_DEVICE();
+  // 1600 x 1700: m = 1600 tiles as 2 x 2 blocks of 832 (partial last); a tile
+  // request of m forces the untiled path. float, so the two agree closely.
+  const std::vector<Eigen::MatrixXd> in{spread(1700, 1600, 4242, 2.0)};  // tall: transposed
+  const muon::NewtonSchulzOptions o(muon::Schedule::polar_express(), 5);
+  muon_cuda_test::RunMode tiled, untiled;
+  untiled.tile = 1600;
+  const auto a = muon_cuda_test::orthogonalize(flat(in), 1700, 1600, 1, Dtype::f32, o, tiled);
+  const auto b = muon_cuda_test::orthogonalize(flat(in), 1700, 1600, 1, Dtype::f32, o, untiled);
+  double diff = 0, norm = 0;
+  for (std::size_t k = 0; k < a.size(); ++k) {
+    diff += (a[k] - b[k]) * (a[k] - b[k]);
+    norm += b[k] * b[k];
+  }
+  INFO("relative difference tiled vs untiled: " << std::sqrt(diff / norm));
+  CHECK(std::sqrt(diff / norm) <= 1e-4);
+}
+
 TEST_CASE("cuda: NaN/Inf input throws naming the input and leaves the output untouched") {
   MUON_REQUIRE_DEVICE();
   std::vector<float> in(6 * 9, 0.5f);
