@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -89,10 +90,13 @@ writes <out>/<optimizer>.csv, <out>/lr_sweep.csv and <out>/curves.png.
   --val-size N          validation samples held out of training (default 5000)
   --train-limit N       use only N training samples (default all; for quick runs)
   --lr-muon X, --lr-adamw X, --lr-sgd X
-                        fixed lr for that optimizer (no sweep for it)
+                        fixed lr for that optimizer (no sweep for it). The
+                        hybrid's AdamW part (first/last layer, biases) runs at
+                        AdamW's best lr (--lr-adamw, the sweep's, or 1e-3);
+                        its sweep tunes the Muon lr only
   --muon-first-layer    route the first weight matrix to Muon too
-  --muon-adjust NAME    Muon lr adjustment: match_rms_adamw (default; one lr
-                        drives Muon and its AdamW part), original, spectral, none
+  --muon-adjust NAME    Muon lr adjustment by shape: match_rms_adamw (default,
+                        0.2 sqrt(max(out, in))), original, spectral, none
   --threads N           Eigen GEMM threads (default 1; needs OpenMP). On a
                         busy machine more threads spin-wait and run slower
   --width-transfer      instead of the comparison: sweep Muon's lr at several
@@ -306,7 +310,12 @@ struct RunSpec {
 struct EpochLog {
   int epoch;
   double train_loss, val_loss, val_accuracy, test_loss, test_accuracy, train_seconds;
+  double train_cpu_seconds;  ///< CPU time of the training steps (robust on a shared machine)
 };
+
+/// CPU time of this process in seconds; with one Eigen thread it is the
+/// training loop's own time, unaffected by other jobs competing for cores.
+double process_cpu_seconds() { return static_cast<double>(std::clock()) / CLOCKS_PER_SEC; }
 
 std::unique_ptr<fm::TrainOptimizer<Scalar>> make_optimizer(const RunSpec& r, fm::Mlp<Scalar>& model,
                                                            const muon::LrSchedule& schedule) {
@@ -361,13 +370,14 @@ std::vector<EpochLog> train(const RunSpec& r, const Config& c, const Splits& d, 
   Matrix xb(d.train_x.rows(), batch);
   std::vector<int> yb(static_cast<std::size_t>(batch));
   std::vector<EpochLog> logs;
-  double seconds = 0;
+  double seconds = 0, cpu_seconds = 0;
   for (int epoch = 1; epoch <= r.epochs; ++epoch) {
     std::shuffle(order.begin(), order.end(), rng);
     fm::ProgressBar bar(label + " epoch " + std::to_string(epoch) + "/" + std::to_string(r.epochs),
                         steps_per_epoch);
     double loss_sum = 0;
     const auto start = std::chrono::steady_clock::now();
+    const double cpu_start = process_cpu_seconds();
     for (long s = 0; s < steps_per_epoch; ++s) {
       for (Eigen::Index j = 0; j < batch; ++j) {
         const auto src = order[static_cast<std::size_t>(s * batch + j)];
@@ -384,8 +394,10 @@ std::vector<EpochLog> train(const RunSpec& r, const Config& c, const Splits& d, 
       bar.update(s + 1, loss_sum / static_cast<double>(s + 1));
     }
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    cpu_seconds += process_cpu_seconds() - cpu_start;
     bar.finish();
-    EpochLog log{epoch, loss_sum / static_cast<double>(steps_per_epoch), 0, 0, 0, 0, seconds};
+    EpochLog log{epoch, loss_sum / static_cast<double>(steps_per_epoch), 0, 0, 0, 0, seconds,
+                 cpu_seconds};
     if (!std::isfinite(log.train_loss)) {
       log.val_loss = log.test_loss = std::numeric_limits<double>::infinity();
       logs.push_back(log);
@@ -401,7 +413,8 @@ std::vector<EpochLog> train(const RunSpec& r, const Config& c, const Splits& d, 
       std::cout << label << " epoch " << epoch << ": train loss " << format_double(log.train_loss)
                 << ", val loss " << format_double(log.val_loss) << ", test accuracy "
                 << format_double(100 * log.test_accuracy, 4) << "%, "
-                << format_double(log.train_seconds, 3) << " s\n"
+                << format_double(log.train_seconds, 3) << " s (CPU " << format_double(log.train_cpu_seconds, 3)
+                << " s)\n"
                 << std::flush;
     }
     logs.push_back(log);
@@ -410,16 +423,20 @@ std::vector<EpochLog> train(const RunSpec& r, const Config& c, const Splits& d, 
 }
 
 /// The sweep grid: `points` lrs a factor 3 apart, centred on a default that
-/// suits the optimizer (chosen so the usual optimum is inside the grid).
-std::vector<double> sweep_grid(const std::string& optimizer, int points) {
-  const double centre = optimizer == "sgd" ? 0.03 : optimizer == "adamw" ? 1e-3 : 3e-3;
+/// suits the optimizer (chosen so the usual optimum is inside the grid). For
+/// Muon the centre depends on the shape adjustment: match_rms_adamw scales a
+/// 512 x 512 matrix's lr by 0.2 sqrt(512) = 4.5, original by 1.
+std::vector<double> sweep_grid(const std::string& optimizer, const std::string& adjust,
+                               int points) {
+  const double centre = optimizer == "sgd"     ? 0.03
+                        : optimizer == "adamw" ? 1e-3
+                        : adjust == "match_rms_adamw" ? 0.03
+                                                      : 0.1;
   std::vector<double> grid;
   for (int k = 0; k < points; ++k)
     grid.push_back(centre * std::pow(3.0, k - (points - 1) / 2.0));
   return grid;
 }
-
-double default_lr(const std::string& optimizer) { return sweep_grid(optimizer, 1).front(); }
 
 // ---------------------------------------------------------------- modes
 
@@ -428,8 +445,57 @@ int run_comparison(const Config& c, const Splits& d) {
   std::ofstream sweep_csv;
   if (c.lr_sweep) {
     sweep_csv.open(fs::path(c.out_dir) / "lr_sweep.csv");
-    sweep_csv << "optimizer,lr,val_loss,val_accuracy\n";
+    sweep_csv << "optimizer,lr,adamw_part_lr,val_loss,val_accuracy\n";
   }
+  auto spec_for = [&](const std::string& name, double lr, double adam_lr) {
+    RunSpec spec;
+    spec.optimizer = name;
+    spec.lr = lr;
+    spec.widths = c.widths;
+    spec.adjust = c.muon_adjust;
+    spec.adam_lr = name == "muon" ? adam_lr : -1;
+    spec.muon_first_layer = c.muon_first_layer;
+    return spec;
+  };
+
+  // Phase 1: the lr of each optimizer. AdamW goes first: the hybrid's AdamW
+  // part (first and last layer, biases) then runs at AdamW's own best lr, and
+  // the sweep tunes the Muon lr alone.
+  std::map<std::string, double> best_lr;
+  std::vector<std::string> order = c.optimizers;
+  std::stable_partition(order.begin(), order.end(), [](const std::string& n) { return n == "adamw"; });
+  for (const auto& name : order) {
+    const double adam_lr = best_lr.count("adamw") ? best_lr.at("adamw")
+                           : c.lr.count("adamw")  ? c.lr.at("adamw")
+                                                  : 1e-3;
+    const auto grid = sweep_grid(name, c.muon_adjust, c.sweep_points);
+    best_lr[name] = c.lr.count(name) ? c.lr.at(name) : grid[grid.size() / 2];
+    if (!c.lr_sweep || c.lr.count(name)) continue;
+    double best_loss = std::numeric_limits<double>::infinity();
+    for (double lr : grid) {
+      RunSpec s = spec_for(name, lr, adam_lr);
+      s.epochs = 1;
+      s.train_samples = c.sweep_subset;
+      const auto log = train(s, c, d, false, "sweep " + name + " lr " + format_double(lr)).back();
+      std::cout << "  sweep " << name << " lr " << format_double(lr)
+                << (name == "muon" ? " (AdamW part " + format_double(adam_lr) + ")" : "")
+                << ": val loss " << format_double(log.val_loss) << ", val accuracy "
+                << format_double(100 * log.val_accuracy, 3) << "%\n"
+                << std::flush;
+      sweep_csv << name << ',' << lr << ',' << (name == "muon" ? adam_lr : lr) << ','
+                << log.val_loss << ',' << log.val_accuracy << '\n';
+      if (log.val_loss < best_loss) {
+        best_loss = log.val_loss;
+        best_lr[name] = lr;
+      }
+    }
+    if (grid.size() > 2 && (best_lr[name] == grid.front() || best_lr[name] == grid.back()))
+      std::cout << "  note: best " << name
+                << " lr is at the edge of the grid; widen it with --sweep-points\n";
+    std::cout << "  -> " << name << " best lr " << format_double(best_lr[name]) << "\n";
+  }
+
+  // Phase 2: full runs, in the order asked for.
   struct Result {
     std::string optimizer;
     double lr;
@@ -437,67 +503,46 @@ int run_comparison(const Config& c, const Splits& d) {
   };
   std::vector<Result> results;
   for (const auto& name : c.optimizers) {
-    RunSpec spec;
-    spec.optimizer = name;
-    spec.widths = c.widths;
-    spec.adjust = c.muon_adjust;
-    spec.muon_first_layer = c.muon_first_layer;
-    double best_lr = c.lr.count(name) ? c.lr.at(name) : default_lr(name);
-    if (c.lr_sweep && !c.lr.count(name)) {
-      const auto grid = sweep_grid(name, c.sweep_points);
-      double best_loss = std::numeric_limits<double>::infinity();
-      for (double lr : grid) {
-        RunSpec s = spec;
-        s.lr = lr;
-        s.epochs = 1;
-        s.train_samples = c.sweep_subset;
-        const auto log = train(s, c, d, false, "sweep " + name + " lr " + format_double(lr)).back();
-        std::cout << "  sweep " << name << " lr " << format_double(lr) << ": val loss "
-                  << format_double(log.val_loss) << ", val accuracy "
-                  << format_double(100 * log.val_accuracy, 3) << "%\n"
-                  << std::flush;
-        sweep_csv << name << ',' << lr << ',' << log.val_loss << ',' << log.val_accuracy << '\n';
-        if (log.val_loss < best_loss) {
-          best_loss = log.val_loss;
-          best_lr = lr;
-        }
-      }
-      if (grid.size() > 2 && (best_lr == grid.front() || best_lr == grid.back()))
-        std::cout << "  note: best " << name
-                  << " lr is at the edge of the grid; widen it with --sweep-points\n";
-      std::cout << "  -> " << name << " best lr " << format_double(best_lr) << "\n";
-    }
-    spec.lr = best_lr;
+    const double adam_lr = best_lr.count("adamw") ? best_lr.at("adamw") : 1e-3;
+    RunSpec spec = spec_for(name, best_lr.at(name), adam_lr);
     spec.epochs = c.epochs;
     spec.train_samples = d.train_x.cols();
     const auto logs = train(spec, c, d, true, name);
     std::ofstream csv(fs::path(c.out_dir) / (name + ".csv"));
-    csv << "epoch,train_loss,val_loss,val_accuracy,test_loss,test_accuracy,train_time_s\n";
+    csv << "epoch,train_loss,val_loss,val_accuracy,test_loss,test_accuracy,train_time_s,"
+           "train_cpu_s\n";
     for (const auto& l : logs)
       csv << l.epoch << ',' << l.train_loss << ',' << l.val_loss << ',' << l.val_accuracy << ','
-          << l.test_loss << ',' << l.test_accuracy << ',' << l.train_seconds << '\n';
-    results.push_back({name, best_lr, logs});
+          << l.test_loss << ',' << l.test_accuracy << ',' << l.train_seconds << ','
+          << l.train_cpu_seconds << '\n';
+    results.push_back({name, spec.lr, logs});
   }
 
-  double adamw_seconds = 0;
+  // Speed relative to AdamW from CPU time: on a shared machine wall time
+  // also measures the neighbours.
+  double adamw_cpu = 0;
   for (const auto& r : results)
-    if (r.optimizer == "adamw") adamw_seconds = r.logs.back().train_seconds;
-  std::printf("\n%-9s %9s %11s %10s %10s %9s %14s\n", "optimizer", "best lr", "train loss",
-              "val loss", "test acc", "time (s)", "speed vs AdamW");
+    if (r.optimizer == "adamw") adamw_cpu = r.logs.back().train_cpu_seconds;
+  std::printf("\n%-9s %9s %11s %10s %9s %9s %9s %15s\n", "optimizer", "best lr", "train loss",
+              "val loss", "test acc", "wall (s)", "CPU (s)", "speed vs AdamW");
   for (const auto& r : results) {
     const auto& last = r.logs.back();
     char speed[32] = "-";
-    if (adamw_seconds > 0)
-      std::snprintf(speed, sizeof speed, "%.2fx", adamw_seconds / last.train_seconds);
-    std::printf("%-9s %9.3g %11.4f %10.4f %9.2f%% %9.1f %14s\n", r.optimizer.c_str(), r.lr,
-                last.train_loss, last.val_loss, 100 * last.test_accuracy, last.train_seconds, speed);
+    if (adamw_cpu > 0) std::snprintf(speed, sizeof speed, "%.2fx", adamw_cpu / last.train_cpu_seconds);
+    std::printf("%-9s %9.3g %11.4f %10.4f %8.2f%% %9.1f %9.1f %15s\n", r.optimizer.c_str(), r.lr,
+                last.train_loss, last.val_loss, 100 * last.test_accuracy, last.train_seconds,
+                last.train_cpu_seconds, speed);
   }
+  if (best_lr.count("muon"))
+    std::printf("(muon: the Muon lr; its AdamW part ran at %.3g)\n",
+                best_lr.count("adamw") ? best_lr.at("adamw") : 1e-3);
   std::ofstream summary(fs::path(c.out_dir) / "summary.csv");
-  summary << "optimizer,best_lr,train_loss,val_loss,test_accuracy,train_time_s\n";
+  summary << "optimizer,best_lr,train_loss,val_loss,test_accuracy,train_time_s,train_cpu_s\n";
   for (const auto& r : results) {
     const auto& last = r.logs.back();
     summary << r.optimizer << ',' << r.lr << ',' << last.train_loss << ',' << last.val_loss << ','
-            << last.test_accuracy << ',' << last.train_seconds << '\n';
+            << last.test_accuracy << ',' << last.train_seconds << ',' << last.train_cpu_seconds
+            << '\n';
   }
   return 0;
 }
