@@ -5,8 +5,12 @@
 // GPU prints "no CUDA device: skipping" and returns when none is present.
 //
 // Tolerances (relative Frobenius error against the double CPU result, inputs
-// with singular values spread over [0.1, 1] x scale): float 2e-4, half 5e-3,
-// bfloat16 3e-2.
+// with singular values spread over [0.1, 1] x scale): float 1e-4, half 1.5e-2,
+// bfloat16 5e-2. A host emulation of this pipeline (every stored buffer
+// rounded to the type, fp32 products) on these shapes gave at most 3e-6
+// (float), 9e-3 (half) and 3.8e-2 (bfloat16, Polar Express on 1 x n, whose
+// large coefficients cancel: b A + c A^2 ~ -6.5 before + a I) -- the same
+// rounding PyTorch's bf16 NS5 has.
 
 #include <Eigen/Core>
 #include <Eigen/QR>
@@ -71,9 +75,9 @@ std::vector<double> flat(const std::vector<Eigen::MatrixXd>& ms) {
 
 double tolerance(Dtype t) {
   switch (t) {
-    case Dtype::f32: return 2e-4;
-    case Dtype::f16: return 5e-3;
-    case Dtype::bf16: return 3e-2;
+    case Dtype::f32: return 1e-4;
+    case Dtype::f16: return 1.5e-2;
+    case Dtype::bf16: return 5e-2;
   }
   return 0;
 }
