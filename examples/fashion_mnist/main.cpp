@@ -85,7 +85,8 @@ writes <out>/<optimizer>.csv, <out>/lr_sweep.csv and <out>/curves.png.
   --optimizers LIST     any of muon,adamw,sgd (default muon,adamw,sgd)
   --lr-sweep on|off     sweep the lr first (default on); off uses the defaults
                         or --lr-NAME
-  --sweep-points N      lrs per sweep, a factor 3 apart (default 3)
+  --sweep-points N      lrs per sweep, a factor 3 apart (default 3); when the
+                        best is at an edge the sweep goes on that way (<= 2 more)
   --sweep-subset N      training samples in each 1-epoch sweep run (default 10000)
   --val-size N          validation samples held out of training (default 5000)
   --train-limit N       use only N training samples (default all; for quick runs)
@@ -472,7 +473,7 @@ int run_comparison(const Config& c, const Splits& d) {
     best_lr[name] = c.lr.count(name) ? c.lr.at(name) : grid[grid.size() / 2];
     if (!c.lr_sweep || c.lr.count(name)) continue;
     double best_loss = std::numeric_limits<double>::infinity();
-    for (double lr : grid) {
+    auto try_lr = [&](double lr) {
       RunSpec s = spec_for(name, lr, adam_lr);
       s.epochs = 1;
       s.train_samples = c.sweep_subset;
@@ -488,10 +489,21 @@ int run_comparison(const Config& c, const Splits& d) {
         best_loss = log.val_loss;
         best_lr[name] = lr;
       }
+    };
+    for (double lr : grid) try_lr(lr);
+    // An optimum on the edge of the grid says only "at least this far out":
+    // extend the grid that way (a factor 3 per step, at most twice).
+    double low = grid.front(), high = grid.back();
+    for (int extra = 0; extra < 2 && grid.size() > 1; ++extra) {
+      if (best_lr[name] == high)
+        try_lr(high *= 3);
+      else if (best_lr[name] == low)
+        try_lr(low /= 3);
+      else
+        break;
     }
-    if (grid.size() > 2 && (best_lr[name] == grid.front() || best_lr[name] == grid.back()))
-      std::cout << "  note: best " << name
-                << " lr is at the edge of the grid; widen it with --sweep-points\n";
+    if (grid.size() > 1 && (best_lr[name] == low || best_lr[name] == high))
+      std::cout << "  note: best " << name << " lr is still at the edge of the swept range\n";
     std::cout << "  -> " << name << " best lr " << format_double(best_lr[name]) << "\n";
   }
 
@@ -622,28 +634,54 @@ int run_width_transfer(const Config& c, const Splits& d) {
   return 0;
 }
 
-void make_plot(const Config& c) {
-  std::string script = c.plot_script;
-#ifdef FASHION_MNIST_PLOT_SCRIPT
-  if (script.empty()) script = FASHION_MNIST_PLOT_SCRIPT;
-#endif
+/// Runs gnuplot on `script` with `variables` (gnuplot -e assignments);
+/// explains and returns false when gnuplot or the script is missing.
+bool run_gnuplot(const std::string& script, const std::string& variables) {
   if (script.empty() || !std::filesystem::exists(script)) {
-    std::cout << "plot: script not found; pass --plot-script examples/fashion_mnist/plot.gp\n";
-    return;
+    std::cout << "plot: script " << (script.empty() ? "(none)" : script)
+              << " not found; pass --plot-script examples/fashion_mnist/plot.gp\n";
+    return false;
   }
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
-    std::cout << "plot: gnuplot not found (Debian: apt-get install gnuplot-nox); CSVs are in "
-              << c.out_dir << "\n";
-    return;
+    std::cout << "plot: gnuplot not found (Debian: apt-get install gnuplot-nox); the CSVs are "
+                 "written\n";
+    return false;
   }
+  const std::string command = "gnuplot -e \"" + variables + "\" '" + script + "'";
+  if (std::system(command.c_str()) == 0) return true;
+  std::cout << "plot: gnuplot failed (command: " << command << ")\n";
+  return false;
+}
+
+std::string curves_script(const Config& c) {
+  if (!c.plot_script.empty()) return c.plot_script;
+#ifdef FASHION_MNIST_PLOT_SCRIPT
+  return FASHION_MNIST_PLOT_SCRIPT;
+#else
+  return "";
+#endif
+}
+
+void plot_curves(const Config& c) {
   std::string names;
   for (const auto& n : c.optimizers) names += (names.empty() ? "" : " ") + n;
-  const std::string command = "gnuplot -e \"outdir='" + c.out_dir + "'; optimizers='" + names +
-                              "'\" '" + script + "'";
-  if (std::system(command.c_str()) == 0)
+  if (run_gnuplot(curves_script(c), "outdir='" + c.out_dir + "'; optimizers='" + names + "'"))
     std::cout << "plot: " << (std::filesystem::path(c.out_dir) / "curves.png").string() << "\n";
-  else
-    std::cout << "plot: gnuplot failed (command: " << command << ")\n";
+}
+
+void plot_width_transfer(const Config& c) {
+  // The width-transfer script lives next to the curves script.
+  const std::string base = curves_script(c);
+  if (base.empty()) return;
+  const auto script = std::filesystem::path(base).parent_path() / "plot_width_transfer.gp";
+  const auto dir = std::filesystem::path(c.out_dir);
+  const std::string csv = (dir / ("width_transfer_" + c.muon_adjust + ".csv")).string();
+  const std::string png = (dir / ("width_transfer_" + c.muon_adjust + ".png")).string();
+  std::string widths;
+  for (int w : c.wt_widths) widths += (widths.empty() ? "" : " ") + std::to_string(w);
+  if (run_gnuplot(script.string(),
+                  "csv='" + csv + "'; png='" + png + "'; widths='" + widths + "'"))
+    std::cout << "plot: " << png << "\n";
 }
 
 }  // namespace
@@ -659,7 +697,7 @@ int main(int argc, char** argv) {
               << " validation, " << d.test_x.cols() << " test images; Eigen threads "
               << Eigen::nbThreads() << "; seed " << c.seed << "\n";
     const int rc = c.width_transfer ? run_width_transfer(c, d) : run_comparison(c, d);
-    if (!c.width_transfer && c.plot) make_plot(c);
+    if (c.plot) c.width_transfer ? plot_width_transfer(c) : plot_curves(c);
     std::cout << "outputs in " << c.out_dir << " (total "
               << format_double(
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),

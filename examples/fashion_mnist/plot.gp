@@ -6,7 +6,7 @@
 if (!exists("outdir")) outdir = "fashion_mnist_out"
 if (!exists("optimizers")) optimizers = "muon adamw sgd"
 
-set terminal pngcairo size 1800,560 font ",11"
+set terminal pngcairo size 1800,560 font ",11" noenhanced
 set output outdir."/curves.png"
 set datafile separator ","
 set grid
