@@ -17,3 +17,12 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Optional: CPU product engines (MUON_USE_BLAS, MUON_USE_BF16). A missing one
+# only skips its test stage.
+for p in libopenblas-dev libdnnl-dev; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$p" \
+    >/dev/null 2>&1 || echo "deps: optional $p not installed"
+done

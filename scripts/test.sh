@@ -28,6 +28,23 @@ build_and_test build/gcc -DCMAKE_CXX_COMPILER=g++
 stage "clang++: build and test"
 build_and_test build/clang -DCMAKE_CXX_COMPILER=clang++ -DMUON_ENABLE_CUDA=OFF
 
+stage "optional CPU products (MUON_USE_BLAS, MUON_USE_BF16): backend tests"
+# Only where the packages are installed (scripts/deps.sh tries to); bf16 needs
+# oneDNN 2.x and runs its products only on CPUs with AVX512-BF16.
+optional=()
+dpkg-query -W -f='${Status}' libopenblas-dev 2>/dev/null | grep -q "install ok installed" &&
+  optional+=(-DMUON_USE_BLAS=ON)
+grep -qs "define DNNL_VERSION_MAJOR 2" /usr/include/oneapi/dnnl/dnnl_version.h &&
+  optional+=(-DMUON_USE_BF16=ON)
+if ((${#optional[@]})); then
+  cmake -S . -B build/optional -G Ninja -DCMAKE_BUILD_TYPE=Release -DMUON_WARNINGS_AS_ERRORS=ON \
+    -DMUON_BUILD_BENCHMARKS=OFF -DMUON_BUILD_EXAMPLES=OFF -DMUON_ENABLE_CUDA=OFF "${optional[@]}"
+  cmake --build build/optional -j "$jobs" --target test_gram_ns test_newton_schulz
+  ctest --test-dir build/optional --output-on-failure -R '^test_(gram_ns|newton_schulz)$'
+else
+  echo "no optional product packages installed; stage skipped"
+fi
+
 stage "libFuzzer: checkpoint loader (clang, 30 s)"
 # The fuzz targets live in tests/ (configured, not built); only they are built.
 cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \

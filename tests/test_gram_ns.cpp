@@ -157,3 +157,48 @@ TEST_CASE("thread count follows muon::set_num_threads", "[threads]") {
   muon::set_num_threads(0);
   CHECK(muon::default_threads() >= 1);
 }
+
+TEST_CASE("every available product engine matches the Eigen engine", "[products]") {
+  using muon::eigen::Products;
+  for (Products p : {Products::eigen, Products::blas, Products::bf16}) {
+    if (!muon::eigen::products_available(p)) {
+      WARN("product engine " << int(p) << " not in this build or CPU; skipped");
+      continue;
+    }
+    // bf16 rounds each product's factors to 8 bits of mantissa (relative
+    // error ~4e-3 per product), fp32 accumulation; the others differ from
+    // Eigen by fp32 rounding only.
+    const double tol = p == Products::bf16 ? 5e-2 : 1e-4;
+    for (const auto& c : std::vector<Case>{{96, 96}, {64, 256}, {300, 100}}) {
+      for (auto method : {muon::NsMethod::standard, muon::NsMethod::gram}) {
+        INFO("engine " << int(p) << ", shape " << c.rows << "x" << c.cols << ", method "
+                       << int(method));
+        const Eigen::MatrixXd G = test_input(c.rows, c.cols, 77);
+        muon::NewtonSchulzOptions opt(muon::Schedule::polar_express(), 8);
+        opt.with_method(method);
+        const muon::Matrix<float> Gf = G.cast<float>();
+        muon::Workspace<float> ws_ref(c.rows, c.cols, 1, Products::eigen);
+        muon::Workspace<float> ws(c.rows, c.cols, 0, p);
+        CHECK(ws.products() == p);
+        muon::Matrix<float> ref(c.rows, c.cols), out(c.rows, c.cols);
+        muon::orthogonalize_into(Gf, ref, ws_ref, opt);
+        muon::orthogonalize_into(Gf, out, ws, opt);
+        const Eigen::MatrixXd outd = out.cast<double>(), refd = ref.cast<double>();
+        CHECK(rel(outd, refd) <= tol);
+        // Converged: as orthogonal as the Eigen engine's result, up to tol.
+        CHECK(muon::reference::orthogonality_error(outd) <=
+              muon::reference::orthogonality_error(refd) + tol * std::sqrt(double(c.rows)));
+      }
+    }
+  }
+  // Double compute with bf16 products is refused, naming the parameter.
+  if (muon::eigen::products_available(Products::bf16)) {
+    std::string message;
+    try {
+      muon::Workspace<double> ws(8, 8, 1, Products::bf16);
+    } catch (const muon::Error& e) {
+      message = e.what();
+    }
+    CHECK(message.find("products") != std::string::npos);
+  }
+}

@@ -14,10 +14,14 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "../detail/eigen_products.hpp"
+#include "../detail/optional_products.hpp"
 #include "../detail/parallel_products.hpp"
 #include "../detail/thread_pool.hpp"
 #include "../error.hpp"
@@ -26,6 +30,38 @@
 
 namespace muon {
 namespace eigen {
+
+/// Which engine computes the CPU products.
+enum class Products {
+  automatic,  ///< BLAS when built with MUON_USE_BLAS, else eigen (never bf16: it rounds)
+  eigen,      ///< Eigen's kernels, threaded by this library (always available)
+  blas,       ///< CBLAS ?syrk/?gemm (MUON_USE_BLAS builds)
+  bf16        ///< oneDNN bf16 x bf16 -> fp32 matmul (MUON_USE_BF16 builds, float
+              ///< compute only, CPUs with AVX512-BF16 only)
+};
+
+/// True when `p` can be used in this build on this CPU (bf16: for float
+/// compute only).
+inline bool products_available(Products p) {
+  switch (p) {
+    case Products::automatic:
+    case Products::eigen:
+      return true;
+    case Products::blas:
+#ifdef MUON_USE_BLAS
+      return true;
+#else
+      return false;
+#endif
+    case Products::bf16:
+#ifdef MUON_USE_BF16
+      return detail::cpu_has_avx512_bf16();
+#else
+      return false;
+#endif
+  }
+  return false;
+}
 
 template <class T>
 class Workspace {
@@ -39,11 +75,23 @@ class Workspace {
   /// follows muon::set_num_threads, MUON_NUM_THREADS, Eigen::nbThreads() under
   /// OpenMP, OMP_NUM_THREADS) sets how many threads the products use; the
   /// threads are started here, once, and only when the shape is large enough
-  /// to gain from them.
-  Workspace(Index rows, Index cols, int threads = 0) : rows_(rows), cols_(cols) {
+  /// to gain from them. `products` picks the product engine (see Products);
+  /// an engine this build or CPU lacks throws muon::Error.
+  Workspace(Index rows, Index cols, int threads = 0, Products products = Products::automatic)
+      : rows_(rows), cols_(cols) {
     detail::require(rows > 0 && cols > 0, "workspace shape",
                     "rows and cols must be positive, got " + std::to_string(rows) + "x" +
                         std::to_string(cols));
+    detail::require(products_available(products), "products",
+                    "this engine is not available (build option off, or the CPU lacks "
+                    "AVX512-BF16)");
+    detail::require(products != Products::bf16 || std::is_same<S, float>::value, "products",
+                    "bf16 products need float compute (storage float, half or bfloat16)");
+#ifdef MUON_USE_BLAS
+    products_ = products == Products::automatic ? Products::blas : products;
+#else
+    products_ = products == Products::automatic ? Products::eigen : products;
+#endif
     m_ = rows < cols ? rows : cols;
     n_ = rows < cols ? cols : rows;
     X_.resize(m_, n_);
@@ -60,7 +108,23 @@ class Workspace {
     square_ = std::make_unique<detail::ParallelSyrk<S>>(m_, m_, pool_.get());
     apply_ = std::make_unique<detail::ParallelGemm<S>>(m_, n_, m_, pool_.get());
     small_ = std::make_unique<detail::ParallelGemm<S>>(m_, m_, m_, pool_.get());
+#ifdef MUON_USE_BF16
+    if (products_ == Products::bf16) {
+      dnnl_ = std::make_unique<detail::DnnlContext>();
+      Xb_.resize(static_cast<std::size_t>(m_ * n_));
+      Lb_.resize(static_cast<std::size_t>(m_ * m_));
+      Rb_.resize(static_cast<std::size_t>(m_ * m_));
+      bf_gram_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, m_, n_, false, true);
+      bf_small_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, m_, m_, false);
+      bf_small_acc_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, m_, m_, true);
+      bf_apply_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, n_, m_, false);
+      bf_apply_acc_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, n_, m_, true);
+    }
+#endif
   }
+
+  /// The product engine in use (never automatic).
+  Products products() const { return products_; }
 
   /// Threads the products use (1 when the shape is too small to split).
   int threads() const { return pool_ ? pool_->size() : 1; }
@@ -114,14 +178,8 @@ class Workspace {
     X_ = (X_.template cast<double>() / denominator).template cast<S>();
   }
 
-  void gram() {  // A = X X^T, lower triangle computed, then mirrored
-    S* a = A_.data();
-    const Index m = m_;
-    auto zero = [a, m](Index r0, Index r1) {
-      for (Index j = 0; j < r1; ++j)
-        for (Index i = std::max(j, r0); i < r1; ++i) a[i + j * m] = S(0);
-    };
-    gram_->run(X_.data(), m_, A_.data(), m_, S(1), zero);
+  void gram() {  // A = X X^T (symmetric)
+    symmetric_into(*gram_, X_, S(1), nullptr, S(0), A_);
   }
 
   void symmetric_polynomial(double b, double c) {  // B = b A + c A^2 (A^2 = A A^T)
@@ -129,15 +187,7 @@ class Workspace {
       B_ = static_cast<S>(b) * A_;
       return;
     }
-    const S* a = A_.data();
-    S* out = B_.data();
-    const Index m = m_;
-    const S bs = static_cast<S>(b);
-    auto scaled_copy = [a, out, m, bs](Index r0, Index r1) {
-      for (Index j = 0; j < r1; ++j)
-        for (Index i = std::max(j, r0); i < r1; ++i) out[i + j * m] = bs * a[i + j * m];
-    };
-    square_->run(A_.data(), m_, B_.data(), m_, static_cast<S>(c), scaled_copy);
+    symmetric_into(*square_, A_, static_cast<S>(c), &A_, static_cast<S>(b), B_);
   }
 
   void apply_polynomial(double a) {  // X = a X + B X
@@ -154,21 +204,16 @@ class Workspace {
   }
 
   void gram_q_update(double a) {  // Q <- a Q + Z Q (= a Q + Q Z: both are polynomials in R)
-    multiply_into(*small_, B_, static_cast<S>(a), Q_, T_);
+    multiply_into(*small_, B_, static_cast<S>(a), Q_, T_, /*fp32=*/true);
     Q_.swap(T_);
   }
 
   void gram_r_update(double a) {  // R <- (a I + Z)^2 R, kept symmetric
     B_.diagonal().array() += static_cast<S>(a);  // W = a I + Z (Z is not needed again)
-    const S* w = B_.data();
-    S* t = T_.data();
-    const Index m = m_;
-    auto zero = [t, m](Index r0, Index r1) {
-      for (Index j = 0; j < r1; ++j)
-        for (Index i = std::max(j, r0); i < r1; ++i) t[i + j * m] = S(0);
-    };
-    square_->run(w, m_, T_.data(), m_, S(1), zero);          // T = W^2 (symmetric)
-    multiply_into(*small_, T_, S(0), A_, B_);                 // B = W^2 R
+    // bf16 products keep these in fp32: rounding R's factors each step
+    // compounds through the Gram recurrence (the m x n products stay bf16).
+    symmetric_into(*square_, B_, S(1), nullptr, S(0), T_, /*fp32=*/true);  // T = W^2
+    multiply_into(*small_, T_, S(0), A_, B_, /*fp32=*/true);               // B = W^2 R
     symmetrize_into(B_, A_);                                  // R = sym(B)
   }
 
@@ -183,9 +228,75 @@ class Workspace {
  private:
   using S = compute_t<T>;
 
+  /// C = init_scale * init + alpha M M^T (init null: 0), all of C written;
+  /// M is m x depth, C and init m x m (init symmetric, may not alias C).
+  void symmetric_into(detail::ParallelSyrk<S>& product, const Matrix<S>& M, S alpha,
+                      const Matrix<S>* init, S init_scale, Matrix<S>& C, bool fp32 = false) {
+    (void)fp32;  // only the bf16 engine reads it
+    const Index m = m_;
+#ifdef MUON_USE_BLAS
+    if (products_ == Products::blas) {
+      if (init) C = init_scale * *init;
+      detail::blas_syrk_lower(int(m), int(M.cols()), alpha, M.data(), int(m), init ? S(1) : S(0),
+                              C.data(), int(m));
+      detail::ParallelSyrk<S>::mirror_rows(C.data(), m, 0, m);
+      return;
+    }
+#endif
+#ifdef MUON_USE_BF16
+    if constexpr (std::is_same<S, float>::value) {
+      if (products_ == Products::bf16 && !fp32) {
+        if (&M == &X_) {  // the Gram X X^T (gram() passes alpha = 1, no init)
+          detail::to_bf16(M.data(), Xb_.data(), m * n_);
+          bf_gram_->run(Xb_.data(), Xb_.data(), C.data());
+        } else {  // M symmetric m x m: M M^T = M M
+          detail::to_bf16(M.data(), Lb_.data(), m * m, alpha);
+          detail::to_bf16(M.data(), Rb_.data(), m * m);
+          if (init) C = init_scale * *init;
+          (init ? bf_small_acc_ : bf_small_)->run(Lb_.data(), Rb_.data(), C.data());
+        }
+        return;
+      }
+    }
+#endif
+    const S* src = init ? init->data() : nullptr;
+    S* c = C.data();
+    auto prologue = [src, c, m, init_scale](Index r0, Index r1) {
+      for (Index j = 0; j < r1; ++j)
+        for (Index i = std::max(j, r0); i < r1; ++i)
+          c[i + j * m] = src ? init_scale * src[i + j * m] : S(0);
+    };
+    product.run(M.data(), m, C.data(), m, alpha, prologue);
+  }
+
   /// out = alpha * R + L R, threaded by columns of R (the product's own split).
-  static void multiply_into(detail::ParallelGemm<S>& product, const Matrix<S>& L, S alpha,
-                            const Matrix<S>& R, Matrix<S>& out) {
+  void multiply_into(detail::ParallelGemm<S>& product, const Matrix<S>& L, S alpha,
+                     const Matrix<S>& R, Matrix<S>& out, bool fp32 = false) {
+    (void)fp32;  // only the bf16 engine reads it
+#ifdef MUON_USE_BLAS
+    if (products_ == Products::blas) {
+      if (alpha != S(0)) out = R;
+      detail::blas_gemm(int(L.rows()), int(R.cols()), int(L.cols()), S(1), L.data(),
+                        int(L.rows()), R.data(), int(R.rows()), alpha, out.data(),
+                        int(out.rows()));
+      return;
+    }
+#endif
+#ifdef MUON_USE_BF16
+    if constexpr (std::is_same<S, float>::value) {
+      if (products_ == Products::bf16 && !fp32) {
+        const bool wide = R.cols() == n_ && R.data() == X_.data();
+        detail::to_bf16(L.data(), Lb_.data(), L.size());
+        std::uint16_t* rb = wide ? Xb_.data() : Rb_.data();
+        detail::to_bf16(R.data(), rb, R.size());
+        if (alpha != S(0)) out = alpha * R;
+        detail::Bf16Matmul& mm = wide ? (alpha != S(0) ? *bf_apply_acc_ : *bf_apply_)
+                                      : (alpha != S(0) ? *bf_small_acc_ : *bf_small_);
+        mm.run(Lb_.data(), rb, out.data());
+        return;
+      }
+    }
+#endif
     const S* r = R.data();
     S* o = out.data();
     const Index rows = R.rows();
@@ -215,6 +326,12 @@ class Workspace {
   std::unique_ptr<detail::ThreadPool> pool_;  // before the products that point to it
   std::unique_ptr<detail::ParallelSyrk<S>> gram_, square_;
   std::unique_ptr<detail::ParallelGemm<S>> apply_, small_;
+  Products products_ = Products::eigen;
+#ifdef MUON_USE_BF16
+  std::unique_ptr<detail::DnnlContext> dnnl_;
+  std::vector<std::uint16_t> Xb_, Lb_, Rb_;  // bf16 factors (bit patterns)
+  std::unique_ptr<detail::Bf16Matmul> bf_gram_, bf_small_, bf_small_acc_, bf_apply_, bf_apply_acc_;
+#endif
 };
 
 }  // namespace eigen
