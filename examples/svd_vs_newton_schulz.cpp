@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: MIT
+/// \file svd_vs_newton_schulz.cpp
+/// \brief Singular values before and after each Newton–Schulz schedule,
+/// against the exact polar factor, written as CSV for plotting.
+///
+/// Builds a seeded gradient-like float matrix (a rank-r signal with singular
+/// values about 1, 1/2, ..., 1/r plus dense noise), orthogonalizes it with
+/// Jordan's quintic, the classic cubic and quintic (5 steps each), Polar
+/// Express (5 and 6 steps) and the exact SVD polar factor U V^T, then
+///  - writes `<out>.csv`: one row per singular-value index i (1-based,
+///    descending), one column per method, the input's sigma_i first;
+///  - prints a table: orthogonality error ||O O^T - I||_F, relative distance
+///    ||O - U V^T||_F / ||U V^T||_F, and the median time of a few runs.
+///
+/// Usage: svd_vs_newton_schulz [out.csv] [rows] [cols] [rank] [seed]
+/// (defaults: singular_values.csv 256 1024 16 7). scripts/svd_vs_ns.sh runs
+/// it and plots the CSV with examples/plot_singular_values.gp.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <muon/muon.hpp>
+
+namespace {
+
+using Index = Eigen::Index;
+using MatrixF = muon::Matrix<float>;
+
+/// Signal singular values about 1/(k+1) for k < rank; noise singular values
+/// about 5e-3 * (1 +- sqrt(rows/cols)) for a wide matrix.
+MatrixF gradient_like(Index rows, Index cols, Index rank, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  auto gaussian = [&](Index r, Index c) {
+    MatrixF M(r, c);
+    for (Index j = 0; j < c; ++j)
+      for (Index i = 0; i < r; ++i) M(i, j) = normal(rng);
+    return M;
+  };
+  MatrixF left = gaussian(rows, rank) / std::sqrt(float(rows));
+  const MatrixF right = gaussian(cols, rank) / std::sqrt(float(cols));
+  for (Index k = 0; k < rank; ++k) left.col(k) /= float(k + 1);
+  const float noise = 5e-3f / std::sqrt(float(std::max(rows, cols)));
+  return left * right.transpose() + noise * gaussian(rows, cols);
+}
+
+/// Median wall time of `runs` calls of `work`, in milliseconds.
+template <class Work>
+double median_ms(int runs, Work&& work) {
+  std::vector<double> ms;
+  for (int i = 0; i < runs; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    work();
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+struct Method {
+  std::string name;
+  Eigen::VectorXd sigma;  // singular values of the output, descending
+  double orthogonality_error = 0, distance = 0, time_ms = 0;
+};
+
+long parse(int argc, char** argv, int i, long fallback) {
+  return argc > i ? std::strtol(argv[i], nullptr, 10) : fallback;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string path = argc > 1 ? argv[1] : "singular_values.csv";
+  const Index rows = parse(argc, argv, 2, 256), cols = parse(argc, argv, 3, 1024);
+  const Index rank = parse(argc, argv, 4, 16);
+  const auto seed = static_cast<unsigned>(parse(argc, argv, 5, 7));
+  if (rows < 1 || cols < 1 || rank < 1 || rank > std::min(rows, cols)) {
+    std::fprintf(stderr, "need rows, cols >= 1 and 1 <= rank <= min(rows, cols)\n");
+    return 2;
+  }
+  constexpr int kRuns = 5;
+
+  const MatrixF G = gradient_like(rows, cols, rank, seed);
+  const Eigen::VectorXd input_sigma = muon::reference::singular_values(G);
+  const Eigen::MatrixXd polar = muon::reference::polar_svd<double>(G);  // the target U V^T
+
+  std::printf("muon %s: %ldx%ld float, rank-%ld signal + noise, seed %u\n", MUON_VERSION_STRING,
+              long(rows), long(cols), long(rank), seed);
+  std::printf("input sigma: max %.3g, min %.3g; sigma/||G||_F: max %.3g, min %.3g\n\n",
+              input_sigma.maxCoeff(), input_sigma.minCoeff(),
+              input_sigma.maxCoeff() / double(G.norm()), input_sigma.minCoeff() / double(G.norm()));
+
+  struct Variant {
+    const char* label;
+    muon::Schedule schedule;
+    int steps;
+  };
+  const std::vector<Variant> variants = {{"jordan_5", muon::Schedule::jordan(), 5},
+                                         {"cubic_5", muon::Schedule::cubic(), 5},
+                                         {"quintic_5", muon::Schedule::quintic(), 5},
+                                         {"polar_express_5", muon::Schedule::polar_express(), 5},
+                                         {"polar_express_6", muon::Schedule::polar_express(), 6}};
+
+  std::vector<Method> methods;
+  muon::Workspace<float> workspace(rows, cols, 1);  // one thread, like the SVD below
+  MatrixF O(rows, cols);
+  for (const auto& v : variants) {
+    const muon::NewtonSchulzOptions options(v.schedule, v.steps);
+    Method m;
+    m.name = v.label;
+    m.time_ms = median_ms(kRuns, [&] { muon::orthogonalize_into(G, O, workspace, options); });
+    m.sigma = muon::reference::singular_values(O);
+    m.orthogonality_error = muon::reference::orthogonality_error(O);
+    m.distance = muon::reference::relative_distance(O, polar);
+    methods.push_back(m);
+  }
+  {
+    Method m;
+    m.name = "svd_polar";
+    MatrixF P;
+    m.time_ms = median_ms(kRuns, [&] { P = muon::reference::polar_svd<float>(G); });
+    m.sigma = muon::reference::singular_values(P);
+    m.orthogonality_error = muon::reference::orthogonality_error(P);
+    m.distance = muon::reference::relative_distance(P, polar);
+    methods.push_back(m);
+  }
+
+  std::printf("%-16s %12s %14s %10s\n", "method", "||OO^T-I||_F", "dist to UV^T", "time ms");
+  for (const auto& m : methods)
+    std::printf("%-16s %12.3e %14.3e %10.3f\n", m.name.c_str(), m.orthogonality_error, m.distance,
+                m.time_ms);
+  std::printf("(median of %d runs, one thread; svd_polar is BDCSVD in float)\n", kRuns);
+
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) {
+    std::fprintf(stderr, "cannot write %s\n", path.c_str());
+    return 1;
+  }
+  std::fprintf(f, "index,input");
+  for (const auto& m : methods) std::fprintf(f, ",%s", m.name.c_str());
+  std::fprintf(f, "\n");
+  for (Index i = 0; i < input_sigma.size(); ++i) {
+    std::fprintf(f, "%ld,%.9g", long(i + 1), input_sigma(i));
+    for (const auto& m : methods) std::fprintf(f, ",%.9g", m.sigma(i));
+    std::fprintf(f, "\n");
+  }
+  std::fclose(f);
+  std::printf("\nwrote %s (%ld rows: index, input sigma, then each method's sigma)\n", path.c_str(),
+              long(input_sigma.size()));
+}
