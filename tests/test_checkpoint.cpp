@@ -145,6 +145,9 @@ TEMPLATE_TEST_CASE("round trip restores buffers, step counts and group options",
   a.set_option("adjust_lr", "match_rms_adamw");
   a.set_option("ns_coefficients", "polar_express");
   a.set_option("weight_decay", 0.25);
+  muon::MuonGroupOptions with_method = a.muon_options();
+  with_method.ns.method = muon::NsMethod::standard;
+  a.set_muon_options(with_method);
   for (int k = 0; k < 3; ++k) {
     m.grads(k);
     if (k == 2) a.clear_grad("bias");
@@ -167,6 +170,8 @@ TEMPLATE_TEST_CASE("round trip restores buffers, step counts and group options",
   REQUIRE(b.muon_options().ns.schedule.name() == "polar_express");
   REQUIRE(b.muon_options().ns.schedule.at(0).a == muon::Schedule::polar_express().at(0).a);
   REQUIRE(b.muon_options().weight_decay == 0.25);
+  REQUIRE(b.muon_options().ns.method == muon::NsMethod::standard);
+  REQUIRE(b.muon_options().ns.eps_mode == muon::EpsMode::max);
   REQUIRE(b.adamw_options().lr == 0.01);
 }
 

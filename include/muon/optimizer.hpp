@@ -443,6 +443,15 @@ class Optimizer {
   }
 
   void set_non_finite_policy(NonFinitePolicy p) { policy_ = p; }
+
+  /// Threads each Newton–Schulz workspace may use (0, the default:
+  /// muon::default_threads()). Applies to parameters added afterwards. A
+  /// workspace starts its own threads, and only for large shapes; with many
+  /// large matrices, 1 keeps the thread count down.
+  void set_ns_threads(int threads) {
+    detail::require(threads >= 0, "ns_threads", "must be >= 0");
+    ns_threads_ = threads;
+  }
   NonFinitePolicy non_finite_policy() const { return policy_; }
 
   /// Replaces the routing rules. Only before the first add_param (routes are
@@ -916,7 +925,7 @@ class Optimizer {
       while (w < p.ws_rows.size() && p.ws_rows[w] != r) ++w;
       if (w == p.ws_rows.size()) {
         p.ws_rows.push_back(r);
-        p.workspaces.push_back(std::make_unique<Workspace<B>>(r, p.cols));
+        p.workspaces.push_back(std::make_unique<Workspace<B>>(r, p.cols, ns_threads_));
       }
       p.block_ws.push_back(w);
     }
@@ -1092,6 +1101,7 @@ class Optimizer {
     w.u32(static_cast<std::uint32_t>(m.ns.steps));
     w.f64(m.ns.eps);
     w.u8(m.ns.eps_mode == EpsMode::add ? 0 : 1);
+    w.u8(static_cast<std::uint8_t>(m.ns.method));
     w.boolean(m.ns.norm_divisor.has_value());
     w.f64(m.ns.norm_divisor.value_or(0.0));
     w.str(m.ns.schedule.name());
@@ -1137,6 +1147,10 @@ class Optimizer {
     const std::uint8_t mode = r.u8();
     detail::require(mode <= 1, "checkpoint", "unknown eps mode");
     m.ns.eps_mode = mode == 0 ? EpsMode::add : EpsMode::max;
+    const std::uint8_t method = r.u8();
+    detail::require(method <= static_cast<std::uint8_t>(NsMethod::gram), "checkpoint",
+                    "unknown Newton-Schulz method");
+    m.ns.method = static_cast<NsMethod>(method);
     const bool has_divisor = r.boolean("has_norm_divisor");
     const double divisor = r.f64();
     if (has_divisor) m.ns.norm_divisor = divisor;
@@ -1170,6 +1184,7 @@ class Optimizer {
   std::map<std::string, std::size_t, std::less<>> index_;
   RoutingRules rules_;
   NonFinitePolicy policy_ = NonFinitePolicy::raise;
+  int ns_threads_ = 0;
   std::optional<LrSchedule> schedule_;
   std::optional<MomentumWarmup> warmup_;
   bool metrics_on_ = false;
