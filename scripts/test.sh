@@ -4,7 +4,7 @@
 #   2. clang++ Release, -Werror, same targets
 #   3. AddressSanitizer + UndefinedBehaviorSanitizer build of the tests
 #   4. install to a prefix and build/run the consumer project against it
-#      (find_package) and against the source tree (add_subdirectory)
+#      (find_package, and pkg-config) and against the source tree (add_subdirectory)
 # Environment: MUON_TEST_QUICK=1 runs stage 1 only; JOBS sets build parallelism.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +71,18 @@ cmake --build build/consumer-installed
 cmake -S tests/consumer -B build/consumer-subdir -G Ninja -DMUON_CONSUMER_SOURCE_DIR="$root"
 cmake --build build/consumer-subdir
 ./build/consumer-subdir/muon_consumer
+# pkg-config: the installed muon.pc gives the include flags (and Requires eigen3);
+# the consumer also checks that version.hpp matches the .pc file's Version.
+pc() { PKG_CONFIG_PATH="$prefix/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}" pkg-config "$@"; }
+pc_version=$(pc --modversion muon)
+pc_cflags=$(pc --cflags muon)
+pc_libs=$(pc --libs muon)
+echo "pkg-config: muon $pc_version, cflags: $pc_cflags"
+mkdir -p build/consumer-pkgconfig
+# shellcheck disable=SC2086  # the flags are meant to split into words
+g++ -std=c++17 -O2 -Wall -Wextra -Wpedantic -Werror $pc_cflags -DMUON_EXPECTED_VERSION="\"$pc_version\"" \
+  tests/consumer/main.cpp -o build/consumer-pkgconfig/muon_consumer $pc_libs
+./build/consumer-pkgconfig/muon_consumer
 
 echo
 echo "all stages passed"
