@@ -112,9 +112,10 @@ class Workspace {
     if (products_ == Products::bf16) {
       dnnl_ = std::make_unique<detail::DnnlContext>();
       Xb_.resize(static_cast<std::size_t>(m_ * n_));
+      Xt_.resize(static_cast<std::size_t>(m_ * n_));
       Lb_.resize(static_cast<std::size_t>(m_ * m_));
       Rb_.resize(static_cast<std::size_t>(m_ * m_));
-      bf_gram_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, m_, n_, false, true);
+      bf_gram_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, m_, n_, false);
       bf_small_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, m_, m_, false);
       bf_small_acc_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, m_, m_, true);
       bf_apply_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, n_, m_, false);
@@ -247,8 +248,9 @@ class Workspace {
     if constexpr (std::is_same<S, float>::value) {
       if (products_ == Products::bf16 && !fp32) {
         if (&M == &X_) {  // the Gram X X^T (gram() passes alpha = 1, no init)
-          detail::to_bf16(M.data(), Xb_.data(), m * n_);
-          bf_gram_->run(Xb_.data(), Xb_.data(), C.data());
+          detail::to_bf16(M.data(), Xb_.data(), m * n_);                // L = X
+          detail::to_bf16_transposed(M.data(), Xt_.data(), m, n_);       // R = X^T
+          bf_gram_->run(Xb_.data(), Xt_.data(), C.data());
         } else {  // M symmetric m x m: M M^T = M M
           detail::to_bf16(M.data(), Lb_.data(), m * m, alpha);
           detail::to_bf16(M.data(), Rb_.data(), m * m);
@@ -329,7 +331,7 @@ class Workspace {
   Products products_ = Products::eigen;
 #ifdef MUON_USE_BF16
   std::unique_ptr<detail::DnnlContext> dnnl_;
-  std::vector<std::uint16_t> Xb_, Lb_, Rb_;  // bf16 factors (bit patterns)
+  std::vector<std::uint16_t> Xb_, Xt_, Lb_, Rb_;  // bf16 factors (bit patterns)
   std::unique_ptr<detail::Bf16Matmul> bf_gram_, bf_small_, bf_small_acc_, bf_apply_, bf_apply_acc_;
 #endif
 };

@@ -94,30 +94,30 @@ class DnnlContext {
   dnnl_stream_t stream_ = nullptr;
 };
 
-/// A column-major rows x cols matrix with leading dimension ld, as a oneDNN
-/// memory descriptor (dims row-first, strides {1, ld}); `transposed` views
-/// the same storage as its cols x rows transpose.
-inline dnnl_memory_desc_t colmajor_desc(int64_t rows, int64_t cols, int64_t ld,
-                                        dnnl_data_type_t type, bool transposed = false) {
+/// A dense row-major rows x cols matrix as a oneDNN memory descriptor ("ab":
+/// the plain layout every matmul implementation takes).
+inline dnnl_memory_desc_t rowmajor_desc(int64_t rows, int64_t cols, dnnl_data_type_t type) {
   dnnl_memory_desc_t md;
-  const dnnl_dims_t dims = {transposed ? cols : rows, transposed ? rows : cols};
-  const dnnl_dims_t strides = {transposed ? ld : 1, transposed ? 1 : ld};
+  const dnnl_dims_t dims = {rows, cols};
+  const dnnl_dims_t strides = {cols, 1};
   dnnl_check(dnnl_memory_desc_init_by_strides(&md, 2, dims, type, strides), "memory_desc");
   return md;
 }
 
-/// C (fp32, rows x cols) = L R (+ C when `accumulate`), L (rows x depth) and
-/// R (depth x cols) bf16, column-major; `rhs_transposed`: R is given as the
-/// storage of its cols x depth transpose (for X X^T).
+/// A column-major matrix's storage is its transpose in row-major order, so a
+/// column-major C = L R (C rows x cols, L rows x depth, R depth x cols) is the
+/// row-major C^T = R^T L^T: oneDNN's src = R's storage (cols x depth),
+/// weights = L's storage (depth x rows), dst = C's storage (cols x rows), all
+/// plain. run(L, R, C) takes bf16 L and R and writes (or, `accumulate`, adds
+/// to) fp32 C. For the Gram X X^T (rows = cols = m, depth = n) pass as R the
+/// row-major copy of X (to_bf16_transposed) and as L the plain copy.
 class Bf16Matmul {
  public:
-  Bf16Matmul(DnnlContext& ctx, int64_t rows, int64_t cols, int64_t depth, bool accumulate,
-             bool rhs_transposed = false)
+  Bf16Matmul(DnnlContext& ctx, int64_t rows, int64_t cols, int64_t depth, bool accumulate)
       : ctx_(ctx) {
-    const dnnl_memory_desc_t a = colmajor_desc(rows, depth, rows, dnnl_bf16);
-    const dnnl_memory_desc_t b = rhs_transposed ? colmajor_desc(cols, depth, cols, dnnl_bf16, true)
-                                                : colmajor_desc(depth, cols, depth, dnnl_bf16);
-    const dnnl_memory_desc_t c = colmajor_desc(rows, cols, rows, dnnl_f32);
+    const dnnl_memory_desc_t a = rowmajor_desc(cols, depth, dnnl_bf16);  // src  = R^T
+    const dnnl_memory_desc_t b = rowmajor_desc(depth, rows, dnnl_bf16);  // weights = L^T
+    const dnnl_memory_desc_t c = rowmajor_desc(cols, rows, dnnl_f32);    // dst  = C^T
     dnnl_matmul_desc_t desc;
     dnnl_check(dnnl_matmul_desc_init(&desc, &a, &b, nullptr, &c), "matmul_desc_init");
     dnnl_primitive_attr_t attr;
@@ -154,8 +154,8 @@ class Bf16Matmul {
   }
 
   void run(const std::uint16_t* L, const std::uint16_t* R, float* C) {
-    dnnl_memory_set_data_handle(a_, const_cast<std::uint16_t*>(L));
-    dnnl_memory_set_data_handle(b_, const_cast<std::uint16_t*>(R));
+    dnnl_memory_set_data_handle(a_, const_cast<std::uint16_t*>(R));
+    dnnl_memory_set_data_handle(b_, const_cast<std::uint16_t*>(L));
     dnnl_memory_set_data_handle(c_, C);
     const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, a_},
                                     {DNNL_ARG_WEIGHTS, b_},
@@ -182,6 +182,21 @@ inline void to_bf16(const float* src, std::uint16_t* dst, std::int64_t n, float 
     } else {
       u += 0x7fffu + ((u >> 16) & 1u);
       dst[i] = static_cast<std::uint16_t>(u >> 16);
+    }
+  }
+}
+
+/// dst (bf16 bits, row-major rows x cols) = src (float, column-major rows x
+/// cols): the conversion and a transpose in one blocked pass.
+inline void to_bf16_transposed(const float* src, std::uint16_t* dst, std::int64_t rows,
+                               std::int64_t cols) {
+  constexpr std::int64_t kTile = 32;
+  for (std::int64_t i0 = 0; i0 < rows; i0 += kTile) {
+    const std::int64_t i1 = i0 + kTile < rows ? i0 + kTile : rows;
+    for (std::int64_t k0 = 0; k0 < cols; k0 += kTile) {
+      const std::int64_t k1 = k0 + kTile < cols ? k0 + kTile : cols;
+      for (std::int64_t i = i0; i < i1; ++i)
+        for (std::int64_t k = k0; k < k1; ++k) to_bf16(src + i + k * rows, dst + i * cols + k, 1);
     }
   }
 }
