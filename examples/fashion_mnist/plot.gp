@@ -1,8 +1,9 @@
 # Loss and accuracy curves of the Fashion-MNIST example, from its CSV logs.
 # Usage: gnuplot -e "outdir='DIR'; optimizers='muon adamw sgd'" plot.gp
 # Writes DIR/curves.png: loss per epoch, test accuracy per epoch, and
-# validation loss against training time (Muon's extra cost per step shows
-# there, not in the per-epoch panels).
+# validation loss against training CPU time (Muon's extra cost per step shows
+# there, not in the per-epoch panels; CPU time, because wall time on a shared
+# machine also measures the neighbours).
 if (!exists("outdir")) outdir = "fashion_mnist_out"
 if (!exists("optimizers")) optimizers = "muon adamw sgd"
 
@@ -30,12 +31,12 @@ set key bottom right
 plot for [i=1:words(optimizers)] file(word(optimizers, i)) using 1:($6*100) skip 1 \
        with linespoints lw 2 lc i title word(optimizers, i)
 
-set xlabel "training time (s, this machine)"
+set xlabel "training CPU time (s, one thread)"
 set xtics autofreq
 set ylabel "validation loss"
-set title "validation loss vs wall time"
+set title "validation loss vs training CPU time"
 set key top right
-plot for [i=1:words(optimizers)] file(word(optimizers, i)) using 7:3 skip 1 \
+plot for [i=1:words(optimizers)] file(word(optimizers, i)) using 8:3 skip 1 \
        with linespoints lw 2 lc i title word(optimizers, i)
 
 unset multiplot
