@@ -75,7 +75,9 @@ cmake --build build/consumer-subdir
 # the consumer also checks that version.hpp matches the .pc file's Version.
 pc() { PKG_CONFIG_PATH="$prefix/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}" pkg-config "$@"; }
 pc_version=$(pc --modversion muon)
-pc_cflags=$(pc --cflags muon)
+# -I -> -isystem: Eigen's own headers are not clean under -Wall -Wextra -Werror
+# (CMake marks an imported target's includes as system headers likewise).
+pc_cflags=$(pc --cflags muon | sed -E 's/(^| )-I/\1-isystem /g')
 pc_libs=$(pc --libs muon)
 echo "pkg-config: muon $pc_version, cflags: $pc_cflags"
 mkdir -p build/consumer-pkgconfig
