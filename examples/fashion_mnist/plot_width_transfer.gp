@@ -8,9 +8,10 @@ if (!exists("widths")) widths = "128 256 512 1024"
 
 set terminal pngcairo size 900,600 font ",11" noenhanced
 set format x "%g"
+set mxtics 10
 set output png
 set datafile separator ","
-set logscale x 2
+set logscale x 10
 set grid
 set key top left
 set xlabel "Muon lr (before the shape adjustment)"
