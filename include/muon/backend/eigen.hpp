@@ -101,8 +101,9 @@ class Workspace {
     Q_.resize(m_, m_);
     T_.resize(m_, m_);
     threads_ = threads > 0 ? threads : default_threads();
-    // Threads pay off once one product is worth a few wake-ups (~8 MFLOP each).
-    if (threads_ > 1 && double(m_) * double(m_) * double(n_) >= 1.6e7)
+    // Threads pay off once one product is worth a few wake-ups; below ~320^3
+    // (measured on a shared 2-core machine) one thread is as fast.
+    if (threads_ > 1 && double(m_) * double(m_) * double(n_) >= 3.2e7)
       pool_ = std::make_unique<detail::ThreadPool>(threads_);
     gram_ = std::make_unique<detail::ParallelSyrk<S>>(m_, n_, pool_.get());
     square_ = std::make_unique<detail::ParallelSyrk<S>>(m_, m_, pool_.get());

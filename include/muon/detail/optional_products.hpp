@@ -135,13 +135,14 @@ class Bf16Matmul {
     if (ops) dnnl_post_ops_destroy(ops);
     dnnl_primitive_attr_destroy(attr);
     dnnl_check(s, "matmul primitive_desc_create");
-    const dnnl_memory_desc_t* sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    // Copy the scratchpad descriptor: the queried pointer dies with pd.
+    const dnnl_memory_desc_t sp = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     dnnl_check(dnnl_primitive_create(&prim_, pd), "primitive_create");
     dnnl_primitive_desc_destroy(pd);
     dnnl_check(dnnl_memory_create(&a_, &a, ctx.engine(), DNNL_MEMORY_NONE), "memory_create");
     dnnl_check(dnnl_memory_create(&b_, &b, ctx.engine(), DNNL_MEMORY_NONE), "memory_create");
     dnnl_check(dnnl_memory_create(&c_, &c, ctx.engine(), DNNL_MEMORY_NONE), "memory_create");
-    dnnl_check(dnnl_memory_create(&sp_, sp, ctx.engine(), DNNL_MEMORY_ALLOCATE), "scratchpad");
+    dnnl_check(dnnl_memory_create(&sp_, &sp, ctx.engine(), DNNL_MEMORY_ALLOCATE), "scratchpad");
   }
   Bf16Matmul(const Bf16Matmul&) = delete;
   Bf16Matmul& operator=(const Bf16Matmul&) = delete;
