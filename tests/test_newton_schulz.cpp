@@ -286,6 +286,23 @@ TEST_CASE("an eps below the compute type's range still orthogonalizes tiny input
   }
 }
 
+TEST_CASE("float input whose Frobenius norm overflows float is normalized correctly") {
+  // Entries up to ~1e38 are finite floats, but ||G||_F ~ 1e39 is not; the
+  // norm and the division must not go through a float 1/||G||.
+  const MatrixXd G = mt::gaussian(20, 50, 95);
+  INFO("seed 95");
+  const Eigen::MatrixXf huge = (3e37 * G).cast<float>();
+  REQUIRE(huge.allFinite());
+  REQUIRE(huge.cast<double>().norm() > double(std::numeric_limits<float>::max()));
+  for (const auto& opt : every_schedule()) {
+    INFO(opt.schedule.name());
+    const Eigen::MatrixXf O = muon::orthogonalize(huge, opt);
+    REQUIRE(O.allFinite());
+    const MatrixXd huge_d = huge.cast<double>();
+    CHECK(relative_distance(O, muon::orthogonalize(huge_d, opt)) < 1e-4);
+  }
+}
+
 TEST_CASE("in place equals out of place; row-major maps and blocks work") {
   const NewtonSchulzOptions opt;
   for (auto shape : {std::pair<Index, Index>{10, 26}, {26, 10}, {16, 16}}) {

@@ -31,16 +31,18 @@ struct EigenAssertion : std::logic_error {
 std::atomic<long> news{0};
 std::atomic<long> deletes{0};
 
-void* counted_malloc(std::size_t size) {
+// Kept out of line: once inlined into a replaced operator delete, GCC pairs
+// the free() with a visible `new` and warns (-Wmismatched-new-delete).
+[[gnu::noinline]] void* counted_malloc(std::size_t size) {
   news.fetch_add(1, std::memory_order_relaxed);
   return std::malloc(size ? size : 1);
 }
-void* counted_aligned_malloc(std::size_t size, std::align_val_t align) {
+[[gnu::noinline]] void* counted_aligned_malloc(std::size_t size, std::align_val_t align) {
   news.fetch_add(1, std::memory_order_relaxed);
   const std::size_t a = static_cast<std::size_t>(align);
   return std::aligned_alloc(a, (size + a - 1) / a * a);  // size must be a multiple of a
 }
-void counted_free(void* p) {
+[[gnu::noinline]] void counted_free(void* p) {
   if (p == nullptr) return;
   deletes.fetch_add(1, std::memory_order_relaxed);
   std::free(p);
