@@ -4,25 +4,28 @@
 # something is missing; runs `apt-get update` once, only then.
 set -euo pipefail
 
-packages=(cmake ninja-build g++ clang libeigen3-dev catch2 libbenchmark-dev zlib1g-dev "$@")
+packages=(cmake ninja-build g++ clang libclang-rt-dev libeigen3-dev catch2 libbenchmark-dev zlib1g-dev
+          pkg-config "$@")
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+updated=0
+update_once() { ((updated)) || { $SUDO apt-get update -qq; updated=1; }; }
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
   echo "deps: installing ${missing[*]}"
-  SUDO=""
-  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
+  update_once
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Optional: CPU product engines (MUON_USE_BLAS, MUON_USE_BF16). A missing one
 # only skips its test stage.
 for p in libopenblas-dev libdnnl-dev; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
-  SUDO=""
-  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$p" \
+  update_once || true
+  $SUDO apt-get install -y -qq --no-install-recommends "$p" \
     >/dev/null 2>&1 || echo "deps: optional $p not installed"
 done

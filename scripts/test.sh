@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing, then
-#   1. g++    Release, -Werror, tests/benchmarks/examples (+ CUDA code when nvcc is found)
-#   2. clang++ Release, -Werror, same targets
-#   3. AddressSanitizer + UndefinedBehaviorSanitizer build of the tests
-#   4. install to a prefix and build/run the consumer project against it
+#   1. g++    Release, -Werror, tests/benchmarks/examples (+ CUDA code when nvcc is
+#             found; the CUDA tests skip without a device)
+#   2. clang++ Release, -Werror, same targets (CUDA off)
+#   3. the optional CPU product engines (OpenBLAS, oneDNN bf16) where installed
+#   4. libFuzzer on the checkpoint loader (clang, 30 s)
+#   5. AddressSanitizer + UndefinedBehaviorSanitizer build of the tests
+#   6. install to a prefix and build/run the consumer project against it
 #      (find_package, and pkg-config) and against the source tree (add_subdirectory)
 # Environment: MUON_TEST_QUICK=1 runs stage 1 only; JOBS sets build parallelism.
 set -euo pipefail
