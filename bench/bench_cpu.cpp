@@ -59,8 +59,8 @@ double effective_flops(Shape s) {
 }
 
 void finish(benchmark::State& state, Shape s, const MatrixF& out) {
-  state.counters["GFLOPs"] = benchmark::Counter(effective_flops(s) * 1e-9 * double(state.iterations()),
-                                                benchmark::Counter::kIsRate);
+  state.counters["GFLOPs"] = benchmark::Counter(
+      effective_flops(s) * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
   state.counters["orth_err"] = muon::reference::orthogonality_error(out);
 }
 
@@ -138,8 +138,8 @@ const int registered = [] {
     configure(benchmark::RegisterBenchmark(("muon_standard/" + n).c_str(), bm_muon, s,
                                            NsMethod::standard, 0, Products::eigen));
     if (s.rows != s.cols)
-      configure(benchmark::RegisterBenchmark(("muon_gram/" + n).c_str(), bm_muon, s,
-                                             NsMethod::gram, 0, Products::eigen));
+      configure(benchmark::RegisterBenchmark(("muon_gram/" + n).c_str(), bm_muon, s, NsMethod::gram,
+                                             0, Products::eigen));
     configure(benchmark::RegisterBenchmark(("muon_1thread/" + n).c_str(), bm_muon, s,
                                            NsMethod::automatic, 1, Products::eigen));
     if (muon::eigen::products_available(Products::blas))

@@ -62,13 +62,11 @@ int g_threads = 1;
 struct Shape {
   Index rows, cols;
   std::string name() const { return std::to_string(rows) + "x" + std::to_string(cols); }
-  bool operator<(const Shape& o) const {
-    return rows != o.rows ? rows < o.rows : cols < o.cols;
-  }
+  bool operator<(const Shape& o) const { return rows != o.rows ? rows < o.rows : cols < o.cols; }
 };
 
 const std::vector<Shape>& shapes() {
-  static const std::vector<Shape> all = {{128, 128},  {256, 256},  {512, 512},
+  static const std::vector<Shape> all = {{128, 128},   {256, 256},  {512, 512},
                                          {1024, 1024}, {768, 3072}, {1024, 4096}};
   return all;
 }
@@ -127,8 +125,7 @@ double effective_flops(Shape s, int steps) {
 
 void report_quality(benchmark::State& state, Shape s, const MatrixF& result) {
   state.counters["orth_err"] = muon::reference::orthogonality_error(result);
-  state.counters["dist_to_svd"] =
-      muon::reference::relative_distance(result, polar_reference(s));
+  state.counters["dist_to_svd"] = muon::reference::relative_distance(result, polar_reference(s));
 }
 
 void bench_newton_schulz(benchmark::State& state, Shape s, const muon::Schedule& schedule) {
@@ -141,12 +138,13 @@ void bench_newton_schulz(benchmark::State& state, Shape s, const muon::Schedule&
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
-  state.counters["eff_flop_rate"] = benchmark::Counter(
-      effective_flops(s, kSteps), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["eff_flop_rate"] =
+      benchmark::Counter(effective_flops(s, kSteps), benchmark::Counter::kIsIterationInvariantRate);
   report_quality(state, s, out);
   const bool gram = workspace.aspect_ratio() >= muon::kGramAspectThreshold;
-  state.SetLabel(schedule.name() + " x" + std::to_string(kSteps) + (gram ? ", gram" : ", standard") +
-                 ", " + std::to_string(workspace.threads()) + " thr");
+  state.SetLabel(schedule.name() + " x" + std::to_string(kSteps) +
+                 (gram ? ", gram" : ", standard") + ", " + std::to_string(workspace.threads()) +
+                 " thr");
 }
 
 template <class PolarFactor>
@@ -168,9 +166,9 @@ void configure(Registration* b) {
 }
 
 void register_all() {
-  const std::vector<muon::Schedule> schedules = {
-      muon::Schedule::jordan(), muon::Schedule::cubic(), muon::Schedule::quintic(),
-      muon::Schedule::polar_express()};
+  const std::vector<muon::Schedule> schedules = {muon::Schedule::jordan(), muon::Schedule::cubic(),
+                                                 muon::Schedule::quintic(),
+                                                 muon::Schedule::polar_express()};
   for (const Shape& s : shapes()) {
     for (const auto& schedule : schedules) {
       const std::string name = "NS_" + schedule.name() + "/" + s.name();

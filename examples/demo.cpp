@@ -104,8 +104,8 @@ void print_spread_header() {
 }
 
 void print_spread(const char* what, const Spread& s) {
-  std::printf("  %-24s %9.3g %9.3g %9.3g %9.3g %9.3g %10.3g   (%ld of %ld nonzero)\n", what,
-              s.min, s.p10, s.p50, s.p90, s.max, s.condition(), long(s.nonzero), long(s.total));
+  std::printf("  %-24s %9.3g %9.3g %9.3g %9.3g %9.3g %10.3g   (%ld of %ld nonzero)\n", what, s.min,
+              s.p10, s.p50, s.p90, s.max, s.condition(), long(s.nonzero), long(s.total));
 }
 
 }  // namespace
@@ -180,7 +180,8 @@ int main() {
   for (const Row& r : rows) print_spread(r.method.c_str(), r.after);
   std::printf("\n");
 
-  std::printf("Accuracy and time (float, one thread unless marked, median wall time of a few runs)\n");
+  std::printf(
+      "Accuracy and time (float, one thread unless marked, median wall time of a few runs)\n");
   std::printf("  %-24s %12s %20s %10s %9s %9s\n", "", "||OO^T-I||_F", "||O-UV^T||/||UV^T||",
               "time ms", "SVD/NS", "eigh/NS");
   for (const Row& r : rows)

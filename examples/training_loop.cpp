@@ -87,8 +87,8 @@ void make_batch(std::mt19937& rng, std::vector<float>& x, std::vector<float>& ta
 }
 
 void configure(muon::Optimizer<float>& opt) {
-  opt.set_option("lr", 0.02);       // Muon's lr for the hidden matrix
-  opt.set_option("adamw_lr", 3e-3); // AdamW's for the rest
+  opt.set_option("lr", 0.02);        // Muon's lr for the hidden matrix
+  opt.set_option("adamw_lr", 3e-3);  // AdamW's for the rest
   opt.set_option("weight_decay", 0.01);
   opt.set_lr_schedule(muon::LrSchedule::warmup_cosine(20, kSteps, 0.05));
 }
@@ -106,9 +106,10 @@ int main() {
     if (m.step % 50 != 0) return;
     for (const muon::ParamMetrics& p : m.params)
       if (p.route == muon::Route::muon)
-        std::printf("  step %3lld  %-14.*s |g| %.3f  update rms %.3f  ||OO^T-I|| %.3f  ||W||_2 ~ %.3f\n",
-                    static_cast<long long>(m.step), static_cast<int>(p.name.size()), p.name.data(),
-                    p.grad_norm, p.update_rms, p.orthogonality_error, p.spectral_norm);
+        std::printf(
+            "  step %3lld  %-14.*s |g| %.3f  update rms %.3f  ||OO^T-I|| %.3f  ||W||_2 ~ %.3f\n",
+            static_cast<long long>(m.step), static_cast<int>(p.name.size()), p.name.data(),
+            p.grad_norm, p.update_rms, p.orthogonality_error, p.spectral_norm);
   });
 
   std::mt19937 data_rng(2);

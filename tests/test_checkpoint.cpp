@@ -46,10 +46,16 @@ struct Model {
   std::vector<T> w, qkv, conv, batch, bias;
   std::vector<T> gw, gqkv, gconv, gbatch, gbias;
   explicit Model(std::uint64_t seed)
-      : w(gaussian<T>(6 * 10, seed)), qkv(gaussian<T>(12 * 4, seed + 1)),
-        conv(gaussian<T>(4 * 2 * 3 * 3, seed + 2)), batch(gaussian<T>(2 * 3 * 5, seed + 3)),
-        bias(gaussian<T>(6, seed + 4)), gw(w.size()), gqkv(qkv.size()), gconv(conv.size()),
-        gbatch(batch.size()), gbias(bias.size()) {}
+      : w(gaussian<T>(6 * 10, seed)),
+        qkv(gaussian<T>(12 * 4, seed + 1)),
+        conv(gaussian<T>(4 * 2 * 3 * 3, seed + 2)),
+        batch(gaussian<T>(2 * 3 * 5, seed + 3)),
+        bias(gaussian<T>(6, seed + 4)),
+        gw(w.size()),
+        gqkv(qkv.size()),
+        gconv(conv.size()),
+        gbatch(batch.size()),
+        gbias(bias.size()) {}
 
   template <class Opt>
   void attach(Opt& opt, Index w_cols = 10) {
@@ -102,7 +108,8 @@ std::string load_error(muon::Optimizer<T>& opt, const std::string& bytes) {
 
 // The u32 version field sits right after the magic; CRC covers the payload only.
 std::string with_u32_at(std::string bytes, std::size_t offset, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) bytes[offset + static_cast<std::size_t>(i)] = static_cast<char>((v >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 4; ++i)
+    bytes[offset + static_cast<std::size_t>(i)] = static_cast<char>((v >> (8 * i)) & 0xFF);
   return bytes;
 }
 
@@ -126,17 +133,19 @@ TEST_CASE("the header is little-endian: magic, version, size, payload, CRC", "[c
   REQUIRE(static_cast<unsigned char>(bytes[8]) == 1);  // version 1, LE
   REQUIRE(bytes[9] == 0);
   std::uint64_t size = 0;
-  for (int i = 0; i < 8; ++i) size |= std::uint64_t(static_cast<unsigned char>(bytes[12 + i])) << (8 * i);
+  for (int i = 0; i < 8; ++i)
+    size |= std::uint64_t(static_cast<unsigned char>(bytes[12 + i])) << (8 * i);
   REQUIRE(size + 8 + 4 + 8 + 4 == bytes.size());
   const auto* payload = reinterpret_cast<const unsigned char*>(bytes.data() + 20);
   std::uint32_t crc = 0;
   for (int i = 0; i < 4; ++i)
-    crc |= std::uint32_t(static_cast<unsigned char>(bytes[20 + size + static_cast<std::size_t>(i)])) << (8 * i);
+    crc |= std::uint32_t(static_cast<unsigned char>(bytes[20 + size + static_cast<std::size_t>(i)]))
+           << (8 * i);
   REQUIRE(crc == muon::checkpoint::crc32(payload, size));
 }
 
-TEMPLATE_TEST_CASE("round trip restores buffers, step counts and group options",
-                   "[checkpoint]", float, double, Eigen::bfloat16) {
+TEMPLATE_TEST_CASE("round trip restores buffers, step counts and group options", "[checkpoint]",
+                   float, double, Eigen::bfloat16) {
   using T = TestType;
   Model<T> m(2);
   muon::Optimizer<T> a;
@@ -246,8 +255,7 @@ TEST_CASE("file helpers round-trip", "[checkpoint]") {
   REQUIRE(threw);
 }
 
-TEST_CASE("corrupt, truncated or mismatched checkpoints throw and change nothing",
-          "[checkpoint]") {
+TEST_CASE("corrupt, truncated or mismatched checkpoints throw and change nothing", "[checkpoint]") {
   Model<float> src(7);
   muon::Optimizer<float> a;
   src.attach(a);

@@ -25,9 +25,9 @@ const std::vector<Case>& cases() {
 }
 
 const std::vector<muon::Schedule>& schedules() {
-  static const std::vector<muon::Schedule> all = {
-      muon::Schedule::jordan(), muon::Schedule::cubic(), muon::Schedule::quintic(),
-      muon::Schedule::polar_express()};
+  static const std::vector<muon::Schedule> all = {muon::Schedule::jordan(), muon::Schedule::cubic(),
+                                                  muon::Schedule::quintic(),
+                                                  muon::Schedule::polar_express()};
   return all;
 }
 
@@ -47,9 +47,7 @@ muon::Matrix<T> run(const Eigen::MatrixXd& G, const muon::NewtonSchulzOptions& o
   return out;
 }
 
-double rel(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) {
-  return (a - b).norm() / b.norm();
-}
+double rel(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) { return (a - b).norm() / b.norm(); }
 
 }  // namespace
 
@@ -62,8 +60,8 @@ TEMPLATE_TEST_CASE("Gram Newton-Schulz matches the standard iteration", "[gram]"
   for (const auto& c : cases()) {
     for (const auto& s : schedules()) {
       for (int steps : {1, 2, 3, 5, 8}) {
-        INFO("shape " << c.rows << "x" << c.cols << ", schedule " << s.name() << ", steps "
-                      << steps << ", seed " << seed);
+        INFO("shape " << c.rows << "x" << c.cols << ", schedule " << s.name() << ", steps " << steps
+                      << ", seed " << seed);
         const Eigen::MatrixXd G = test_input(c.rows, c.cols, seed++);
         muon::NewtonSchulzOptions opt(s, steps);
         const Eigen::MatrixXd standard =
@@ -116,8 +114,7 @@ TEST_CASE("automatic method picks the Gram form only for wide enough shapes", "[
   }
 }
 
-TEMPLATE_TEST_CASE("threaded products equal the single-threaded ones", "[threads]", double,
-                   float) {
+TEMPLATE_TEST_CASE("threaded products equal the single-threaded ones", "[threads]", double, float) {
   using T = TestType;
   const double tol = std::is_same<T, double>::value ? 1e-12 : 1e-5;
   // Shapes large enough for the workspace to start its threads, with sizes

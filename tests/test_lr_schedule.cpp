@@ -66,8 +66,7 @@ TEST_CASE("LrSchedule rejects invalid settings naming the field", "[schedule][er
   REQUIRE(throws_naming([] { muon::LrSchedule::warmup_linear(10, 5); }, "total_steps"));
   REQUIRE(throws_naming([] { muon::LrSchedule::warmup_cosine(-1, 10); }, "warmup_steps"));
   REQUIRE(throws_naming([] { muon::LrSchedule::warmup_cosine(0, 10, 1.5); }, "min_ratio"));
-  REQUIRE(throws_naming([] { muon::LrSchedule::warmup_cosine(0, 10, std::nan("")); },
-                        "min_ratio"));
+  REQUIRE(throws_naming([] { muon::LrSchedule::warmup_cosine(0, 10, std::nan("")); }, "min_ratio"));
   const auto s = muon::LrSchedule::warmup_cosine(0, 10);
   REQUIRE(throws_naming([&] { s.factor(-1); }, "step"));
   REQUIRE(near(s.factor(0), 1.0));  // no warmup: the decay starts at 1

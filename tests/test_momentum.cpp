@@ -188,8 +188,8 @@ TEST_CASE("momentum_step works on strided maps and flat vectors without touching
   Eigen::VectorXf buf_flat = Eigen::VectorXf::Zero(rows * cols), input_flat(rows * cols);
   muon::momentum_step(g_flat, buf_flat, input_flat, opt);
   muon::momentum_step(g_flat, buf_flat, input_flat, opt);
-  REQUIRE(close_to(buf_flat, Eigen::Map<const Eigen::VectorXd>(ref.buffer.data(), rows * cols),
-                   2e-6));
+  REQUIRE(
+      close_to(buf_flat, Eigen::Map<const Eigen::VectorXd>(ref.buffer.data(), rows * cols), 2e-6));
 }
 
 TEST_CASE("ema and sum momentum differ by the scale (1-mu) and give the same NS output",

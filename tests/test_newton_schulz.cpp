@@ -72,11 +72,11 @@ TEST_CASE("NS keeps G's singular vectors and maps each singular value through p^
     const Index k = std::min(shape.rows, shape.cols);
     // Spread over three decades so the small, middle and large regimes of
     // each polynomial are all exercised.
-    const mt::KnownSvd g = mt::with_singular_values(shape.rows, shape.cols,
-                                                    mt::geometric(k, 2.0, 2e-3), ++seed);
+    const mt::KnownSvd g =
+        mt::with_singular_values(shape.rows, shape.cols, mt::geometric(k, 2.0, 2e-3), ++seed);
     for (const auto& opt : every_schedule()) {
-      INFO("seed " << seed << ", " << shape.rows << "x" << shape.cols << ", "
-                   << opt.schedule.name() << " x" << opt.steps);
+      INFO("seed " << seed << ", " << shape.rows << "x" << shape.cols << ", " << opt.schedule.name()
+                   << " x" << opt.steps);
       const MatrixXd O = muon::orthogonalize(g.G, opt);
       const MatrixXd expected = expected_from(g.U, g.s, g.V, opt);
       CHECK(relative_distance(O, expected) < 1e-10);
@@ -130,13 +130,14 @@ TEST_CASE("Polar Express x6 is within 1e-2 of orthogonal on s/||G||_F in [1e-3, 
   s.tail(m - 1) = mt::geometric(m - 1, 0.05, 1.05e-3);
   for (std::uint64_t seed : {31u, 32u}) {
     for (bool tall : {false, true}) {
-      const mt::KnownSvd g = tall ? mt::with_singular_values(n, m, s, seed)
-                                  : mt::with_singular_values(m, n, s, seed);
+      const mt::KnownSvd g =
+          tall ? mt::with_singular_values(n, m, s, seed) : mt::with_singular_values(m, n, s, seed);
       const VectorXd normalized = s / std::sqrt(s.squaredNorm());
       REQUIRE(normalized.minCoeff() >= 1e-3);
       REQUIRE(normalized.maxCoeff() > 0.99);
       INFO("seed " << seed << (tall ? " tall" : " wide"));
-      const MatrixXd O = muon::orthogonalize(g.G, NewtonSchulzOptions(Schedule::polar_express(), 6));
+      const MatrixXd O =
+          muon::orthogonalize(g.G, NewtonSchulzOptions(Schedule::polar_express(), 6));
       const auto range = muon::reference::singular_value_range(O);
       CHECK(range.min > 1 - 1e-2);
       CHECK(range.max < 1 + 1e-2);
@@ -178,13 +179,14 @@ TEST_CASE("shapes: square, wide, tall, 1 x n and n x 1 match the SVD expectation
                           MatrixXd(want.transpose())) < 1e-12);
 }
 
-TEMPLATE_TEST_CASE("NS of a tall matrix is the transpose of NS of its transpose", "", double,
-                   float, Eigen::half, Eigen::bfloat16) {
+TEMPLATE_TEST_CASE("NS of a tall matrix is the transpose of NS of its transpose", "", double, float,
+                   Eigen::half, Eigen::bfloat16) {
   using T = TestType;
   const muon::Matrix<T> wide = mt::low_rank_plus_noise(24, 72, 6, 0.3, 61).template cast<T>();
   const muon::Matrix<T> tall = wide.transpose();
   INFO("seed 61, " << muon::scalar_traits<T>::name);
-  for (const auto& opt : {NewtonSchulzOptions(), NewtonSchulzOptions(Schedule::polar_express(), 6)}) {
+  for (const auto& opt :
+       {NewtonSchulzOptions(), NewtonSchulzOptions(Schedule::polar_express(), 6)}) {
     const muon::Matrix<T> Ow = muon::orthogonalize(wide, opt);
     const muon::Matrix<T> Ot = muon::orthogonalize(tall, opt);
     CHECK(relative_distance(Ot, Ow.transpose()) <= mt::Tolerances<T>::transpose);
@@ -210,8 +212,7 @@ TEST_CASE("batch equals a loop of single calls, for both batch entry points") {
     const Index stride = r * c + 5;
     const double sentinel = -12345.5;
     std::vector<double> in(std::size_t(batch * stride), sentinel), out(in.size(), sentinel);
-    for (Index i = 0; i < batch; ++i)
-      Eigen::Map<MatrixXd>(in.data() + i * stride, r, c) = Gs[i];
+    for (Index i = 0; i < batch; ++i) Eigen::Map<MatrixXd>(in.data() + i * stride, r, c) = Gs[i];
     const std::vector<double> in_copy = in;
     muon::Workspace<double> ws(r, c);
     muon::orthogonalize_batch(in.data(), out.data(), batch, stride, ws, opt);
@@ -248,7 +249,8 @@ TEMPLATE_TEST_CASE("the result does not depend on the gradient's scale", "", dou
   const muon::Matrix<T> base = muon::orthogonalize(muon::Matrix<T>(G.cast<T>()), opt);
   for (double scale : {1e-3, 1e3, 0.5}) {  // 0.5: a power of two, exact in every type
     INFO("scale " << scale);
-    const muon::Matrix<T> scaled = muon::orthogonalize(muon::Matrix<T>((scale * G).template cast<T>()), opt);
+    const muon::Matrix<T> scaled =
+        muon::orthogonalize(muon::Matrix<T>((scale * G).template cast<T>()), opt);
     CHECK(relative_distance(scaled, base) < 1e3 * mt::Tolerances<T>::unit);
   }
 }
@@ -393,9 +395,9 @@ TEST_CASE("bad input throws a muon::Error naming the problem; caller's data unto
   const MatrixXd out0 = MatrixXd::Constant(5, 9, 3.25);
 
   SECTION("NaN or Inf in G") {
-    for (double bad : {std::numeric_limits<double>::quiet_NaN(),
-                       std::numeric_limits<double>::infinity(),
-                       -std::numeric_limits<double>::infinity()}) {
+    for (double bad :
+         {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity(),
+          -std::numeric_limits<double>::infinity()}) {
       MatrixXd B = G;
       B(4, 8) = bad;
       const MatrixXd B_copy = B;
@@ -467,17 +469,20 @@ TEST_CASE("bad input throws a muon::Error naming the problem; caller's data unto
       INFO(msg << " (expected '" << b.needle << "')");
       CHECK(mt::contains(msg, b.needle));
       CHECK(mt::bitwise_equal(out, out0));
-      CHECK(mt::contains(mt::error_message([&] { muon::orthogonalize_into(inplace, inplace, ws, b.opt); }),
-                         b.needle));
+      CHECK(mt::contains(
+          mt::error_message([&] { muon::orthogonalize_into(inplace, inplace, ws, b.opt); }),
+          b.needle));
       CHECK(mt::bitwise_equal(inplace, G));
-      CHECK(mt::contains(mt::error_message([&] { (void)muon::orthogonalize(G, b.opt); }), b.needle));
+      CHECK(
+          mt::contains(mt::error_message([&] { (void)muon::orthogonalize(G, b.opt); }), b.needle));
       CHECK(mt::contains(mt::error_message([&] {
                            (void)muon::orthogonalize_batch(std::vector<muon::Matrix<double>>{G},
                                                            b.opt);
                          }),
                          b.needle));
       CHECK(mt::contains(mt::error_message([&] {
-                           muon::orthogonalize_batch(inplace.data(), inplace.data(), 1, 45, ws, b.opt);
+                           muon::orthogonalize_batch(inplace.data(), inplace.data(), 1, 45, ws,
+                                                     b.opt);
                          }),
                          b.needle));
       CHECK(mt::bitwise_equal(inplace, G));
@@ -493,7 +498,9 @@ TEST_CASE("bad input throws a muon::Error naming the problem; caller's data unto
                          Schedule s({{1.5, std::numeric_limits<double>::quiet_NaN(), 0.0}});
                        }),
                        "schedule: coefficients must be finite"));
-    CHECK(mt::contains(mt::error_message([] { Schedule s({{1.5, -0.5, 0.0}}, 0.0); }),
+    CHECK(mt::contains(mt::error_message([] {
+                         Schedule s({{1.5, -0.5, 0.0}}, 0.0);
+                       }),
                        "schedule.norm_divisor"));
     CHECK(mt::contains(mt::error_message([] { (void)Schedule::by_name("newton"); }),
                        "unknown name 'newton'"));
@@ -549,7 +556,8 @@ TEMPLATE_TEST_CASE("every scalar type agrees with double within its tolerance", 
   for (const Shape sh : {Shape{32, 96}, Shape{96, 32}}) {
     // Round the input to T first, so the comparison measures the computation
     // (and the output rounding), not the input's representation error.
-    const muon::Matrix<T> G = mt::low_rank_plus_noise(sh.rows, sh.cols, 8, 0.3, 141).template cast<T>();
+    const muon::Matrix<T> G =
+        mt::low_rank_plus_noise(sh.rows, sh.cols, 8, 0.3, 141).template cast<T>();
     const MatrixXd Gd = G.template cast<double>();
     for (const auto& opt :
          {NewtonSchulzOptions(), NewtonSchulzOptions(Schedule::polar_express(), 6)}) {

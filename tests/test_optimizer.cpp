@@ -10,9 +10,9 @@
 #define EIGEN_RUNTIME_NO_MALLOC
 #include <atomic>
 int muon_test_eigen_assert_failures = 0;
-#define eigen_assert(x)                                   \
-  do {                                                    \
-    if (!(x)) ++muon_test_eigen_assert_failures;          \
+#define eigen_assert(x)                          \
+  do {                                           \
+    if (!(x)) ++muon_test_eigen_assert_failures; \
   } while (false)
 
 #include <muon/optimizer.hpp>
@@ -145,7 +145,8 @@ struct RefMuon {
   muon::NewtonSchulzOptions ns = torch_ns();
   RowMat m;
 
-  void step(RowMat& W, const RowMat& G, const std::vector<Index>& blocks, double lr_t, double mu_t) {
+  void step(RowMat& W, const RowMat& G, const std::vector<Index>& blocks, double lr_t,
+            double mu_t) {
     if (m.size() == 0) m = RowMat::Zero(G.rows(), G.cols());
     m = ema ? RowMat(mu_t * m + (1 - mu_t) * G) : RowMat(mu_t * m + G);
     RowMat X = m;
@@ -159,7 +160,9 @@ struct RefMuon {
       r0 += rows;
     }
   }
-  void step(RowMat& W, const RowMat& G, const std::vector<Index>& blocks) { step(W, G, blocks, lr, mu); }
+  void step(RowMat& W, const RowMat& G, const std::vector<Index>& blocks) {
+    step(W, G, blocks, lr, mu);
+  }
 };
 
 // torch.optim.AdamW's update, in double.
@@ -190,7 +193,9 @@ std::string error_of(F&& f) {
   }
   return "<no muon::Error>";
 }
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 
 }  // namespace
 
@@ -255,7 +260,8 @@ TEST_CASE("weight decay uses the unadjusted lr and precedes the update", "[optim
   auto w = gaussian(r * c, 11), g = gaussian(r * c, 12);
   const RowMat W0 = to_rowmat(w, r, c), G = to_rowmat(g, r, c);
   muon::MuonGroupOptions mo;
-  mo.with_lr(0.1).with_weight_decay(2.0).with_ns(muon::NewtonSchulzOptions(muon::Schedule::quintic(), 40));
+  mo.with_lr(0.1).with_weight_decay(2.0).with_ns(
+      muon::NewtonSchulzOptions(muon::Schedule::quintic(), 40));
   muon::Optimizer<double> opt(mo);
   opt.add_param("w", {w.data(), {r, c}}, {g.data(), {r, c}});
   opt.step();
@@ -362,7 +368,8 @@ TEST_CASE("split rows (fused QKV): each block orthogonalized with its own lr sca
   RowMat whole = to_rowmat(gaussian(p.size(), 71), rows, cols);
   RefMuon ref_whole;
   ref_whole.lr = 0.02;
-  for (int k = 0; k < 3; ++k) ref_whole.step(whole, to_rowmat(gaussian(g.size(), 80 + k), rows, cols), {rows});
+  for (int k = 0; k < 3; ++k)
+    ref_whole.step(whole, to_rowmat(gaussian(g.size(), 80 + k), rows, cols), {rows});
   REQUIRE((whole - R).cwiseAbs().maxCoeff() > 1e-4);
 }
 
@@ -383,8 +390,10 @@ TEST_CASE("a row-strided 2-D view updates only its window", "[optimizer]") {
   for (Index i = 0; i < r; ++i)
     for (Index j = 0; j < ld; ++j) {
       const double got = buf[static_cast<std::size_t>(i * ld + j)];
-      if (j < c) REQUIRE(std::abs(got - R(i, j)) < 1e-11);
-      else REQUIRE(got == before[static_cast<std::size_t>(i * ld + j)]);
+      if (j < c)
+        REQUIRE(std::abs(got - R(i, j)) < 1e-11);
+      else
+        REQUIRE(got == before[static_cast<std::size_t>(i * ld + j)]);
     }
 }
 
@@ -417,8 +426,8 @@ TEST_CASE("lr schedule and momentum warmup are applied per step", "[optimizer]")
   }
 }
 
-TEMPLATE_TEST_CASE("bf16/half parameters keep fp32 buffers and follow the reference",
-                   "[optimizer]", Eigen::bfloat16, Eigen::half) {
+TEMPLATE_TEST_CASE("bf16/half parameters keep fp32 buffers and follow the reference", "[optimizer]",
+                   Eigen::bfloat16, Eigen::half) {
   using T = TestType;
   static_assert(std::is_same<typename muon::Optimizer<T>::Buffer::Scalar, float>::value,
                 "fp32 buffers by default");
@@ -484,8 +493,12 @@ namespace {
 struct Model {
   std::vector<float> w, b, f, gw, gb, gf;
   explicit Model(std::uint64_t seed)
-      : w(cast_vec<float>(gaussian(6 * 10, seed))), b(cast_vec<float>(gaussian(6, seed + 1))),
-        f(cast_vec<float>(gaussian(8 * 2 * 3 * 3, seed + 2))), gw(w.size()), gb(b.size()), gf(f.size()) {}
+      : w(cast_vec<float>(gaussian(6 * 10, seed))),
+        b(cast_vec<float>(gaussian(6, seed + 1))),
+        f(cast_vec<float>(gaussian(8 * 2 * 3 * 3, seed + 2))),
+        gw(w.size()),
+        gb(b.size()),
+        gf(f.size()) {}
   void attach(muon::Optimizer<float>& opt) {
     opt.add_param("w", {w.data(), {6, 10}}, {gw.data(), {6, 10}});
     opt.add_param("b", {b.data(), {6}}, {gb.data(), {6}});
@@ -516,8 +529,7 @@ TEST_CASE("determinism: same inputs give bitwise the same parameters", "[optimiz
   REQUIRE(bitwise_equal(a.f, b.f));
 }
 
-TEST_CASE("two optimizers in two threads match running them one after the other",
-          "[optimizer]") {
+TEST_CASE("two optimizers in two threads match running them one after the other", "[optimizer]") {
   Model seq1(1), seq2(2), par1(1), par2(2);
   train(seq1, 5);
   train(seq2, 5);
@@ -531,8 +543,7 @@ TEST_CASE("two optimizers in two threads match running them one after the other"
   REQUIRE(bitwise_equal(seq2.b, par2.b));
 }
 
-TEST_CASE("a non-finite gradient: raise updates nothing, skip updates the others",
-          "[optimizer]") {
+TEST_CASE("a non-finite gradient: raise updates nothing, skip updates the others", "[optimizer]") {
   Model m(3);
   muon::Optimizer<float> opt;
   m.attach(opt);
@@ -584,10 +595,16 @@ TEST_CASE("bad registrations and options throw, naming the problem, and change n
   check([&] { opt.add_param("x", {w.data(), {3, 0}}, {g.data(), {3, 0}}); }, "empty");
   check([&] { opt.add_param("x", {nullptr, {3, 4}}, {g.data(), {3, 4}}); }, "null");
   check([&] { opt.add_param("", {w.data(), {3, 4}}, {g.data(), {3, 4}}); }, "name");
-  check([&] { opt.add_param("x", {w.data(), {3, 4}}, {g.data(), {3, 4}}, muon::Route::muon, 5); },
-        "group");
-  check([&] { opt.add_param("x", muon::ParamView<double>::matrix(w.data(), 3, 4, 2), {g.data(), {3, 4}}); },
-        "row stride");
+  check(
+      [&] {
+        opt.add_param("x", {w.data(), {3, 4}}, {g.data(), {3, 4}}, muon::Route::muon, 5);
+      },
+      "group");
+  check(
+      [&] {
+        opt.add_param("x", muon::ParamView<double>::matrix(w.data(), 3, 4, 2), {g.data(), {3, 4}});
+      },
+      "row stride");
   muon::ParamOptions po;
   po.split = {1, 1};
   check([&] { opt.add_param("x", {w.data(), {3, 4}}, {g.data(), {3, 4}}, po); }, "sum to 2");
@@ -641,7 +658,8 @@ TEST_CASE("defaults are torch.optim.Muon's", "[optimizer]") {
 
 TEST_CASE("metrics match their definitions and the hook sees every step", "[optimizer]") {
   // 6 x 9 runs the standard iteration, 4 x 12 (aspect 3) the Gram form.
-  const auto shape = GENERATE(std::make_pair(Index(6), Index(9)), std::make_pair(Index(4), Index(12)));
+  const auto shape =
+      GENERATE(std::make_pair(Index(6), Index(9)), std::make_pair(Index(4), Index(12)));
   const Index r = shape.first, c = shape.second;
   INFO(r << " x " << c);
   auto w = gaussian(r * c, 161);
@@ -663,7 +681,8 @@ TEST_CASE("metrics match their definitions and the hook sees every step", "[opti
     // The update O of this step, rebuilt in double.
     const RowMat G = to_rowmat(g, r, c);
     const RowMat m_new = 0.95 * (ref.m.size() ? ref.m : RowMat::Zero(r, c)) + 0.05 * G;
-    const Eigen::MatrixXd O = muon::orthogonalize(Eigen::MatrixXd(0.05 * G + 0.95 * m_new), torch_ns());
+    const Eigen::MatrixXd O =
+        muon::orthogonalize(Eigen::MatrixXd(0.05 * G + 0.95 * m_new), torch_ns());
     ref.step(R, G, {r});
     REQUIRE(std::abs(last.grad_norm - G.norm()) < 1e-10);
     REQUIRE(std::abs(last.momentum_norm - ref.m.norm()) < 1e-10);
@@ -682,7 +701,8 @@ TEST_CASE("after the first step, step() allocates nothing", "[optimizer]") {
   muon::Optimizer<float> opt;
   m.attach(opt);
   auto qkv = cast_vec<float>(gaussian(8 * 12, 181)), gqkv = cast_vec<float>(gaussian(8 * 12, 182));
-  auto bat = cast_vec<float>(gaussian(3 * 8 * 4, 183)), gbat = cast_vec<float>(gaussian(3 * 8 * 4, 184));
+  auto bat = cast_vec<float>(gaussian(3 * 8 * 4, 183)),
+       gbat = cast_vec<float>(gaussian(3 * 8 * 4, 184));
   muon::ParamOptions po;
   po.split = {3, 5};
   opt.add_param("qkv", {qkv.data(), {8, 12}}, {gqkv.data(), {8, 12}}, po);

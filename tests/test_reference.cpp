@@ -28,8 +28,8 @@ TEST_CASE("polar_svd and polar_eigh equal the hand-built U V^T") {
     const Index k = std::min(sh[0], sh[1]);
     // Condition number 100: the Gram route squares it to 1e4, still far
     // from double's limits, so both routes must be accurate to ~1e-12.
-    const mt::KnownSvd g =
-        mt::with_singular_values(sh[0], sh[1], k > 1 ? mt::geometric(k, 3.0, 0.03) : VectorXd::Constant(1, 2.0), ++seed);
+    const mt::KnownSvd g = mt::with_singular_values(
+        sh[0], sh[1], k > 1 ? mt::geometric(k, 3.0, 0.03) : VectorXd::Constant(1, 2.0), ++seed);
     INFO("seed " << seed << ", " << sh[0] << "x" << sh[1]);
     const MatrixXd UVt = g.U * g.V.transpose();
     const MatrixXd Ps = polar_svd(g.G);
@@ -101,8 +101,8 @@ TEST_CASE("orthogonality_error: ~0 for orthonormal rows or columns, 3 sqrt(k) fo
     CHECK(std::abs(orthogonality_error(2.0 * O) - 3.0 * std::sqrt(double(k))) < 1e-12);
     // A diagonal of singular values d: sum (d_i^2 - 1)^2 under the root.
     VectorXd d = mt::geometric(k, 1.5, 0.5);
-    const MatrixXd D = sh.first > sh.second ? MatrixXd(O * d.asDiagonal())
-                                            : MatrixXd(d.asDiagonal() * O);
+    const MatrixXd D =
+        sh.first > sh.second ? MatrixXd(O * d.asDiagonal()) : MatrixXd(d.asDiagonal() * O);
     const double hand = std::sqrt((d.array().square() - 1.0).square().sum());
     CHECK(std::abs(orthogonality_error(D) - hand) < 1e-12);
   }
@@ -115,10 +115,9 @@ TEST_CASE("relative_distance and singular_value_range against hand values") {
   CHECK(std::abs(relative_distance(O, P) - 0.2) < 1e-15);
   CHECK(relative_distance(P, P) == 0.0);
   CHECK(std::abs(relative_distance(O, MatrixXd::Zero(2, 2)) - std::sqrt(26.0)) < 1e-14);
-  CHECK(muon_test::contains(muon_test::error_message([&] {
-                              (void)relative_distance(O, MatrixXd::Zero(2, 3));
-                            }),
-                            "O: shape differs"));
+  CHECK(muon_test::contains(
+      muon_test::error_message([&] { (void)relative_distance(O, MatrixXd::Zero(2, 3)); }),
+      "O: shape differs"));
 
   VectorXd s(4);
   s << 2.5, 1.0, 0.3, 0.05;

@@ -38,14 +38,19 @@ TEST_CASE("automatic routing: matrices to Muon, vectors, embeddings and heads to
   opt.add_param("Classifier.w", {p, {10, 8}}, {g, {10, 8}});
 
   using muon::Route;
-  const std::vector<std::pair<std::string, Route>> want = {
-      {"blocks.0.attn.weight", Route::muon}, {"blocks.0.attn.bias", Route::adamw},
-      {"ln.gain", Route::adamw},             {"temperature", Route::adamw},
-      {"conv.weight", Route::muon},          {"experts", Route::muon},
-      {"transformer.WTE.weight", Route::adamw}, {"wpe", Route::adamw},
-      {"tok_embeddings", Route::adamw},      {"Embed.table", Route::adamw},
-      {"lm_head.weight", Route::adamw},      {"output_head", Route::adamw},
-      {"Classifier.w", Route::adamw}};
+  const std::vector<std::pair<std::string, Route>> want = {{"blocks.0.attn.weight", Route::muon},
+                                                           {"blocks.0.attn.bias", Route::adamw},
+                                                           {"ln.gain", Route::adamw},
+                                                           {"temperature", Route::adamw},
+                                                           {"conv.weight", Route::muon},
+                                                           {"experts", Route::muon},
+                                                           {"transformer.WTE.weight", Route::adamw},
+                                                           {"wpe", Route::adamw},
+                                                           {"tok_embeddings", Route::adamw},
+                                                           {"Embed.table", Route::adamw},
+                                                           {"lm_head.weight", Route::adamw},
+                                                           {"output_head", Route::adamw},
+                                                           {"Classifier.w", Route::adamw}};
   for (const auto& [name, route] : want) {
     INFO(name);
     REQUIRE(opt.route(name) == route);
@@ -121,8 +126,8 @@ TEST_CASE("lr scale of each rule, from the matrix Muon sees", "[routing]") {
     REQUIRE(r.at("tall").lr_scale > 0);
   }
   // A user rule replaces the named one.
-  muon::Optimizer<float> opt(muon::MuonGroupOptions().with_adjust_lr(
-      muon::LrAdjustFn([](double lr, Eigen::Index a, Eigen::Index b) { return lr * double(a + b); })));
+  muon::Optimizer<float> opt(muon::MuonGroupOptions().with_adjust_lr(muon::LrAdjustFn(
+      [](double lr, Eigen::Index a, Eigen::Index b) { return lr * double(a + b); })));
   opt.add_param("m", {p, {3, 5}}, {g, {3, 5}});
   REQUIRE(std::abs(opt.routing().at("m").lr_scale - 8.0) < 1e-12);
 }

@@ -61,8 +61,8 @@ struct KnownSvd {
   Eigen::VectorXd s;
 };
 
-inline KnownSvd with_singular_values(Eigen::Index rows, Eigen::Index cols,
-                                     const Eigen::VectorXd& s, std::uint64_t seed) {
+inline KnownSvd with_singular_values(Eigen::Index rows, Eigen::Index cols, const Eigen::VectorXd& s,
+                                     std::uint64_t seed) {
   KnownSvd k;
   k.U = orthonormal_columns(rows, s.size(), seed);
   k.V = orthonormal_columns(cols, s.size(), seed + 7919);
@@ -74,8 +74,7 @@ inline KnownSvd with_singular_values(Eigen::Index rows, Eigen::Index cols,
 /// n values geometrically spaced from hi down to lo (n >= 2), descending.
 inline Eigen::VectorXd geometric(Eigen::Index n, double hi, double lo) {
   Eigen::VectorXd v(n);
-  for (Eigen::Index i = 0; i < n; ++i)
-    v(i) = hi * std::pow(lo / hi, double(i) / double(n - 1));
+  for (Eigen::Index i = 0; i < n; ++i) v(i) = hi * std::pow(lo / hi, double(i) / double(n - 1));
   return v;
 }
 

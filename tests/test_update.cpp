@@ -60,7 +60,9 @@ bool throws_naming(F&& f, const std::string& parameter) {
   return false;
 }
 
-bool near(double a, double b, double tol = 1e-15) { return std::abs(a - b) <= tol * (1 + std::abs(b)); }
+bool near(double a, double b, double tol = 1e-15) {
+  return std::abs(a - b) <= tol * (1 + std::abs(b));
+}
 
 }  // namespace
 
@@ -73,9 +75,9 @@ TEST_CASE("adjusted_lr: every rule on square, wide, tall and conv-flattened shap
     double original, match_rms_adamw, spectral;  // multipliers of lr, hand-computed
   };
   const Case cases[] = {
-      {64, 64, 1.0, 1.6, 1.0},                                  // 0.2*sqrt(64) = 1.6
-      {32, 128, 1.0, 2.2627416997969525, 0.5},                  // wide: max(1, 1/4) = 1
-      {128, 32, 2.0, 2.2627416997969525, 2.0},                  // tall: sqrt(4) = 2
+      {64, 64, 1.0, 1.6, 1.0},                                       // 0.2*sqrt(64) = 1.6
+      {32, 128, 1.0, 2.2627416997969525, 0.5},                       // wide: max(1, 1/4) = 1
+      {128, 32, 2.0, 2.2627416997969525, 2.0},                       // tall: sqrt(4) = 2
       {64, 32 * 3 * 3, 1.0, 3.394112549695428, 0.4714045207910317},  // conv 64x32x3x3
       {1, 1, 1.0, 0.2, 1.0},
   };
@@ -99,8 +101,8 @@ TEST_CASE("adjusted_lr: names, user rules and invalid arguments", "[update][lr]"
   REQUIRE(muon::lr_adjust_from_name("spectral") == LrAdjust::spectral);
   REQUIRE(muon::lr_adjust_from_name("spectral_unclamped") == LrAdjust::spectral);
   REQUIRE(muon::lr_adjust_from_name("none") == LrAdjust::none);
-  for (const auto rule : {LrAdjust::original, LrAdjust::match_rms_adamw, LrAdjust::spectral,
-                          LrAdjust::none})
+  for (const auto rule :
+       {LrAdjust::original, LrAdjust::match_rms_adamw, LrAdjust::spectral, LrAdjust::none})
     REQUIRE(muon::lr_adjust_from_name(muon::lr_adjust_name(rule)) == rule);
   REQUIRE(throws_naming([] { muon::lr_adjust_from_name("Original"); }, "adjust_lr_fn"));
   REQUIRE(throws_naming([] { muon::lr_adjust_from_name(""); }, "adjust_lr_fn"));
@@ -154,7 +156,7 @@ TEMPLATE_TEST_CASE("apply_muon_update matches a double loop on strided maps", "[
     const muon::Matrix<T> before = storage;
     const Eigen::MatrixXf update = random_matrix(rows, cols, 22).cast<float>();
     Eigen::Map<muon::Matrix<T>, 0, Eigen::OuterStride<>> param(storage.data(), rows, cols,
-                                                                Eigen::OuterStride<>(ld));
+                                                               Eigen::OuterStride<>(ld));
     muon::apply_muon_update(param, update, lr, lr_adj, wd, cautious);
     for (Eigen::Index j = 0; j < cols; ++j) {
       for (Eigen::Index i = 0; i < ld; ++i) {
@@ -194,12 +196,12 @@ TEST_CASE("apply_muon_update rejects bad arguments and leaves the parameter unto
   const Eigen::MatrixXd p0 = p;
   const Eigen::MatrixXd u = random_matrix(3, 4, 42);
   REQUIRE(throws_naming([&] { muon::apply_muon_update(p, u, -0.1, 0.1, 0.0, false); }, "lr"));
-  REQUIRE(throws_naming([&] { muon::apply_muon_update(p, u, std::nan(""), 0.1, 0.0, false); },
-                        "lr"));
+  REQUIRE(
+      throws_naming([&] { muon::apply_muon_update(p, u, std::nan(""), 0.1, 0.0, false); }, "lr"));
   REQUIRE(throws_naming([&] { muon::apply_muon_update(p, u, 0.1, INFINITY, 0.0, false); },
                         "lr_adjusted"));
-  REQUIRE(throws_naming([&] { muon::apply_muon_update(p, u, 0.1, 0.1, -1.0, false); },
-                        "weight_decay"));
+  REQUIRE(
+      throws_naming([&] { muon::apply_muon_update(p, u, 0.1, 0.1, -1.0, false); }, "weight_decay"));
   const Eigen::MatrixXd transposed = u.transpose();
   REQUIRE(throws_naming([&] { muon::apply_muon_update(p, transposed, 0.1, 0.1, 0.1, true); },
                         "update"));
@@ -210,11 +212,12 @@ TEST_CASE("per-step functions perform no heap allocation", "[update][alloc]") {
   using bf16 = Eigen::bfloat16;
   const Eigen::Index rows = 8, cols = 12;
   Eigen::MatrixXf param = random_matrix(rows, cols, 91).cast<float>();
-  Eigen::Matrix<bf16, Eigen::Dynamic, Eigen::Dynamic> grad = random_matrix(rows, cols, 92).cast<bf16>();
+  Eigen::Matrix<bf16, Eigen::Dynamic, Eigen::Dynamic> grad =
+      random_matrix(rows, cols, 92).cast<bf16>();
   Eigen::MatrixXf buf = Eigen::MatrixXf::Zero(rows, cols), ns_input(rows, cols);
   Eigen::MatrixXf exp_avg = Eigen::MatrixXf::Zero(rows, cols), exp_avg_sq = exp_avg;
   Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> top(param.data(), rows / 2, cols,
-                                                          Eigen::OuterStride<>(rows));
+                                                           Eigen::OuterStride<>(rows));
   const muon::MomentumOptions momentum;
   const muon::AdamWOptions adamw;
   const auto schedule = muon::LrSchedule::warmup_cosine(5, 50, 0.1);

@@ -109,8 +109,7 @@ void bench_ns(benchmark::State& state, std::int64_t rows, std::int64_t cols, std
   cast_from<T><<<1024, 256, 0, st.s>>>(static_cast<float*>(f.data()), static_cast<T*>(x.data()), n);
   mc::check_launch("bench init");
   mc::Orthogonalizer<T> ortho(rows, cols, batch, st.s);
-  const mc::BatchedMatrixView<T> v(static_cast<T*>(x.data()), rows, cols, rows, rows * cols,
-                                   batch);
+  const mc::BatchedMatrixView<T> v(static_cast<T*>(x.data()), rows, cols, rows, rows * cols, batch);
   const muon::NewtonSchulzOptions opt;  // Jordan x5, like torch
   auto eager = [&](cudaStream_t s) { ortho(v, v, opt, s); };
   const double flops = ns_flops(rows, cols, opt.steps) * static_cast<double>(batch);
@@ -124,12 +123,13 @@ void bench_ns(benchmark::State& state, std::int64_t rows, std::int64_t cols, std
   eager(st.s);
   MUON_CUDA_CHECK(cudaStreamEndCapture(st.s, &gr.g));
   MUON_CUDA_CHECK(cudaGraphInstantiate(&gr.e, gr.g, 0));
-  timed(state, st.s, [&](cudaStream_t s) { MUON_CUDA_CHECK(cudaGraphLaunch(gr.e, s)); }, flops);
+  timed(
+      state, st.s, [&](cudaStream_t s) { MUON_CUDA_CHECK(cudaGraphLaunch(gr.e, s)); }, flops);
 }
 
 // Optimizer<float> (bf16 Newton–Schulz) over `shapes` (torch (out, in) layout).
-void bench_step(benchmark::State& state, const std::vector<std::pair<std::int64_t, std::int64_t>>& shapes,
-                bool graph) {
+void bench_step(benchmark::State& state,
+                const std::vector<std::pair<std::int64_t, std::int64_t>>& shapes, bool graph) {
   Stream st;
   std::vector<mc::DeviceBuffer> bufs;
   mc::Optimizer<float> opt;
@@ -149,9 +149,11 @@ void bench_step(benchmark::State& state, const std::vector<std::pair<std::int64_
   mc::check_launch("bench init");
   if (graph) {
     opt.capture(st.s);
-    timed(state, st.s, [&](cudaStream_t s) { opt.replay(s); }, flops);
+    timed(
+        state, st.s, [&](cudaStream_t s) { opt.replay(s); }, flops);
   } else {
-    timed(state, st.s, [&](cudaStream_t s) { opt.step(s); }, flops);
+    timed(
+        state, st.s, [&](cudaStream_t s) { opt.step(s); }, flops);
   }
   state.counters["groups"] = static_cast<double>(opt.muon_groups());
 }
@@ -170,29 +172,29 @@ int main(int argc, char** argv) {
   struct Shape {
     std::int64_t r, c, b;
   };
-  const Shape shapes[] = {{768, 3072, 1},  {1024, 4096, 1}, {4096, 4096, 1},
+  const Shape shapes[] = {{768, 3072, 1},   {1024, 4096, 1}, {4096, 4096, 1},
                           {4096, 14336, 1}, {8192, 8192, 1}, {1024, 1024, 32}};
   for (const auto& s : shapes)
     for (bool graph : {false, true}) {
-      const std::string suffix = shape_name(s.r, s.c) + "/batch:" + std::to_string(s.b) +
-                                 (graph ? "/graph" : "/eager");
-      benchmark::RegisterBenchmark(("ns/bf16/" + suffix).c_str(),
-                                   [=](benchmark::State& st) {
-                                     bench_ns<__nv_bfloat16>(st, s.r, s.c, s.b, graph);
-                                   })
+      const std::string suffix =
+          shape_name(s.r, s.c) + "/batch:" + std::to_string(s.b) + (graph ? "/graph" : "/eager");
+      benchmark::RegisterBenchmark(
+          ("ns/bf16/" + suffix).c_str(),
+          [=](benchmark::State& st) { bench_ns<__nv_bfloat16>(st, s.r, s.c, s.b, graph); })
           ->UseManualTime()
           ->Unit(benchmark::kMillisecond);
       if (s.b == 1 && s.r <= 4096 && s.c <= 4096)
-        benchmark::RegisterBenchmark(("ns/float/" + suffix).c_str(),
-                                     [=](benchmark::State& st) {
-                                       bench_ns<float>(st, s.r, s.c, s.b, graph);
-                                     })
+        benchmark::RegisterBenchmark(
+            ("ns/float/" + suffix).c_str(),
+            [=](benchmark::State& st) { bench_ns<float>(st, s.r, s.c, s.b, graph); })
             ->UseManualTime()
             ->Unit(benchmark::kMillisecond);
       if (s.b == 1)
         benchmark::RegisterBenchmark(
             ("step/" + shape_name(s.r, s.c) + (graph ? "/graph" : "/eager")).c_str(),
-            [=](benchmark::State& st) { bench_step(st, {{s.r, s.c}}, graph); })
+            [=](benchmark::State& st) {
+              bench_step(st, {{s.r, s.c}}, graph);
+            })
             ->UseManualTime()
             ->Unit(benchmark::kMillisecond);
     }

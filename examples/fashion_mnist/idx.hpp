@@ -85,8 +85,8 @@ inline std::uint32_t big_endian_u32(const std::vector<std::uint8_t>& b, std::siz
 
 /// Checks the header of an unsigned-byte IDX file with `want_dims` dimensions
 /// and returns the sizes; `what` names the file in messages.
-inline std::vector<std::int64_t> parse_header(const std::vector<std::uint8_t>& bytes,
-                                              int want_dims, const std::string& what) {
+inline std::vector<std::int64_t> parse_header(const std::vector<std::uint8_t>& bytes, int want_dims,
+                                              const std::string& what) {
   if (bytes.size() < 4) throw DataError(what + ": too short for an IDX header");
   if (bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08)
     throw DataError(what + ": bad magic number (not an unsigned-byte IDX file)");
@@ -165,9 +165,8 @@ inline Dataset load_split(const std::string& dir, const std::string& prefix) {
   Dataset data;
   data.labels = read_idx_labels(label_path);
   if (static_cast<std::int64_t>(data.labels.size()) != raw.count)
-    throw DataError(label_path + " holds " + std::to_string(data.labels.size()) +
-                    " labels but " + image_path + " holds " + std::to_string(raw.count) +
-                    " images");
+    throw DataError(label_path + " holds " + std::to_string(data.labels.size()) + " labels but " +
+                    image_path + " holds " + std::to_string(raw.count) + " images");
   const Eigen::Index features = raw.rows * raw.cols;
   using ByteMatrix = Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic>;
   // Row-major image bytes, image after image, are exactly a column-major

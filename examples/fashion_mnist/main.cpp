@@ -136,8 +136,8 @@ long parse_long(const std::string& flag, const std::string& text, long min_value
   char* end = nullptr;
   const long v = std::strtol(text.c_str(), &end, 10);
   if (text.empty() || *end != '\0' || v < min_value)
-    usage_error(flag + ": expected an integer >= " + std::to_string(min_value) + ", got \"" +
-                text + "\"");
+    usage_error(flag + ": expected an integer >= " + std::to_string(min_value) + ", got \"" + text +
+                "\"");
   return v;
 }
 
@@ -235,8 +235,8 @@ Config parse_args(int argc, char** argv) {
     }
   }
   if (c.out_dir.empty())
-    c.out_dir = std::filesystem::is_directory("build") ? "build/fashion_mnist_out"
-                                                       : "fashion_mnist_out";
+    c.out_dir =
+        std::filesystem::is_directory("build") ? "build/fashion_mnist_out" : "fashion_mnist_out";
   return c;
 }
 
@@ -296,7 +296,6 @@ std::string format_double(double v, int precision = 4) {
   return s.str();
 }
 
-
 struct RunSpec {
   std::string optimizer;
   double lr = 0;
@@ -304,7 +303,7 @@ struct RunSpec {
   int epochs = 1;
   long train_samples = 0;  // first N of the (fixed) training order
   std::string adjust = "match_rms_adamw";
-  double adam_lr = -1;     // AdamW part of the hybrid; <0 = the same lr
+  double adam_lr = -1;  // AdamW part of the hybrid; <0 = the same lr
   bool muon_first_layer = false;
 };
 
@@ -360,8 +359,8 @@ std::vector<EpochLog> train(const RunSpec& r, const Config& c, const Splits& d, 
   const long steps_per_epoch = static_cast<long>(n / batch);  // drop the ragged tail
   const long total_steps = steps_per_epoch * r.epochs;
   // Short linear warmup, cosine decay to zero: the same schedule for all.
-  const auto schedule = muon::LrSchedule::warmup_cosine(
-      std::max<long>(1, total_steps / 50), std::max<long>(2, total_steps));
+  const auto schedule = muon::LrSchedule::warmup_cosine(std::max<long>(1, total_steps / 50),
+                                                        std::max<long>(2, total_steps));
   auto optimizer = make_optimizer(r, model, schedule);
   if (with_test) std::cout << "routing of " << r.optimizer << ":\n" << optimizer->routing_table();
 
@@ -397,7 +396,7 @@ std::vector<EpochLog> train(const RunSpec& r, const Config& c, const Splits& d, 
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     cpu_seconds += process_cpu_seconds() - cpu_start;
     bar.finish();
-    EpochLog log{epoch, loss_sum / static_cast<double>(steps_per_epoch), 0, 0, 0, 0, seconds,
+    EpochLog log{epoch,      loss_sum / static_cast<double>(steps_per_epoch), 0, 0, 0, 0, seconds,
                  cpu_seconds};
     if (!std::isfinite(log.train_loss)) {
       log.val_loss = log.test_loss = std::numeric_limits<double>::infinity();
@@ -414,8 +413,8 @@ std::vector<EpochLog> train(const RunSpec& r, const Config& c, const Splits& d, 
       std::cout << label << " epoch " << epoch << ": train loss " << format_double(log.train_loss)
                 << ", val loss " << format_double(log.val_loss) << ", test accuracy "
                 << format_double(100 * log.test_accuracy, 4) << "%, "
-                << format_double(log.train_seconds, 3) << " s (CPU " << format_double(log.train_cpu_seconds, 3)
-                << " s)\n"
+                << format_double(log.train_seconds, 3) << " s (CPU "
+                << format_double(log.train_cpu_seconds, 3) << " s)\n"
                 << std::flush;
     }
     logs.push_back(log);
@@ -429,13 +428,12 @@ std::vector<EpochLog> train(const RunSpec& r, const Config& c, const Splits& d, 
 /// 512 x 512 matrix's lr by 0.2 sqrt(512) = 4.5, original by 1.
 std::vector<double> sweep_grid(const std::string& optimizer, const std::string& adjust,
                                int points) {
-  const double centre = optimizer == "sgd"     ? 0.03
-                        : optimizer == "adamw" ? 1e-3
+  const double centre = optimizer == "sgd"            ? 0.03
+                        : optimizer == "adamw"        ? 1e-3
                         : adjust == "match_rms_adamw" ? 0.03
                                                       : 0.1;
   std::vector<double> grid;
-  for (int k = 0; k < points; ++k)
-    grid.push_back(centre * std::pow(3.0, k - (points - 1) / 2.0));
+  for (int k = 0; k < points; ++k) grid.push_back(centre * std::pow(3.0, k - (points - 1) / 2.0));
   return grid;
 }
 
@@ -464,7 +462,8 @@ int run_comparison(const Config& c, const Splits& d) {
   // the sweep tunes the Muon lr alone.
   std::map<std::string, double> best_lr;
   std::vector<std::string> order = c.optimizers;
-  std::stable_partition(order.begin(), order.end(), [](const std::string& n) { return n == "adamw"; });
+  std::stable_partition(order.begin(), order.end(),
+                        [](const std::string& n) { return n == "adamw"; });
   for (const auto& name : order) {
     const double adam_lr = best_lr.count("adamw") ? best_lr.at("adamw")
                            : c.lr.count("adamw")  ? c.lr.at("adamw")
@@ -540,7 +539,8 @@ int run_comparison(const Config& c, const Splits& d) {
   for (const auto& r : results) {
     const auto& last = r.logs.back();
     char speed[32] = "-";
-    if (adamw_cpu > 0) std::snprintf(speed, sizeof speed, "%.2fx", adamw_cpu / last.train_cpu_seconds);
+    if (adamw_cpu > 0)
+      std::snprintf(speed, sizeof speed, "%.2fx", adamw_cpu / last.train_cpu_seconds);
     std::printf("%-9s %9.3g %11.4f %10.4f %8.2f%% %9.1f %9.1f %15s\n", r.optimizer.c_str(), r.lr,
                 last.train_loss, last.val_loss, 100 * last.test_accuracy, last.train_seconds,
                 last.train_cpu_seconds, speed);
@@ -619,9 +619,10 @@ int run_width_transfer(const Config& c, const Splits& d) {
     loss_scaled.push_back(is_base ? row.best_loss : run(row.width, scaled_lr.back(), "scaled"));
     loss_unscaled.push_back(is_base ? row.best_loss : run(row.width, base.lr, "base"));
   }
-  std::printf("\nwidth transfer of the Muon lr (hidden matrices, adjust_lr %s; AdamW part at lr "
-              "%.3g; base width %d, its best lr %.4g; scaled = muon::scale_to_width)\n",
-              c.muon_adjust.c_str(), c.wt_adam_lr, rows.front().width, base.lr);
+  std::printf(
+      "\nwidth transfer of the Muon lr (hidden matrices, adjust_lr %s; AdamW part at lr "
+      "%.3g; base width %d, its best lr %.4g; scaled = muon::scale_to_width)\n",
+      c.muon_adjust.c_str(), c.wt_adam_lr, rows.front().width, base.lr);
   std::printf("%6s %9s %14s %10s %16s %17s\n", "width", "best lr", "val loss@best", "scaled lr",
               "val loss@scaled", "val loss@base lr");
   for (std::size_t i = 0; i < rows.size(); ++i)
@@ -679,8 +680,7 @@ void plot_width_transfer(const Config& c) {
   const std::string png = (dir / ("width_transfer_" + c.muon_adjust + ".png")).string();
   std::string widths;
   for (int w : c.wt_widths) widths += (widths.empty() ? "" : " ") + std::to_string(w);
-  if (run_gnuplot(script.string(),
-                  "csv='" + csv + "'; png='" + png + "'; widths='" + widths + "'"))
+  if (run_gnuplot(script.string(), "csv='" + csv + "'; png='" + png + "'; widths='" + widths + "'"))
     std::cout << "plot: " << png << "\n";
 }
 
@@ -698,11 +698,11 @@ int main(int argc, char** argv) {
               << Eigen::nbThreads() << "; seed " << c.seed << "\n";
     const int rc = c.width_transfer ? run_width_transfer(c, d) : run_comparison(c, d);
     if (c.plot) c.width_transfer ? plot_width_transfer(c) : plot_curves(c);
-    std::cout << "outputs in " << c.out_dir << " (total "
-              << format_double(
-                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
-                     3)
-              << " s)\n";
+    std::cout
+        << "outputs in " << c.out_dir << " (total "
+        << format_double(
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 3)
+        << " s)\n";
     return rc;
   } catch (const std::exception& e) {
     std::cerr << "fashion_mnist: error: " << e.what() << "\n";

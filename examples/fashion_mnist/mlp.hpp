@@ -133,7 +133,8 @@ class Mlp {
       const T peak = logits.col(j).maxCoeff();
       delta_.col(j) = (logits.col(j).array() - peak).exp();
       const T total = delta_.col(j).sum();
-      loss += std::log(static_cast<double>(total)) - static_cast<double>(logits(labels[j], j) - peak);
+      loss +=
+          std::log(static_cast<double>(total)) - static_cast<double>(logits(labels[j], j) - peak);
       delta_.col(j) /= total;
       delta_(labels[j], j) -= T(1);
     }
@@ -165,7 +166,8 @@ class Mlp {
         const int label = labels[static_cast<std::size_t>(start + j)];
         Eigen::Index best = 0;
         const T peak = logits.col(j).maxCoeff(&best);
-        const double lse = std::log(static_cast<double>((logits.col(j).array() - peak).exp().sum()));
+        const double lse =
+            std::log(static_cast<double>((logits.col(j).array() - peak).exp().sum()));
         e.loss += lse - static_cast<double>(logits(label, j) - peak);
         e.accuracy += best == label ? 1.0 : 0.0;
       }

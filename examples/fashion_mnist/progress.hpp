@@ -15,8 +15,10 @@ namespace fashion_mnist {
 class ProgressBar {
  public:
   ProgressBar(std::string label, long total)
-      : label_(std::move(label)), total_(total > 0 ? total : 1),
-        enabled_(isatty(fileno(stderr)) != 0), start_(std::chrono::steady_clock::now()) {}
+      : label_(std::move(label)),
+        total_(total > 0 ? total : 1),
+        enabled_(isatty(fileno(stderr)) != 0),
+        start_(std::chrono::steady_clock::now()) {}
 
   ~ProgressBar() { finish(); }
   ProgressBar(const ProgressBar&) = delete;

@@ -34,12 +34,12 @@ struct AdamWOptions {
   void validate() const {
     detail::check_arg(std::isfinite(lr) && lr >= 0.0, "lr", "must be finite and >= 0");
     detail::check_arg(std::isfinite(beta1) && beta1 >= 0.0 && beta1 < 1.0, "beta1",
-                    "must be in [0, 1)");
+                      "must be in [0, 1)");
     detail::check_arg(std::isfinite(beta2) && beta2 >= 0.0 && beta2 < 1.0, "beta2",
-                    "must be in [0, 1)");
+                      "must be in [0, 1)");
     detail::check_arg(std::isfinite(eps) && eps > 0.0, "eps", "must be finite and > 0");
     detail::check_arg(std::isfinite(weight_decay) && weight_decay >= 0.0, "weight_decay",
-                    "must be finite and >= 0");
+                      "must be finite and >= 0");
   }
 };
 

@@ -44,9 +44,12 @@ enum class Dtype : std::uint8_t { float32 = 1, float64 = 2, bfloat16 = 3, float1
 
 template <class S>
 constexpr Dtype dtype_of() {
-  if constexpr (std::is_same_v<S, float>) return Dtype::float32;
-  else if constexpr (std::is_same_v<S, double>) return Dtype::float64;
-  else if constexpr (std::is_same_v<S, Eigen::bfloat16>) return Dtype::bfloat16;
+  if constexpr (std::is_same_v<S, float>)
+    return Dtype::float32;
+  else if constexpr (std::is_same_v<S, double>)
+    return Dtype::float64;
+  else if constexpr (std::is_same_v<S, Eigen::bfloat16>)
+    return Dtype::bfloat16;
   else {
     static_assert(std::is_same_v<S, Eigen::half>,
                   "muon: checkpoints store float, double, Eigen::bfloat16 or Eigen::half");
@@ -56,10 +59,14 @@ constexpr Dtype dtype_of() {
 
 inline const char* dtype_name(Dtype d) {
   switch (d) {
-    case Dtype::float32: return "float32";
-    case Dtype::float64: return "float64";
-    case Dtype::bfloat16: return "bfloat16";
-    case Dtype::float16: return "float16";
+    case Dtype::float32:
+      return "float32";
+    case Dtype::float64:
+      return "float64";
+    case Dtype::bfloat16:
+      return "bfloat16";
+    case Dtype::float16:
+      return "float16";
   }
   return "unknown";
 }

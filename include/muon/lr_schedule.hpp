@@ -44,8 +44,8 @@ struct LrSchedule {
       return static_cast<double>(step + 1) / static_cast<double>(warmup_steps);
     if (kind == Kind::constant) return 1.0;
     if (step >= total_steps) return min_ratio;
-    const double progress = static_cast<double>(step - warmup_steps) /
-                            static_cast<double>(total_steps - warmup_steps);
+    const double progress =
+        static_cast<double>(step - warmup_steps) / static_cast<double>(total_steps - warmup_steps);
     const double shape = kind == Kind::warmup_cosine
                              ? 0.5 * (1.0 + std::cos(3.14159265358979323846 * progress))
                              : 1.0 - progress;
@@ -54,14 +54,14 @@ struct LrSchedule {
 
   /// Throws muon::Error naming the field when an option is out of range.
   void validate() const {
-    detail::check_arg(kind == Kind::constant || kind == Kind::warmup_cosine ||
-                        kind == Kind::warmup_linear,
-                    "kind", "is not an LrSchedule::Kind value");
+    detail::check_arg(
+        kind == Kind::constant || kind == Kind::warmup_cosine || kind == Kind::warmup_linear,
+        "kind", "is not an LrSchedule::Kind value");
     detail::check_arg(warmup_steps >= 0, "warmup_steps", "must be >= 0");
     if (kind != Kind::constant) {
       detail::check_arg(total_steps > warmup_steps, "total_steps", "must be > warmup_steps");
       detail::check_arg(std::isfinite(min_ratio) && min_ratio >= 0.0 && min_ratio <= 1.0,
-                      "min_ratio", "must be in [0, 1]");
+                        "min_ratio", "must be in [0, 1]");
     }
   }
 
@@ -110,7 +110,7 @@ struct MomentumWarmup {
   /// Throws muon::Error naming the field when an option is out of range.
   void validate() const {
     detail::check_arg(std::isfinite(start) && start >= 0.0 && start < 1.0, "start",
-                    "must be in [0, 1)");
+                      "must be in [0, 1)");
     detail::check_arg(std::isfinite(end) && end >= 0.0 && end < 1.0, "end", "must be in [0, 1)");
     detail::check_arg(steps >= 0, "steps", "must be >= 0");
   }
@@ -135,13 +135,13 @@ inline WidthTransferConfig scale_to_width(const WidthTransferConfig& base, std::
   if (width < 1) detail::fail_arg("width", "must be >= 1, got " + std::to_string(width));
   detail::check_arg(base.width >= 1, "base.width", "must be >= 1");
   detail::check_arg(std::isfinite(base.lr) && base.lr >= 0.0, "base.lr", "must be finite and >= 0");
-  detail::check_arg(base.warmup_steps >= 0 &&
-                      base.warmup_steps <= std::numeric_limits<std::int64_t>::max() / 2,
-                  "base.warmup_steps", "must be >= 0 and small enough to double");
+  detail::check_arg(
+      base.warmup_steps >= 0 && base.warmup_steps <= std::numeric_limits<std::int64_t>::max() / 2,
+      "base.warmup_steps", "must be >= 0 and small enough to double");
   detail::check_arg(std::isfinite(base.momentum) && base.momentum >= 0.0 && base.momentum < 1.0,
-                  "base.momentum", "must be in [0, 1)");
+                    "base.momentum", "must be in [0, 1)");
   detail::check_arg(base.ns_steps >= 0 && base.ns_steps < 100, "base.ns_steps",
-                  "must be in [0, 100)");
+                    "must be in [0, 100)");
   WidthTransferConfig scaled = base;
   scaled.width = width;
   scaled.lr = base.lr * std::sqrt(static_cast<double>(base.width) / static_cast<double>(width));

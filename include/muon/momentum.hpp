@@ -49,7 +49,7 @@ struct MomentumOptions {
     if (!(std::isfinite(momentum) && momentum >= 0.0 && momentum < 1.0))
       detail::fail_arg("momentum", "must be in [0, 1), got " + std::to_string(momentum));
     detail::check_arg(kind == MomentumKind::ema || kind == MomentumKind::sum, "kind",
-                    "is not a MomentumKind value");
+                      "is not a MomentumKind value");
   }
 };
 

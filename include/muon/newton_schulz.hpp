@@ -71,10 +71,23 @@ struct NewtonSchulzOptions {
   explicit NewtonSchulzOptions(Schedule s, int n = 5) : schedule(std::move(s)), steps(n) {}
 
   /// Chainable setters.
-  NewtonSchulzOptions& with_steps(int n) { steps = n; return *this; }
-  NewtonSchulzOptions& with_eps(double e, EpsMode m) { eps = e; eps_mode = m; return *this; }
-  NewtonSchulzOptions& with_norm_divisor(double d) { norm_divisor = d; return *this; }
-  NewtonSchulzOptions& with_method(NsMethod m) { method = m; return *this; }
+  NewtonSchulzOptions& with_steps(int n) {
+    steps = n;
+    return *this;
+  }
+  NewtonSchulzOptions& with_eps(double e, EpsMode m) {
+    eps = e;
+    eps_mode = m;
+    return *this;
+  }
+  NewtonSchulzOptions& with_norm_divisor(double d) {
+    norm_divisor = d;
+    return *this;
+  }
+  NewtonSchulzOptions& with_method(NsMethod m) {
+    method = m;
+    return *this;
+  }
 
   /// The divisor actually used: norm_divisor if set, else the schedule's.
   double divisor() const { return norm_divisor ? *norm_divisor : schedule.norm_divisor(); }
@@ -160,9 +173,8 @@ struct has_gram_primitives<B, std::void_t<decltype(std::declval<B&>().gram_apply
 template <class Backend>
 void newton_schulz_iterate(Backend& be, const NewtonSchulzOptions& opt) {
   if constexpr (has_gram_primitives<Backend>::value) {
-    const bool gram = opt.method == NsMethod::gram ||
-                      (opt.method == NsMethod::automatic &&
-                       be.aspect_ratio() >= kGramAspectThreshold);
+    const bool gram = opt.method == NsMethod::gram || (opt.method == NsMethod::automatic &&
+                                                       be.aspect_ratio() >= kGramAspectThreshold);
     if (gram) return gram_newton_schulz_iterate(be, opt);
   } else {
     require(opt.method != NsMethod::gram, "options.method",

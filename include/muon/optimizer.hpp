@@ -68,9 +68,12 @@ enum class Route : std::uint8_t {
 
 inline const char* route_name(Route r) {
   switch (r) {
-    case Route::automatic: return "automatic";
-    case Route::muon: return "muon";
-    case Route::adamw: return "adamw";
+    case Route::automatic:
+      return "automatic";
+    case Route::muon:
+      return "muon";
+    case Route::adamw:
+      return "adamw";
   }
   return "invalid";
 }
@@ -128,20 +131,29 @@ struct ParamView {
   /// batch stacked), 1 for vectors and scalars.
   Index matrix_rows() const {
     switch (ndim) {
-      case 2: return shape[0];
-      case 3: return shape[0] * shape[1];
-      case 4: return shape[0];
-      default: return 1;
+      case 2:
+        return shape[0];
+      case 3:
+        return shape[0] * shape[1];
+      case 4:
+        return shape[0];
+      default:
+        return 1;
     }
   }
   /// Columns of that matrix: in for 2-D, c for 3-D, in*kh*kw for 4-D.
   Index matrix_cols() const {
     switch (ndim) {
-      case 0: return 1;
-      case 1: return shape[0];
-      case 2: return shape[1];
-      case 3: return shape[2];
-      default: return shape[1] * shape[2] * shape[3];
+      case 0:
+        return 1;
+      case 1:
+        return shape[0];
+      case 2:
+        return shape[1];
+      case 3:
+        return shape[2];
+      default:
+        return shape[1] * shape[2] * shape[3];
     }
   }
   Index outer_stride() const { return row_stride > 0 ? row_stride : matrix_cols(); }
@@ -192,16 +204,47 @@ struct MuonGroupOptions {
   /// Decay only where update and parameter share a sign. Default false.
   bool cautious_weight_decay = false;
 
-  MuonGroupOptions& with_lr(double v) { lr = v; return *this; }
-  MuonGroupOptions& with_weight_decay(double v) { weight_decay = v; return *this; }
-  MuonGroupOptions& with_momentum(double v) { momentum = v; return *this; }
-  MuonGroupOptions& with_nesterov(bool v) { nesterov = v; return *this; }
-  MuonGroupOptions& with_momentum_kind(MomentumKind k) { momentum_kind = k; return *this; }
-  MuonGroupOptions& with_ns(NewtonSchulzOptions o) { ns = std::move(o); return *this; }
-  MuonGroupOptions& with_ns_steps(int n) { ns.steps = n; return *this; }
-  MuonGroupOptions& with_adjust_lr(LrAdjust r) { adjust_lr = r; adjust_lr_fn = nullptr; return *this; }
-  MuonGroupOptions& with_adjust_lr(LrAdjustFn f) { adjust_lr_fn = std::move(f); return *this; }
-  MuonGroupOptions& with_cautious_weight_decay(bool v) { cautious_weight_decay = v; return *this; }
+  MuonGroupOptions& with_lr(double v) {
+    lr = v;
+    return *this;
+  }
+  MuonGroupOptions& with_weight_decay(double v) {
+    weight_decay = v;
+    return *this;
+  }
+  MuonGroupOptions& with_momentum(double v) {
+    momentum = v;
+    return *this;
+  }
+  MuonGroupOptions& with_nesterov(bool v) {
+    nesterov = v;
+    return *this;
+  }
+  MuonGroupOptions& with_momentum_kind(MomentumKind k) {
+    momentum_kind = k;
+    return *this;
+  }
+  MuonGroupOptions& with_ns(NewtonSchulzOptions o) {
+    ns = std::move(o);
+    return *this;
+  }
+  MuonGroupOptions& with_ns_steps(int n) {
+    ns.steps = n;
+    return *this;
+  }
+  MuonGroupOptions& with_adjust_lr(LrAdjust r) {
+    adjust_lr = r;
+    adjust_lr_fn = nullptr;
+    return *this;
+  }
+  MuonGroupOptions& with_adjust_lr(LrAdjustFn f) {
+    adjust_lr_fn = std::move(f);
+    return *this;
+  }
+  MuonGroupOptions& with_cautious_weight_decay(bool v) {
+    cautious_weight_decay = v;
+    return *this;
+  }
 
   /// Throws muon::Error naming the field when an option is out of range.
   void validate() const {
@@ -258,10 +301,10 @@ struct RoutingEntry {
   std::string name;
   Route route = Route::automatic;
   std::string reason;
-  std::string shape;         ///< the tensor's shape, e.g. "(64, 3, 3, 3)"
-  Eigen::Index rows = 0;     ///< rows of the matrix Muon sees (per block for splits/batches)
-  Eigen::Index cols = 0;     ///< columns of that matrix
-  double lr_scale = 1.0;     ///< adjusted lr / lr for the group's current lr (first block)
+  std::string shape;      ///< the tensor's shape, e.g. "(64, 3, 3, 3)"
+  Eigen::Index rows = 0;  ///< rows of the matrix Muon sees (per block for splits/batches)
+  Eigen::Index cols = 0;  ///< columns of that matrix
+  double lr_scale = 1.0;  ///< adjusted lr / lr for the group's current lr (first block)
   std::size_t group = 0;
 };
 
@@ -279,9 +322,12 @@ struct RoutingReport {
     std::size_t w = 4;
     for (const auto& e : entries) w = std::max(w, e.name.size());
     std::ostringstream os;
-    os << std::left << std::setw(static_cast<int>(w)) << "name" << "  " << std::setw(6) << "route"
-       << "  " << std::setw(18) << "shape" << "  " << std::setw(14) << "matrix" << "  "
-       << std::setw(8) << "lr scale" << "  reason\n";
+    os << std::left << std::setw(static_cast<int>(w)) << "name"
+       << "  " << std::setw(6) << "route"
+       << "  " << std::setw(18) << "shape"
+       << "  " << std::setw(14) << "matrix"
+       << "  " << std::setw(8) << "lr scale"
+       << "  reason\n";
     for (const auto& e : entries) {
       std::ostringstream matrix, scale;
       matrix << e.rows << "x" << e.cols;
@@ -294,7 +340,9 @@ struct RoutingReport {
   }
 };
 
-inline std::ostream& operator<<(std::ostream& os, const RoutingReport& r) { return os << r.table(); }
+inline std::ostream& operator<<(std::ostream& os, const RoutingReport& r) {
+  return os << r.table();
+}
 
 enum class StepStatus {
   ok,       ///< every parameter was updated
@@ -313,8 +361,8 @@ struct SkippedParam {
 /// producing it allocates nothing; valid until the next step().
 struct StepReport {
   StepStatus status = StepStatus::nothing;
-  std::int64_t step = 0;     ///< the optimizer's step count after this step
-  std::size_t updated = 0;   ///< parameters updated
+  std::int64_t step = 0;    ///< the optimizer's step count after this step
+  std::size_t updated = 0;  ///< parameters updated
   std::vector<SkippedParam> skipped;
 };
 
@@ -323,11 +371,12 @@ struct ParamMetrics {
   std::string_view name;
   Route route = Route::automatic;
   bool updated = false;
-  double grad_norm = NAN;           ///< ||g||_F
-  double momentum_norm = NAN;       ///< ||m||_F (Muon) or ||exp_avg||_F (AdamW)
-  double update_rms = NAN;          ///< RMS of the orthogonalized update O, before the lr (Muon)
-  double orthogonality_error = NAN; ///< max over blocks of ||O O^T - I||_F on the smaller side (Muon)
-  double spectral_norm = NAN;       ///< power-iteration estimate of ||W||_2 (Muon; stacked for batches)
+  double grad_norm = NAN;      ///< ||g||_F
+  double momentum_norm = NAN;  ///< ||m||_F (Muon) or ||exp_avg||_F (AdamW)
+  double update_rms = NAN;     ///< RMS of the orthogonalized update O, before the lr (Muon)
+  double orthogonality_error =
+      NAN;                     ///< max over blocks of ||O O^T - I||_F on the smaller side (Muon)
+  double spectral_norm = NAN;  ///< power-iteration estimate of ||W||_2 (Muon; stacked for batches)
 };
 
 struct StepMetrics {
@@ -370,8 +419,12 @@ class Optimizer {
     return groups_.size() - 1;
   }
   std::size_t group_count() const { return groups_.size(); }
-  const MuonGroupOptions& muon_options(std::size_t group = 0) const { return groups_.at(checked_group(group)).muon; }
-  const AdamWOptions& adamw_options(std::size_t group = 0) const { return groups_.at(checked_group(group)).adamw; }
+  const MuonGroupOptions& muon_options(std::size_t group = 0) const {
+    return groups_.at(checked_group(group)).muon;
+  }
+  const AdamWOptions& adamw_options(std::size_t group = 0) const {
+    return groups_.at(checked_group(group)).adamw;
+  }
   void set_muon_options(const MuonGroupOptions& o, std::size_t group = 0) {
     checked_group(group);
     o.validate();
@@ -395,22 +448,35 @@ class Optimizer {
       detail::require(value == 0.0 || value == 1.0, k, "must be 0 or 1");
       return value == 1.0;
     };
-    if (key == "lr") g.muon.lr = value;
-    else if (key == "weight_decay") g.muon.weight_decay = value;
-    else if (key == "momentum") g.muon.momentum = value;
-    else if (key == "nesterov") g.muon.nesterov = flag("nesterov");
+    if (key == "lr")
+      g.muon.lr = value;
+    else if (key == "weight_decay")
+      g.muon.weight_decay = value;
+    else if (key == "momentum")
+      g.muon.momentum = value;
+    else if (key == "nesterov")
+      g.muon.nesterov = flag("nesterov");
     else if (key == "ns_steps") {
-      detail::require(std::isfinite(value) && value == std::floor(value) && value >= 0 && value < 100,
-                      "ns_steps", "must be an integer in [0, 100)");
+      detail::require(
+          std::isfinite(value) && value == std::floor(value) && value >= 0 && value < 100,
+          "ns_steps", "must be an integer in [0, 100)");
       g.muon.ns.steps = static_cast<int>(value);
-    } else if (key == "ns_eps") g.muon.ns.eps = value;
-    else if (key == "cautious_weight_decay") g.muon.cautious_weight_decay = flag("cautious_weight_decay");
-    else if (key == "adamw_lr") g.adamw.lr = value;
-    else if (key == "adamw_beta1") g.adamw.beta1 = value;
-    else if (key == "adamw_beta2") g.adamw.beta2 = value;
-    else if (key == "adamw_eps") g.adamw.eps = value;
-    else if (key == "adamw_weight_decay") g.adamw.weight_decay = value;
-    else throw Error("option: unknown numeric option '" + key + "'");
+    } else if (key == "ns_eps")
+      g.muon.ns.eps = value;
+    else if (key == "cautious_weight_decay")
+      g.muon.cautious_weight_decay = flag("cautious_weight_decay");
+    else if (key == "adamw_lr")
+      g.adamw.lr = value;
+    else if (key == "adamw_beta1")
+      g.adamw.beta1 = value;
+    else if (key == "adamw_beta2")
+      g.adamw.beta2 = value;
+    else if (key == "adamw_eps")
+      g.adamw.eps = value;
+    else if (key == "adamw_weight_decay")
+      g.adamw.weight_decay = value;
+    else
+      throw Error("option: unknown numeric option '" + key + "'");
     g.muon.validate();
     g.adamw.validate();
     groups_[group] = std::move(g);
@@ -688,7 +754,8 @@ class Optimizer {
     if (metrics_on_) {
       metrics_.step = step_count_;
       metrics_.lr_factor = lr_factor;
-      for (std::size_t i = 0; i < params_.size(); ++i) fill_metrics(*params_[i], metrics_.params[i]);
+      for (std::size_t i = 0; i < params_.size(); ++i)
+        fill_metrics(*params_[i], metrics_.params[i]);
       if (hook_) hook_(metrics_);
     }
     return report_;
@@ -774,8 +841,7 @@ class Optimizer {
       detail::require(r.u32() == p.group, "checkpoint", where + "group differs");
       const std::uint8_t ndim = r.u8();
       bool same = ndim == p.param.ndim;
-      for (std::uint8_t d = 0; d < ndim && d < 4; ++d)
-        same = r.i64() == p.param.shape[d] && same;
+      for (std::uint8_t d = 0; d < ndim && d < 4; ++d) same = r.i64() == p.param.shape[d] && same;
       detail::require(same, "checkpoint", where + "shape differs from " + p.param.shape_string());
       const std::uint32_t blocks = r.u32();
       detail::require(blocks == p.block_rows.size(), "checkpoint", where + "split differs");
@@ -829,11 +895,11 @@ class Optimizer {
     Route route = Route::automatic;
     std::string reason;
     std::size_t group = 0;
-    Index rows = 0, cols = 0;        // the matrix view
-    std::vector<Index> block_rows;   // rows of each block orthogonalized separately
+    Index rows = 0, cols = 0;           // the matrix view
+    std::vector<Index> block_rows;      // rows of each block orthogonalized separately
     std::vector<std::size_t> block_ws;  // block -> index into workspaces
-    std::vector<Index> ws_rows;      // one entry per distinct block height
-    std::vector<double> ws_lr;       // this step's adjusted lr per distinct height
+    std::vector<Index> ws_rows;         // one entry per distinct block height
+    std::vector<double> ws_lr;          // this step's adjusted lr per distinct height
     std::vector<std::unique_ptr<Workspace<B>>> workspaces;
     Buffer first, second;  // Muon: momentum, update. AdamW: exp_avg, exp_avg_sq.
     std::int64_t steps = 0;
@@ -866,8 +932,8 @@ class Optimizer {
     Index n = 1;
     for (int i = 0; i < v.ndim; ++i) {
       const Index d = v.shape[static_cast<std::size_t>(i)];
-      detail::require(d > 0, what, "'" + name + "' is empty or has a negative size: shape " +
-                                       v.shape_string());
+      detail::require(d > 0, what,
+                      "'" + name + "' is empty or has a negative size: shape " + v.shape_string());
       detail::require(n <= std::numeric_limits<Index>::max() / d, what,
                       "'" + name + "' has too many elements");
       n *= d;
@@ -909,11 +975,14 @@ class Optimizer {
       }
     }
     p.route = Route::muon;
-    if (nd == 2) p.reason = "2-D matrix";
-    else if (nd == 3) p.reason = "3-D: batch of " + std::to_string(p.param.shape[0]) + " matrices";
+    if (nd == 2)
+      p.reason = "2-D matrix";
+    else if (nd == 3)
+      p.reason = "3-D: batch of " + std::to_string(p.param.shape[0]) + " matrices";
     // The lr scale uses the flattened (out, in*kh*kw) shape Muon actually
     // orthogonalizes; some ports scale by kh/kw instead, which is wrong.
-    else p.reason = "4-D filter as (out, in*kh*kw)";
+    else
+      p.reason = "4-D filter as (out, in*kh*kw)";
   }
 
   void allocate(Param& p) {
@@ -940,8 +1009,10 @@ class Optimizer {
   // Any storage scalar widened exactly to double (half/bfloat16 via float).
   template <class S>
   static double as_double(S v) {
-    if constexpr (std::is_floating_point_v<S>) return static_cast<double>(v);
-    else return static_cast<double>(static_cast<float>(v));
+    if constexpr (std::is_floating_point_v<S>)
+      return static_cast<double>(v);
+    else
+      return static_cast<double>(static_cast<float>(v));
   }
 
   template <class M>
@@ -999,7 +1070,8 @@ class Optimizer {
     for (Index j = 0; j < m; ++j) {
       const double d = static_cast<double>(G(j, j)) - 1.0;
       sum += d * d;
-      for (Index i = j + 1; i < m; ++i) sum += 2.0 * static_cast<double>(G(i, j)) * static_cast<double>(G(i, j));
+      for (Index i = j + 1; i < m; ++i)
+        sum += 2.0 * static_cast<double>(G(i, j)) * static_cast<double>(G(i, j));
     }
     return std::sqrt(sum);
   }

@@ -93,14 +93,15 @@ double orthogonality_error(const Eigen::MatrixBase<Derived>& O) {
   detail::require(O.rows() > 0 && O.cols() > 0, "O", "is empty");
   const Eigen::MatrixXd Od = O.template cast<double>();
   const bool tall = Od.rows() > Od.cols();
-  const Eigen::MatrixXd gram = tall ? Eigen::MatrixXd(Od.transpose() * Od)
-                                    : Eigen::MatrixXd(Od * Od.transpose());
+  const Eigen::MatrixXd gram =
+      tall ? Eigen::MatrixXd(Od.transpose() * Od) : Eigen::MatrixXd(Od * Od.transpose());
   return (gram - Eigen::MatrixXd::Identity(gram.rows(), gram.cols())).norm();
 }
 
 /// ||O - P||_F / ||P||_F in double (P the reference, e.g. polar_svd(G)).
 template <class DerivedO, class DerivedP>
-double relative_distance(const Eigen::MatrixBase<DerivedO>& O, const Eigen::MatrixBase<DerivedP>& P) {
+double relative_distance(const Eigen::MatrixBase<DerivedO>& O,
+                         const Eigen::MatrixBase<DerivedP>& P) {
   detail::require(O.rows() == P.rows() && O.cols() == P.cols(), "O",
                   "shape differs from the reference's");
   const Eigen::MatrixXd Pd = P.template cast<double>();

@@ -88,10 +88,14 @@ inline LrAdjust lr_adjust_from_name(const std::string& name) {
 /// The canonical name of a rule (round-trips through lr_adjust_from_name).
 inline const char* lr_adjust_name(LrAdjust rule) {
   switch (rule) {
-    case LrAdjust::original: return "original";
-    case LrAdjust::match_rms_adamw: return "match_rms_adamw";
-    case LrAdjust::spectral: return "spectral";
-    case LrAdjust::none: return "none";
+    case LrAdjust::original:
+      return "original";
+    case LrAdjust::match_rms_adamw:
+      return "match_rms_adamw";
+    case LrAdjust::spectral:
+      return "spectral";
+    case LrAdjust::none:
+      return "none";
   }
   throw Error("rule: is not an LrAdjust value");
 }
@@ -119,7 +123,7 @@ void apply_muon_update(const Eigen::DenseBase<DP>& param, const Eigen::DenseBase
   detail::check_arg(std::isfinite(lr) && lr >= 0.0, "lr", "must be finite and >= 0");
   detail::check_arg(std::isfinite(lr_adjusted), "lr_adjusted", "must be finite");
   detail::check_arg(std::isfinite(weight_decay) && weight_decay >= 0.0, "weight_decay",
-                  "must be finite and >= 0");
+                    "must be finite and >= 0");
   detail::require_same_shape(param, "param", update, "update");
 
   auto& p_out = detail::writable(param);

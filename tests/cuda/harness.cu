@@ -91,9 +91,12 @@ std::vector<double> orthogonalize(const std::vector<double>& in, std::int64_t ro
                                   std::int64_t cols, std::int64_t batch, Dtype dtype,
                                   const muon::NewtonSchulzOptions& options, RunMode mode) {
   switch (dtype) {
-    case Dtype::bf16: return run_typed<__nv_bfloat16>(in, rows, cols, batch, options, mode);
-    case Dtype::f16: return run_typed<__half>(in, rows, cols, batch, options, mode);
-    case Dtype::f32: return run_typed<float>(in, rows, cols, batch, options, mode);
+    case Dtype::bf16:
+      return run_typed<__nv_bfloat16>(in, rows, cols, batch, options, mode);
+    case Dtype::f16:
+      return run_typed<__half>(in, rows, cols, batch, options, mode);
+    case Dtype::f32:
+      return run_typed<float>(in, rows, cols, batch, options, mode);
   }
   throw std::logic_error("dtype");
 }
@@ -186,8 +189,7 @@ std::string check_copy(std::int64_t rows, std::int64_t cols, bool transpose) {
   for (std::int64_t z = 0; z < batch; ++z)
     for (std::int64_t j = 0; j < cols; ++j)
       for (std::int64_t i = 0; i < rows; ++i) {
-        const float want = z == 1 ? -1.0f
-                                  : (transpose ? src[j + i * sld] : src[i + j * sld]);
+        const float want = z == 1 ? -1.0f : (transpose ? src[j + i * sld] : src[i + j * sld]);
         if (dst[z * dld * cols + i + j * dld] != want)
           return "copy_transpose " + std::to_string(rows) + "x" + std::to_string(cols) +
                  (transpose ? " transposed" : "") + ": wrong at (" + std::to_string(i) + ", " +

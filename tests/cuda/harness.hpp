@@ -18,10 +18,10 @@ enum class Dtype { bf16, f16, f32 };
 
 /// How the device orthogonalization is invoked.
 struct RunMode {
-  bool graph = false;         ///< capture one run in a CUDA graph and replay it
-  std::int64_t ld_pad = 0;    ///< extra rows of leading dimension on in/out
-  std::int64_t tile = 0;      ///< forced tile edge (0: automatic)
-  bool reuse = false;         ///< run twice with the same workspace
+  bool graph = false;       ///< capture one run in a CUDA graph and replay it
+  std::int64_t ld_pad = 0;  ///< extra rows of leading dimension on in/out
+  std::int64_t tile = 0;    ///< forced tile edge (0: automatic)
+  bool reuse = false;       ///< run twice with the same workspace
 };
 
 /// Orthogonalizes `batch` column-major rows x cols matrices (host, double,

@@ -55,12 +55,12 @@ Eigen::MatrixXd gaussian(Eigen::Index r, Eigen::Index c, std::uint64_t seed) {
 // U diag(s) V^T with s spread geometrically over [0.1, 1] times `scale`.
 Eigen::MatrixXd spread(Eigen::Index r, Eigen::Index c, std::uint64_t seed, double scale = 1.0) {
   const Eigen::Index k = std::min(r, c);
-  const Eigen::MatrixXd U = Eigen::HouseholderQR<Eigen::MatrixXd>(gaussian(r, k, seed))
-                                .householderQ() *
-                            Eigen::MatrixXd::Identity(r, k);
-  const Eigen::MatrixXd V = Eigen::HouseholderQR<Eigen::MatrixXd>(gaussian(c, k, seed + 1))
-                                .householderQ() *
-                            Eigen::MatrixXd::Identity(c, k);
+  const Eigen::MatrixXd U =
+      Eigen::HouseholderQR<Eigen::MatrixXd>(gaussian(r, k, seed)).householderQ() *
+      Eigen::MatrixXd::Identity(r, k);
+  const Eigen::MatrixXd V =
+      Eigen::HouseholderQR<Eigen::MatrixXd>(gaussian(c, k, seed + 1)).householderQ() *
+      Eigen::MatrixXd::Identity(c, k);
   Eigen::VectorXd s(k);
   for (Eigen::Index i = 0; i < k; ++i)
     s(i) = scale * (k == 1 ? 1.0 : std::pow(0.1, static_cast<double>(i) / (k - 1)));
@@ -75,9 +75,12 @@ std::vector<double> flat(const std::vector<Eigen::MatrixXd>& ms) {
 
 double tolerance(Dtype t) {
   switch (t) {
-    case Dtype::f32: return 1e-4;
-    case Dtype::f16: return 1.5e-2;
-    case Dtype::bf16: return 5e-2;
+    case Dtype::f32:
+      return 1e-4;
+    case Dtype::f16:
+      return 1.5e-2;
+    case Dtype::bf16:
+      return 5e-2;
   }
   return 0;
 }
@@ -168,13 +171,15 @@ TEST_CASE("cuda: the lower-triangle tiling covers each lower entry once (no devi
           CHECK(r0 + g.rows <= m);
           CHECK(c0 + g.cols <= m);
           for (std::int64_t j = c0; j < c0 + g.cols; ++j)
-            for (std::int64_t i = r0; i < r0 + g.rows; ++i) ++hits[static_cast<std::size_t>(i + j * m)];
+            for (std::int64_t i = r0; i < r0 + g.rows; ++i)
+              ++hits[static_cast<std::size_t>(i + j * m)];
         }
       }
       CHECK(blocks == p.lower_blocks());
       bool ok = true;
       for (std::int64_t j = 0; j < m; ++j)
-        for (std::int64_t i = j; i < m; ++i) ok = ok && hits[static_cast<std::size_t>(i + j * m)] == 1;
+        for (std::int64_t i = j; i < m; ++i)
+          ok = ok && hits[static_cast<std::size_t>(i + j * m)] == 1;
       CHECK(ok);
       if (m > 200) continue;
       // Simulate the products: lower blocks of X X^T, mirrored, equal the full product.
@@ -183,7 +188,8 @@ TEST_CASE("cuda: the lower-triangle tiling covers each lower entry once (no devi
       for (const auto& g : p.groups)
         for (std::size_t k = 0; k < g.row_offset.size(); ++k)
           C.block(g.row_offset[k], g.col_offset[k], g.rows, g.cols) =
-              X.middleRows(g.row_offset[k], g.rows) * X.middleRows(g.col_offset[k], g.cols).transpose();
+              X.middleRows(g.row_offset[k], g.rows) *
+              X.middleRows(g.col_offset[k], g.cols).transpose();
       for (Eigen::Index j = 0; j < m; ++j)
         for (Eigen::Index i = 0; i < j; ++i) C(i, j) = C(j, i);
       CHECK((C - X * X.transpose()).norm() <= 1e-12 * (X * X.transpose()).norm());
@@ -195,11 +201,15 @@ TEST_CASE("cuda: the lower-triangle tiling covers each lower entry once (no devi
 
 TEST_CASE("cuda: device Newton-Schulz matches the CPU backend for every schedule and shape") {
   MUON_REQUIRE_DEVICE();
-  const ShapeCase shapes[] = {
-      {"square", 64, 64, 1, 0},   {"wide", 48, 160, 1, 0},     {"tall", 160, 48, 1, 0},
-      {"1xn", 1, 37, 1, 0},       {"nx1", 37, 1, 1, 0},        {"batch", 40, 72, 3, 0},
-      {"tiled square", 100, 100, 1, 32}, {"tiled tall batch", 130, 96, 2, 40},
-      {"tiled wide", 96, 200, 1, 48}};
+  const ShapeCase shapes[] = {{"square", 64, 64, 1, 0},
+                              {"wide", 48, 160, 1, 0},
+                              {"tall", 160, 48, 1, 0},
+                              {"1xn", 1, 37, 1, 0},
+                              {"nx1", 37, 1, 1, 0},
+                              {"batch", 40, 72, 3, 0},
+                              {"tiled square", 100, 100, 1, 32},
+                              {"tiled tall batch", 130, 96, 2, 40},
+                              {"tiled wide", 96, 200, 1, 48}};
   const char* schedules[] = {"jordan", "cubic", "quintic", "polar_express"};
   const Dtype types[] = {Dtype::f32, Dtype::f16, Dtype::bf16};
   std::uint64_t seed = 1000;
@@ -208,10 +218,12 @@ TEST_CASE("cuda: device Newton-Schulz matches the CPU backend for every schedule
       for (Dtype t : types) {
         muon::NewtonSchulzOptions o(muon::Schedule::by_name(sched), 5);
         std::vector<Eigen::MatrixXd> in;
-        for (Eigen::Index z = 0; z < sc.batch; ++z) in.push_back(spread(sc.rows, sc.cols, ++seed, 3.0));
+        for (Eigen::Index z = 0; z < sc.batch; ++z)
+          in.push_back(spread(sc.rows, sc.cols, ++seed, 3.0));
         muon_cuda_test::RunMode mode;
         mode.tile = sc.tile;
-        const auto dev = muon_cuda_test::orthogonalize(flat(in), sc.rows, sc.cols, sc.batch, t, o, mode);
+        const auto dev =
+            muon_cuda_test::orthogonalize(flat(in), sc.rows, sc.cols, sc.batch, t, o, mode);
         const double err = worst_relative_error(dev, in, o);
         INFO(sc.label << " " << sc.rows << "x" << sc.cols << " batch " << sc.batch << ", " << sched
                       << ", " << name(t) << ", seed " << seed << ": relative error " << err);
@@ -304,9 +316,10 @@ TEST_CASE("cuda: NaN/Inf input throws naming the input and leaves the output unt
 namespace {
 
 // Double reference of the device optimizer (torch.optim.Muon / AdamW semantics).
-std::vector<std::vector<double>> reference_optimizer(const std::vector<muon_cuda_test::OptParam>& ps,
-                                                     const muon_cuda_test::OptRun& run) {
-  const muon::NewtonSchulzOptions ns = muon::NewtonSchulzOptions().with_eps(1e-7, muon::EpsMode::max);
+std::vector<std::vector<double>> reference_optimizer(
+    const std::vector<muon_cuda_test::OptParam>& ps, const muon_cuda_test::OptRun& run) {
+  const muon::NewtonSchulzOptions ns =
+      muon::NewtonSchulzOptions().with_eps(1e-7, muon::EpsMode::max);
   std::vector<std::vector<double>> p, m, v;
   for (const auto& q : ps) {
     p.emplace_back(q.value.begin(), q.value.end());
@@ -342,7 +355,8 @@ std::vector<std::vector<double>> reference_optimizer(const std::vector<muon_cuda
       }
       // Memory as column-major: rows x cols, or cols x rows for row-major.
       const Eigen::Index mr = q.row_major ? q.cols : q.rows, mc = q.row_major ? q.rows : q.cols;
-      const Eigen::MatrixXd O = muon::orthogonalize(Eigen::Map<const Eigen::MatrixXd>(u.data(), mr, mc), ns);
+      const Eigen::MatrixXd O =
+          muon::orthogonalize(Eigen::Map<const Eigen::MatrixXd>(u.data(), mr, mc), ns);
       const double adj = std::sqrt(std::max(1.0, static_cast<double>(q.rows) / q.cols));
       for (std::size_t i = 0; i < n; ++i)
         p[k][i] = p[k][i] * (1 - run.lr * run.weight_decay) - run.lr * adj * O.data()[i];
@@ -365,8 +379,8 @@ std::vector<muon_cuda_test::OptParam> make_params(std::uint64_t seed) {
     ps.push_back(q);
   };
   add("a.weight", 48, 32, false, false);
-  add("b.weight", 48, 32, true, false);  // same memory shape class, other layout
-  add("c.weight", 48, 32, false, false); // batched with a.weight
+  add("b.weight", 48, 32, true, false);   // same memory shape class, other layout
+  add("c.weight", 48, 32, false, false);  // batched with a.weight
   add("d.weight", 20, 64, true, false);
   add("a.bias", 48, 1, false, true);
   return ps;

@@ -11,7 +11,8 @@
 struct FuzzModel {
   std::vector<float> w = std::vector<float>(4 * 6, 0.5f), qkv = std::vector<float>(6 * 2, 0.25f),
                      conv = std::vector<float>(2 * 2 * 2 * 2, -0.5f),
-                     batch = std::vector<float>(2 * 2 * 3, 1.0f), bias = std::vector<float>(4, 0.1f);
+                     batch = std::vector<float>(2 * 2 * 3, 1.0f),
+                     bias = std::vector<float>(4, 0.1f);
   std::vector<float> gw = w, gqkv = qkv, gconv = conv, gbatch = batch, gbias = bias;
 
   void attach(muon::Optimizer<float>& opt) {

@@ -13,8 +13,8 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
-#include <memory>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -79,9 +79,9 @@ class Workspace {
   /// an engine this build or CPU lacks throws muon::Error.
   Workspace(Index rows, Index cols, int threads = 0, Products products = Products::automatic)
       : rows_(rows), cols_(cols) {
-    detail::require(rows > 0 && cols > 0, "workspace shape",
-                    "rows and cols must be positive, got " + std::to_string(rows) + "x" +
-                        std::to_string(cols));
+    detail::require(
+        rows > 0 && cols > 0, "workspace shape",
+        "rows and cols must be positive, got " + std::to_string(rows) + "x" + std::to_string(cols));
     detail::require(products_available(products), "products",
                     "this engine is not available (build option off, or the CPU lacks "
                     "AVX512-BF16)");
@@ -210,13 +210,13 @@ class Workspace {
     Q_.swap(T_);
   }
 
-  void gram_r_update(double a) {  // R <- (a I + Z)^2 R, kept symmetric
+  void gram_r_update(double a) {                 // R <- (a I + Z)^2 R, kept symmetric
     B_.diagonal().array() += static_cast<S>(a);  // W = a I + Z (Z is not needed again)
     // bf16 products keep these in fp32: rounding R's factors each step
     // compounds through the Gram recurrence (the m x n products stay bf16).
     symmetric_into(*square_, B_, S(1), nullptr, S(0), T_, /*fp32=*/true);  // T = W^2
     multiply_into(*small_, T_, S(0), A_, B_, /*fp32=*/true);               // B = W^2 R
-    symmetrize_into(B_, A_);                                  // R = sym(B)
+    symmetrize_into(B_, A_);                                               // R = sym(B)
   }
 
   void gram_apply_q() {  // X <- Q X
@@ -249,8 +249,8 @@ class Workspace {
     if constexpr (std::is_same<S, float>::value) {
       if (products_ == Products::bf16 && !fp32) {
         if (&M == &X_) {  // the Gram X X^T (gram() passes alpha = 1, no init)
-          detail::to_bf16(M.data(), Xb_.data(), m * n_);                // L = X
-          detail::to_bf16_transposed(M.data(), Xt_.data(), m, n_);       // R = X^T
+          detail::to_bf16(M.data(), Xb_.data(), m * n_);            // L = X
+          detail::to_bf16_transposed(M.data(), Xt_.data(), m, n_);  // R = X^T
           bf_gram_->run(Xb_.data(), Xt_.data(), C.data());
         } else {  // M symmetric m x m: M M^T = M M
           detail::to_bf16(M.data(), Lb_.data(), m * m, alpha);
@@ -279,9 +279,8 @@ class Workspace {
 #ifdef MUON_USE_BLAS
     if (products_ == Products::blas) {
       if (alpha != S(0)) out = R;
-      detail::blas_gemm(int(L.rows()), int(R.cols()), int(L.cols()), S(1), L.data(),
-                        int(L.rows()), R.data(), int(R.rows()), alpha, out.data(),
-                        int(out.rows()));
+      detail::blas_gemm(int(L.rows()), int(R.cols()), int(L.cols()), S(1), L.data(), int(L.rows()),
+                        R.data(), int(R.rows()), alpha, out.data(), int(out.rows()));
       return;
     }
 #endif

@@ -16,8 +16,8 @@
 #include <type_traits>
 
 #include "../error.hpp"
-#include "check.hpp"
 #include "../scalar.hpp"
+#include "check.hpp"
 
 namespace muon {
 namespace detail {
@@ -62,8 +62,8 @@ void require_same_shape(const Eigen::DenseBase<DR>& reference, const char* refer
                         const Eigen::DenseBase<DX>& x, const char* name) {
   if (x.rows() != reference.rows() || x.cols() != reference.cols())
     fail_arg(name, "shape " + shape_string(x.rows(), x.cols()) + " does not match " +
-                   reference_name + "'s shape " +
-                   shape_string(reference.rows(), reference.cols()));
+                       reference_name + "'s shape " +
+                       shape_string(reference.rows(), reference.cols()));
 }
 
 /// Reads one element in compute type C (the cast each element gets on read).

@@ -69,8 +69,8 @@ inline void blas_gemm(int rows, int cols, int depth, double alpha, const double*
 
 #ifdef MUON_USE_BF16
 inline void dnnl_check(dnnl_status_t s, const char* what) {
-  require(s == dnnl_success, "oneDNN", std::string(what) + " failed (status " +
-                                           std::to_string(static_cast<int>(s)) + ")");
+  require(s == dnnl_success, "oneDNN",
+          std::string(what) + " failed (status " + std::to_string(static_cast<int>(s)) + ")");
 }
 
 /// One oneDNN engine + stream, shared by a workspace's bf16 products.
@@ -158,10 +158,8 @@ class Bf16Matmul {
     dnnl_memory_set_data_handle(a_, const_cast<std::uint16_t*>(R));
     dnnl_memory_set_data_handle(b_, const_cast<std::uint16_t*>(L));
     dnnl_memory_set_data_handle(c_, C);
-    const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, a_},
-                                    {DNNL_ARG_WEIGHTS, b_},
-                                    {DNNL_ARG_DST, c_},
-                                    {DNNL_ARG_SCRATCHPAD, sp_}};
+    const dnnl_exec_arg_t args[] = {
+        {DNNL_ARG_SRC, a_}, {DNNL_ARG_WEIGHTS, b_}, {DNNL_ARG_DST, c_}, {DNNL_ARG_SCRATCHPAD, sp_}};
     dnnl_check(dnnl_primitive_execute(prim_, ctx_.stream(), 4, args), "matmul execute");
     dnnl_check(dnnl_stream_wait(ctx_.stream()), "stream_wait");
   }

@@ -150,7 +150,8 @@ class ParallelGemm {
     const int tasks = useful_tasks(2.0 * double(rows) * double(cols) * double(depth), threads);
     bounds_.push_back(0);
     for (int p = 1; p < tasks; ++p) {
-      const Eigen::Index b = align16(double(cols) * double(p) / double(tasks), bounds_.back() + 1, cols);
+      const Eigen::Index b =
+          align16(double(cols) * double(p) / double(tasks), bounds_.back() + 1, cols);
       if (b > bounds_.back() && b < cols) bounds_.push_back(b);
     }
     bounds_.push_back(cols);

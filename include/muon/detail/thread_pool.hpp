@@ -102,7 +102,8 @@ class ThreadPool {
   /// run() over a callable f(t), passed by reference (no copy, no allocation).
   template <class F>
   void parallel(int n, F& f) {
-    run(n, [](void* c, int t) { (*static_cast<F*>(c))(t); }, &f);
+    run(
+        n, [](void* c, int t) { (*static_cast<F*>(c))(t); }, &f);
   }
 
  private:

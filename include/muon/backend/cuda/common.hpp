@@ -225,11 +225,11 @@ class DeviceMatrix {
   DeviceMatrix(std::int64_t rows, std::int64_t cols, cudaStream_t stream,
                Allocator a = default_allocator())
       : rows_(rows), cols_(cols) {
-    ::muon::detail::require(rows >= 0 && cols >= 0, "DeviceMatrix",
-                            "shape must be non-negative, got " + std::to_string(rows) + "x" +
-                                std::to_string(cols));
-    buf_ = DeviceBuffer(static_cast<std::size_t>(rows * cols) * sizeof(T), stream, a,
-                        "DeviceMatrix");
+    ::muon::detail::require(
+        rows >= 0 && cols >= 0, "DeviceMatrix",
+        "shape must be non-negative, got " + std::to_string(rows) + "x" + std::to_string(cols));
+    buf_ =
+        DeviceBuffer(static_cast<std::size_t>(rows * cols) * sizeof(T), stream, a, "DeviceMatrix");
   }
 
   std::int64_t rows() const { return rows_; }

@@ -18,7 +18,8 @@
 /// arguments fixed for the shape, so a captured CUDA graph replays them.
 
 #ifndef __CUDACC__
-#error "muon/backend/cuda/kernels.cuh holds CUDA kernels: include it (or muon/cuda.hpp) from a .cu file compiled by nvcc"
+#error \
+    "muon/backend/cuda/kernels.cuh holds CUDA kernels: include it (or muon/cuda.hpp) from a .cu file compiled by nvcc"
 #endif
 
 #include <cuda_bf16.h>
@@ -80,8 +81,8 @@ __host__ __device__ inline bool copy_transpose_phase(int phase, const Src* src, 
                                                      std::int64_t src_stride, Dst* dst,
                                                      std::int64_t dst_ld, std::int64_t dst_stride,
                                                      std::int64_t dst_rows, std::int64_t dst_cols,
-                                                     bool transpose, const int* skip,
-                                                     ThreadCoord c, Tile& tile) {
+                                                     bool transpose, const int* skip, ThreadCoord c,
+                                                     Tile& tile) {
   const std::int64_t z = c.bz;
   if (skip && skip[z]) return false;
   src += z * src_stride;
@@ -115,15 +116,15 @@ __host__ __device__ inline bool copy_transpose_phase(int phase, const Src* src, 
 
 template <class Src, class Dst>
 __global__ void copy_transpose(const Src* __restrict__ src, std::int64_t src_ld,
-                               std::int64_t src_stride, Dst* __restrict__ dst,
-                               std::int64_t dst_ld, std::int64_t dst_stride,
-                               std::int64_t dst_rows, std::int64_t dst_cols, bool transpose,
+                               std::int64_t src_stride, Dst* __restrict__ dst, std::int64_t dst_ld,
+                               std::int64_t dst_stride, std::int64_t dst_rows,
+                               std::int64_t dst_cols, bool transpose,
                                const int* __restrict__ skip) {
   __shared__ Tile tile;
   const ThreadCoord c{blockIdx.x, blockIdx.y, blockIdx.z, static_cast<int>(threadIdx.x),
                       static_cast<int>(threadIdx.y)};
-  if (!copy_transpose_phase(0, src, src_ld, src_stride, dst, dst_ld, dst_stride, dst_rows,
-                            dst_cols, transpose, skip, c, tile))
+  if (!copy_transpose_phase(0, src, src_ld, src_stride, dst, dst_ld, dst_stride, dst_rows, dst_cols,
+                            transpose, skip, c, tile))
     return;
   __syncthreads();
   copy_transpose_phase(1, src, src_ld, src_stride, dst, dst_ld, dst_stride, dst_rows, dst_cols,
@@ -143,8 +144,8 @@ __global__ void sumsq_partial(const T* __restrict__ x, std::int64_t count,
   const std::int64_t z = blockIdx.y;
   x += z * count;
   double acc = 0;
-  for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       k < count; k += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+  for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < count;
+       k += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const double v = to_float(x[k]);
     acc += v * v;
   }
@@ -189,8 +190,8 @@ __global__ void scale_by(T* __restrict__ x, std::int64_t count, const float* __r
   const std::int64_t z = blockIdx.y;
   x += z * count;
   const float s = scale[z];
-  for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       k < count; k += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+  for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < count;
+       k += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
     x[k] = from_float<T>(to_float(x[k]) * s);
 }
 
@@ -206,8 +207,8 @@ __global__ void scale_by(T* __restrict__ x, std::int64_t count, const float* __r
 /// tile column by. Returns false when the block is done (block-uniform).
 template <class T>
 __host__ __device__ inline bool symmetrize_phase(int phase, T* src, T* out, std::int64_t m,
-                                                 bool mirror, float s, float diag,
-                                                 ThreadCoord c, Tile& tile) {
+                                                 bool mirror, float s, float diag, ThreadCoord c,
+                                                 Tile& tile) {
   src += c.bz * m * m;
   if (out) out += c.bz * m * m;
   const std::int64_t ti = c.bx, tj = c.by;
@@ -241,7 +242,7 @@ __host__ __device__ inline bool symmetrize_phase(int phase, T* src, T* out, std:
     float v;
     if (ti < tj)
       v = tile[c.tx][k];  // src(j, i): row j = tj*kTile + k, col i = ti*kTile + tx
-    else                  // diagonal tile: local (a, b) = src(ti*kTile + a, ti*kTile + b) = tile[b][a]
+    else  // diagonal tile: local (a, b) = src(ti*kTile + a, ti*kTile + b) = tile[b][a]
       v = i >= j ? tile[k][c.tx] : tile[c.tx][k];
     if (i < j) src[i + j * m] = from_float<T>(v);
     if (out && (!in_place || i <= j))
@@ -265,10 +266,10 @@ __global__ void symmetrize(T* src, T* out, std::int64_t m, bool mirror, float s,
 /// Per-step values the optimizer kernels read from device memory, so that a
 /// captured graph picks up learning-rate changes made between replays.
 struct StepValues {
-  float lr = 1e-3f;            ///< Muon lr (unadjusted)
-  float weight_decay = 0.1f;   ///< Muon decoupled weight decay
-  float momentum = 0.95f;      ///< Muon mu
-  float adam_lr = 1e-3f;       ///< AdamW lr
+  float lr = 1e-3f;           ///< Muon lr (unadjusted)
+  float weight_decay = 0.1f;  ///< Muon decoupled weight decay
+  float momentum = 0.95f;     ///< Muon mu
+  float adam_lr = 1e-3f;      ///< AdamW lr
   float adam_beta1 = 0.9f;
   float adam_beta2 = 0.999f;
   float adam_eps = 1e-8f;
@@ -326,8 +327,8 @@ __global__ void muon_update_kernel(P* __restrict__ p, const O* __restrict__ o, s
 ///   m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
 ///   p <- p - lr (m / bc1) / (sqrt(v / bc2) + eps),  bc_i = 1 - b_i^step
 template <class P>
-__global__ void adamw_kernel(P* __restrict__ p, const P* __restrict__ grad,
-                             float* __restrict__ m1, float* __restrict__ m2, std::int64_t n,
+__global__ void adamw_kernel(P* __restrict__ p, const P* __restrict__ grad, float* __restrict__ m1,
+                             float* __restrict__ m2, std::int64_t n,
                              const StepValues* __restrict__ v) {
   const float lr = v->adam_lr, b1 = v->adam_beta1, b2 = v->adam_beta2, eps = v->adam_eps;
   const float t = static_cast<float>(v->step > 0 ? v->step : 1);

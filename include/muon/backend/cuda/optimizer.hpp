@@ -70,10 +70,14 @@ enum class LrAdjust {
 inline double lr_factor(LrAdjust a, std::int64_t rows, std::int64_t cols) {
   const double A = static_cast<double>(rows), B = static_cast<double>(cols);
   switch (a) {
-    case LrAdjust::original: return std::sqrt(A / B > 1.0 ? A / B : 1.0);
-    case LrAdjust::match_rms_adamw: return 0.2 * std::sqrt(A > B ? A : B);
-    case LrAdjust::spectral_unclamped: return std::sqrt(A / B);
-    case LrAdjust::none: return 1.0;
+    case LrAdjust::original:
+      return std::sqrt(A / B > 1.0 ? A / B : 1.0);
+    case LrAdjust::match_rms_adamw:
+      return 0.2 * std::sqrt(A > B ? A : B);
+    case LrAdjust::spectral_unclamped:
+      return std::sqrt(A / B);
+    case LrAdjust::none:
+      return 1.0;
   }
   throw Error("adjust_lr: not a LrAdjust value");
 }
@@ -187,8 +191,8 @@ class Optimizer {
   /// Routes like the usual recipes: a matrix with rows > 1 and cols > 1 goes
   /// to Muon, anything else (rows x 1, 1 x cols) to AdamW. Embeddings and
   /// output heads should be added with add_adamw explicitly.
-  void add(const std::string& name, P* param, const P* grad, std::int64_t rows,
-           std::int64_t cols, Layout layout = Layout::col_major) {
+  void add(const std::string& name, P* param, const P* grad, std::int64_t rows, std::int64_t cols,
+           Layout layout = Layout::col_major) {
     if (rows > 1 && cols > 1)
       add_muon(name, param, grad, rows, cols, layout);
     else
@@ -433,7 +437,8 @@ class Optimizer {
     using ::muon::detail::require;
     require(!prepared_, "add", "parameters must be added before the first step/capture/load");
     require(!name.empty(), "name", "must not be empty");
-    for (const auto& p : params_) require(p.name != name, "name", "'" + name + "' is already added");
+    for (const auto& p : params_)
+      require(p.name != name, "name", "'" + name + "' is already added");
     require(param != nullptr, "param", "'" + name + "': null device pointer");
     require(grad != nullptr, "grad", "'" + name + "': null device pointer");
     require(rows > 0 && cols > 0, "shape",
@@ -474,8 +479,8 @@ class Optimizer {
                                "muon::cuda::Optimizer staging");
       g.ortho.reset(new Orthogonalizer<C>(g.rows, g.cols, b, stream, alloc_));
     }
-    values_mem_ = DeviceBuffer(sizeof(kernels::StepValues), stream, alloc_,
-                               "muon::cuda::Optimizer values");
+    values_mem_ =
+        DeviceBuffer(sizeof(kernels::StepValues), stream, alloc_, "muon::cuda::Optimizer values");
     values_ = static_cast<kernels::StepValues*>(values_mem_.data());
     dirty_ = true;
     prepared_ = true;
@@ -499,8 +504,7 @@ class Optimizer {
     // Everything but the trailing step counter, unless a step is given.
     const std::size_t bytes = step >= 0 ? sizeof v : offsetof(kernels::StepValues, step);
     if (step >= 0) host_values_.step = step;
-    MUON_CUDA_CHECK(
-        cudaMemcpyAsync(values_, &host_values_, bytes, cudaMemcpyHostToDevice, stream));
+    MUON_CUDA_CHECK(cudaMemcpyAsync(values_, &host_values_, bytes, cudaMemcpyHostToDevice, stream));
     dirty_ = false;
   }
 
@@ -524,8 +528,7 @@ class Optimizer {
       for (std::size_t s = 0; s < g.members.size(); ++s) {
         const Param& p = params_[g.members[s]];
         kernels::muon_update_kernel<P, C><<<kernels::elementwise_blocks(n), 256, 0, stream>>>(
-            p.param, staging + static_cast<std::int64_t>(s) * n, n, values_, p.factor,
-            flags + s);
+            p.param, staging + static_cast<std::int64_t>(s) * n, n, values_, p.factor, flags + s);
         check_launch("muon::cuda::kernels::muon_update_kernel");
       }
     }

@@ -35,8 +35,8 @@ struct TilePlan {
 /// The plan for an m x m product. `tile_request` > 0 and < m forces that
 /// edge; 0 tiles only when m >= threshold, with edges of about `target`
 /// rounded up to a multiple of 64. Anything else: untiled (nb = 1).
-inline TilePlan plan_lower_tiles(std::int64_t m, std::int64_t tile_request,
-                                 std::int64_t threshold, std::int64_t target) {
+inline TilePlan plan_lower_tiles(std::int64_t m, std::int64_t tile_request, std::int64_t threshold,
+                                 std::int64_t target) {
   TilePlan p;
   p.m = m;
   p.tile = m;

@@ -139,8 +139,8 @@ class Workspace {
     bound_ = false;  // (re)bind the handle to the stream and this workspace in run()
     if (!handle_) handle_.reset(new BlasHandle());
     upload_tile_tables(stream);
-    MUON_CUDA_CHECK(cudaMemsetAsync(flags_, 0, sizeof(int) * static_cast<std::size_t>(a.batch),
-                                    stream));
+    MUON_CUDA_CHECK(
+        cudaMemsetAsync(flags_, 0, sizeof(int) * static_cast<std::size_t>(a.batch), stream));
     initialized_ = true;
   }
 
@@ -189,9 +189,10 @@ class Workspace {
                     static_cast<unsigned>(args_.batch));
     kernels::sumsq_partial<T><<<grid, kernels::kReduceThreads, 0, stream_>>>(X(), count, partials_);
     check_launch("muon::cuda::kernels::sumsq_partial");
-    kernels::finalize_scale<<<static_cast<unsigned>(args_.batch), kernels::kReduceThreads, 0,
-                              stream_>>>(partials_, static_cast<int>(layout_.reduce_blocks),
-                                         scale_, flags_, divisor, eps, mode == EpsMode::max);
+    kernels::
+        finalize_scale<<<static_cast<unsigned>(args_.batch), kernels::kReduceThreads, 0, stream_>>>(
+            partials_, static_cast<int>(layout_.reduce_blocks), scale_, flags_, divisor, eps,
+            mode == EpsMode::max);
     check_launch("muon::cuda::kernels::finalize_scale");
     const unsigned blocks = kernels::elementwise_blocks(count);
     const dim3 g2(blocks > 1024u ? 1024u : blocks, static_cast<unsigned>(args_.batch));
@@ -270,8 +271,8 @@ class Workspace {
     std::int64_t tiles = 1;  // lower blocks of the tiling (1 when untiled)
     detail::TilePlan plan;
     std::int64_t reduce_blocks = 1;
-    std::size_t x = 0, y = 0, a = 0, b = 0, partials = 0, scale = 0, flags = 0, ptrs = 0,
-                blas = 0, total = 0;
+    std::size_t x = 0, y = 0, a = 0, b = 0, partials = 0, scale = 0, flags = 0, ptrs = 0, blas = 0,
+                total = 0;
     bool tiled() const { return plan.tiled(); }
 
     Layout() = default;
@@ -354,9 +355,9 @@ class Workspace {
     const dim3 grid(static_cast<unsigned>((args_.rows + kernels::kTile - 1) / kernels::kTile),
                     static_cast<unsigned>((args_.cols + kernels::kTile - 1) / kernels::kTile),
                     static_cast<unsigned>(args_.batch));
-    kernels::copy_transpose<T, T><<<grid, block, 0, stream_>>>(
-        X(), layout_.m, layout_.m * layout_.n, out.ptr, out.ld, out.stride, args_.rows,
-        args_.cols, transposed(), flags_);
+    kernels::copy_transpose<T, T>
+        <<<grid, block, 0, stream_>>>(X(), layout_.m, layout_.m * layout_.n, out.ptr, out.ld,
+                                      out.stride, args_.rows, args_.cols, transposed(), flags_);
     check_launch("muon::cuda::kernels::copy_transpose (store)");
   }
 
@@ -377,11 +378,11 @@ class Workspace {
   void tiled_products(int set, int k, float alpha, float beta) {
     const int m = static_cast<int>(layout_.m);
     for (const TileGroup& g : groups(set)) {
-      MUON_CUDA_CHECK(cublasGemmBatchedEx(
-          handle_->get(), CUBLAS_OP_N, CUBLAS_OP_T, g.rows, g.cols, k, &alpha, ptrs_ + g.first,
-          dtype(), m, ptrs_ + g.first + g.count, dtype(), m, &beta,
-          const_cast<void**>(ptrs_ + g.first + 2 * g.count), dtype(), m,
-          static_cast<int>(g.count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      MUON_CUDA_CHECK(
+          cublasGemmBatchedEx(handle_->get(), CUBLAS_OP_N, CUBLAS_OP_T, g.rows, g.cols, k, &alpha,
+                              ptrs_ + g.first, dtype(), m, ptrs_ + g.first + g.count, dtype(), m,
+                              &beta, const_cast<void**>(ptrs_ + g.first + 2 * g.count), dtype(), m,
+                              static_cast<int>(g.count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
   }
 
@@ -487,8 +488,8 @@ class Orthogonalizer {
   /// matrix of the last call had a NaN/Inf norm (its output was not written).
   void throw_if_nonfinite(cudaStream_t stream, const char* parameter = "in") const {
     std::vector<int> flags(static_cast<std::size_t>(batch_));
-    MUON_CUDA_CHECK(cudaMemcpyAsync(flags.data(), ws_.nonfinite_flags(),
-                                    sizeof(int) * flags.size(), cudaMemcpyDeviceToHost, stream));
+    MUON_CUDA_CHECK(cudaMemcpyAsync(flags.data(), ws_.nonfinite_flags(), sizeof(int) * flags.size(),
+                                    cudaMemcpyDeviceToHost, stream));
     MUON_CUDA_CHECK(cudaStreamSynchronize(stream));
     for (std::size_t k = 0; k < flags.size(); ++k)
       if (flags[k])
@@ -520,8 +521,8 @@ void orthogonalize(BatchedMatrixView<const T> in, BatchedMatrixView<T> out,
 
 /// One-matrix convenience overload (views of T or const T).
 template <class T>
-void orthogonalize(MatrixView<const T> in, MatrixView<T> out,
-                   const NewtonSchulzOptions& options, cudaStream_t stream) {
+void orthogonalize(MatrixView<const T> in, MatrixView<T> out, const NewtonSchulzOptions& options,
+                   cudaStream_t stream) {
   orthogonalize<T>(BatchedMatrixView<const T>(in), BatchedMatrixView<T>(out), options, stream);
 }
 
