@@ -61,7 +61,8 @@ for shape, r in rows.items():
     for m in methods:
         cells.append(f"{r[m]['real_time'] / base['real_time']:13.3f}" if m in r else f"{'-':>13}")
     print(f"{shape:>10} {base['real_time']:9.1f} " + " ".join(cells))
-print("\nfastest muon path / polar_eigh, muon_bf16 / torch_bf16 (time ratios), orth_err")
+print("\nfastest muon path / polar_eigh, muon_bf16 / torch_bf16 (time ratios),"
+      " orth_err and ns_rounding (distance to the float64 NS5), ours vs torch")
 for shape, r in rows.items():
     ours = [m for m in ("muon_default", "muon_blas", "muon_bf16") if m in r]
     if not ours:
@@ -71,7 +72,9 @@ for shape, r in rows.items():
         if "polar_eigh" in r else f"{shape:>10} fastest={best}"
     if "muon_bf16" in r and "torch_bf16" in r:
         line += (f"   bf16 vs torch bf16 {r['muon_bf16']['real_time'] / r['torch_bf16']['real_time']:.3f}"
-                 f" (orth_err {r['muon_bf16']['orth_err']:.3g} vs {r['torch_bf16']['orth_err']:.3g})")
+                 f" (orth_err {r['muon_bf16']['orth_err']:.3g} vs {r['torch_bf16']['orth_err']:.3g};"
+                 f" ns_rounding {r['muon_bf16'].get('ns_rounding', float('nan')):.3g}"
+                 f" vs {r['torch_bf16'].get('ns_rounding', float('nan')):.3g})")
     print(line)
 EOF
 echo "JSON in $out (plot: python3 scripts/plot_bench.py $out/bench_cpu.json $out/torch_cpu.json -o $out/bench_cpu.png)"

@@ -7,8 +7,9 @@ bench/bench_cpu.cpp, in fp32 and bf16, as torch.optim.Muon computes it:
 
 Prints one JSON object: {"context": ..., "benchmarks": [{"name":
 "torch_<dtype>/<rows>x<cols>", "real_time": ms, "time_unit": "ms",
-"GFLOPs": ..., "orth_err": ...}, ...]}, the same fields Google Benchmark
-writes, so scripts/bench_cpu.sh and scripts/plot_bench.py read both alike.
+"GFLOPs": ..., "orth_err": ..., "ns_rounding": ...}, ...]}, the same
+fields Google Benchmark writes (and bench/bench_cpu.cpp's counters:
+ns_rounding = ||O - O64||_F / ||O64||_F against the same NS5 in float64), so scripts/bench_cpu.sh and scripts/plot_bench.py read both alike.
 
 Usage: torch_cpu_ns.py [--threads N] [--min-time S] [--shapes 256x256,...]
 Needs PyTorch (Debian: apt-get install python3-torch; run with /usr/bin/python3).
@@ -68,6 +69,8 @@ def main() -> None:
         G = torch.randn(rows, cols, generator=gen)
         m, n = min(rows, cols), max(rows, cols)
         flops = STEPS * (4 * m * m * n + 2 * m ** 3)
+        with torch.no_grad():
+            ref = ns5(G.double(), torch.float64)
         for name, dtype in (("torch_fp32", torch.float32), ("torch_bf16", torch.bfloat16)):
             with torch.no_grad():
                 O = ns5(G, dtype)  # warm-up (and the result whose quality we report)
@@ -82,7 +85,8 @@ def main() -> None:
             out["benchmarks"].append({
                 "name": f"{name}/{rows}x{cols}", "real_time": ms, "time_unit": "ms",
                 "iterations": iters, "GFLOPs": flops / (ms * 1e-3) * 1e-9,
-                "orth_err": orth_err(O.float())})
+                "orth_err": orth_err(O.float()),
+                "ns_rounding": float((O.double() - ref).norm() / ref.norm())})
     print(json.dumps(out, indent=1))
 
 
