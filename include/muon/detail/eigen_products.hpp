@@ -21,9 +21,12 @@ static_assert(EIGEN_WORLD_VERSION == 3 && EIGEN_MAJOR_VERSION == 4,
 namespace muon {
 namespace detail {
 
-/// C += alpha * op(L) * R for a column-major C (rows x cols), where L is
-/// rows x depth (or depth x rows when `transpose_lhs`), R is depth x cols.
-template <class S>
+/// C += alpha * L * op(R) for a column-major C (rows x cols) and a
+/// column-major L (rows x depth). R is read as stored in `RhsOrder`: ColMajor
+/// means R is depth x cols; RowMajor means the buffer holds a cols x depth
+/// column-major matrix and the product uses its transpose (C += L R^T), which
+/// is how the off-diagonal blocks of a symmetric product are formed.
+template <class S, int RhsOrder = Eigen::ColMajor>
 class Gemm {
  public:
   Gemm() = default;
@@ -34,11 +37,11 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
-  /// C (ldc) += alpha * L (ldl) * R (ldr); L read column-major as stored.
+  /// C (ldc) += alpha * L (ldl) * op(R) (ldr).
   void run(const S* L, Eigen::Index ldl, const S* R, Eigen::Index ldr, S* C, Eigen::Index ldc,
            S alpha) {
     Eigen::internal::general_matrix_matrix_product<Eigen::Index, S, Eigen::ColMajor, false, S,
-                                                   Eigen::ColMajor, false, Eigen::ColMajor,
+                                                   RhsOrder, false, Eigen::ColMajor,
                                                    1>::run(rows_, cols_, depth_, L, ldl, R, ldr, C,
                                                            1, ldc, alpha, blocking_, nullptr);
   }
@@ -49,6 +52,11 @@ class Gemm {
                                        Eigen::Dynamic, 1, false>
       blocking_{0, 0, 0, 1, true};
 };
+
+/// C (ldc) += alpha * L * R^T with L (rows x depth) and R (cols x depth)
+/// column-major.
+template <class S>
+using GemmNT = Gemm<S, Eigen::RowMajor>;
 
 /// Lower triangle of C += alpha * M * M^T for a column-major M (size x depth):
 /// the symmetric rank-k update, half the flops of a general product.

@@ -29,33 +29,6 @@
 namespace muon {
 namespace detail {
 
-/// C (ldc) += alpha * L * R^T with L (rows x depth) and R (cols x depth)
-/// column-major: a general product whose right factor is read transposed.
-template <class S>
-class GemmNT {
- public:
-  GemmNT(Eigen::Index rows, Eigen::Index cols, Eigen::Index depth)
-      : rows_(rows), cols_(cols), depth_(depth), blocking_(rows, cols, depth, 1, true) {
-    blocking_.allocateAll();
-  }
-  GemmNT(const GemmNT&) = delete;
-  GemmNT& operator=(const GemmNT&) = delete;
-
-  void run(const S* L, Eigen::Index ldl, const S* R, Eigen::Index ldr, S* C, Eigen::Index ldc,
-           S alpha) {
-    Eigen::internal::general_matrix_matrix_product<Eigen::Index, S, Eigen::ColMajor, false, S,
-                                                   Eigen::RowMajor, false, Eigen::ColMajor,
-                                                   1>::run(rows_, cols_, depth_, L, ldl, R, ldr, C,
-                                                           1, ldc, alpha, blocking_, nullptr);
-  }
-
- private:
-  Eigen::Index rows_, cols_, depth_;
-  Eigen::internal::gemm_blocking_space<Eigen::ColMajor, S, S, Eigen::Dynamic, Eigen::Dynamic,
-                                       Eigen::Dynamic, 1, false>
-      blocking_;
-};
-
 /// Number of tasks worth using for `flops` of work on `threads` threads:
 /// each task gets at least ~8 MFLOP, so the wake-up cost stays negligible.
 inline int useful_tasks(double flops, int threads) {
@@ -64,10 +37,20 @@ inline int useful_tasks(double flops, int threads) {
   return std::max(1, std::min(threads, by_work));
 }
 
-/// Rounds x to a multiple of 16 (the kernels' row granularity), within [lo, hi].
-inline Eigen::Index align16(double x, Eigen::Index lo, Eigen::Index hi) {
-  Eigen::Index v = static_cast<Eigen::Index>(std::lround(x / 16.0)) * 16;
-  return std::min(hi, std::max(lo, v));
+/// Task boundaries 0 = b_0 < b_1 < ... < b_k = extent for `tasks` tasks: b_p
+/// is extent * fraction(p / tasks), rounded to a multiple of 16 (the kernels'
+/// row granularity). Boundaries that rounding makes coincide are dropped, so
+/// there may be fewer tasks than asked for, never an empty one.
+template <class Fraction>
+std::vector<Eigen::Index> split_points(Eigen::Index extent, int tasks, Fraction fraction) {
+  std::vector<Eigen::Index> bounds{0};
+  for (int p = 1; p < tasks; ++p) {
+    const double x = double(extent) * fraction(double(p) / double(tasks));
+    const Eigen::Index b = static_cast<Eigen::Index>(std::lround(x / 16.0)) * 16;
+    if (b > bounds.back() && b < extent) bounds.push_back(b);
+  }
+  bounds.push_back(extent);
+  return bounds;
 }
 
 /// Symmetric C = alpha M M^T (prologue + accumulate), threaded by row panels.
@@ -80,13 +63,7 @@ class ParallelSyrk {
     const int threads = pool ? pool->size() : 1;
     const int tasks = useful_tasks(double(size) * double(size) * double(depth), threads);
     // Equal-area panels of the lower triangle: boundary p at size * sqrt(p / P).
-    bounds_.push_back(0);
-    for (int p = 1; p < tasks; ++p) {
-      const Eigen::Index b =
-          align16(double(size) * std::sqrt(double(p) / double(tasks)), bounds_.back() + 1, size);
-      if (b > bounds_.back() && b < size) bounds_.push_back(b);
-    }
-    bounds_.push_back(size);
+    bounds_ = split_points(size, tasks, [](double f) { return std::sqrt(f); });
     for (std::size_t p = 0; p + 1 < bounds_.size(); ++p) {
       const Eigen::Index r0 = bounds_[p], rows = bounds_[p + 1] - r0;
       diag_.push_back(std::make_unique<Syrk<S>>(rows, depth));
@@ -148,13 +125,7 @@ class ParallelGemm {
       : rows_(rows), cols_(cols), depth_(depth), pool_(pool) {
     const int threads = pool ? pool->size() : 1;
     const int tasks = useful_tasks(2.0 * double(rows) * double(cols) * double(depth), threads);
-    bounds_.push_back(0);
-    for (int p = 1; p < tasks; ++p) {
-      const Eigen::Index b =
-          align16(double(cols) * double(p) / double(tasks), bounds_.back() + 1, cols);
-      if (b > bounds_.back() && b < cols) bounds_.push_back(b);
-    }
-    bounds_.push_back(cols);
+    bounds_ = split_points(cols, tasks, [](double f) { return f; });
     for (std::size_t p = 0; p + 1 < bounds_.size(); ++p)
       parts_.push_back(std::make_unique<Gemm<S>>(rows, bounds_[p + 1] - bounds_[p], depth));
   }
