@@ -11,42 +11,26 @@
 /// eigendecomposition). Run by scripts/demo.sh.
 
 #include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <limits>
-#include <random>
 #include <string>
 #include <vector>
 
 #include <muon/muon.hpp>
 
+#include "example_support.hpp"
+
 namespace {
 
 using Index = Eigen::Index;
 using MatrixF = muon::Matrix<float>;
+using muon_examples::median_ms;
+using muon_examples::ScheduleRun;
 
+// The input: signal singular values about 1, 1/2, ..., 1/16; noise ones
+// between about 2.5e-3 and 7.5e-3 at this shape (see gradient_like).
 constexpr Index kRows = 512, kCols = 2048, kSignalRank = 16;
 constexpr unsigned kSeed = 42;
-
-/// Signal singular values about 1, 1/2, ..., 1/16; noise singular values
-/// about 5e-3 * (1 +- sqrt(rows/cols)), i.e. between 2.5e-3 and 7.5e-3.
-MatrixF gradient_like(unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  auto gaussian = [&](Index r, Index c) {
-    MatrixF M(r, c);
-    for (Index j = 0; j < c; ++j)
-      for (Index i = 0; i < r; ++i) M(i, j) = normal(rng);
-    return M;
-  };
-  // Gaussian columns of length k have norm about sqrt(k): divide it out.
-  MatrixF left = gaussian(kRows, kSignalRank) / std::sqrt(float(kRows));
-  const MatrixF right = gaussian(kCols, kSignalRank) / std::sqrt(float(kCols));
-  for (Index k = 0; k < kSignalRank; ++k) left.col(k) /= float(k + 1);
-  const float noise = 5e-3f / std::sqrt(float(kCols));
-  return left * right.transpose() + noise * gaussian(kRows, kCols);
-}
 
 /// Summary of a spectrum: extremes and quantiles over the nonzero singular
 /// values (those above the numerical-rank cutoff max(rows, cols) * eps_float
@@ -78,20 +62,6 @@ Spread spread_of(const MatrixF& M) {
   return r;
 }
 
-/// Median wall time (steady_clock) of `runs` calls, in milliseconds.
-template <class Work>
-double median_ms(int runs, Work&& work) {
-  std::vector<double> ms;
-  for (int i = 0; i < runs; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    work();
-    const auto stop = std::chrono::steady_clock::now();
-    ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
 struct Row {
   std::string method;
   Spread after;
@@ -111,7 +81,7 @@ void print_spread(const char* what, const Spread& s) {
 }  // namespace
 
 int main() {
-  const MatrixF G = gradient_like(kSeed);
+  const MatrixF G = muon_examples::gradient_like(kRows, kCols, kSignalRank, kSeed);
   const double frobenius = double(G.norm());
 
   std::printf("muon %s demo: Newton-Schulz on a gradient-like %ldx%ld float matrix\n",
@@ -134,22 +104,14 @@ int main() {
 
   const Eigen::MatrixXd polar = muon::reference::polar_svd<double>(G);  // U V^T, the target
 
-  struct Variant {
-    muon::Schedule schedule;
-    int steps;
-  };
-  const std::vector<Variant> variants = {{muon::Schedule::jordan(), 5},
-                                         {muon::Schedule::cubic(), 5},
-                                         {muon::Schedule::quintic(), 5},
-                                         {muon::Schedule::polar_express(), 5},
-                                         {muon::Schedule::polar_express(), 6}};
+  const std::vector<ScheduleRun> variants = muon_examples::compared_schedules();
 
   // One thread, like the exact routes below (Eigen's SVD and eigensolver
   // are single-threaded without OpenMP), so the time ratios compare like
   // with like; the library's default thread count gets its own row.
   std::vector<Row> rows;
   MatrixF O(kRows, kCols);
-  auto run_newton_schulz = [&](const Variant& v, muon::Workspace<float>& workspace,
+  auto run_newton_schulz = [&](const ScheduleRun& v, muon::Workspace<float>& workspace,
                                const std::string& suffix) {
     const muon::NewtonSchulzOptions options(v.schedule, v.steps);
     const double ms = median_ms(7, [&] { muon::orthogonalize_into(G, O, workspace, options); });

@@ -17,52 +17,20 @@
 /// it and plots the CSV with examples/plot_singular_values.gp.
 
 #include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <random>
 #include <string>
 #include <vector>
 
 #include <muon/muon.hpp>
 
+#include "example_support.hpp"
+
 namespace {
 
 using Index = Eigen::Index;
 using MatrixF = muon::Matrix<float>;
-
-/// Signal singular values about 1/(k+1) for k < rank; noise singular values
-/// about 5e-3 * (1 +- sqrt(rows/cols)) for a wide matrix.
-MatrixF gradient_like(Index rows, Index cols, Index rank, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  auto gaussian = [&](Index r, Index c) {
-    MatrixF M(r, c);
-    for (Index j = 0; j < c; ++j)
-      for (Index i = 0; i < r; ++i) M(i, j) = normal(rng);
-    return M;
-  };
-  MatrixF left = gaussian(rows, rank) / std::sqrt(float(rows));
-  const MatrixF right = gaussian(cols, rank) / std::sqrt(float(cols));
-  for (Index k = 0; k < rank; ++k) left.col(k) /= float(k + 1);
-  const float noise = 5e-3f / std::sqrt(float(std::max(rows, cols)));
-  return left * right.transpose() + noise * gaussian(rows, cols);
-}
-
-/// Median wall time of `runs` calls of `work`, in milliseconds.
-template <class Work>
-double median_ms(int runs, Work&& work) {
-  std::vector<double> ms;
-  for (int i = 0; i < runs; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    work();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-                     .count());
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
+using muon_examples::median_ms;
 
 struct Method {
   std::string name;
@@ -87,7 +55,7 @@ int main(int argc, char** argv) {
   }
   constexpr int kRuns = 5;
 
-  const MatrixF G = gradient_like(rows, cols, rank, seed);
+  const MatrixF G = muon_examples::gradient_like(rows, cols, rank, seed);
   const Eigen::VectorXd input_sigma = muon::reference::singular_values(G);
   const Eigen::MatrixXd polar = muon::reference::polar_svd<double>(G);  // the target U V^T
 
@@ -97,24 +65,14 @@ int main(int argc, char** argv) {
               input_sigma.maxCoeff(), input_sigma.minCoeff(),
               input_sigma.maxCoeff() / double(G.norm()), input_sigma.minCoeff() / double(G.norm()));
 
-  struct Variant {
-    const char* label;
-    muon::Schedule schedule;
-    int steps;
-  };
-  const std::vector<Variant> variants = {{"jordan_5", muon::Schedule::jordan(), 5},
-                                         {"cubic_5", muon::Schedule::cubic(), 5},
-                                         {"quintic_5", muon::Schedule::quintic(), 5},
-                                         {"polar_express_5", muon::Schedule::polar_express(), 5},
-                                         {"polar_express_6", muon::Schedule::polar_express(), 6}};
-
   std::vector<Method> methods;
   muon::Workspace<float> workspace(rows, cols, 1);  // one thread, like the SVD below
   MatrixF O(rows, cols);
-  for (const auto& v : variants) {
+  for (const auto& v : muon_examples::compared_schedules()) {
     const muon::NewtonSchulzOptions options(v.schedule, v.steps);
     Method m;
-    m.name = v.label;
+    // The CSV header, hence the plot's legend: jordan_5, ..., polar_express_6.
+    m.name = v.schedule.name() + "_" + std::to_string(v.steps);
     m.time_ms = median_ms(kRuns, [&] { muon::orthogonalize_into(G, O, workspace, options); });
     m.sigma = muon::reference::singular_values(O);
     m.orthogonality_error = muon::reference::orthogonality_error(O);
