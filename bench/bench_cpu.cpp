@@ -12,7 +12,10 @@
 ///   muon_1thread     default options on one thread
 ///   muon_blas        products from BLAS (MUON_USE_BLAS builds only)
 ///   muon_bf16        bf16 products, fp32 accumulation (MUON_USE_BF16 builds
-///                    on CPUs with AVX512-BF16 only)
+///                    on CPUs with AVX512-BF16 only); automatic method, which
+///                    is the standard iteration with bf16 products
+///   muon_bf16_gram   bf16 products, forced Gram form (faster on wide shapes,
+///                    less accurate: see Workspace::gram_aspect_threshold)
 ///   polar_svd        reference::polar_svd<float>
 ///   polar_eigh       reference::polar_eigh<float>
 /// Counters: GFLOPs = effective rate using the general-product count
@@ -172,9 +175,13 @@ const int registered = [] {
     if (muon::eigen::products_available(Products::blas))
       configure(benchmark::RegisterBenchmark(("muon_blas/" + n).c_str(), bm_muon, s,
                                              NsMethod::automatic, 0, Products::blas));
-    if (muon::eigen::products_available(Products::bf16))
+    if (muon::eigen::products_available(Products::bf16)) {
       configure(benchmark::RegisterBenchmark(("muon_bf16/" + n).c_str(), bm_muon, s,
                                              NsMethod::automatic, 0, Products::bf16));
+      if (s.rows != s.cols)
+        configure(benchmark::RegisterBenchmark(("muon_bf16_gram/" + n).c_str(), bm_muon, s,
+                                               NsMethod::gram, 0, Products::bf16));
+    }
     configure(benchmark::RegisterBenchmark(("polar_svd/" + n).c_str(), bm_svd, s));
     configure(benchmark::RegisterBenchmark(("polar_eigh/" + n).c_str(), bm_eigh, s));
   }

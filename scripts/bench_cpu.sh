@@ -50,7 +50,7 @@ for path in sys.argv[1:]:
         method, shape = name.split("/")[:2]
         rows.setdefault(shape, {})[method] = b
 methods = ["muon_default", "muon_standard", "muon_gram", "muon_1thread", "muon_blas",
-           "muon_bf16", "polar_eigh", "polar_svd", "torch_fp32", "torch_bf16"]
+           "muon_bf16", "muon_bf16_gram", "polar_eigh", "polar_svd", "torch_fp32", "torch_bf16"]
 print("\ntime / plain_eigen (same run; < 1 is faster)")
 print(f"{'shape':>10} {'plain ms':>9} " + " ".join(f"{m:>13}" for m in methods))
 for shape, r in rows.items():

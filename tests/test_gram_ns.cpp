@@ -166,7 +166,7 @@ TEST_CASE("every available product engine matches the Eigen engine", "[products]
     // error ~4e-3 per product), fp32 accumulation; the others differ from
     // Eigen by fp32 rounding only.
     const double tol = p == Products::bf16 ? 5e-2 : 1e-4;
-    for (const auto& c : std::vector<Case>{{96, 96}, {64, 256}, {300, 100}}) {
+    for (const auto& c : std::vector<Case>{{96, 96}, {64, 256}, {300, 100}, {600, 616}, {520, 1040}}) {
       for (auto method : {muon::NsMethod::standard, muon::NsMethod::gram}) {
         INFO("engine " << int(p) << ", shape " << c.rows << "x" << c.cols << ", method "
                        << int(method));
@@ -182,11 +182,41 @@ TEST_CASE("every available product engine matches the Eigen engine", "[products]
         muon::orthogonalize_into(Gf, out, ws, opt);
         const Eigen::MatrixXd outd = out.cast<double>(), refd = ref.cast<double>();
         CHECK(rel(outd, refd) <= tol);
-        // Converged: as orthogonal as the Eigen engine's result, up to tol.
-        CHECK(muon::reference::orthogonality_error(outd) <=
-              muon::reference::orthogonality_error(refd) + tol * std::sqrt(double(c.rows)));
+        const double orth = muon::reference::orthogonality_error(outd);
+        const double orth_ref = muon::reference::orthogonality_error(refd);
+        const double root_m = std::sqrt(double(std::min(c.rows, c.cols)));
+        INFO("orthogonality error " << orth << ", Eigen engine " << orth_ref);
+        if (p == Products::bf16 && method == muon::NsMethod::gram) {
+          // The Gram form's final Q X rounds the accumulated Q to bf16 and
+          // nothing corrects it afterwards, so it is markedly less orthogonal
+          // (measured 0.07 sqrt(m) at 600x616); automatic never picks it with
+          // bf16 products (checked below). Bound it to catch regressions.
+          CHECK(orth <= 0.15 * root_m);
+        } else {
+          // Converged: as orthogonal as the Eigen engine's result, up to tol.
+          CHECK(orth <= orth_ref + tol * root_m);
+        }
       }
     }
+  }
+  // With bf16 products, automatic runs the standard iteration even where the
+  // aspect ratio would pick the Gram form (see Workspace::gram_aspect_threshold).
+  if (muon::eigen::products_available(Products::bf16)) {
+    const muon::Matrix<float> G = test_input(520, 1040, 5).cast<float>();
+    muon::Workspace<float> ws(520, 1040, 0, Products::bf16);
+    muon::Matrix<float> automatic(520, 1040), standard(520, 1040), gram(520, 1040);
+    muon::NewtonSchulzOptions opt(muon::Schedule::polar_express(), 8);
+    muon::orthogonalize_into(G, automatic, ws, opt.with_method(muon::NsMethod::automatic));
+    muon::orthogonalize_into(G, standard, ws, opt.with_method(muon::NsMethod::standard));
+    muon::orthogonalize_into(G, gram, ws, opt.with_method(muon::NsMethod::gram));
+    CHECK(automatic == standard);
+    CHECK(automatic != gram);
+    const double orth_standard = muon::reference::orthogonality_error(standard.cast<double>());
+    const double orth_gram = muon::reference::orthogonality_error(gram.cast<double>());
+    INFO("bf16 orthogonality error: standard " << orth_standard << ", gram " << orth_gram);
+    CHECK(orth_standard < orth_gram);
+    WARN("bf16 orthogonality error at 520x1040: standard " << orth_standard << ", gram "
+                                                           << orth_gram);
   }
   // Double compute with bf16 products is refused, naming the parameter.
   if (muon::eigen::products_available(Products::bf16)) {

@@ -166,15 +166,26 @@ struct has_gram_primitives<B, std::void_t<decltype(std::declval<B&>().gram_apply
                                           decltype(std::declval<const B&>().aspect_ratio())>>
     : std::true_type {};
 
+/// A backend may move the aspect ratio from which NsMethod::automatic picks
+/// the Gram form (gram_aspect_threshold(); infinity: never).
+template <class B, class = void>
+struct has_gram_threshold : std::false_type {};
+template <class B>
+struct has_gram_threshold<B,
+                          std::void_t<decltype(std::declval<const B&>().gram_aspect_threshold())>>
+    : std::true_type {};
+
 /// Runs the iteration on the backend's current X (already loaded, wide),
 /// in the form options.method asks for (automatic: by the backend's aspect
-/// ratio). Throws muon::Error when the Gram form is forced on a backend
+/// ratio against kGramAspectThreshold or the backend's own threshold). Throws muon::Error when the Gram form is forced on a backend
 /// that lacks its primitives.
 template <class Backend>
 void newton_schulz_iterate(Backend& be, const NewtonSchulzOptions& opt) {
   if constexpr (has_gram_primitives<Backend>::value) {
-    const bool gram = opt.method == NsMethod::gram || (opt.method == NsMethod::automatic &&
-                                                       be.aspect_ratio() >= kGramAspectThreshold);
+    double threshold = kGramAspectThreshold;
+    if constexpr (has_gram_threshold<Backend>::value) threshold = be.gram_aspect_threshold();
+    const bool gram = opt.method == NsMethod::gram ||
+                      (opt.method == NsMethod::automatic && be.aspect_ratio() >= threshold);
     if (gram) return gram_newton_schulz_iterate(be, opt);
   } else {
     require(opt.method != NsMethod::gram, "options.method",

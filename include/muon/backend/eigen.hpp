@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -112,15 +113,14 @@ class Workspace {
 #ifdef MUON_USE_BF16
     if (products_ == Products::bf16) {
       dnnl_ = std::make_unique<detail::DnnlContext>();
-      Xb_.resize(static_cast<std::size_t>(m_ * n_));
       Xt_.resize(static_cast<std::size_t>(m_ * n_));
       Lb_.resize(static_cast<std::size_t>(m_ * m_));
-      Rb_.resize(static_cast<std::size_t>(m_ * m_));
-      bf_gram_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, m_, n_, false);
-      bf_small_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, m_, m_, false);
-      bf_small_acc_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, m_, m_, true);
-      bf_apply_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, n_, m_, false);
-      bf_apply_acc_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, m_, n_, m_, true);
+      bf_gram_ = std::make_unique<detail::Bf16Syrk>(*dnnl_, m_, n_);
+      bf_square_ = std::make_unique<detail::Bf16Syrk>(*dnnl_, m_, m_);
+      // out^T (n x m) = X^T L^T: X^T is Xt_ read column-major, L^T is the
+      // column-major L's storage read row-major.
+      bf_apply_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, n_, m_, m_, true, false, false);
+      bf_apply_acc_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, n_, m_, m_, true, false, true);
     }
 #endif
   }
@@ -132,6 +132,17 @@ class Workspace {
   int threads() const { return pool_ ? pool_->size() : 1; }
   /// Wide orientation: n / m >= 1 (cols / rows after transposing tall inputs).
   double aspect_ratio() const { return double(n_) / double(m_); }
+  /// The aspect ratio from which NsMethod::automatic takes the Gram form:
+  /// kGramAspectThreshold, or never with bf16 products. The Gram form applies
+  /// its accumulated m x m factor Q to X at the restart and at the end; with
+  /// bf16 factors that Q is rounded and, unlike the standard iteration's
+  /// per-step rounding, nothing corrects it afterwards (tests/test_gram_ns.cpp:
+  /// converged Polar Express leaves an orthogonality error 7-17x the standard
+  /// bf16 iteration's, 1.8 against 0.13 at 600x616).
+  double gram_aspect_threshold() const {
+    return products_ == Products::bf16 ? std::numeric_limits<double>::infinity()
+                                       : kGramAspectThreshold;
+  }
 
   Index rows() const { return rows_; }
   Index cols() const { return cols_; }
@@ -151,6 +162,7 @@ class Workspace {
   /// leaving nothing of the caller's changed, when G holds NaN or Inf.
   template <class Derived>
   bool load(const Eigen::MatrixBase<Derived>& G) {
+    xt_current_ = false;
     if (transposed())
       X_ = G.transpose().template cast<S>();
     else
@@ -172,6 +184,7 @@ class Workspace {
   // ---- backend primitives called by detail::newton_schulz_iterate ----------
 
   void normalize(double divisor, double eps, EpsMode mode) {
+    xt_current_ = false;
     // Accumulate in double: no overflow for any finite float input.
     const double norm = std::sqrt(X_.template cast<double>().squaredNorm());
     const double denominator = detail::normalization_denominator(norm, divisor, eps, mode);
@@ -195,6 +208,7 @@ class Workspace {
   void apply_polynomial(double a) {  // X = a X + B X
     multiply_into(*apply_, B_, static_cast<S>(a), X_, Y_);
     X_.swap(Y_);  // swaps pointers, no copy, no allocation
+    xt_current_ = false;
   }
 
   // ---- Gram Newton–Schulz primitives (detail::gram_newton_schulz_iterate) --
@@ -222,6 +236,7 @@ class Workspace {
   void gram_apply_q() {  // X <- Q X
     multiply_into(*apply_, Q_, S(0), X_, Y_);
     X_.swap(Y_);
+    xt_current_ = false;
   }
 
   /// The current iterate (wide orientation), e.g. for metrics.
@@ -248,15 +263,11 @@ class Workspace {
 #ifdef MUON_USE_BF16
     if constexpr (std::is_same<S, float>::value) {
       if (products_ == Products::bf16 && !fp32) {
-        if (&M == &X_) {  // the Gram X X^T (gram() passes alpha = 1, no init)
-          detail::to_bf16(M.data(), Xb_.data(), m * n_);            // L = X
-          detail::to_bf16_transposed(M.data(), Xt_.data(), m, n_);  // R = X^T
-          bf_gram_->run(Xb_.data(), Xt_.data(), C.data());
-        } else {  // M symmetric m x m: M M^T = M M
-          detail::to_bf16(M.data(), Lb_.data(), m * m, alpha);
-          detail::to_bf16(M.data(), Rb_.data(), m * m);
-          if (init) C = init_scale * *init;
-          (init ? bf_small_acc_ : bf_small_)->run(Lb_.data(), Rb_.data(), C.data());
+        if (&M == &X_) {  // the Gram X X^T from the row-major bf16 copy of X
+          bf_gram_->run(x_bf16(), C.data(), alpha, init ? init->data() : nullptr, init_scale);
+        } else {  // M symmetric m x m: its storage is its own row-major copy
+          detail::to_bf16(M.data(), Lb_.data(), m * m);
+          bf_square_->run(Lb_.data(), C.data(), alpha, init ? init->data() : nullptr, init_scale);
         }
         return;
       }
@@ -287,14 +298,12 @@ class Workspace {
 #ifdef MUON_USE_BF16
     if constexpr (std::is_same<S, float>::value) {
       if (products_ == Products::bf16 && !fp32) {
-        const bool wide = R.cols() == n_ && R.data() == X_.data();
+        // Every bf16 multiply_into has the m x n iterate as its right factor
+        // (apply_polynomial, gram_apply_q); the m x m ones ask for fp32.
+        detail::require(R.data() == X_.data(), "products", "bf16 product of an unexpected shape");
         detail::to_bf16(L.data(), Lb_.data(), L.size());
-        std::uint16_t* rb = wide ? Xb_.data() : Rb_.data();
-        detail::to_bf16(R.data(), rb, R.size());
         if (alpha != S(0)) out = alpha * R;
-        detail::Bf16Matmul& mm = wide ? (alpha != S(0) ? *bf_apply_acc_ : *bf_apply_)
-                                      : (alpha != S(0) ? *bf_small_acc_ : *bf_small_);
-        mm.run(Lb_.data(), rb, out.data());
+        (alpha != S(0) ? *bf_apply_acc_ : *bf_apply_).run(x_bf16(), Lb_.data(), out.data());
         return;
       }
     }
@@ -311,6 +320,29 @@ class Workspace {
     };
     product.run(L.data(), L.rows(), R.data(), rows, out.data(), rows, S(1), init);
   }
+
+#ifdef MUON_USE_BF16
+  /// The iterate as row-major bf16 (m x n), converted at most once per value
+  /// of X: the Gram product and the apply step that follows share it.
+  const std::uint16_t* x_bf16() {
+    if (!xt_current_) {
+      // Rows split among the pool's threads at multiples of 16 (whole tiles).
+      const int tasks = pool_ ? pool_->size() : 1;
+      auto boundary = [this, tasks](int t) {
+        return t == tasks ? m_ : (m_ * t / tasks) / 16 * 16;
+      };
+      auto rows = [&](int t) {
+        detail::to_bf16_transposed(X_.data(), Xt_.data(), m_, n_, boundary(t), boundary(t + 1));
+      };
+      if (tasks > 1)
+        pool_->parallel(tasks, rows);
+      else
+        rows(0);
+      xt_current_ = true;
+    }
+    return Xt_.data();
+  }
+#endif
 
   /// dst = (src + src^T) / 2 (src square, same size as dst).
   static void symmetrize_into(const Matrix<S>& src, Matrix<S>& dst) {
@@ -331,8 +363,10 @@ class Workspace {
   Products products_ = Products::eigen;
 #ifdef MUON_USE_BF16
   std::unique_ptr<detail::DnnlContext> dnnl_;
-  std::vector<std::uint16_t> Xb_, Xt_, Lb_, Rb_;  // bf16 factors (bit patterns)
-  std::unique_ptr<detail::Bf16Matmul> bf_gram_, bf_small_, bf_small_acc_, bf_apply_, bf_apply_acc_;
+  std::vector<std::uint16_t> Xt_, Lb_;  // bf16 factors (bit patterns): X row-major, L
+  std::unique_ptr<detail::Bf16Syrk> bf_gram_, bf_square_;
+  std::unique_ptr<detail::Bf16Matmul> bf_apply_, bf_apply_acc_;
+  bool xt_current_ = false;  // Xt_ holds bf16(X_)
 #endif
 };
 
