@@ -4,19 +4,20 @@
 // orthogonalize_batch perform no heap allocation at all.
 //
 // Two independent witnesses:
-//  1. every global operator new/delete of the program is replaced below and
-//     counted (this catches std::vector, std::function, std::string, ...);
+//  1. every global operator new/delete of the program is replaced and counted
+//     (tests/alloc_counter.hpp; this catches std::vector, std::function,
+//     std::string, ...);
 //  2. this file is compiled with EIGEN_RUNTIME_NO_MALLOC, and the calls run
 //     with Eigen::internal::set_is_malloc_allowed(false): Eigen's own
 //     allocations (malloc-based, invisible to witness 1) then trip an
 //     eigen_assert, which this file turns into an exception so a violation
 //     fails the test instead of aborting the run.
-#include <atomic>
-#include <cstdlib>
-#include <new>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+
+#define MUON_TEST_DEFINE_ALLOC_COUNTER  // this program's operator new/delete
+#include "alloc_counter.hpp"
 
 namespace no_alloc_test {
 
@@ -26,26 +27,6 @@ struct EigenAssertion : std::logic_error {
 };
 [[noreturn]] inline void eigen_assert_failed(const char* condition) {
   throw EigenAssertion(condition);
-}
-
-std::atomic<long> news{0};
-std::atomic<long> deletes{0};
-
-// Kept out of line: once inlined into a replaced operator delete, GCC pairs
-// the free() with a visible `new` and warns (-Wmismatched-new-delete).
-[[gnu::noinline]] void* counted_malloc(std::size_t size) {
-  news.fetch_add(1, std::memory_order_relaxed);
-  return std::malloc(size ? size : 1);
-}
-[[gnu::noinline]] void* counted_aligned_malloc(std::size_t size, std::align_val_t align) {
-  news.fetch_add(1, std::memory_order_relaxed);
-  const std::size_t a = static_cast<std::size_t>(align);
-  return std::aligned_alloc(a, (size + a - 1) / a * a);  // size must be a multiple of a
-}
-[[gnu::noinline]] void counted_free(void* p) {
-  if (p == nullptr) return;
-  deletes.fetch_add(1, std::memory_order_relaxed);
-  std::free(p);
 }
 
 }  // namespace no_alloc_test
@@ -59,57 +40,6 @@ std::atomic<long> deletes{0};
 
 #include "catch.hpp"
 #include "test_support.hpp"
-
-// ---- the program's global allocation functions, counted -------------------
-
-void* operator new(std::size_t n) {
-  if (void* p = no_alloc_test::counted_malloc(n)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) {
-  if (void* p = no_alloc_test::counted_malloc(n)) return p;
-  throw std::bad_alloc();
-}
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  return no_alloc_test::counted_malloc(n);
-}
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
-  return no_alloc_test::counted_malloc(n);
-}
-void* operator new(std::size_t n, std::align_val_t a) {
-  if (void* p = no_alloc_test::counted_aligned_malloc(n, a)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n, std::align_val_t a) {
-  if (void* p = no_alloc_test::counted_aligned_malloc(n, a)) return p;
-  throw std::bad_alloc();
-}
-void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return no_alloc_test::counted_aligned_malloc(n, a);
-}
-void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return no_alloc_test::counted_aligned_malloc(n, a);
-}
-void operator delete(void* p) noexcept { no_alloc_test::counted_free(p); }
-void operator delete[](void* p) noexcept { no_alloc_test::counted_free(p); }
-void operator delete(void* p, std::size_t) noexcept { no_alloc_test::counted_free(p); }
-void operator delete[](void* p, std::size_t) noexcept { no_alloc_test::counted_free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { no_alloc_test::counted_free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { no_alloc_test::counted_free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { no_alloc_test::counted_free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { no_alloc_test::counted_free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
-  no_alloc_test::counted_free(p);
-}
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
-  no_alloc_test::counted_free(p);
-}
-void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept {
-  no_alloc_test::counted_free(p);
-}
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept {
-  no_alloc_test::counted_free(p);
-}
 
 namespace {
 
@@ -127,7 +57,7 @@ struct HeapActivity {
 template <class F>
 HeapActivity heap_activity_of(F&& f) {
   HeapActivity h;
-  const long news0 = no_alloc_test::news.load(), deletes0 = no_alloc_test::deletes.load();
+  const mt::AllocScope scope;
   Eigen::internal::set_is_malloc_allowed(false);
   try {
     f();
@@ -135,8 +65,9 @@ HeapActivity heap_activity_of(F&& f) {
     h.eigen_violation = e.what();
   }
   Eigen::internal::set_is_malloc_allowed(true);
-  h.news = no_alloc_test::news.load() - news0;
-  h.deletes = no_alloc_test::deletes.load() - deletes0;
+  const mt::AllocCounts during = scope.counts();
+  h.news = during.news;
+  h.deletes = during.deletes;
   return h;
 }
 

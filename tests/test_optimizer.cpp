@@ -8,7 +8,6 @@
 
 // Eigen's allocations are counted (not aborted on) while a test asks for it.
 #define EIGEN_RUNTIME_NO_MALLOC
-#include <atomic>
 int muon_test_eigen_assert_failures = 0;
 #define eigen_assert(x)                          \
   do {                                           \
@@ -22,45 +21,17 @@ int muon_test_eigen_assert_failures = 0;
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 #include <random>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+// Counts operator new calls (std containers, std::function, strings); Eigen's
+// own mallocs are caught above.
+#define MUON_TEST_DEFINE_ALLOC_COUNTER
+#include "alloc_counter.hpp"
 #include "catch.hpp"
-
-// Counts operator new calls while `g_count_new` is set (std containers,
-// std::function, strings); Eigen's own mallocs are caught above. GCC 12 sees
-// the malloc/free pair through inlining and wrongly calls it mismatched.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-static std::atomic<bool> g_count_new{false};
-static std::atomic<long> g_new_calls{0};
-// Every plain (non-aligned) form is replaced, so that under the sanitizers
-// each allocation is freed by its own family.
-static void* counted_malloc(std::size_t n) {
-  if (g_count_new.load()) ++g_new_calls;
-  return std::malloc(n ? n : 1);
-}
-void* operator new(std::size_t n) {
-  if (void* p = counted_malloc(n)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) {
-  if (void* p = counted_malloc(n)) return p;
-  throw std::bad_alloc();
-}
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 namespace {
 
@@ -712,12 +683,10 @@ TEST_CASE("after the first step, step() allocates nothing", "[optimizer]") {
   m.grads(0);
   opt.step();  // first step: metrics scratch may be made here
   muon_test_eigen_assert_failures = 0;
-  g_new_calls = 0;
+  const muon_test::AllocScope scope;
   Eigen::internal::set_is_malloc_allowed(false);
-  g_count_new = true;
   for (int k = 0; k < 3; ++k) opt.step();
-  g_count_new = false;
   Eigen::internal::set_is_malloc_allowed(true);
-  REQUIRE(g_new_calls.load() == 0);
+  REQUIRE(scope.news() == 0);
   REQUIRE(muon_test_eigen_assert_failures == 0);
 }

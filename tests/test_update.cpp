@@ -4,40 +4,14 @@
 #include <muon/muon.hpp>
 
 #include <cmath>
-#include <cstdlib>
-#include <new>
 #include <random>
 #include <string>
 
-#include "catch.hpp"
-
 // Counts every heap allocation of this test program, to show that the
 // per-step functions allocate nothing (std::string messages included).
-namespace {
-std::size_t heap_allocations = 0;
-}  // namespace
-
-// Every plain (non-aligned) form is replaced, so that memory from these is
-// never released by the runtime's own operators (sanitizers check pairing).
-void* operator new(std::size_t size) {
-  ++heap_allocations;
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return operator new(size); }
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-  ++heap_allocations;
-  return std::malloc(size == 0 ? 1 : size);
-}
-void* operator new[](std::size_t size, const std::nothrow_t& tag) noexcept {
-  return operator new(size, tag);
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+#define MUON_TEST_DEFINE_ALLOC_COUNTER
+#include "alloc_counter.hpp"
+#include "catch.hpp"
 
 namespace {
 
@@ -224,7 +198,7 @@ TEST_CASE("per-step functions perform no heap allocation", "[update][alloc]") {
   const muon::MomentumWarmup warmup;
   const muon::LrAdjustFn rule = [](double lr, Eigen::Index, Eigen::Index) { return 2 * lr; };
 
-  const std::size_t before = heap_allocations;
+  const muon_test::AllocScope scope;
   double sink = 0;
   for (std::int64_t step = 0; step < 3; ++step) {
     const double lr = 0.02 * schedule.factor(step);
@@ -236,11 +210,11 @@ TEST_CASE("per-step functions perform no heap allocation", "[update][alloc]") {
     muon::apply_muon_update(top, ns_input.topRows(rows / 2), lr, lr_adjusted, 0.1, false);
     muon::adamw_step(param, grad, exp_avg, exp_avg_sq, step + 1, adamw);
   }
-  const std::size_t after = heap_allocations;
-  REQUIRE(after == before);
+  const long during = scope.news();
+  REQUIRE(during == 0);
   REQUIRE(std::isfinite(sink));
   REQUIRE(param.allFinite());
   // The counter does see allocations (a failing check builds its message).
   REQUIRE_THROWS_AS(muon::adamw_step(param, grad, exp_avg, exp_avg_sq, 0, adamw), muon::Error);
-  REQUIRE(heap_allocations > after);
+  REQUIRE(scope.news() > during);
 }
