@@ -3,8 +3,12 @@
 // lr scale (checked against the rules' formulas written out here).
 
 #include <muon/optimizer.hpp>
+#include <muon/policy.hpp>
 
+#include <array>
 #include <cmath>
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -145,4 +149,62 @@ TEST_CASE("groups carry their own options", "[routing]") {
   opt.set_option("lr", 0.5, slow);
   REQUIRE(opt.muon_options(slow).lr == 0.5);
   REQUIRE(opt.muon_options(0).lr == 1e-3);
+}
+
+TEST_CASE("decide_route is the rule the optimizer applies", "[routing]") {
+  using muon::Route;
+  const muon::RoutingRules rules;
+  auto decide = [&](const char* name, int ndim, std::array<std::ptrdiff_t, 4> shape,
+                    Route requested = Route::automatic) {
+    return muon::decide_route(name, ndim, shape, requested, rules);
+  };
+  REQUIRE(decide("fc.weight", 2, {16, 8}).route == Route::muon);
+  REQUIRE(decide("fc.weight", 2, {16, 8}).reason == "2-D matrix");
+  REQUIRE(decide("experts", 3, {4, 8, 16}).reason == "3-D: batch of 4 matrices");
+  REQUIRE(decide("conv.weight", 4, {8, 3, 3, 3}).reason == "4-D filter as (out, in*kh*kw)");
+  REQUIRE(decide("fc.bias", 1, {16}).route == Route::adamw);
+  REQUIRE(decide("fc.bias", 1, {16}).reason == "1-D (gain/bias)");
+  REQUIRE(decide("t", 0, {}).reason == "scalar");
+  REQUIRE(decide("Transformer.WTE", 2, {32, 8}).route == Route::adamw);
+  REQUIRE(decide("Transformer.WTE", 2, {32, 8}).reason ==
+          "name contains 'wte' (embedding/output head)");
+  REQUIRE(decide("lm_head.bias", 1, {32}).reason == "1-D (gain/bias)");  // rank first
+  REQUIRE(decide("embed", 2, {32, 8}, Route::muon).reason == "explicit choice");
+  REQUIRE(decide("g", 1, {8}, Route::muon).reason ==
+          "explicit choice (a vector is a 1 x n matrix)");
+  REQUIRE(decide("w", 2, {8, 8}, Route::adamw).route == Route::adamw);
+  REQUIRE_THROWS_AS(decide("w", 2, {8, 8}, static_cast<Route>(7)), muon::Error);
+  REQUIRE_THROWS_AS(decide("w", 5, {8, 8}), muon::Error);
+
+  // The optimizer's report carries exactly these decisions.
+  Bank bank;
+  muon::Optimizer<float> opt;
+  opt.add_param("experts", {bank.data.data(), {4, 8, 16}}, {bank.grad.data(), {4, 8, 16}});
+  opt.add_param("Transformer.WTE", {bank.data.data(), {32, 8}}, {bank.grad.data(), {32, 8}});
+  REQUIRE(opt.routing().at("experts").reason == decide("experts", 3, {4, 8, 16}).reason);
+  REQUIRE(opt.routing().at("Transformer.WTE").reason ==
+          decide("Transformer.WTE", 2, {32, 8}).reason);
+}
+
+TEST_CASE("adjusted_lr takes any integer dimensions", "[routing]") {
+  const double want = 0.01 * std::sqrt(64.0 / 4.0);
+  const Eigen::Index ea = 64, eb = 4;
+  const std::int64_t ia = 64, ib = 4;
+  const std::ptrdiff_t pa = 64, pb = 4;
+  REQUIRE(muon::adjusted_lr(0.01, ea, eb, muon::LrAdjust::original) == want);
+  REQUIRE(muon::adjusted_lr(0.01, ia, ib, muon::LrAdjust::original) == want);
+  REQUIRE(muon::adjusted_lr(0.01, pa, pb, muon::LrAdjust::original) == want);
+  REQUIRE(muon::adjusted_lr(0.01, 64, 4, muon::LrAdjust::original) == want);
+  // The user-function overload still takes a lambda.
+  REQUIRE(muon::adjusted_lr(0.01, ia, ib, [](double lr, Eigen::Index a, Eigen::Index b) {
+            return lr * static_cast<double>(a - b);
+          }) == 0.01 * 60.0);
+  for (muon::LrAdjust rule : {muon::LrAdjust::original, muon::LrAdjust::match_rms_adamw,
+                              muon::LrAdjust::spectral, muon::LrAdjust::none}) {
+    REQUIRE(muon::is_valid(rule));
+    REQUIRE(muon::lr_adjust_from_name(muon::lr_adjust_name(rule)) == rule);
+  }
+  REQUIRE_FALSE(muon::is_valid(static_cast<muon::LrAdjust>(9)));
+  REQUIRE_FALSE(muon::is_valid(static_cast<muon::MomentumKind>(9)));
+  REQUIRE_FALSE(muon::is_valid(static_cast<muon::Route>(9)));
 }

@@ -18,20 +18,17 @@
 /// differ only by (1-mu), and Newton–Schulz, which normalizes its input, maps
 /// them to the same matrix. The scale matters when mu changes over time
 /// (momentum warmup) or when something other than NS reads the buffer.
+///
+/// MomentumKind itself is in policy.hpp, shared with the CUDA backend.
 
 #include <Eigen/Core>
 #include <cmath>
 
 #include "detail/elementwise.hpp"
 #include "error.hpp"
+#include "policy.hpp"
 
 namespace muon {
-
-/// Which momentum recurrence the buffer follows (see the table above).
-enum class MomentumKind {
-  ema,  ///< m <- lerp(m, g, 1-mu) = mu m + (1-mu) g (torch.optim.Muon, K. Jordan)
-  sum   ///< m <- mu m + g (Moonlight, Dion)
-};
 
 /// Options of the momentum step. Plain data; validate() checks them.
 struct MomentumOptions {
@@ -48,8 +45,7 @@ struct MomentumOptions {
   void validate() const {
     if (!(std::isfinite(momentum) && momentum >= 0.0 && momentum < 1.0))
       detail::fail_arg("momentum", "must be in [0, 1), got " + std::to_string(momentum));
-    detail::check_arg(kind == MomentumKind::ema || kind == MomentumKind::sum, "kind",
-                      "is not a MomentumKind value");
+    detail::check_arg(is_valid(kind), "kind", "is not a MomentumKind value");
   }
 };
 

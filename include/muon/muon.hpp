@@ -13,6 +13,7 @@
 #include "newton_schulz.hpp"
 #include "optimizer.hpp"
 #include "orthogonalize.hpp"
+#include "policy.hpp"
 #include "reference.hpp"
 #include "scalar.hpp"
 #include "update.hpp"

@@ -24,20 +24,17 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <array>
-#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <fstream>
 #include <functional>
 #include <initializer_list>
-#include <iomanip>
 #include <istream>
 #include <limits>
 #include <map>
 #include <memory>
 #include <optional>
 #include <ostream>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -54,29 +51,11 @@
 #include "momentum.hpp"
 #include "newton_schulz.hpp"
 #include "orthogonalize.hpp"
+#include "policy.hpp"
 #include "scalar.hpp"
 #include "update.hpp"
 
 namespace muon {
-
-/// Which update a parameter receives.
-enum class Route : std::uint8_t {
-  automatic = 0,  ///< decided by the routing rules (see RoutingRules)
-  muon = 1,       ///< momentum + Newton–Schulz + shape-adjusted lr
-  adamw = 2       ///< AdamW with the group's AdamWOptions
-};
-
-inline const char* route_name(Route r) {
-  switch (r) {
-    case Route::automatic:
-      return "automatic";
-    case Route::muon:
-      return "muon";
-    case Route::adamw:
-      return "adamw";
-  }
-  return "invalid";
-}
 
 /// What step() does with a parameter whose gradient holds NaN or Inf.
 enum class NonFinitePolicy {
@@ -274,16 +253,6 @@ struct MuonGroupOptions {
   }
 };
 
-/// How Route::automatic decides.
-struct RoutingRules {
-  /// Case-insensitive substrings of a parameter name that send a parameter
-  /// with >= 2 dimensions to AdamW: embeddings and output heads, which Muon's
-  /// authors exclude. Default: embed, wte, wpe, tok_emb, lm_head,
-  /// output_head, classifier.
-  std::vector<std::string> adamw_name_patterns = {"embed",   "wte",         "wpe",       "tok_emb",
-                                                  "lm_head", "output_head", "classifier"};
-};
-
 /// Per-parameter registration choices.
 struct ParamOptions {
   /// Explicit route; automatic applies RoutingRules. An explicit choice always wins.
@@ -295,54 +264,6 @@ struct ParamOptions {
   /// Each block's lr is adjusted by its own (block rows, in) shape.
   std::vector<Eigen::Index> split;
 };
-
-/// One row of Optimizer::routing().
-struct RoutingEntry {
-  std::string name;
-  Route route = Route::automatic;
-  std::string reason;
-  std::string shape;      ///< the tensor's shape, e.g. "(64, 3, 3, 3)"
-  Eigen::Index rows = 0;  ///< rows of the matrix Muon sees (per block for splits/batches)
-  Eigen::Index cols = 0;  ///< columns of that matrix
-  double lr_scale = 1.0;  ///< adjusted lr / lr for the group's current lr (first block)
-  std::size_t group = 0;
-};
-
-/// The routing decisions, printable as a table.
-struct RoutingReport {
-  std::vector<RoutingEntry> entries;
-
-  const RoutingEntry& at(const std::string& name) const {
-    for (const auto& e : entries)
-      if (e.name == name) return e;
-    throw Error("name: no parameter named '" + name + "'");
-  }
-
-  std::string table() const {
-    std::size_t w = 4;
-    for (const auto& e : entries) w = std::max(w, e.name.size());
-    std::ostringstream os;
-    os << std::left << std::setw(static_cast<int>(w)) << "name"
-       << "  " << std::setw(6) << "route"
-       << "  " << std::setw(18) << "shape"
-       << "  " << std::setw(14) << "matrix"
-       << "  " << std::setw(8) << "lr scale"
-       << "  reason\n";
-    for (const auto& e : entries) {
-      std::ostringstream matrix, scale;
-      matrix << e.rows << "x" << e.cols;
-      scale << std::setprecision(4) << e.lr_scale;
-      os << std::setw(static_cast<int>(w)) << e.name << "  " << std::setw(6) << route_name(e.route)
-         << "  " << std::setw(18) << e.shape << "  " << std::setw(14) << matrix.str() << "  "
-         << std::setw(8) << scale.str() << "  " << e.reason << "\n";
-    }
-    return os.str();
-  }
-};
-
-inline std::ostream& operator<<(std::ostream& os, const RoutingReport& r) {
-  return os << r.table();
-}
 
 enum class StepStatus {
   ok,       ///< every parameter was updated
@@ -948,41 +869,14 @@ class Optimizer {
                         param.shape_string());
   }
 
-  static std::string lower(std::string s) {
-    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return s;
-  }
-
   void decide_route(Param& p, Route explicit_route) {
-    const int nd = p.param.ndim;
-    if (explicit_route != Route::automatic) {
-      p.route = explicit_route;
-      p.reason = std::string("explicit choice");
-      if (explicit_route == Route::muon && nd < 2) p.reason += " (a vector is a 1 x n matrix)";
-      return;
-    }
-    if (nd < 2) {
-      p.route = Route::adamw;
-      p.reason = nd == 1 ? "1-D (gain/bias)" : "scalar";
-      return;
-    }
-    const std::string lname = lower(p.name);
-    for (const std::string& pattern : rules_.adamw_name_patterns) {
-      if (!pattern.empty() && lname.find(lower(pattern)) != std::string::npos) {
-        p.route = Route::adamw;
-        p.reason = "name contains '" + pattern + "' (embedding/output head)";
-        return;
-      }
-    }
-    p.route = Route::muon;
-    if (nd == 2)
-      p.reason = "2-D matrix";
-    else if (nd == 3)
-      p.reason = "3-D: batch of " + std::to_string(p.param.shape[0]) + " matrices";
-    // The lr scale uses the flattened (out, in*kh*kw) shape Muon actually
-    // orthogonalizes; some ports scale by kh/kw instead, which is wrong.
-    else
-      p.reason = "4-D filter as (out, in*kh*kw)";
+    std::array<std::ptrdiff_t, 4> shape{};
+    for (std::size_t i = 0; i < shape.size(); ++i)
+      shape[i] = static_cast<std::ptrdiff_t>(p.param.shape[i]);
+    RouteDecision decision =
+        muon::decide_route(p.name, p.param.ndim, shape, explicit_route, rules_);
+    p.route = decision.route;
+    p.reason = std::move(decision.reason);
   }
 
   void allocate(Param& p) {

@@ -8,6 +8,10 @@
 /// (fan-out, A), in = cols (fan-in, B). A conv filter (out, in, kh, kw) is
 /// flattened to out x (in*kh*kw) and adjusted with THAT shape; scaling by kh
 /// or kw separately is a known defect of some ports.
+///
+/// The named rules (LrAdjust, adjusted_lr for them, lr_adjust_from_name,
+/// lr_adjust_name) live in policy.hpp, shared with the CUDA backend; this
+/// header adds the user-function rule and the update itself.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -17,87 +21,22 @@
 
 #include "detail/elementwise.hpp"
 #include "error.hpp"
+#include "policy.hpp"
 
 namespace muon {
 
-/// How the learning rate is scaled by the matrix shape (A = out, B = in).
-enum class LrAdjust {
-  /// lr * sqrt(max(1, A/B)): K. Jordan's reference Muon, torch.optim.Muon's
-  /// "original" (its default).
-  original,
-  /// lr * 0.2 * sqrt(max(A, B)): matches the update RMS of AdamW (Moonlight,
-  /// "Muon is Scalable for LLM Training", arXiv 2502.16982).
-  match_rms_adamw,
-  /// lr * sqrt(A/B), unclamped: the spectral-norm scaling (Dion; torch's
-  /// "spectral_unclamped"). Shrinks the lr of wide matrices.
-  spectral,
-  /// lr unchanged.
-  none
-};
-
 /// A user-supplied adjustment rule: (lr, out_dim, in_dim) -> adjusted lr.
 using LrAdjustFn = std::function<double(double lr, Eigen::Index out_dim, Eigen::Index in_dim)>;
-
-/// The adjusted learning rate of an out_dim x in_dim matrix under `rule`.
-/// Throws muon::Error naming "lr", "out_dim" or "in_dim" for a non-finite lr
-/// or a dimension < 1.
-inline double adjusted_lr(double lr, Eigen::Index out_dim, Eigen::Index in_dim, LrAdjust rule) {
-  detail::check_arg(std::isfinite(lr), "lr", "must be finite");
-  if (out_dim < 1) detail::fail_arg("out_dim", "must be >= 1, got " + std::to_string(out_dim));
-  if (in_dim < 1) detail::fail_arg("in_dim", "must be >= 1, got " + std::to_string(in_dim));
-  const double a = static_cast<double>(out_dim);
-  const double b = static_cast<double>(in_dim);
-  switch (rule) {
-    case LrAdjust::original:
-      return lr * std::sqrt(std::max(1.0, a / b));
-    case LrAdjust::match_rms_adamw:
-      return lr * 0.2 * std::sqrt(std::max(a, b));
-    case LrAdjust::spectral:
-      return lr * std::sqrt(a / b);
-    case LrAdjust::none:
-      return lr;
-  }
-  throw Error("rule: is not an LrAdjust value");
-}
 
 /// The adjusted learning rate under a user rule; the rule's result must be
 /// finite (muon::Error naming "adjust_lr_fn" otherwise, or when it is empty).
 inline double adjusted_lr(double lr, Eigen::Index out_dim, Eigen::Index in_dim,
                           const LrAdjustFn& rule) {
   detail::check_arg(static_cast<bool>(rule), "adjust_lr_fn", "is empty");
-  detail::check_arg(std::isfinite(lr), "lr", "must be finite");
-  if (out_dim < 1) detail::fail_arg("out_dim", "must be >= 1, got " + std::to_string(out_dim));
-  if (in_dim < 1) detail::fail_arg("in_dim", "must be >= 1, got " + std::to_string(in_dim));
+  detail::check_adjust_args(lr, out_dim, in_dim);
   const double adjusted = rule(lr, out_dim, in_dim);
   detail::check_arg(std::isfinite(adjusted), "adjust_lr_fn", "returned a non-finite learning rate");
   return adjusted;
-}
-
-/// Parses torch.optim.Muon's `adjust_lr_fn` names: "original",
-/// "match_rms_adamw", "spectral" or "spectral_unclamped", and "none".
-/// Anything else throws muon::Error naming "adjust_lr_fn".
-inline LrAdjust lr_adjust_from_name(const std::string& name) {
-  if (name == "original") return LrAdjust::original;
-  if (name == "match_rms_adamw") return LrAdjust::match_rms_adamw;
-  if (name == "spectral" || name == "spectral_unclamped") return LrAdjust::spectral;
-  if (name == "none") return LrAdjust::none;
-  throw Error("adjust_lr_fn: unknown rule \"" + name +
-              "\" (expected original, match_rms_adamw, spectral, spectral_unclamped or none)");
-}
-
-/// The canonical name of a rule (round-trips through lr_adjust_from_name).
-inline const char* lr_adjust_name(LrAdjust rule) {
-  switch (rule) {
-    case LrAdjust::original:
-      return "original";
-    case LrAdjust::match_rms_adamw:
-      return "match_rms_adamw";
-    case LrAdjust::spectral:
-      return "spectral";
-    case LrAdjust::none:
-      return "none";
-  }
-  throw Error("rule: is not an LrAdjust value");
 }
 
 /// Decoupled weight decay, then the update, in torch.optim.Muon's order:
