@@ -22,6 +22,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "../../error.hpp"
 
@@ -61,6 +62,38 @@ inline bool device_available() {
   }
   return n > 0;
 }
+
+// ---- host <-> device copies ----------------------------------------------------
+
+namespace detail {
+
+/// Copies `count` elements from host to device memory, ordered on `stream`
+/// (pageable host memory is staged before the call returns). Throws muon::Error.
+template <class T>
+void upload(T* device, const T* host, std::size_t count, cudaStream_t stream) {
+  check(cudaMemcpyAsync(device, host, sizeof(T) * count, cudaMemcpyHostToDevice, stream),
+        "cudaMemcpyAsync (host to device)");
+}
+
+/// Copies `count` elements from device to host memory, ordered on `stream`;
+/// the host data is valid once the stream is synchronized. Throws muon::Error.
+template <class T>
+void download(T* host, const T* device, std::size_t count, cudaStream_t stream) {
+  check(cudaMemcpyAsync(host, device, sizeof(T) * count, cudaMemcpyDeviceToHost, stream),
+        "cudaMemcpyAsync (device to host)");
+}
+
+/// download() into a new vector, then synchronizes `stream`, so the values
+/// are ready (and everything queued before them has finished).
+template <class T>
+std::vector<T> download_now(const T* device, std::size_t count, cudaStream_t stream) {
+  std::vector<T> host(count);
+  download(host.data(), device, count, stream);
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  return host;
+}
+
+}  // namespace detail
 
 // ---- scalar types -----------------------------------------------------------
 
@@ -240,12 +273,12 @@ class DeviceMatrix {
 
   /// Copies size() column-major elements from host memory (stream-ordered).
   void upload(const T* host, cudaStream_t stream) {
-    MUON_CUDA_CHECK(cudaMemcpyAsync(data(), host, bytes(), cudaMemcpyHostToDevice, stream));
+    detail::upload(data(), host, static_cast<std::size_t>(size()), stream);
   }
   /// Copies size() column-major elements to host memory (stream-ordered; the
   /// host data is valid after the stream is synchronized).
   void download(T* host, cudaStream_t stream) const {
-    MUON_CUDA_CHECK(cudaMemcpyAsync(host, data(), bytes(), cudaMemcpyDeviceToHost, stream));
+    detail::download(host, data(), static_cast<std::size_t>(size()), stream);
   }
   std::size_t bytes() const { return static_cast<std::size_t>(size()) * sizeof(T); }
 

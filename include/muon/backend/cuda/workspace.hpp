@@ -257,6 +257,10 @@ class Workspace {
   /// Per matrix of the batch: 1 when its norm was not finite in the last run
   /// (its output was not written), else 0. Device memory.
   const int* nonfinite_flags() const { return flags_; }
+  /// nonfinite_flags() copied to the host after synchronizing `stream`.
+  std::vector<int> nonfinite_flags_now(cudaStream_t stream) const {
+    return detail::download_now<int>(flags_, static_cast<std::size_t>(args_.batch), stream);
+  }
   /// Whether the lower-triangle tiling is used for this shape.
   bool tiled() const { return layout_.tiled(); }
   /// Number of tiles on and below the diagonal per matrix (1 when untiled).
@@ -417,8 +421,7 @@ class Workspace {
         groups_[set].push_back(tg);
       }
     }
-    MUON_CUDA_CHECK(cudaMemcpyAsync(ptrs_, host_ptrs_.data(), sizeof(void*) * host_ptrs_.size(),
-                                    cudaMemcpyHostToDevice, stream));
+    detail::upload(ptrs_, host_ptrs_.data(), host_ptrs_.size(), stream);
   }
 
   Arguments args_{};
@@ -487,10 +490,7 @@ class Orthogonalizer {
   /// Synchronizes `stream` and throws muon::Error naming `parameter` when a
   /// matrix of the last call had a NaN/Inf norm (its output was not written).
   void throw_if_nonfinite(cudaStream_t stream, const char* parameter = "in") const {
-    std::vector<int> flags(static_cast<std::size_t>(batch_));
-    MUON_CUDA_CHECK(cudaMemcpyAsync(flags.data(), ws_.nonfinite_flags(), sizeof(int) * flags.size(),
-                                    cudaMemcpyDeviceToHost, stream));
-    MUON_CUDA_CHECK(cudaStreamSynchronize(stream));
+    const std::vector<int> flags = ws_.nonfinite_flags_now(stream);
     for (std::size_t k = 0; k < flags.size(); ++k)
       if (flags[k])
         throw Error(std::string(parameter) + ": matrix " + std::to_string(k) +
