@@ -30,11 +30,13 @@ void quickstart(cudaStream_t stream) {
   for (const auto& v : host) sq += static_cast<double>(__bfloat162float(v)) * __bfloat162float(v);
   std::printf("||NS(W)||_F^2 = %.1f (about %d x 0.7..1.1 for Jordan's schedule)\n", sq, rows);
 
-  // 2. The optimizer over two matrices and a bias (fp32 params, bf16 NS).
+  // 2. The optimizer over two matrices, a bias and an embedding (fp32 params,
+  //    bf16 NS), routed by the same rules as the CPU optimizer.
   mc::DeviceMatrix<float> w1(256, 512, stream), g1(256, 512, stream);
   mc::DeviceMatrix<float> w2(256, 512, stream), g2(256, 512, stream);
   mc::DeviceMatrix<float> b(256, 1, stream), gb(256, 1, stream);
-  for (auto* m : {&w1, &g1, &w2, &g2, &b, &gb})
+  mc::DeviceMatrix<float> e(512, 1000, stream), ge(512, 1000, stream);  // a (1000, 512) table
+  for (auto* m : {&w1, &g1, &w2, &g2, &b, &gb, &e, &ge})
     MUON_CUDA_CHECK(cudaMemsetAsync(m->data(), 0, m->bytes(), stream));
   std::vector<float> ones(256 * 512, 1e-2f);
   g1.upload(ones.data(), stream);
@@ -43,13 +45,17 @@ void quickstart(cudaStream_t stream) {
 
   mc::OptimizerOptions opt;  // torch.optim.Muon defaults: lr 1e-3, wd 0.1, mu 0.95, Nesterov
   opt.lr = 0.02;
+  opt.adjust_lr = muon::LrAdjust::original;  // the CPU optimizer's enum (muon/policy.hpp)
   mc::Optimizer<float> muon(opt);
   muon.add("layer.0.weight", w1.data(), g1.data(), 256, 512, mc::Layout::row_major);
   muon.add("layer.1.weight", w2.data(), g2.data(), 256, 512, mc::Layout::row_major);
   muon.add("layer.0.bias", b.data(), gb.data(), 256, 1);  // not a matrix: AdamW
-  muon.step(stream);                                      // eager step
-  muon.capture(stream);                                   // record one step as a graph
-  for (int s = 0; s < 3; ++s) muon.replay(stream);        // one launch per step
+  muon.add("tok_embed.weight", e.data(), ge.data(), 1000, 512,
+           mc::Layout::row_major);  // an embedding, by name: AdamW
+  std::printf("%s", muon.routing().table().c_str());
+  muon.step(stream);                                // eager step
+  muon.capture(stream);                             // record one step as a graph
+  for (int s = 0; s < 3; ++s) muon.replay(stream);  // one launch per step
   std::printf("steps: %lld, Muon groups (batched NS calls): %zu\n", muon.step_count(stream),
               muon.muon_groups());
 }

@@ -13,6 +13,10 @@
 ///    orthogonalize(in, out, options, stream) (backend/cuda/workspace.hpp)
 ///  - muon::cuda::Optimizer<P>: Muon + AdamW over device parameters, one CUDA
 ///    graph per step, state save/load        (backend/cuda/optimizer.hpp)
+///  - the rules it shares with the CPU optimizer, Eigen-free: muon::LrAdjust,
+///    muon::adjusted_lr, muon::MomentumKind, muon::Route, muon::RoutingRules,
+///    muon::decide_route, muon::RoutingReport (policy.hpp), and the
+///    checkpoint envelope (checkpoint_format.hpp)
 ///
 /// See docs/cuda.md.
 
@@ -24,5 +28,7 @@
 #include "backend/cuda/kernels.cuh"
 #include "backend/cuda/optimizer.hpp"
 #include "backend/cuda/workspace.hpp"
+#include "checkpoint_format.hpp"
 #include "coefficients.hpp"
 #include "newton_schulz.hpp"
+#include "policy.hpp"

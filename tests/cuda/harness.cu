@@ -275,7 +275,7 @@ std::vector<std::vector<float>> run_optimizer_typed(std::vector<OptParam> params
   o.weight_decay = run.weight_decay;
   o.momentum = run.momentum;
   o.nesterov = run.nesterov;
-  o.momentum_kind = run.sum_momentum ? mc::Momentum::sum : mc::Momentum::ema;
+  o.momentum_kind = run.sum_momentum ? muon::MomentumKind::sum : muon::MomentumKind::ema;
   o.adam_lr = run.adam_lr;
   std::vector<mc::DeviceMatrix<float>> p, g;
   for (const auto& q : params) {
@@ -353,6 +353,127 @@ std::string optimizer_error(const std::string& what) {
     return e.what();
   }
   return {};
+}
+
+DeviceRouting device_routing(const std::vector<DeviceParamSpec>& params, muon::LrAdjust rule,
+                             const muon::RoutingRules* rules) {
+  mc::OptimizerOptions o;
+  o.adjust_lr = rule;
+  mc::Optimizer<float> opt(o);
+  if (rules) opt.set_routing_rules(*rules);
+  float* fake = reinterpret_cast<float*>(std::uintptr_t(4096));  // never dereferenced
+  for (const auto& q : params) {
+    const mc::Layout layout = q.row_major ? mc::Layout::row_major : mc::Layout::col_major;
+    if (q.how == muon::Route::muon)
+      opt.add_muon(q.name, fake, fake, q.rows, q.cols, layout);
+    else if (q.how == muon::Route::adamw)
+      opt.add_adamw(q.name, fake, fake, q.rows * q.cols);
+    else
+      opt.add(q.name, fake, fake, q.rows, q.cols, layout);
+  }
+  DeviceRouting r;
+  r.report = opt.routing();
+  for (const auto& q : params) r.routes.push_back(opt.route(q.name));
+  r.size = opt.size();
+  try {
+    opt.route("missing");
+  } catch (const muon::Error& e) {
+    r.missing_error = e.what();
+  }
+  return r;
+}
+
+std::string device_options_error(const std::string& field) {
+  mc::OptimizerOptions o;
+  if (field == "lr") o.lr = -1.0;
+  if (field == "weight_decay") o.weight_decay = std::nan("");
+  if (field == "momentum") o.momentum = 1.0;
+  if (field == "momentum_kind") o.momentum_kind = static_cast<muon::MomentumKind>(7);
+  if (field == "adjust_lr") o.adjust_lr = static_cast<muon::LrAdjust>(9);
+  if (field == "ns_steps") o.ns.steps = 100;
+  if (field == "adam_lr") o.adam_lr = INFINITY;
+  if (field == "adam_beta1") o.adam_beta1 = -0.1;
+  if (field == "adam_beta2") o.adam_beta2 = 1.0;
+  if (field == "adam_eps") o.adam_eps = 0.0;
+  if (field == "adam_weight_decay") o.adam_weight_decay = -1e-3;
+  try {
+    mc::Optimizer<float> opt(o);
+  } catch (const muon::Error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+std::string device_setter_error(const std::string& field, double value) {
+  mc::Optimizer<float> opt;
+  const mc::OptimizerOptions before = opt.options();
+  auto stored = [&] {
+    const mc::OptimizerOptions& o = opt.options();
+    return field == "lr"             ? o.lr
+           : field == "adam_lr"      ? o.adam_lr
+           : field == "weight_decay" ? o.weight_decay
+                                     : o.momentum;
+  };
+  try {
+    if (field == "lr") opt.set_lr(value);
+    if (field == "adam_lr") opt.set_adam_lr(value);
+    if (field == "weight_decay") opt.set_weight_decay(value);
+    if (field == "momentum") opt.set_momentum(value);
+  } catch (const muon::Error& e) {
+    const mc::OptimizerOptions& o = opt.options();
+    if (o.lr != before.lr || o.adam_lr != before.adam_lr || o.weight_decay != before.weight_decay ||
+        o.momentum != before.momentum)
+      throw std::logic_error("a setter that threw changed the options");
+    return e.what();
+  }
+  if (stored() != value) throw std::logic_error("the setter did not store the value");
+  return {};
+}
+
+DeviceLoad device_load(const std::string& bytes) {
+  mc::OptimizerOptions o;
+  o.lr = 0.02;
+  mc::Optimizer<float> opt(o);
+  // Device pointers are not touched unless the load succeeds, which needs a
+  // device; then they must be real allocations.
+  const bool device = mc::device_available();
+  std::vector<mc::DeviceMatrix<float>> mem;
+  float* fake = reinterpret_cast<float*>(std::uintptr_t(4096));
+  float* ptr[4] = {fake, fake, fake, fake};
+  if (device) {
+    for (int k = 0; k < 4; ++k) {
+      mem.emplace_back(4, k < 2 ? 3 : 1, nullptr);
+      ptr[k] = mem.back().data();
+    }
+  }
+  opt.add("w", ptr[0], ptr[1], 4, 3);
+  opt.add("b", ptr[2], ptr[3], 4, 1);
+  auto same = [&] {
+    const mc::OptimizerOptions& now = opt.options();
+    return now.lr == o.lr && now.weight_decay == o.weight_decay && now.momentum == o.momentum &&
+           now.adam_lr == o.adam_lr && now.adam_beta1 == o.adam_beta1 &&
+           now.adam_beta2 == o.adam_beta2 && now.adam_eps == o.adam_eps &&
+           now.adam_weight_decay == o.adam_weight_decay && opt.size() == 2 &&
+           opt.route("w") == muon::Route::muon && opt.route("b") == muon::Route::adamw &&
+           opt.step_count(nullptr) == 0;
+  };
+  DeviceLoad r;
+  try {
+    std::stringstream in(bytes);
+    opt.load(in, nullptr);
+  } catch (const muon::Error& e) {
+    r.error = e.what();
+    r.unchanged = same();
+  }
+  r.lr = opt.options().lr;
+  r.steps = opt.step_count(nullptr);
+  if (r.error.empty()) {
+    std::stringstream out;
+    opt.save(out, nullptr);
+    r.resaved = out.str();
+  }
+  if (device) MUON_CUDA_CHECK(cudaDeviceSynchronize());
+  return r;
 }
 
 }  // namespace muon_cuda_test

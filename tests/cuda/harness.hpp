@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <muon/newton_schulz.hpp>
+#include <muon/policy.hpp>
 
 namespace muon_cuda_test {
 
@@ -80,5 +81,59 @@ std::vector<std::vector<float>> run_optimizer(std::vector<OptParam> params, cons
 /// Optimizer error paths without a device: the message of the Error thrown
 /// by "duplicate", "null", "shape", "bad_magic", "options".
 std::string optimizer_error(const std::string& what);
+
+// ---- host-side logic of the device optimizer (no device needed) -------------
+//
+// Constructing a muon::cuda::Optimizer, add*(), the routing queries and the
+// option setters make no CUDA call (memory is allocated at the first
+// step/capture/save/load), so these run and are checked everywhere.
+
+/// One registration with the device optimizer.
+struct DeviceParamSpec {
+  std::string name;
+  std::int64_t rows = 0, cols = 0;
+  /// automatic: add(); muon: add_muon(); adamw: add_adamw(name, rows * cols).
+  muon::Route how = muon::Route::automatic;
+  bool row_major = false;
+};
+
+/// What muon::cuda::Optimizer<float> reports after registering the specs.
+struct DeviceRouting {
+  muon::RoutingReport report;       ///< routing()
+  std::vector<muon::Route> routes;  ///< route(name) of each spec, in order
+  std::size_t size = 0;             ///< size()
+  std::string missing_error;        ///< the message of route("missing")
+};
+
+/// Registers `params` in order with OptimizerOptions::adjust_lr = `rule`
+/// and, when given, set_routing_rules(*rules) first. Throws muon::Error as
+/// the optimizer does.
+DeviceRouting device_routing(const std::vector<DeviceParamSpec>& params,
+                             muon::LrAdjust rule = muon::LrAdjust::original,
+                             const muon::RoutingRules* rules = nullptr);
+
+/// The message of the muon::Error the optimizer's constructor throws when
+/// option `field` is out of range ("lr", "weight_decay", "momentum",
+/// "momentum_kind", "adjust_lr", "ns_steps", "adam_lr", "adam_beta1",
+/// "adam_beta2", "adam_eps", "adam_weight_decay"); "" when none is thrown.
+std::string device_options_error(const std::string& field);
+
+/// The message of the muon::Error set_<field>(value) throws ("lr",
+/// "adam_lr", "weight_decay", "momentum"), "" when none. Throws
+/// std::logic_error when a throwing setter changed options() anyway, or a
+/// succeeding one did not store the value.
+std::string device_setter_error(const std::string& field, double value);
+
+/// Loads `bytes` into a muon::cuda::Optimizer<float> holding "w" (add(),
+/// 4 x 3: Muon) and "b" (add(), 4 x 1: AdamW) with lr 0.02, on the legacy
+/// stream.
+struct DeviceLoad {
+  std::string error;       ///< the muon::Error's message, "" when it loaded
+  bool unchanged = false;  ///< after an error: options, size, routes and step count as before
+  double lr = 0;           ///< options().lr afterwards
+  long long steps = 0;     ///< step_count() afterwards
+  std::string resaved;     ///< after a successful load: save() of the result
+};
+DeviceLoad device_load(const std::string& bytes);
 
 }  // namespace muon_cuda_test

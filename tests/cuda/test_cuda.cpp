@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <iostream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -141,6 +142,293 @@ TEST_CASE("cuda: optimizer argument errors (no device needed)") {
   CHECK(optimizer_error("shape").find("shape") != std::string::npos);
   CHECK(optimizer_error("bad_magic").find("checkpoint") != std::string::npos);
   CHECK(optimizer_error("options").find("momentum") != std::string::npos);
+}
+
+namespace {
+
+using muon_cuda_test::DeviceParamSpec;
+
+DeviceParamSpec spec(const char* name, std::int64_t rows, std::int64_t cols,
+                     muon::Route how = muon::Route::automatic, bool row_major = false) {
+  DeviceParamSpec q;
+  q.name = name;
+  q.rows = rows;
+  q.cols = cols;
+  q.how = how;
+  q.row_major = row_major;
+  return q;
+}
+
+// The CPU optimizer's view of a device registration: (n, 1) and (1, n) are
+// the 1-D tensor they stand for, (1, 1) a scalar, anything else (r, c).
+std::vector<Eigen::Index> cpu_shape(const DeviceParamSpec& q) {
+  if (q.how == muon::Route::adamw || q.rows == 1 || q.cols == 1) {
+    if (q.rows * q.cols == 1) return {};
+    return {q.rows * q.cols};
+  }
+  return {q.rows, q.cols};
+}
+
+muon::RoutingReport cpu_routing(const std::vector<DeviceParamSpec>& specs, muon::LrAdjust rule,
+                                const muon::RoutingRules* rules = nullptr) {
+  static std::vector<float> bank(1 << 20, 0.5f);
+  muon::Optimizer<float> opt(muon::MuonGroupOptions().with_adjust_lr(rule));
+  if (rules) opt.set_routing_rules(*rules);
+  for (const auto& q : specs) {
+    const std::vector<Eigen::Index> dims = cpu_shape(q);
+    muon::ParamView<float> v;
+    v.data = bank.data();
+    v.ndim = static_cast<int>(dims.size());
+    for (std::size_t d = 0; d < dims.size(); ++d) v.shape[d] = dims[d];
+    opt.add_param(q.name, v, v, q.how);
+  }
+  return opt.routing();
+}
+
+}  // namespace
+
+TEST_CASE("cuda: the device optimizer routes add() like the CPU optimizer (no device needed)") {
+  using muon::Route;
+  const std::vector<DeviceParamSpec> specs = {
+      spec("h.0.attn.c_attn.weight", 2304, 768, Route::automatic, true),
+      spec("h.0.mlp.c_proj.weight", 768, 3072, Route::automatic, true),
+      spec("h.0.ln_1.bias", 768, 1),
+      spec("h.0.ln_1.weight", 1, 768),
+      spec("temperature", 1, 1),
+      spec("transformer.WTE.weight", 500, 64, Route::automatic, true),
+      spec("wpe", 128, 64),
+      spec("tok_embeddings", 500, 64),
+      spec("Embed.table", 500, 64),
+      spec("lm_head.weight", 500, 64),
+      spec("output_head", 10, 64),
+      spec("Classifier.w", 10, 64),
+      spec("embed.forced", 32, 8, Route::muon),
+      spec("fc.forced", 16, 8, Route::adamw),
+      spec("norm.forced", 8, 1, Route::muon)};
+  const std::vector<Route> want = {Route::muon,  Route::muon,  Route::adamw, Route::adamw,
+                                   Route::adamw, Route::adamw, Route::adamw, Route::adamw,
+                                   Route::adamw, Route::adamw, Route::adamw, Route::adamw,
+                                   Route::muon,  Route::adamw, Route::muon};
+  const auto dev = muon_cuda_test::device_routing(specs);
+  const muon::RoutingReport cpu = cpu_routing(specs, muon::LrAdjust::original);
+  REQUIRE(dev.size == specs.size());
+  REQUIRE(dev.report.entries.size() == specs.size());
+  for (std::size_t k = 0; k < specs.size(); ++k) {
+    const auto& e = dev.report.entries[k];
+    INFO(specs[k].name << ": " << e.reason);
+    CHECK(e.name == specs[k].name);
+    CHECK(dev.routes[k] == want[k]);
+    CHECK(e.route == want[k]);
+    // Same decision and the same sentence as the CPU optimizer gives.
+    CHECK(cpu.at(e.name).route == e.route);
+    CHECK(cpu.at(e.name).reason == e.reason);
+    // As registered; add_adamw() takes a flat count.
+    const bool flat = specs[k].how == Route::adamw;
+    CHECK(e.rows == (flat ? specs[k].rows * specs[k].cols : specs[k].rows));
+    CHECK(e.cols == (flat ? 1 : specs[k].cols));
+    CHECK(e.group == 0);
+  }
+  CHECK(dev.report.at("lm_head.weight").reason.find("lm_head") != std::string::npos);
+  CHECK(dev.report.at("h.0.ln_1.bias").reason == "1-D (gain/bias)");
+  CHECK(dev.report.at("temperature").reason == "scalar");
+  CHECK(dev.report.at("h.0.attn.c_attn.weight").reason == "2-D matrix");
+  CHECK(dev.report.at("fc.forced").reason == "explicit choice");
+  CHECK(dev.report.at("h.0.attn.c_attn.weight").shape == "(2304, 768)");
+  const std::string table = dev.report.table();
+  for (const auto& q : specs) CHECK(table.find(q.name) != std::string::npos);
+}
+
+TEST_CASE("cuda: the device optimizer's routing rules are configurable (no device needed)") {
+  muon::RoutingRules rules;
+  rules.adamw_name_patterns = {"Router"};
+  const std::vector<DeviceParamSpec> specs = {spec("moe.router.weight", 8, 16),
+                                              spec("lm_head.weight", 8, 16)};
+  const auto dev = muon_cuda_test::device_routing(specs, muon::LrAdjust::original, &rules);
+  CHECK(dev.routes[0] == muon::Route::adamw);
+  CHECK(dev.routes[1] == muon::Route::muon);  // no longer in the list
+  const muon::RoutingReport cpu = cpu_routing(specs, muon::LrAdjust::original, &rules);
+  CHECK(cpu.at("moe.router.weight").reason == dev.report.at("moe.router.weight").reason);
+}
+
+TEST_CASE("cuda: the device lr scale per shape is muon::adjusted_lr (no device needed)") {
+  const std::vector<DeviceParamSpec> specs = {spec("tall", 64, 4), spec("wide", 4, 64),
+                                              spec("tall_rm", 96, 24, muon::Route::automatic, true),
+                                              spec("square", 32, 32), spec("bias", 64, 1)};
+  for (muon::LrAdjust rule : {muon::LrAdjust::original, muon::LrAdjust::match_rms_adamw,
+                              muon::LrAdjust::spectral, muon::LrAdjust::none}) {
+    INFO(muon::lr_adjust_name(rule));
+    const auto dev = muon_cuda_test::device_routing(specs, rule);
+    const muon::RoutingReport cpu = cpu_routing(specs, rule);
+    for (const auto& q : specs) {
+      INFO(q.name);
+      const auto& e = dev.report.at(q.name);
+      if (e.route != muon::Route::muon) {
+        CHECK(e.lr_scale == 1.0);
+        continue;
+      }
+      // The logical (out, in) shape counts, whatever the memory layout.
+      CHECK(e.lr_scale == muon::adjusted_lr(1.0, q.rows, q.cols, rule));
+      CHECK(std::abs(e.lr_scale - cpu.at(q.name).lr_scale) <= 1e-12 * e.lr_scale);
+    }
+  }
+  CHECK(
+      muon_cuda_test::device_routing(specs, muon::LrAdjust::original).report.at("tall").lr_scale ==
+      4.0);
+}
+
+TEST_CASE("cuda: device optimizer registration errors name the field (no device needed)") {
+  using muon_cuda_test::device_routing;
+  auto message = [](const std::vector<DeviceParamSpec>& specs,
+                    const muon::RoutingRules* rules = nullptr) -> std::string {
+    try {
+      device_routing(specs, muon::LrAdjust::original, rules);
+    } catch (const muon::Error& e) {
+      return e.what();
+    }
+    return {};
+  };
+  CHECK(message({spec("w", 4, 4), spec("w", 4, 4)}).find("name: 'w' is already added") !=
+        std::string::npos);
+  CHECK(message({spec("w", 4, 4), spec("w", 4, 1, muon::Route::adamw)}).find("already added") !=
+        std::string::npos);
+  CHECK(message({spec("w", 4, 4), spec("w", 4, 4, muon::Route::muon)}).find("already added") !=
+        std::string::npos);
+  CHECK(message({spec("", 4, 4)}).find("name: must not be empty") != std::string::npos);
+  CHECK(message({spec("w", 0, 4)}).find("shape: 'w'") != std::string::npos);
+  CHECK(message({spec("w", 4, -2, muon::Route::muon)}).find("shape:") != std::string::npos);
+  muon::RoutingRules rules;
+  CHECK(message({spec("w", 4, 4)}, &rules).empty());
+  // route() of a name that was never added.
+  CHECK(device_routing({spec("w", 4, 4)}).missing_error ==
+        "muon: name: no parameter named 'missing'");
+}
+
+TEST_CASE("cuda: device optimizer option errors name the field (no device needed)") {
+  using muon_cuda_test::device_options_error;
+  CHECK(device_options_error("none").empty());
+  for (const char* field :
+       {"lr", "weight_decay", "momentum", "momentum_kind", "adjust_lr", "adam_lr", "adam_beta1",
+        "adam_beta2", "adam_eps", "adam_weight_decay"}) {
+    INFO(field);
+    CHECK(device_options_error(field).rfind(std::string("muon: ") + field + ":", 0) == 0);
+  }
+  CHECK(device_options_error("ns_steps").find("steps") != std::string::npos);
+
+  using muon_cuda_test::device_setter_error;
+  CHECK(device_setter_error("lr", 0.5).empty());
+  CHECK(device_setter_error("momentum", 0.9).empty());
+  CHECK(device_setter_error("lr", -1.0).rfind("muon: lr:", 0) == 0);
+  CHECK(device_setter_error("lr", std::nan("")).rfind("muon: lr:", 0) == 0);
+  CHECK(device_setter_error("adam_lr", INFINITY).rfind("muon: adam_lr:", 0) == 0);
+  CHECK(device_setter_error("weight_decay", -0.1).rfind("muon: weight_decay:", 0) == 0);
+  CHECK(device_setter_error("momentum", 1.0).rfind("muon: momentum:", 0) == 0);
+}
+
+namespace {
+
+// The device state payload as docs/cuda.md spells it out, written by hand
+// (not by the optimizer) for the harness's "w" (Muon 4 x 3) and "b" (AdamW
+// 4 x 1). `broken` names one field to break; the envelope-level breaks patch
+// the finished bytes.
+std::string device_state(const std::string& broken) {
+  muon::checkpoint::Writer w;
+  w.str(broken == "kind" ? "muon::cuda::Optimiser" : "muon::cuda::Optimizer");
+  w.u8(1);  // parameter dtype float32
+  w.u8(broken == "dtype" ? 2 : 1);
+  w.i64(broken == "negative_step" ? -1 : 7);
+  for (double d : {broken == "options" ? -0.5 : 0.05, 0.2, 0.9, 2e-3, 0.8, 0.99, 1e-9, 0.0})
+    w.f64(d);
+  w.u32(broken == "count" ? 3 : 2);
+  w.str(broken == "name" ? "x" : "w");
+  w.u8(broken == "route" ? 2 : 1);
+  w.i64(broken == "shape" ? 5 : 4);
+  w.i64(3);
+  w.u32(1);
+  w.str(broken == "buffer_name" ? "momentum" : "momentum_buffer");
+  w.u8(1);
+  w.u64(12);
+  for (int i = 0; i < 12; ++i) w.scalar<float>(broken == "nan" && i == 5 ? NAN : 0.125f * i);
+  w.str("b");
+  w.u8(2);
+  w.i64(4);
+  w.i64(1);
+  w.u32(2);
+  w.str("exp_avg");
+  w.u8(1);
+  w.u64(4);
+  for (int i = 0; i < 4; ++i) w.scalar<float>(-0.5f + i);
+  w.str("exp_avg_sq");
+  w.u8(1);
+  w.u64(4);
+  for (int i = 0; i < 4; ++i) w.scalar<float>(broken == "negative_v" && i == 2 ? -1.0f : 0.25f * i);
+  if (broken == "trailing") w.u8(0);
+  std::ostringstream os;
+  muon::checkpoint::write_envelope(os, w.bytes());
+  std::string bytes = os.str();
+  if (broken == "magic") bytes[0] = 'X';
+  if (broken == "version") bytes[8] = 2;
+  if (broken == "crc") bytes[40] = static_cast<char>(bytes[40] ^ 1);
+  if (broken == "truncated") bytes.resize(bytes.size() - 9);
+  return bytes;
+}
+
+}  // namespace
+
+TEST_CASE("cuda: device state load refuses bad data and changes nothing (no device needed)") {
+  const std::pair<const char*, const char*> cases[] = {
+      {"magic", "bad magic"},
+      {"version", "unsupported format version 2"},
+      {"crc", "checksum mismatch"},
+      {"truncated", "truncated"},
+      {"kind", "not a muon::cuda::Optimizer state"},
+      {"dtype", "buffer dtype differs"},
+      {"negative_step", "negative step count"},
+      {"options", "invalid options (muon: lr:"},
+      {"count", "holds 3 parameters, the optimizer has 2"},
+      {"name", "parameter 0 is 'x', expected 'w'"},
+      {"route", "parameter 'w': route differs"},
+      {"shape", "parameter 'w': shape 5x3 differs from 4x3"},
+      {"buffer_name", "expected buffer 'momentum_buffer'"},
+      {"nan", "buffer 'momentum_buffer' holds an invalid value"},
+      {"negative_v", "buffer 'exp_avg_sq' holds an invalid value"},
+      {"trailing", "trailing bytes"}};
+  for (const auto& [broken, want] : cases) {
+    INFO(broken);
+    const auto r = muon_cuda_test::device_load(device_state(broken));
+    CHECK(r.error.find("checkpoint") != std::string::npos);
+    CHECK(r.error.find(want) != std::string::npos);
+    CHECK(r.unchanged);
+    CHECK(r.lr == 0.02);
+  }
+
+  // A CPU optimizer's checkpoint shares the envelope but not the payload.
+  std::vector<float> w(12, 0.5f), b(4, 0.5f);
+  muon::Optimizer<float> cpu;
+  cpu.add_param("w", {w.data(), {4, 3}}, {w.data(), {4, 3}});
+  cpu.add_param("b", {b.data(), {4}}, {b.data(), {4}});
+  std::ostringstream os;
+  cpu.save(os);
+  const auto r = muon_cuda_test::device_load(os.str());
+  CHECK(r.error.find("not a muon::cuda::Optimizer state") != std::string::npos);
+  CHECK(r.unchanged);
+}
+
+TEST_CASE("cuda: a well-formed device state loads on a device, and fails cleanly without one") {
+  const std::string bytes = device_state("none");
+  const auto r = muon_cuda_test::device_load(bytes);
+  if (!muon_cuda_test::device_present()) {
+    // Parsing succeeded; the first device allocation failed, and that too
+    // leaves the optimizer as it was.
+    INFO(r.error);
+    CHECK(r.error.find("allocation") != std::string::npos);
+    CHECK(r.unchanged);
+    CHECK(r.lr == 0.02);
+    return;
+  }
+  CHECK(r.error.empty());
+  CHECK(r.lr == 0.05);
+  CHECK(r.steps == 7);
+  CHECK(r.resaved == bytes);  // save() writes exactly the documented layout
 }
 
 TEST_CASE("cuda: tiled kernels emulated on the host agree with plain loops (no device needed)") {
