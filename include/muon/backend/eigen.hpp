@@ -361,12 +361,14 @@ class Workspace {
   std::unique_ptr<detail::ParallelSyrk<S>> gram_, square_;
   std::unique_ptr<detail::ParallelGemm<S>> apply_, small_;
   Products products_ = Products::eigen;
+  // The bf16 engine's copy Xt_ holds bf16(X_); every change of X_ clears it
+  // (kept in every build so those writes need no #ifdef).
+  bool xt_current_ = false;
 #ifdef MUON_USE_BF16
   std::unique_ptr<detail::DnnlContext> dnnl_;
   std::vector<std::uint16_t> Xt_, Lb_;  // bf16 factors (bit patterns): X row-major, L
   std::unique_ptr<detail::Bf16Syrk> bf_gram_, bf_square_;
   std::unique_ptr<detail::Bf16Matmul> bf_apply_, bf_apply_acc_;
-  bool xt_current_ = false;  // Xt_ holds bf16(X_)
 #endif
 };
 
