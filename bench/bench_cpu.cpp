@@ -27,12 +27,20 @@
 /// converge, so orth_err mostly measures where the polynomial left the small
 /// singular values, equal for every method). scripts/bench_cpu.sh runs this
 /// with --benchmark_format=json and prints the ratios to plain_eigen.
+///
+/// With MUON_BENCH_DUMP_INPUTS=<dir> set, each shape's input is also written
+/// to <dir>/<rows>x<cols>.f32 (raw little-endian float32, row-major), so that
+/// scripts/torch_cpu_ns.py --inputs <dir> runs PyTorch on the same matrices
+/// and the error counters compare like with like.
 
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <fstream>
 #include <map>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -157,11 +165,22 @@ void configure(benchmark::internal::Benchmark* b) {
   b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 }
 
+/// Writes the input of `s` for scripts/torch_cpu_ns.py (see the file comment).
+void dump_input(const std::string& dir, Shape s) {
+  const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> G = input(s);
+  std::ofstream out(dir + "/" + s.name() + ".f32", std::ios::binary);
+  out.write(reinterpret_cast<const char*>(G.data()),
+            static_cast<std::streamsize>(sizeof(float) * static_cast<std::size_t>(G.size())));
+  if (!out) throw std::runtime_error("bench_cpu: cannot write the input to " + dir);
+}
+
 const int registered = [] {
   using muon::NsMethod;
   using muon::eigen::Products;
+  const char* dump_dir = std::getenv("MUON_BENCH_DUMP_INPUTS");
   for (const Shape& s : kShapes) {
     const std::string n = s.name();
+    if (dump_dir && *dump_dir) dump_input(dump_dir, s);
     configure(benchmark::RegisterBenchmark(("plain_eigen/" + n).c_str(), bm_plain, s));
     configure(benchmark::RegisterBenchmark(("muon_default/" + n).c_str(), bm_muon, s,
                                            NsMethod::automatic, 0, Products::eigen));

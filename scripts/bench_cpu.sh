@@ -3,7 +3,9 @@
 # MUON_USE_BLAS / MUON_USE_BF16 when their packages are installed), runs it and
 # PyTorch's CPU NS5 (scripts/torch_cpu_ns.py) back to back, keeps the JSON and
 # prints every method's time as a ratio to the hand-written Eigen NS5 measured
-# in the same run (lower is faster), plus bf16 against PyTorch bf16.
+# in the same run (lower is faster), plus bf16 against PyTorch bf16. PyTorch
+# orthogonalizes the same input matrices (written by bench_cpu to
+# out_dir/inputs), so the error counters compare like with like.
 #
 # Usage: scripts/bench_cpu.sh [out_dir]      (default build/bench_cpu_results)
 # Environment: BENCH_FILTER (Google Benchmark regex), BENCH_MIN_TIME (s, 0.5),
@@ -27,14 +29,15 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMUON_ENABLE_CUDA=OF
 cmake --build "$build" -j "$jobs" --target bench_cpu
 
 echo "== bench_cpu (threads: $threads; options: ${opts[*]:-none}) =="
-MUON_NUM_THREADS=$threads "$build/bench/bench_cpu" --benchmark_filter="${BENCH_FILTER:-.}" \
+mkdir -p "$out/inputs"
+MUON_BENCH_DUMP_INPUTS="$out/inputs" MUON_NUM_THREADS=$threads "$build/bench/bench_cpu" --benchmark_filter="${BENCH_FILTER:-.}" \
   --benchmark_min_time="${BENCH_MIN_TIME:-0.5}" --benchmark_format=json \
   --benchmark_out="$out/bench_cpu.json" --benchmark_out_format=json >/dev/null
 
 torch_py=/usr/bin/python3
 if "$torch_py" -c "import torch" 2>/dev/null; then
   echo "== PyTorch CPU NS5 (threads: $threads) =="
-  "$torch_py" scripts/torch_cpu_ns.py --threads "$threads" \
+  "$torch_py" scripts/torch_cpu_ns.py --threads "$threads" --inputs "$out/inputs" \
     --min-time "${BENCH_MIN_TIME:-0.5}" >"$out/torch_cpu.json"
 else
   echo "PyTorch not found (Debian: apt-get install python3-torch); torch columns skipped"

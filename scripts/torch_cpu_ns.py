@@ -11,11 +11,18 @@ Prints one JSON object: {"context": ..., "benchmarks": [{"name":
 fields Google Benchmark writes (and bench/bench_cpu.cpp's counters:
 ns_rounding = ||O - O64||_F / ||O64||_F against the same NS5 in float64), so scripts/bench_cpu.sh and scripts/plot_bench.py read both alike.
 
+With --inputs DIR, each shape's input is read from DIR/<rows>x<cols>.f32
+(raw float32, row-major, as bench/bench_cpu writes them under
+MUON_BENCH_DUMP_INPUTS=DIR), so both programs orthogonalize the same
+matrices; otherwise a seeded Gaussian of the same shape is drawn here.
+
 Usage: torch_cpu_ns.py [--threads N] [--min-time S] [--shapes 256x256,...]
+                       [--inputs DIR]
 Needs PyTorch (Debian: apt-get install python3-torch; run with /usr/bin/python3).
 """
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -53,20 +60,29 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: all cores)")
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement")
     ap.add_argument("--shapes", default="", help="comma list rowsxcols (default: all)")
+    ap.add_argument("--inputs", default="", help="folder of bench_cpu's inputs (<r>x<c>.f32)")
     args = ap.parse_args()
-    import os
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     shapes = SHAPES
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     out = {"context": {"torch": torch.__version__, "threads": threads,
+                       "inputs": "bench_cpu's" if args.inputs else "own seeded Gaussian",
                        "machine": platform.processor() or platform.machine(),
                        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
            "benchmarks": []}
     for rows, cols in shapes:
-        gen = torch.Generator().manual_seed(7919 * rows + cols)
-        G = torch.randn(rows, cols, generator=gen)
+        if args.inputs:
+            with open(os.path.join(args.inputs, f"{rows}x{cols}.f32"), "rb") as f:
+                raw = bytearray(f.read())
+            if len(raw) != 4 * rows * cols:
+                raise SystemExit(f"torch_cpu_ns.py: {rows}x{cols}.f32 has {len(raw)} bytes,"
+                                 f" expected {4 * rows * cols}")
+            G = torch.frombuffer(raw, dtype=torch.float32).reshape(rows, cols)
+        else:
+            gen = torch.Generator().manual_seed(7919 * rows + cols)
+            G = torch.randn(rows, cols, generator=gen)
         m, n = min(rows, cols), max(rows, cols)
         flops = STEPS * (4 * m * m * n + 2 * m ** 3)
         with torch.no_grad():
