@@ -98,8 +98,9 @@ const Eigen::MatrixXd& double_ns5(Shape s) {
   static std::map<std::pair<Index, Index>, Eigen::MatrixXd> cache;
   auto it = cache.find({s.rows, s.cols});
   if (it == cache.end())
-    it = cache.emplace(std::make_pair(s.rows, s.cols),
-                       plain_eigen_ns5(Eigen::MatrixXd(input(s).cast<double>())))
+    it = cache
+             .emplace(std::make_pair(s.rows, s.cols),
+                      plain_eigen_ns5(Eigen::MatrixXd(input(s).cast<double>())))
              .first;
   return it->second;
 }
@@ -141,21 +142,14 @@ void bm_muon(benchmark::State& state, Shape s, muon::NsMethod method, int thread
   finish(state, s, out, Kind::newton_schulz);
 }
 
-void bm_svd(benchmark::State& state, Shape s) {
-  const MatrixF G = input(s);
-  MatrixF out;
-  for (auto _ : state) {
-    out = muon::reference::polar_svd<float>(G);
-    benchmark::DoNotOptimize(out.data());
-  }
-  finish(state, s, out, Kind::exact_polar);
-}
+/// An exact polar factor (reference::polar_svd or polar_eigh) of the input.
+using ExactPolar = MatrixF (*)(const MatrixF&);
 
-void bm_eigh(benchmark::State& state, Shape s) {
+void bm_exact(benchmark::State& state, Shape s, ExactPolar polar) {
   const MatrixF G = input(s);
   MatrixF out;
   for (auto _ : state) {
-    out = muon::reference::polar_eigh<float>(G);
+    out = polar(G);
     benchmark::DoNotOptimize(out.data());
   }
   finish(state, s, out, Kind::exact_polar);
@@ -201,8 +195,12 @@ const int registered = [] {
         configure(benchmark::RegisterBenchmark(("muon_bf16_gram/" + n).c_str(), bm_muon, s,
                                                NsMethod::gram, 0, Products::bf16));
     }
-    configure(benchmark::RegisterBenchmark(("polar_svd/" + n).c_str(), bm_svd, s));
-    configure(benchmark::RegisterBenchmark(("polar_eigh/" + n).c_str(), bm_eigh, s));
+    configure(benchmark::RegisterBenchmark(
+        ("polar_svd/" + n).c_str(), bm_exact, s,
+        +[](const MatrixF& G) -> MatrixF { return muon::reference::polar_svd<float>(G); }));
+    configure(benchmark::RegisterBenchmark(
+        ("polar_eigh/" + n).c_str(), bm_exact, s,
+        +[](const MatrixF& G) -> MatrixF { return muon::reference::polar_eigh<float>(G); }));
   }
   return 0;
 }();

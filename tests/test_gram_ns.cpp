@@ -166,7 +166,8 @@ TEST_CASE("every available product engine matches the Eigen engine", "[products]
     // error ~4e-3 per product), fp32 accumulation; the others differ from
     // Eigen by fp32 rounding only.
     const double tol = p == Products::bf16 ? 5e-2 : 1e-4;
-    for (const auto& c : std::vector<Case>{{96, 96}, {64, 256}, {300, 100}, {600, 616}, {520, 1040}}) {
+    for (const auto& c :
+         std::vector<Case>{{96, 96}, {64, 256}, {300, 100}, {600, 616}, {520, 1040}}) {
       for (auto method : {muon::NsMethod::standard, muon::NsMethod::gram}) {
         INFO("engine " << int(p) << ", shape " << c.rows << "x" << c.cols << ", method "
                        << int(method));

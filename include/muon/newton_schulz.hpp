@@ -177,8 +177,8 @@ struct has_gram_threshold<B,
 
 /// Runs the iteration on the backend's current X (already loaded, wide),
 /// in the form options.method asks for (automatic: by the backend's aspect
-/// ratio against kGramAspectThreshold or the backend's own threshold). Throws muon::Error when the Gram form is forced on a backend
-/// that lacks its primitives.
+/// ratio against kGramAspectThreshold or the backend's own threshold). Throws muon::Error when the
+/// Gram form is forced on a backend that lacks its primitives.
 template <class Backend>
 void newton_schulz_iterate(Backend& be, const NewtonSchulzOptions& opt) {
   if constexpr (has_gram_primitives<Backend>::value) {

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "../detail/check.hpp"
 #include "../detail/eigen_products.hpp"
 #include "../detail/optional_products.hpp"
 #include "../detail/parallel_products.hpp"
@@ -300,7 +301,7 @@ class Workspace {
       if (products_ == Products::bf16 && !fp32) {
         // Every bf16 multiply_into has the m x n iterate as its right factor
         // (apply_polynomial, gram_apply_q); the m x m ones ask for fp32.
-        detail::require(R.data() == X_.data(), "products", "bf16 product of an unexpected shape");
+        detail::check_arg(R.data() == X_.data(), "products", "bf16 product of an unexpected shape");
         detail::to_bf16(L.data(), Lb_.data(), L.size());
         if (alpha != S(0)) out = alpha * R;
         (alpha != S(0) ? *bf_apply_acc_ : *bf_apply_).run(x_bf16(), Lb_.data(), out.data());
@@ -328,9 +329,7 @@ class Workspace {
     if (!xt_current_) {
       // Rows split among the pool's threads at multiples of 16 (whole tiles).
       const int tasks = pool_ ? pool_->size() : 1;
-      auto boundary = [this, tasks](int t) {
-        return t == tasks ? m_ : (m_ * t / tasks) / 16 * 16;
-      };
+      auto boundary = [this, tasks](int t) { return t == tasks ? m_ : (m_ * t / tasks) / 16 * 16; };
       auto rows = [&](int t) {
         detail::to_bf16_transposed(X_.data(), Xt_.data(), m_, n_, boundary(t), boundary(t + 1));
       };

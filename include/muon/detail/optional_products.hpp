@@ -73,7 +73,9 @@ inline void blas_gemm(int rows, int cols, int depth, double alpha, const double*
 
 #ifdef MUON_USE_BF16
 inline void dnnl_check(dnnl_status_t s, const char* what) {
-  require(s == dnnl_success, "oneDNN",
+  // Called around every matmul: the message is built only on failure.
+  if (s == dnnl_success) return;
+  require(false, "oneDNN",
           std::string(what) + " failed (status " + std::to_string(static_cast<int>(s)) + ")");
 }
 
@@ -108,9 +110,9 @@ inline dnnl_memory_desc_t dense_desc(int64_t rows, int64_t cols, dnnl_data_type_
   dnnl_memory_desc_t md;
   const dnnl_dims_t dims = {rows, cols};
   const dnnl_dims_t row_major = {cols, 1}, column_major = {1, rows};
-  dnnl_check(dnnl_memory_desc_init_by_strides(&md, 2, dims, type,
-                                              transposed ? column_major : row_major),
-             "memory_desc");
+  dnnl_check(
+      dnnl_memory_desc_init_by_strides(&md, 2, dims, type, transposed ? column_major : row_major),
+      "memory_desc");
   return md;
 }
 
