@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -104,6 +105,63 @@ std::string load_error(muon::Optimizer<T>& opt, const std::string& bytes) {
     return e.what();
   }
   return "<loaded>";
+}
+
+// ---- the envelope, written out here from docs/optimizer.md ------------------
+// "MUONCKPT" | u32 version | u64 payload size | payload | u32 CRC-32(payload),
+// all little-endian. Tests that edit a payload re-seal it with a valid CRC,
+// so that the payload's own checks, not the checksum, must catch the edit.
+
+/// CRC-32 (IEEE, reflected, as zlib), bit by bit.
+std::uint32_t reference_crc32(const std::string& bytes) {
+  std::uint32_t crc = 0xFFFFFFFFu;
+  for (unsigned char byte : bytes) {
+    crc ^= byte;
+    for (int bit = 0; bit < 8; ++bit) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+  }
+  return ~crc;
+}
+
+void put_le(std::string& out, std::uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
+
+std::uint64_t get_le(const std::string& in, std::size_t at, int bytes) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i)
+    v |= std::uint64_t(static_cast<unsigned char>(in.at(at + std::size_t(i)))) << (8 * i);
+  return v;
+}
+
+std::string payload_of(const std::string& file) {
+  REQUIRE(file.substr(0, 8) == "MUONCKPT");
+  const std::uint64_t size = get_le(file, 12, 8);
+  REQUIRE(file.size() == 20 + size + 4);
+  return file.substr(20, size);
+}
+
+std::string seal(const std::string& payload) {
+  std::string out = "MUONCKPT";
+  put_le(out, 1, 4);
+  put_le(out, payload.size(), 8);
+  out += payload;
+  put_le(out, reference_crc32(payload), 4);
+  return out;
+}
+
+/// Offset just past the u32-length-prefixed string `name` in a payload (the
+/// parameter record that follows it).
+std::size_t after_name(const std::string& payload, const std::string& name) {
+  std::string key;
+  put_le(key, name.size(), 4);
+  key += name;
+  const std::size_t at = payload.find(key);
+  REQUIRE(at != std::string::npos);
+  return at + key.size();
+}
+
+void set_le(std::string& bytes, std::size_t at, std::uint64_t v, int n) {
+  for (int i = 0; i < n; ++i) bytes[at + std::size_t(i)] = static_cast<char>((v >> (8 * i)) & 0xFF);
 }
 
 // The u32 version field sits right after the magic; CRC covers the payload only.
@@ -332,11 +390,74 @@ TEST_CASE("corrupt, truncated or mismatched checkpoints throw and change nothing
     dm.attach(e);
     REQUIRE(load_error(e, good).find("dtype") != std::string::npos);
 
-    muon::Optimizer<float> split_differs;
+    muon::Optimizer<float> more_groups;
     Model<float> sm(12);
-    sm.attach(split_differs);
-    split_differs.add_group(muon::MuonGroupOptions());
-    REQUIRE(load_error(split_differs, good).find("groups") != std::string::npos);
+    sm.attach(more_groups);
+    more_groups.add_group(muon::MuonGroupOptions());
+    REQUIRE(load_error(more_groups, good).find("groups") != std::string::npos);
+
+    // The same parameters, but "qkv" split into other row blocks.
+    muon::Optimizer<float> split_differs;
+    Model<float> sd(15);
+    split_differs.add_param("w", {sd.w.data(), {6, 10}}, {sd.gw.data(), {6, 10}});
+    muon::ParamOptions po;
+    po.split = {6, 6};
+    split_differs.add_param("qkv", {sd.qkv.data(), {12, 4}}, {sd.gqkv.data(), {12, 4}}, po);
+    split_differs.add_param("conv", {sd.conv.data(), {4, 2, 3, 3}},
+                            {sd.gconv.data(), {4, 2, 3, 3}});
+    split_differs.add_param("batch", {sd.batch.data(), {2, 3, 5}}, {sd.gbatch.data(), {2, 3, 5}});
+    split_differs.add_param("bias", {sd.bias.data(), {6}}, {sd.gbias.data(), {6}});
+    REQUIRE(load_error(split_differs, good).find("split differs") != std::string::npos);
+  }
+  SECTION("payload checks, each reached through a valid checksum") {
+    const std::string payload = payload_of(good);
+    REQUIRE(seal(payload) == good);  // the test's own envelope writer agrees
+    // Parameter record after its name: u8 route | u32 group | u8 ndim |
+    // ndim x i64 shape | u32 blocks | blocks x i64 rows | i64 steps |
+    // u32 buffer count | buffers (str name | u8 dtype | u64 count | data).
+    const std::size_t bias = after_name(payload, "bias");  // 1-D (6), AdamW
+    const std::size_t bias_steps = bias + 1 + 4 + 1 + 8 + 4 + 8;
+    const std::size_t qkv = after_name(payload, "qkv");  // 2-D (12, 4), split 4, 4, 4
+    const std::size_t qkv_first_block = qkv + 1 + 4 + 1 + 2 * 8 + 4;
+    const std::size_t exp_avg_sq = after_name(payload, "exp_avg_sq") + 1 + 8;
+    struct Edit {
+      const char* what;
+      std::function<void(std::string&)> apply;
+      const char* message;
+    };
+    const std::vector<Edit> edits = {
+        {"route", [&](std::string& p) { p[bias] = 1; }, "route differs"},
+        {"route out of range", [&](std::string& p) { p[bias] = 9; }, "route differs"},
+        {"group", [&](std::string& p) { set_le(p, bias + 1, 3, 4); }, "group differs"},
+        {"split", [&](std::string& p) { set_le(p, qkv_first_block, 5, 8); }, "split differs"},
+        {"duplicate name", [&](std::string& p) { p.replace(bias - 4, 4, "conv"); },
+         "appears twice"},
+        {"negative parameter steps",
+         [&](std::string& p) { set_le(p, bias_steps, std::uint64_t(-1), 8); },
+         "negative step count"},
+        {"negative optimizer steps", [&](std::string& p) { set_le(p, 2, std::uint64_t(-5), 8); },
+         "negative step count"},
+        {"NaN second moment", [&](std::string& p) { set_le(p, exp_avg_sq, 0x7FC00000u, 4); },
+         "invalid value"},
+        {"negative second moment", [&](std::string& p) { set_le(p, exp_avg_sq, 0xBF800000u, 4); },
+         "invalid value"},
+        {"infinite momentum",
+         [&](std::string& p) {
+           set_le(p, after_name(p, "momentum_buffer") + 1 + 8, 0x7F800000u, 4);
+         },
+         "invalid value"},
+        {"trailing bytes", [&](std::string& p) { p.push_back('\0'); }, "trailing bytes"},
+        {"buffer dtype", [&](std::string& p) { p[1] = 2; }, "dtype"},
+    };
+    for (const Edit& e : edits) {
+      INFO(e.what);
+      std::string edited = payload;
+      e.apply(edited);
+      const std::string message = load_error(b, seal(edited));
+      INFO(message);
+      CHECK(message.find(e.message) != std::string::npos);
+      CHECK(unchanged());
+    }
   }
   SECTION("a user adjust_lr_fn must be present to load a group saved with one") {
     Model<float> fm(13);

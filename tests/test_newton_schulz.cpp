@@ -7,6 +7,7 @@
 
 #include <Eigen/SVD>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -32,9 +33,10 @@ namespace mt = muon_test;
 using RowMajorXd = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 /// The documented normalization denominator, written out here independently
-/// of the library: d ||G||_F + eps, or max(d ||G||_F, eps).
+/// of the library: d ||G||_F + eps, or max(d ||G||_F, eps), where d is the
+/// option's divisor or else the published schedule's.
 double documented_denominator(double frobenius, const NewtonSchulzOptions& opt) {
-  const double d = opt.norm_divisor ? *opt.norm_divisor : opt.schedule.norm_divisor();
+  const double d = opt.norm_divisor ? *opt.norm_divisor : mt::paper(opt.schedule.name()).divisor;
   return opt.eps_mode == EpsMode::add ? d * frobenius + opt.eps : std::max(d * frobenius, opt.eps);
 }
 
@@ -42,8 +44,9 @@ double documented_denominator(double frobenius, const NewtonSchulzOptions& opt) 
 MatrixXd expected_from(const MatrixXd& U, const VectorXd& s, const MatrixXd& V,
                        const NewtonSchulzOptions& opt) {
   const double den = documented_denominator(std::sqrt(s.squaredNorm()), opt);
+  const mt::PaperSchedule table = mt::paper(opt.schedule.name());
   VectorXd p(s.size());
-  for (Index i = 0; i < s.size(); ++i) p(i) = opt.schedule.apply(s(i) / den, opt.steps);
+  for (Index i = 0; i < s.size(); ++i) p(i) = table.apply(s(i) / den, opt.steps);
   return U * p.asDiagonal() * V.transpose();
 }
 
@@ -61,6 +64,33 @@ std::vector<NewtonSchulzOptions> every_schedule() {
 }
 
 }  // namespace
+
+TEST_CASE("the built-in schedules are the published coefficients, last row repeating") {
+  for (const char* name : {"jordan", "cubic", "quintic", "polar_express"}) {
+    INFO(name);
+    const Schedule s = Schedule::by_name(name);
+    const mt::PaperSchedule want = mt::paper(name);
+    REQUIRE(s.name() == name);
+    REQUIRE(s.rows().size() == want.rows.size());
+    CHECK(s.norm_divisor() == want.divisor);
+    // Past the table (Polar Express x 10 runs rows 8, 8, 8) the last row repeats.
+    for (int k = 0; k < int(want.rows.size()) + 5; ++k) {
+      INFO("step " << k);
+      const auto& r = want.row(k);
+      CHECK(std::abs(s.at(std::size_t(k)).a - r[0]) <= 1e-15 * std::abs(r[0]));
+      CHECK(std::abs(s.at(std::size_t(k)).b - r[1]) <= 1e-15 * std::abs(r[1]));
+      CHECK(std::abs(s.at(std::size_t(k)).c - r[2]) <= 1e-15 * std::abs(r[2]) + 0.0);
+    }
+  }
+  // A user schedule repeats its last row too; Schedule::apply follows the table.
+  const Schedule user({{2.0, -1.0, 0.0}, {1.5, -0.5, 0.0}});
+  CHECK(user.at(7).a == 1.5);
+  const mt::PaperSchedule pe = mt::paper_polar_express();
+  for (double x : {1e-3, 0.02, 0.3, 0.9}) {
+    INFO("x " << x);
+    CHECK(std::abs(Schedule::polar_express().apply(x, 10) - pe.apply(x, 10)) < 1e-14);
+  }
+}
 
 TEST_CASE("NS keeps G's singular vectors and maps each singular value through p^k") {
   struct Shape {
@@ -95,7 +125,7 @@ TEST_CASE("NS keeps G's singular vectors and maps each singular value through p^
 
 TEST_CASE("Jordan x5 sends every s/||G||_F >= 0.006 into [0.68, 1.14]") {
   // The claim on the polynomial itself, on a dense grid.
-  const Schedule jordan = Schedule::jordan();
+  const mt::PaperSchedule jordan = mt::paper_jordan();
   for (int i = 0; i <= 20000; ++i) {
     const double x = 0.006 * std::pow(1 / 0.006, i / 20000.0);
     const double y = jordan.apply(x, 5);
@@ -173,7 +203,7 @@ TEST_CASE("shapes: square, wide, tall, 1 x n and n x 1 match the SVD expectation
   const MatrixXd g = mt::gaussian(1, 40, 57);
   const NewtonSchulzOptions opt;
   const double x = g.norm() / (g.norm() + opt.eps);
-  const MatrixXd want = (Schedule::jordan().apply(x, 5) / g.norm()) * g;
+  const MatrixXd want = (mt::paper_jordan().apply(x, 5) / g.norm()) * g;
   CHECK(relative_distance(muon::orthogonalize(g, opt), want) < 1e-12);
   CHECK(relative_distance(muon::orthogonalize(MatrixXd(g.transpose()), opt),
                           MatrixXd(want.transpose())) < 1e-12);
@@ -235,7 +265,10 @@ TEST_CASE("batch equals a loop of single calls, for both batch entry points") {
   }
   SECTION("an empty batch writes nothing and accepts null pointers") {
     muon::Workspace<double> ws(r, c);
-    muon::orthogonalize_batch<double>(nullptr, nullptr, 0, r * c, ws, opt);
+    CHECK_NOTHROW(muon::orthogonalize_batch<double>(nullptr, nullptr, 0, r * c, ws, opt));
+    std::vector<double> in(std::size_t(r * c), 1.5), out(in.size(), -2.5);
+    CHECK_NOTHROW(muon::orthogonalize_batch(in.data(), out.data(), 0, r * c, ws, opt));
+    CHECK(std::all_of(out.begin(), out.end(), [](double v) { return v == -2.5; }));
   }
 }
 
@@ -383,7 +416,8 @@ TEST_CASE("both eps conventions and the extra divisor are applied as documented"
     opt.with_steps(5);
     const MatrixXd O5 = muon::orthogonalize(g.G, opt);
     VectorXd p(s.size());
-    for (Index i = 0; i < s.size(); ++i) p(i) = opt.schedule.apply(s(i) / cs.hand_denominator, 5);
+    for (Index i = 0; i < s.size(); ++i)
+      p(i) = mt::paper(cs.schedule).apply(s(i) / cs.hand_denominator, 5);
     CHECK(relative_distance(O5, g.U * p.asDiagonal() * g.V.transpose()) < 1e-12);
   }
 }

@@ -133,13 +133,24 @@ TEMPLATE_TEST_CASE("orthogonalize_into allocates nothing after the first call", 
                                         << opt.schedule.name() << " x" << opt.steps << ", seed "
                                         << seed);
       muon::orthogonalize_into(G, out, ws, opt);  // first call: may set things up
+      inplace = G;
+      row_major = G;
       require_no_heap_activity(heap_activity_of([&] {
         muon::orthogonalize_into(G, out, ws, opt);
         muon::orthogonalize_into(inplace, inplace, ws, opt);
         muon::orthogonalize_into(row_major_map, row_major_map, ws, opt);
       }));
-      CHECK(out.allFinite());
-      CHECK(inplace.allFinite());
+      // And the calls did their job: NS(G), as the textbook iteration in
+      // double on the same (rounded) input gives it.
+      const Eigen::MatrixXd want =
+          mt::plain_newton_schulz(G.template cast<double>(), mt::paper(opt.schedule.name()),
+                                  opt.steps, opt.eps, opt.eps_mode == muon::EpsMode::max);
+      const double tol = std::is_same<T, double>::value  ? 1e-12
+                         : std::is_same<T, float>::value ? 1e-4
+                                                         : 2e-2;
+      CHECK(muon::reference::relative_distance(out.template cast<double>(), want) < tol);
+      CHECK(muon::reference::relative_distance(inplace.template cast<double>(), want) < tol);
+      CHECK(muon::reference::relative_distance(row_major.template cast<double>(), want) < tol);
     }
     muon::orthogonalize_into(G, out, ws);  // the default-options overload
     require_no_heap_activity(heap_activity_of([&] { muon::orthogonalize_into(G, out, ws); }));
@@ -166,6 +177,18 @@ TEMPLATE_TEST_CASE("orthogonalize_batch (pointer overload) allocates nothing aft
       muon::orthogonalize_batch(in.data(), out.data(), batch, size, ws, opt);
       muon::orthogonalize_batch(out.data(), out.data(), batch, size, ws, opt);  // in place
     }));
-    CHECK(Eigen::Map<muon::Matrix<T>>(out.data(), sh.rows, sh.cols * batch).allFinite());
+    // Applied twice (the second call in place on the first's output).
+    const double tol = std::is_same<T, double>::value ? 1e-12 : 1e-4;
+    for (Index i = 0; i < batch; ++i) {
+      const Eigen::MatrixXd G =
+          Eigen::Map<const muon::Matrix<T>>(in.data() + i * size, sh.rows, sh.cols)
+              .template cast<double>();
+      const Eigen::MatrixXd once = mt::plain_newton_schulz(G, mt::paper_polar_express(), 6);
+      const Eigen::MatrixXd twice = mt::plain_newton_schulz(once, mt::paper_polar_express(), 6);
+      const Eigen::MatrixXd got =
+          Eigen::Map<const muon::Matrix<T>>(out.data() + i * size, sh.rows, sh.cols)
+              .template cast<double>();
+      CHECK(muon::reference::relative_distance(got, twice) < tol);
+    }
   }
 }

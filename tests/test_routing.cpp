@@ -76,17 +76,38 @@ TEST_CASE("an explicit route always wins over the rules", "[routing]") {
   Bank bank;
   float* p = bank.data.data();
   float* g = bank.grad.data();
-  muon::Optimizer<float> opt;
+  // The vector gets buffers of its own, with a gradient that is not constant.
+  std::vector<float> v(8), gv(8);
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    v[i] = 0.5f + 0.1f * float(i);
+    gv[i] = float(i % 3) - 0.8f + 0.05f * float(i);
+  }
+  const std::vector<float> v0 = v;
+  muon::Optimizer<float> opt(muon::MuonGroupOptions().with_lr(0.01).with_weight_decay(0.0));
   opt.add_param("embed.weight", {p, {32, 8}}, {g, {32, 8}}, muon::Route::muon);
-  opt.add_param("fc.weight", {p, {16, 8}}, {g, {16, 8}}, muon::Route::adamw);
-  opt.add_param("norm.scale", {p, {8}}, {g, {8}}, muon::Route::muon);
+  opt.add_param("fc.weight", {p + 256, {16, 8}}, {g + 256, {16, 8}}, muon::Route::adamw);
+  opt.add_param("norm.scale", {v.data(), {8}}, {gv.data(), {8}}, muon::Route::muon);
   REQUIRE(opt.route("embed.weight") == muon::Route::muon);
   REQUIRE(opt.route("fc.weight") == muon::Route::adamw);
   REQUIRE(opt.route("norm.scale") == muon::Route::muon);
   REQUIRE(opt.routing().at("fc.weight").reason.find("explicit") != std::string::npos);
-  // A vector forced to Muon is a 1 x n matrix: its update is g / ||g|| in
-  // direction, so one step moves it (and nothing throws).
   REQUIRE(opt.step().updated == 3);
+  // A vector forced to Muon is a 1 x n matrix: its one singular value is
+  // ||m||, so Newton–Schulz keeps the direction and the step (no decay here)
+  // is -lr * p^5(~1) * g / ||g||: anti-parallel to g, of length lr * p^5(1)
+  // (Jordan: p^5(1) = 0.7...; lr scale sqrt(max(1, 1/8)) = 1).
+  double dot = 0, dd = 0, gg = 0;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    const double d = double(v[i]) - double(v0[i]);
+    dot += d * gv[i];
+    dd += d * d;
+    gg += double(gv[i]) * gv[i];
+  }
+  double p5 = 1.0;  // Jordan's quintic five times on the normalized singular value 1
+  for (int k = 0; k < 5; ++k) p5 = p5 * (3.4445 - 4.7750 * p5 * p5 + 2.0315 * p5 * p5 * p5 * p5);
+  REQUIRE(dd > 0);
+  REQUIRE(dot / std::sqrt(dd * gg) < -0.9999);
+  REQUIRE(std::abs(std::sqrt(dd) - 0.01 * p5) < 1e-5);
 }
 
 TEST_CASE("the name patterns are configurable", "[routing]") {

@@ -10,13 +10,17 @@
 
 #include <Eigen/Core>
 #include <Eigen/QR>
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <random>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <muon/error.hpp>
 
@@ -146,6 +150,93 @@ std::string error_message(F&& f) {
 
 inline bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
+}
+
+}  // namespace muon_test
+
+namespace muon_test {
+
+// ---- Newton–Schulz written out independently of the library ----------------
+//
+// The tests' expectations must not come from the code under test: the
+// schedules below are typed in from their papers, and plain_newton_schulz is
+// the textbook iteration in double on plain Eigen products.
+
+/// One published schedule: per-step (a, b, c) of p(x) = a x + b x^3 + c x^5,
+/// the row past the end repeating the last one, and the norm divisor its
+/// authors normalize with.
+struct PaperSchedule {
+  std::vector<std::array<double, 3>> rows;
+  double divisor = 1.0;
+
+  const std::array<double, 3>& row(int k) const {
+    return rows[std::min<std::size_t>(static_cast<std::size_t>(k), rows.size() - 1)];
+  }
+  /// p_{steps-1}(... p_0(x)), in double.
+  double apply(double x, int steps) const {
+    for (int k = 0; k < steps; ++k) {
+      const auto& r = row(k);
+      x = r[0] * x + r[1] * x * x * x + r[2] * x * x * x * x * x;
+    }
+    return x;
+  }
+};
+
+/// K. Jordan, "Muon: An optimizer for hidden layers in neural networks" (2024).
+inline PaperSchedule paper_jordan() { return {{{3.4445, -4.7750, 2.0315}}, 1.0}; }
+/// The classic Newton–Schulz cubic (3x - x^3) / 2 and quintic (15x - 10x^3 + 3x^5) / 8.
+inline PaperSchedule paper_cubic() { return {{{1.5, -0.5, 0.0}}, 1.0}; }
+inline PaperSchedule paper_quintic() { return {{{15.0 / 8, -10.0 / 8, 3.0 / 8}}, 1.0}; }
+/// Polar Express (Amsel, Persson, Musco, Gower 2025, arXiv 2505.16932), degree
+/// 5: the paper's raw coefficients, then its safety factor 1.01 (every row but
+/// the last becomes (a / 1.01, b / 1.01^3, c / 1.01^5); inputs are normalized
+/// by 1.01 ||X||_F).
+inline PaperSchedule paper_polar_express() {
+  PaperSchedule s{{{8.28721201814563, -23.595886519098837, 17.300387312530933},
+                   {4.107059111542203, -2.9478499167379106, 0.5448431082926601},
+                   {3.9486908534822946, -2.908902115962949, 0.5518191394370137},
+                   {3.3184196573706015, -2.488488024314874, 0.51004894012372},
+                   {2.300652019954817, -1.6689039845747493, 0.4188073119525673},
+                   {1.891301407787398, -1.2679958271945868, 0.37680408948524835},
+                   {1.8750014808534479, -1.2500016453999487, 0.3750001645474248},
+                   {1.875, -1.25, 0.375}},
+                  1.01};
+  for (std::size_t i = 0; i + 1 < s.rows.size(); ++i) {
+    s.rows[i][0] /= 1.01;
+    s.rows[i][1] /= 1.01 * 1.01 * 1.01;
+    s.rows[i][2] /= 1.01 * 1.01 * 1.01 * 1.01 * 1.01;
+  }
+  return s;
+}
+
+/// The published schedule of a built-in schedule's name.
+inline PaperSchedule paper(const std::string& name) {
+  if (name == "jordan") return paper_jordan();
+  if (name == "cubic") return paper_cubic();
+  if (name == "quintic") return paper_quintic();
+  if (name == "polar_express") return paper_polar_express();
+  throw std::logic_error("test_support: no published table for schedule '" + name + "'");
+}
+
+/// The textbook iteration in double: X = G (transposed when tall) divided by
+/// d ||G||_F + eps (or max(d ||G||_F, eps)), then per step A = X X^T,
+/// X = a X + (b A + c A A) X, transposed back. Plain Eigen products, no
+/// symmetric shortcuts, no Gram form.
+inline Eigen::MatrixXd plain_newton_schulz(const Eigen::MatrixXd& G, const PaperSchedule& s,
+                                           int steps, double eps = 1e-7, bool eps_max = false,
+                                           double divisor = -1.0) {
+  const bool tall = G.rows() > G.cols();
+  Eigen::MatrixXd X = tall ? Eigen::MatrixXd(G.transpose()) : G;
+  const double d = divisor > 0 ? divisor : s.divisor;
+  const double norm = X.norm();
+  X /= eps_max ? std::max(d * norm, eps) : d * norm + eps;
+  for (int k = 0; k < steps; ++k) {
+    const auto& r = s.row(k);
+    const Eigen::MatrixXd A = X * X.transpose();
+    const Eigen::MatrixXd B = r[1] * A + r[2] * (A * A);
+    X = (r[0] * X + B * X).eval();
+  }
+  return tall ? Eigen::MatrixXd(X.transpose()) : X;
 }
 
 }  // namespace muon_test

@@ -398,8 +398,7 @@ class Optimizer {
       g.adamw.weight_decay = value;
     else
       throw Error("option: unknown numeric option '" + key + "'");
-    g.muon.validate();
-    g.adamw.validate();
+    validate_option(key, g);
     groups_[group] = std::move(g);
   }
   /// Sets a named option of a group: adjust_lr (original, match_rms_adamw,
@@ -412,7 +411,11 @@ class Optimizer {
       g.muon.adjust_lr = lr_adjust_from_name(value);
       g.muon.adjust_lr_fn = nullptr;
     } else if (key == "ns_coefficients") {
-      g.muon.ns.schedule = Schedule::by_name(value);
+      try {
+        g.muon.ns.schedule = Schedule::by_name(value);
+      } catch (const Error& e) {
+        throw Error("ns_coefficients: " + std::string(e.what()).substr(6));
+      }
     } else if (key == "momentum_kind") {
       detail::require(value == "ema" || value == "sum", "momentum_kind", "must be ema or sum");
       g.muon.momentum_kind = value == "ema" ? MomentumKind::ema : MomentumKind::sum;
@@ -422,7 +425,7 @@ class Optimizer {
     } else {
       throw Error("option: unknown named option '" + key + "'");
     }
-    g.muon.validate();
+    validate_option(key, g);
     groups_[group] = std::move(g);
   }
   void set_option(const std::string& key, const char* value, std::size_t group = 0) {
@@ -831,6 +834,19 @@ class Optimizer {
     Eigen::VectorXd power_u, power_v;
     double orth_error = NAN;
   };
+
+  // Validates a group changed through set_option; the message names the key
+  // the caller used ("adamw_eps", "ns_eps"), then the field's own complaint.
+  static void validate_option(const std::string& key, const Group& g) {
+    try {
+      g.muon.validate();
+      g.adamw.validate();
+    } catch (const Error& e) {
+      const std::string inner = std::string(e.what()).substr(6);  // drop "muon: "
+      if (inner.compare(0, key.size(), key) == 0) throw;
+      throw Error(key + ": " + inner);
+    }
+  }
 
   std::size_t checked_group(std::size_t g) const {
     detail::require(g < groups_.size(), "group",
