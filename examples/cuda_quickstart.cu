@@ -43,21 +43,21 @@ void quickstart(cudaStream_t stream) {
   g2.upload(ones.data(), stream);
   gb.upload(ones.data(), stream);
 
-  mc::OptimizerOptions opt;  // torch.optim.Muon defaults: lr 1e-3, wd 0.1, mu 0.95, Nesterov
-  opt.lr = 0.02;
-  opt.adjust_lr = muon::LrAdjust::original;  // the CPU optimizer's enum (muon/policy.hpp)
-  mc::Optimizer<float> muon(opt);
-  muon.add("layer.0.weight", w1.data(), g1.data(), 256, 512, mc::Layout::row_major);
-  muon.add("layer.1.weight", w2.data(), g2.data(), 256, 512, mc::Layout::row_major);
-  muon.add("layer.0.bias", b.data(), gb.data(), 256, 1);  // not a matrix: AdamW
-  muon.add("tok_embed.weight", e.data(), ge.data(), 1000, 512,
-           mc::Layout::row_major);  // an embedding, by name: AdamW
+  // torch.optim.Muon defaults (lr 1e-3, wd 0.1, mu 0.95, Nesterov), lr 0.02:
+  // the same options, routing and checkpoints as the CPU muon::Optimizer.
+  mc::Optimizer<float> muon(muon::MuonGroupOptions().with_lr(0.02));
+  muon.add_param("layer.0.weight", w1.data(), g1.data(), {256, 512});  // row-major (out, in)
+  muon.add_param("layer.1.weight", w2.data(), g2.data(), {256, 512});
+  muon.add_param("layer.0.bias", b.data(), gb.data(), {256});            // 1-D: AdamW
+  muon.add_param("tok_embed.weight", e.data(), ge.data(), {1000, 512});  // by name: AdamW
   std::printf("%s", muon.routing().table().c_str());
   muon.step(stream);                                // eager step
+  muon.report(stream);                              // what it did (throws if it was refused)
   muon.capture(stream);                             // record one step as a graph
   for (int s = 0; s < 3; ++s) muon.replay(stream);  // one launch per step
-  std::printf("steps: %lld, Muon groups (batched NS calls): %zu\n", muon.step_count(stream),
-              muon.muon_groups());
+  muon.report(stream);
+  std::printf("steps: %lld, same-shape batches (batched NS calls): %zu\n",
+              static_cast<long long>(muon.step_count()), muon.shape_batch_count());
 }
 
 int main() {

@@ -160,14 +160,14 @@ TEST_CASE("adamw_step rejects bad options, steps and shapes, leaving all data un
     return o;
   };
   const std::pair<muon::AdamWOptions, const char*> bad_options[] = {
-      {with([](muon::AdamWOptions& o) { o.lr = -1e-3; }), "lr"},
-      {with([](muon::AdamWOptions& o) { o.lr = INFINITY; }), "lr"},
-      {with([](muon::AdamWOptions& o) { o.beta1 = 1.0; }), "beta1"},
-      {with([](muon::AdamWOptions& o) { o.beta1 = -0.1; }), "beta1"},
-      {with([](muon::AdamWOptions& o) { o.beta2 = 1.0; }), "beta2"},
-      {with([](muon::AdamWOptions& o) { o.beta2 = std::nan(""); }), "beta2"},
-      {with([](muon::AdamWOptions& o) { o.eps = 0.0; }), "eps"},
-      {with([](muon::AdamWOptions& o) { o.weight_decay = -0.01; }), "weight_decay"},
+      {with([](muon::AdamWOptions& o) { o.lr = -1e-3; }), "adamw_lr"},
+      {with([](muon::AdamWOptions& o) { o.lr = INFINITY; }), "adamw_lr"},
+      {with([](muon::AdamWOptions& o) { o.beta1 = 1.0; }), "adamw_beta1"},
+      {with([](muon::AdamWOptions& o) { o.beta1 = -0.1; }), "adamw_beta1"},
+      {with([](muon::AdamWOptions& o) { o.beta2 = 1.0; }), "adamw_beta2"},
+      {with([](muon::AdamWOptions& o) { o.beta2 = std::nan(""); }), "adamw_beta2"},
+      {with([](muon::AdamWOptions& o) { o.eps = 0.0; }), "adamw_eps"},
+      {with([](muon::AdamWOptions& o) { o.weight_decay = -0.01; }), "adamw_weight_decay"},
   };
   for (const auto& bad : bad_options) {
     const muon::AdamWOptions& o = bad.first;

@@ -3,12 +3,16 @@
 // muon::Error while leaving the optimizer exactly as it was.
 
 #include <muon/checkpoint.hpp>
+#include <muon/optim/host_state.hpp>
 #include <muon/optimizer.hpp>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <random>
 #include <sstream>
 #include <string>
@@ -97,10 +101,11 @@ std::string save_bytes(const muon::Optimizer<T>& opt) {
 }
 
 template <class T>
-std::string load_error(muon::Optimizer<T>& opt, const std::string& bytes) {
+std::string load_error(muon::Optimizer<T>& opt, const std::string& bytes,
+                       const muon::LoadOptions& options = muon::LoadOptions()) {
   std::istringstream is(bytes);
   try {
-    opt.load(is);
+    opt.load(is, options);
   } catch (const muon::Error& e) {
     return e.what();
   }
@@ -142,7 +147,7 @@ std::string payload_of(const std::string& file) {
 
 std::string seal(const std::string& payload) {
   std::string out = "MUONCKPT";
-  put_le(out, 1, 4);
+  put_le(out, 2, 4);
   put_le(out, payload.size(), 8);
   out += payload;
   put_le(out, reference_crc32(payload), 4);
@@ -188,7 +193,7 @@ TEST_CASE("the header is little-endian: magic, version, size, payload, CRC", "[c
   m.attach(opt);
   const std::string bytes = save_bytes(opt);
   REQUIRE(bytes.substr(0, 8) == "MUONCKPT");
-  REQUIRE(static_cast<unsigned char>(bytes[8]) == 1);  // version 1, LE
+  REQUIRE(static_cast<unsigned char>(bytes[8]) == 2);  // version 2, LE
   REQUIRE(bytes[9] == 0);
   std::uint64_t size = 0;
   for (int i = 0; i < 8; ++i)
@@ -353,7 +358,7 @@ TEST_CASE("corrupt, truncated or mismatched checkpoints throw and change nothing
     std::string bad = good;
     bad[0] = 'X';
     REQUIRE(load_error(b, bad).find("magic") != std::string::npos);
-    REQUIRE(load_error(b, with_u32_at(good, 8, 2)).find("version 2") != std::string::npos);
+    REQUIRE(load_error(b, with_u32_at(good, 8, 3)).find("version 3") != std::string::npos);
     REQUIRE(load_error(b, with_u32_at(good, 8, 0)).find("version 0") != std::string::npos);
     REQUIRE(unchanged());
   }
@@ -372,23 +377,38 @@ TEST_CASE("corrupt, truncated or mismatched checkpoints throw and change nothing
     muon::Optimizer<float> d;
     std::vector<float> x(60), gx(60);
     d.add_param("renamed", {x.data(), {6, 10}}, {gx.data(), {6, 10}});
-    d.add_param("qkv", {x.data(), {12, 4}}, {gx.data(), {12, 4}});
+    muon::ParamOptions qkv_split;
+    qkv_split.split = {4, 4, 4};
+    d.add_param("qkv", {x.data(), {12, 4}}, {gx.data(), {12, 4}}, qkv_split);
     d.add_param("conv", {x.data(), {4, 2, 3, 3}}, {gx.data(), {4, 2, 3, 3}});
     d.add_param("batch", {x.data(), {2, 3, 5}}, {gx.data(), {2, 3, 5}});
     d.add_param("bias", {x.data(), {6}}, {gx.data(), {6}});
     const std::string d_before = save_bytes(d);
-    REQUIRE(load_error(d, good).find("unknown parameter 'w'") != std::string::npos);
+    // Every name missing on either side is listed, in one message.
+    const std::string renamed = load_error(d, good);
+    INFO(renamed);
+    REQUIRE(renamed.find("not in the file: 'renamed'") != std::string::npos);
+    REQUIRE(renamed.find("in the file only: 'w'") != std::string::npos);
+    REQUIRE(renamed.find("checkpoint stream") != std::string::npos);
     REQUIRE(save_bytes(d) == d_before);
+    // A rename map makes it load.
+    REQUIRE(load_error(d, good, muon::LoadOptions::with_renames({{"w", "renamed"}})) == "<loaded>");
+    REQUIRE(save_bytes(d) != d_before);
 
     muon::Optimizer<float> missing;
     Model<float> part(10);
     missing.add_param("w", {part.w.data(), {6, 10}}, {part.gw.data(), {6, 10}});
-    REQUIRE(load_error(missing, good).find("parameters") != std::string::npos);
+    const std::string extra = load_error(missing, good);
+    INFO(extra);
+    REQUIRE(extra.find("in the file only: 'qkv', 'conv', 'batch', 'bias'") != std::string::npos);
 
     Model<double> dm(11);
     muon::Optimizer<double> e;
     dm.attach(e);
-    REQUIRE(load_error(e, good).find("dtype") != std::string::npos);
+    const std::string dtype = load_error(e, good);
+    INFO(dtype);
+    REQUIRE(dtype.find("holds float32 buffers, this optimizer keeps float64 buffers") !=
+            std::string::npos);
 
     muon::Optimizer<float> more_groups;
     Model<float> sm(12);
@@ -412,13 +432,16 @@ TEST_CASE("corrupt, truncated or mismatched checkpoints throw and change nothing
   SECTION("payload checks, each reached through a valid checksum") {
     const std::string payload = payload_of(good);
     REQUIRE(seal(payload) == good);  // the test's own envelope writer agrees
-    // Parameter record after its name: u8 route | u32 group | u8 ndim |
-    // ndim x i64 shape | u32 blocks | blocks x i64 rows | i64 steps |
-    // u32 buffer count | buffers (str name | u8 dtype | u64 count | data).
+    // Payload: str "muon.optimizer" | u8 buffer dtype | u8 parameter dtype |
+    // i64 step count | groups | parameters. Parameter record after its name:
+    // u8 route | u32 group | u8 ndim | ndim x i64 shape | u8 column-major |
+    // u32 blocks | blocks x i64 rows | i64 steps | u32 buffer count |
+    // buffers (str name | u8 dtype | u64 count | data).
+    const std::size_t header = 4 + 14;                     // the payload kind
     const std::size_t bias = after_name(payload, "bias");  // 1-D (6), AdamW
-    const std::size_t bias_steps = bias + 1 + 4 + 1 + 8 + 4 + 8;
+    const std::size_t bias_steps = bias + 1 + 4 + 1 + 8 + 1 + 4 + 8;
     const std::size_t qkv = after_name(payload, "qkv");  // 2-D (12, 4), split 4, 4, 4
-    const std::size_t qkv_first_block = qkv + 1 + 4 + 1 + 2 * 8 + 4;
+    const std::size_t qkv_first_block = qkv + 1 + 4 + 1 + 2 * 8 + 1 + 4;
     const std::size_t exp_avg_sq = after_name(payload, "exp_avg_sq") + 1 + 8;
     struct Edit {
       const char* what;
@@ -434,9 +457,19 @@ TEST_CASE("corrupt, truncated or mismatched checkpoints throw and change nothing
          "appears twice"},
         {"negative parameter steps",
          [&](std::string& p) { set_le(p, bias_steps, std::uint64_t(-1), 8); },
-         "negative step count"},
-        {"negative optimizer steps", [&](std::string& p) { set_le(p, 2, std::uint64_t(-5), 8); },
-         "negative step count"},
+         "step count out of range"},
+        {"parameter steps near INT64_MAX",
+         [&](std::string& p) { set_le(p, bias_steps, 0x7FFFFFFFFFFFFFFFu, 8); },
+         "step count out of range"},
+        {"negative optimizer steps",
+         [&](std::string& p) { set_le(p, header + 2, std::uint64_t(-5), 8); },
+         "step count out of range"},
+        {"optimizer steps near INT64_MAX",
+         [&](std::string& p) { set_le(p, header + 2, 0x7FFFFFFFFFFFFFFEu, 8); },
+         "step count out of range"},
+        {"column-major flag", [&](std::string& p) { p[qkv + 1 + 4 + 1 + 2 * 8] = 1; },
+         "shape differs"},
+        {"payload kind", [&](std::string& p) { p[4] = 'M'; }, "not an optimizer state"},
         {"NaN second moment", [&](std::string& p) { set_le(p, exp_avg_sq, 0x7FC00000u, 4); },
          "invalid value"},
         {"negative second moment", [&](std::string& p) { set_le(p, exp_avg_sq, 0xBF800000u, 4); },
@@ -447,7 +480,8 @@ TEST_CASE("corrupt, truncated or mismatched checkpoints throw and change nothing
          },
          "invalid value"},
         {"trailing bytes", [&](std::string& p) { p.push_back('\0'); }, "trailing bytes"},
-        {"buffer dtype", [&](std::string& p) { p[1] = 2; }, "dtype"},
+        {"buffer dtype", [&](std::string& p) { p[header] = 2; }, "float64 buffers"},
+        {"unknown dtype", [&](std::string& p) { p[header] = 9; }, "unknown buffer dtype"},
     };
     for (const Edit& e : edits) {
       INFO(e.what);
@@ -473,4 +507,190 @@ TEST_CASE("corrupt, truncated or mismatched checkpoints throw and change nothing
     fm2.attach(with_fn2);
     REQUIRE(load_error(with_fn2, fn_bytes) == "<loaded>");
   }
+}
+
+namespace {
+
+// The recipe tests/data/checkpoint_v1_{float,double}.muonckpt were written
+// with by muon 0.1 (format version 1): this model, two groups, three steps.
+template <class T>
+struct V1Recipe {
+  Model<T> m{1};
+  muon::Optimizer<T> opt;
+  V1Recipe() {
+    // Model<T>(1) draws w, qkv, conv, batch, bias from seeds 1..5, as the
+    // generator did.
+    opt.add_group(
+        muon::MuonGroupOptions().with_lr(0.05).with_momentum_kind(muon::MomentumKind::sum));
+    opt.add_param("w", {m.w.data(), {6, 10}}, {m.gw.data(), {6, 10}});
+    muon::ParamOptions po;
+    po.split = {4, 4, 4};
+    opt.add_param("qkv", {m.qkv.data(), {12, 4}}, {m.gqkv.data(), {12, 4}}, po);
+    po.split.clear();
+    po.group = 1;
+    opt.add_param("conv", {m.conv.data(), {4, 2, 3, 3}}, {m.gconv.data(), {4, 2, 3, 3}}, po);
+    opt.add_param("batch", {m.batch.data(), {2, 3, 5}}, {m.gbatch.data(), {2, 3, 5}});
+    opt.add_param("bias", {m.bias.data(), {6}}, {m.gbias.data(), {6}});
+  }
+  void train() {
+    opt.set_option("lr", 0.02);
+    opt.set_option("adamw_lr", 0.01);
+    opt.set_option("ns_coefficients", "polar_express");
+    opt.set_option("adjust_lr", "match_rms_adamw", 1);
+    for (int k = 0; k < 3; ++k) {
+      m.grads(k);
+      if (k == 2) opt.clear_grad("bias");
+      opt.step();
+    }
+  }
+};
+
+std::string data_file(const char* name) { return std::string(MUON_TEST_DATA_DIR) + "/" + name; }
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("checkpoints written by muon 0.1 (format version 1) still load", "[checkpoint]",
+                   float, double) {
+  using T = TestType;
+  const std::string path =
+      data_file(std::is_same<T, float>::value ? "checkpoint_v1_float.muonckpt"
+                                              : "checkpoint_v1_double.muonckpt");
+  V1Recipe<T> fresh;
+  fresh.opt.load_file(path);
+  REQUIRE(fresh.opt.step_count() == 3);
+  REQUIRE(fresh.opt.param_steps("w") == 3);
+  REQUIRE(fresh.opt.param_steps("bias") == 2);
+  REQUIRE(fresh.opt.muon_options(0).lr == 0.02);
+  REQUIRE(fresh.opt.muon_options(0).ns.schedule.name() == "polar_express");
+  REQUIRE(fresh.opt.adamw_options(0).lr == 0.01);
+  REQUIRE(fresh.opt.muon_options(1).lr == 0.05);
+  REQUIRE(fresh.opt.muon_options(1).momentum_kind == muon::MomentumKind::sum);
+  REQUIRE(fresh.opt.muon_options(1).adjust_lr == muon::LrAdjust::match_rms_adamw);
+  REQUIRE(fresh.opt.muon_options(1).ns.eps_mode == muon::EpsMode::max);
+  // The buffers are those the same three steps give today.
+  V1Recipe<T> trained;
+  trained.train();
+  for (const char* name : {"w", "qkv", "conv", "batch"})
+    REQUIRE((fresh.opt.momentum_buffer(name) - trained.opt.momentum_buffer(name))
+                .cwiseAbs()
+                .maxCoeff() <= 1e-6 * trained.opt.momentum_buffer(name).cwiseAbs().maxCoeff());
+  REQUIRE((fresh.opt.exp_avg_sq("bias") - trained.opt.exp_avg_sq("bias")).cwiseAbs().maxCoeff() <=
+          1e-6 * trained.opt.exp_avg_sq("bias").cwiseAbs().maxCoeff());
+  // Saved again, it is a version 2 file that loads into the trained optimizer.
+  const std::string v2 = save_bytes(fresh.opt);
+  REQUIRE(static_cast<unsigned char>(v2[8]) == 2);
+  REQUIRE(load_error(trained.opt, v2) == "<loaded>");
+  REQUIRE(save_bytes(trained.opt) == v2);
+  REQUIRE(muon::checkpoint_param_names(path) ==
+          std::vector<std::string>{"w", "qkv", "conv", "batch", "bias"});
+}
+
+TEST_CASE("checkpoint_param_names lists a file's parameters; rename maps them", "[checkpoint]") {
+  Model<float> m(21);
+  muon::Optimizer<float> a;
+  m.attach(a);
+  m.grads(0);
+  a.step();
+  const std::string bytes = save_bytes(a);
+  std::istringstream is(bytes);
+  REQUIRE(muon::checkpoint_param_names(is) ==
+          std::vector<std::string>{"w", "qkv", "conv", "batch", "bias"});
+  // A framework renamed every module: "model." prefixes.
+  Model<float> m2(22);
+  muon::Optimizer<float> b;
+  b.add_param("model.w", {m2.w.data(), {6, 10}}, {m2.gw.data(), {6, 10}});
+  muon::ParamOptions po;
+  po.split = {4, 4, 4};
+  b.add_param("model.qkv", {m2.qkv.data(), {12, 4}}, {m2.gqkv.data(), {12, 4}}, po);
+  b.add_param("model.conv", {m2.conv.data(), {4, 2, 3, 3}}, {m2.gconv.data(), {4, 2, 3, 3}});
+  b.add_param("model.batch", {m2.batch.data(), {2, 3, 5}}, {m2.gbatch.data(), {2, 3, 5}});
+  b.add_param("model.bias", {m2.bias.data(), {6}}, {m2.gbias.data(), {6}});
+  muon::LoadOptions prefix;
+  prefix.rename = [](const std::string& n) { return "model." + n; };
+  REQUIRE(load_error(b, bytes, prefix) == "<loaded>");
+  REQUIRE(b.momentum_buffer("model.qkv") == a.momentum_buffer("qkv"));
+  REQUIRE(b.exp_avg("model.bias") == a.exp_avg("bias"));
+  REQUIRE(b.param_steps("model.w") == 1);
+}
+
+TEST_CASE("save_file replaces the old checkpoint atomically", "[checkpoint]") {
+  Model<float> m(31);
+  muon::Optimizer<float> a;
+  m.attach(a);
+  const std::string path = "test_checkpoint_atomic.muonckpt";
+  a.save_file(path);
+  const auto read_all = [](const std::string& p) {
+    std::ifstream is(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(is), {});
+  };
+  const std::string old = read_all(path);
+  REQUIRE(old == save_bytes(a));
+  // A writer that dies half way (a full disk, a killed job): the previous
+  // checkpoint is intact and no temporary file is left behind.
+  struct Injected {};
+  REQUIRE_THROWS_AS(muon::detail::write_file_atomically(path,
+                                                        [&](std::ostream& os) {
+                                                          os << old.substr(0, old.size() / 2);
+                                                          throw Injected{};
+                                                        }),
+                    Injected);
+  REQUIRE(read_all(path) == old);
+  // A stream that fails (the writer's own error path) likewise.
+  REQUIRE_THROWS_AS(muon::detail::write_file_atomically(
+                        path, [](std::ostream& os) { os.setstate(std::ios::badbit); }),
+                    muon::Error);
+  REQUIRE(read_all(path) == old);
+  int leftovers = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("."))
+    if (entry.path().filename().string().rfind(path + ".tmp", 0) == 0) ++leftovers;
+  REQUIRE(leftovers == 0);
+  // A directory that does not exist: a named error, nothing written.
+  REQUIRE_THROWS_AS(a.save_file("no/such/dir/x.muonckpt"), muon::Error);
+  // A successful save replaces the content.
+  m.grads(0);
+  a.step();
+  a.save_file(path);
+  REQUIRE(read_all(path) == save_bytes(a));
+  REQUIRE(read_all(path) != old);
+  std::remove(path.c_str());
+}
+
+TEST_CASE("a CPU checkpoint passes through the device optimizer's state path byte for byte",
+          "[checkpoint]") {
+  // muon::cuda::Optimizer keeps its buffers on the device; around the
+  // copies, its save() and load() are this host code: the core's match,
+  // optim::HostState (buffers as float arrays) and the core's save. Running
+  // it here on a CPU checkpoint, with a core registered as the device
+  // optimizer would register the same tensors, must give the same bytes.
+  Model<float> m(41);
+  muon::Optimizer<float> cpu;
+  m.attach(cpu);
+  configure(cpu);
+  cpu.add_group(muon::MuonGroupOptions().with_lr(0.07));
+  for (int k = 0; k < 3; ++k) {
+    m.grads(k);
+    cpu.step();
+  }
+  const std::string bytes = save_bytes(cpu);
+
+  muon::optim::Core device_core;  // what muon::cuda::Optimizer<float> holds
+  device_core.add_group(muon::MuonGroupOptions());
+  for (const std::string& name : cpu.param_names()) {
+    const muon::optim::ParamRecord& p = cpu.core().param(cpu.core().index(name));
+    muon::ParamOptions po;
+    po.route = p.route;
+    po.group = p.group;
+    if (p.blocks.size() > 1 && p.shape.ndim != 3) po.split.assign(p.blocks.begin(), p.blocks.end());
+    device_core.add_param(name, p.shape, po);
+  }
+  std::istringstream in(bytes);
+  muon::optim::Core::Matched matched =
+      device_core.match(in, muon::checkpoint::Dtype::float32, muon::LoadOptions());
+  const muon::optim::HostState host(device_core, matched);  // "uploaded"
+  device_core.commit(matched);
+  std::ostringstream out;
+  host.save(out, device_core, muon::checkpoint::Dtype::float32);  // "downloaded" and saved
+  REQUIRE(out.str() == bytes);
+  REQUIRE(device_core.step_count() == 3);
+  REQUIRE(device_core.group(1).muon.lr == 0.07);
 }

@@ -15,6 +15,7 @@ int muon_test_eigen_assert_failures = 0;
   } while (false)
 
 #include <muon/optimizer.hpp>
+#include <muon/orthogonalize.hpp>
 #include <muon/reference.hpp>
 
 #include <algorithm>
@@ -23,6 +24,7 @@ int muon_test_eigen_assert_failures = 0;
 #include <cstring>
 #include <functional>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -604,7 +606,7 @@ TEST_CASE("bad registrations and options throw, naming the problem, and change n
       [&] {
         opt.add_param("x", muon::ParamView<double>::matrix(w.data(), 3, 4, 2), {g.data(), {3, 4}});
       },
-      "row stride");
+      "stride 2 is shorter than a row");
   muon::ParamOptions po;
   po.split = {1, 1};
   check([&] { opt.add_param("x", {w.data(), {3, 4}}, {g.data(), {3, 4}}, po); }, "sum to 2");
@@ -621,9 +623,13 @@ TEST_CASE("bad registrations and options throw, naming the problem, and change n
   check([&] { opt.set_option("momentum", 1.5); }, "momentum");
   check([&] { opt.set_option("weight_decay", -1.0); }, "weight_decay");
   check([&] { opt.set_option("ns_steps", 2.5); }, "ns_steps");
-  check([&] { opt.set_option("learning_rate", 0.1); }, "unknown numeric option 'learning_rate'");
+  check([&] { opt.set_option("learning_rate", 0.1); }, "unknown key 'learning_rate'");
+  check([&] { opt.set_option("learning_rate", 0.1); }, "did you mean 'lr'?");
+  check([&] { opt.set_option("learning_rate", 0.1); }, "valid keys: lr, weight_decay, momentum");
+  check([&] { opt.set_option("adamw_beta", 0.9); }, "did you mean 'adamw_beta1'?");
+  check([&] { opt.set_option("lr", "0.02"); }, "lr: takes a number");
   check([&] { opt.set_option("adjust_lr", "bogus"); }, "bogus");
-  check([&] { opt.set_option("colour", "red"); }, "unknown named option 'colour'");
+  check([&] { opt.set_option("colour", "red"); }, "unknown key 'colour'");
   check([&] { opt.set_option("adamw_beta2", 1.0); }, "beta2");
   check([&] { opt.set_muon_options(muon::MuonGroupOptions().with_ns_steps(100)); }, "steps");
   check([&] { (void)opt.add_group(muon::MuonGroupOptions().with_lr(NAN)); }, "lr");
@@ -805,4 +811,179 @@ TEST_CASE("after the first step, step() allocates nothing", "[optimizer]") {
   Eigen::internal::set_is_malloc_allowed(true);
   REQUIRE(scope.news() == 0);
   REQUIRE(muon_test_eigen_assert_failures == 0);
+}
+
+// ---- a step applies to every parameter or to none --------------------------------
+
+namespace {
+struct Pair {
+  std::vector<float> w1 = cast_vec<float>(gaussian(6 * 8, 501)),
+                     w2 = cast_vec<float>(gaussian(6 * 8, 502)),
+                     b = cast_vec<float>(gaussian(6, 503));
+  std::vector<float> g1 = cast_vec<float>(gaussian(6 * 8, 504)),
+                     g2 = cast_vec<float>(gaussian(6 * 8, 505)),
+                     gb = cast_vec<float>(gaussian(6, 506));
+  void attach(muon::Optimizer<float>& opt) {
+    opt.add_param("w1", {w1.data(), {6, 8}}, {g1.data(), {6, 8}});
+    opt.add_param("w2", {w2.data(), {6, 8}}, {g2.data(), {6, 8}});
+    opt.add_param("b", {b.data(), {6}}, {gb.data(), {6}});
+  }
+};
+}  // namespace
+
+TEST_CASE("a momentum that would overflow refuses the whole step (raise) or that parameter (skip)",
+          "[optimizer][transaction]") {
+  // Finite gradients of +-FLT_MAX on successive steps: the EMA buffer
+  // m + (1-mu)(g - m) overflows on the second (g - m = -1.05 FLT_MAX).
+  const float big = std::numeric_limits<float>::max();
+  Pair p;
+  muon::Optimizer<float> opt;
+  p.attach(opt);
+  std::fill(p.g2.begin(), p.g2.end(), big);
+  opt.step();
+  std::fill(p.g2.begin(), p.g2.end(), -big);
+  const auto w1 = p.w1, w2 = p.w2, b = p.b;
+  const auto m1 = opt.momentum_buffer("w1"), m2 = opt.momentum_buffer("w2");
+  const auto ea = opt.exp_avg("b");
+  std::ostringstream saved;
+  opt.save(saved);
+
+  const std::string msg = error_of([&] { opt.step(); });
+  INFO(msg);
+  REQUIRE(contains(msg, "'w2'"));
+  REQUIRE(contains(msg, "momentum would overflow float"));
+  REQUIRE(contains(msg, "nothing was updated"));
+  // Nothing moved: not w1 (registered first), not its state, not the counters.
+  REQUIRE(bitwise_equal(p.w1, w1));
+  REQUIRE(bitwise_equal(p.w2, w2));
+  REQUIRE(bitwise_equal(p.b, b));
+  REQUIRE(opt.momentum_buffer("w1") == m1);
+  REQUIRE(opt.momentum_buffer("w2") == m2);
+  REQUIRE(opt.exp_avg("b") == ea);
+  REQUIRE(opt.step_count() == 1);
+  REQUIRE(opt.param_steps("w1") == 1);
+  std::ostringstream after;
+  opt.save(after);
+  REQUIRE(after.str() == saved.str());
+
+  // Skip: w2 and its state stay, the others step; the report says why.
+  opt.set_non_finite_policy(muon::NonFinitePolicy::skip);
+  const auto& report = opt.step();
+  REQUIRE(report.status == muon::StepStatus::partial);
+  REQUIRE(report.updated == 2);
+  REQUIRE(report.skipped.size() == 1);
+  REQUIRE(std::string(report.skipped[0].name) == "w2");
+  REQUIRE(report.skipped[0].reason == muon::SkipReason::non_finite_state);
+  REQUIRE(bitwise_equal(p.w2, w2));
+  REQUIRE(opt.momentum_buffer("w2") == m2);
+  REQUIRE(!bitwise_equal(p.w1, w1));
+  REQUIRE(opt.param_steps("w2") == 1);
+  REQUIRE(opt.param_steps("w1") == 2);
+  REQUIRE(opt.momentum_buffer("w2").allFinite());
+
+  // The state is still finite, so the optimizer's own checkpoint loads.
+  std::ostringstream os;
+  opt.save(os);
+  Pair q;
+  muon::Optimizer<float> other;
+  q.attach(other);
+  std::istringstream is(os.str());
+  REQUIRE_NOTHROW(other.load(is));
+  // And sane gradients step w2 again.
+  refill(p.g2, cast_vec<float>(gaussian(p.g2.size(), 507)));
+  REQUIRE(opt.step().status == muon::StepStatus::ok);
+}
+
+TEST_CASE("an AdamW gradient whose square overflows is refused, not silently stalled",
+          "[optimizer][transaction]") {
+  Pair p;
+  muon::Optimizer<float> opt;
+  p.attach(opt);
+  p.gb[2] = 1e30f;  // finite; (1 - beta2) g^2 = 1e57 is not
+  const auto w1 = p.w1, b = p.b;
+  const std::string msg = error_of([&] { opt.step(); });
+  INFO(msg);
+  REQUIRE(contains(msg, "'b'"));
+  REQUIRE(contains(msg, "AdamW moment would overflow float"));
+  REQUIRE(bitwise_equal(p.w1, w1));
+  REQUIRE(bitwise_equal(p.b, b));
+  REQUIRE(opt.exp_avg_sq("b").isZero(0.0));
+  opt.set_non_finite_policy(muon::NonFinitePolicy::skip);
+  const auto& report = opt.step();
+  REQUIRE(report.skipped.size() == 1);
+  REQUIRE(report.skipped[0].reason == muon::SkipReason::non_finite_state);
+  REQUIRE(bitwise_equal(p.b, b));
+  REQUIRE(opt.exp_avg_sq("b").allFinite());
+}
+
+TEST_CASE("a parameter update that would overflow its type is refused",
+          "[optimizer][transaction]") {
+  // half holds up to 65504; 60000 plus an lr of 10000 times |O| (bounded by
+  // ~1.2 for Jordan x 5) could pass it.
+  std::vector<Eigen::half> w(4 * 6, Eigen::half(60000.0f)), g(4 * 6);
+  for (std::size_t i = 0; i < g.size(); ++i) g[i] = Eigen::half(float(i % 5) - 2.0f);
+  const auto w0 = w;
+  muon::Optimizer<Eigen::half> opt(muon::MuonGroupOptions().with_lr(10000).with_weight_decay(0));
+  opt.add_param("w", {w.data(), {4, 6}}, {g.data(), {4, 6}});
+  const std::string msg = error_of([&] { opt.step(); });
+  INFO(msg);
+  REQUIRE(contains(msg, "'w': the updated parameter could overflow half"));
+  REQUIRE(std::memcmp(w.data(), w0.data(), w.size() * sizeof(Eigen::half)) == 0);
+  // A sane lr steps.
+  opt.set_option("lr", 0.01);
+  REQUIRE(opt.step().status == muon::StepStatus::ok);
+}
+
+TEST_CASE("an AdamW eps that underflows float still gives finite updates", "[optimizer]") {
+  std::vector<float> b(4, 1.0f), gb(4, 0.0f);  // zero gradient: m = v = 0, 0 / (0 + eps)
+  muon::AdamWOptions ao;
+  ao.eps = 1e-50;  // valid in double, 0 in float
+  muon::Optimizer<float> opt(muon::MuonGroupOptions(), ao);
+  opt.add_param("bias", {b.data(), {4}}, {gb.data(), {4}});
+  opt.step();
+  for (float v : b) REQUIRE(std::isfinite(v));
+  REQUIRE(b[0] == 1.0f - 1e-3f * 0.01f * 1.0f);  // only the decay: 1 - lr wd
+}
+
+TEST_CASE("options under which Newton-Schulz would write NaN are refused up front",
+          "[optimizer][options]") {
+  // A sign typo in Jordan's b: p(s) = 3.4445 s + 4.775 s^3 + 2.0315 s^5 grows
+  // without bound; all-NaN output before, an error naming the field now.
+  const muon::Schedule typo({{3.4445, 4.7750, 2.0315}});
+  muon::MuonGroupOptions bad;
+  bad.ns.schedule = typo;
+  CHECK(contains(error_of([&] { muon::Optimizer<float> opt(bad); }), "ns_schedule"));
+  CHECK(contains(error_of([&] { muon::Optimizer<float> opt(bad); }), "diverges"));
+  muon::NewtonSchulzOptions ns(typo, 5);
+  const Eigen::MatrixXf G = Eigen::MatrixXf::Random(4, 6);
+  CHECK(contains(error_of([&] { (void)muon::orthogonalize(G, ns); }), "options.schedule"));
+  // A norm divisor of 1e-6: singular values start at up to 1e6.
+  muon::MuonGroupOptions tiny;
+  tiny.ns.norm_divisor = 1e-6;
+  CHECK(contains(error_of([&] { muon::Optimizer<float> opt(tiny); }), "ns_norm_divisor"));
+  muon::MuonGroupOptions half_divisor;  // Jordan from singular values up to 2: diverges too
+  half_divisor.ns.norm_divisor = 0.5;
+  CHECK(contains(error_of([&] { muon::Optimizer<float> opt(half_divisor); }), "diverges"));
+  muon::Optimizer<float> opt;
+  CHECK(contains(error_of([&] { opt.set_option("ns_norm_divisor", 1e-6); }), "ns_norm_divisor"));
+  // Enum values out of range.
+  muon::NewtonSchulzOptions method;
+  method.method = static_cast<muon::NsMethod>(7);
+  CHECK(contains(error_of([&] { method.validate(); }), "options.method"));
+  muon::NewtonSchulzOptions mode;
+  mode.eps_mode = static_cast<muon::EpsMode>(5);
+  CHECK(contains(error_of([&] { mode.validate(); }), "options.eps_mode"));
+  muon::MuonGroupOptions kind;
+  kind.momentum_kind = static_cast<muon::MomentumKind>(3);
+  CHECK(contains(error_of([&] { kind.validate(); }), "momentum_kind"));
+  // The shipped schedules and Polar Express with its 1.01 pass.
+  for (const char* name : {"jordan", "cubic", "quintic", "polar_express"})
+    CHECK_NOTHROW(muon::NewtonSchulzOptions(muon::Schedule::by_name(name), 10).validate());
+  // A finite double input beyond float's range is named as such, not as NaN.
+  const Eigen::MatrixXd huge = Eigen::MatrixXd::Constant(3, 4, 1e39);
+  muon::Workspace<float> ws(3, 4);
+  Eigen::MatrixXf out(3, 4);
+  CHECK(contains(
+      error_of([&] { muon::orthogonalize_into(huge, out, ws, muon::NewtonSchulzOptions()); }),
+      "beyond the range of float"));
 }

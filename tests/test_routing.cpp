@@ -2,8 +2,8 @@
 // Routing: which parameters go to Muon and which to AdamW, why, and with which
 // lr scale (checked against the rules' formulas written out here).
 
+#include <muon/optim/registry.hpp>
 #include <muon/optimizer.hpp>
-#include <muon/policy.hpp>
 
 #include <array>
 #include <cmath>

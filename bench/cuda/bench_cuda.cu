@@ -143,7 +143,9 @@ void bench_step(benchmark::State& state,
     float* g = static_cast<float*>(bufs.back().data());
     fill_random<<<1024, 256, 0, st.s>>>(p, n, ++seed);
     fill_random<<<1024, 256, 0, st.s>>>(g, n, ++seed);
-    opt.add_muon("p" + std::to_string(k), p, g, r, c, mc::Layout::row_major);
+    muon::ParamOptions muon_route;
+    muon_route.route = muon::Route::muon;
+    opt.add_param("p" + std::to_string(k), p, g, {r, c}, muon_route);
     flops += ns_flops(r, c, 5);
   }
   mc::check_launch("bench init");
@@ -155,7 +157,7 @@ void bench_step(benchmark::State& state,
     timed(
         state, st.s, [&](cudaStream_t s) { opt.step(s); }, flops);
   }
-  state.counters["groups"] = static_cast<double>(opt.muon_groups());
+  state.counters["shape_batches"] = static_cast<double>(opt.shape_batch_count());
 }
 
 std::string shape_name(std::int64_t r, std::int64_t c) {

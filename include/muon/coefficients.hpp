@@ -8,8 +8,10 @@
 /// steps past the end of the list repeat its last row. A schedule may also
 /// recommend an input divisor (Polar Express normalizes by 1.01 ||X||_F).
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -39,12 +41,12 @@ class Schedule {
   explicit Schedule(std::vector<Coefficients> rows, double norm_divisor = 1.0,
                     std::string name = "custom")
       : data_(std::make_shared<const Data>(Data{std::move(rows), norm_divisor, std::move(name)})) {
-    detail::require(!data_->rows.empty(), "schedule", "needs at least one (a, b, c) row");
+    if (data_->rows.empty()) detail::fail("schedule", "needs at least one (a, b, c) row");
     for (const auto& r : data_->rows)
-      detail::require(finite(r.a) && finite(r.b) && finite(r.c), "schedule",
-                      "coefficients must be finite");
-    detail::require(finite(norm_divisor) && norm_divisor >= 1e-3, "schedule.norm_divisor",
-                    "must be finite and >= 1e-3");
+      if (!(finite(r.a) && finite(r.b) && finite(r.c)))
+        detail::fail("schedule", "coefficients must be finite");
+    if (!(finite(norm_divisor) && norm_divisor >= 1e-3))
+      detail::fail("schedule.norm_divisor", "must be finite and >= 1e-3");
   }
 
   /// Keller Jordan's quintic (3.4445, -4.7750, 2.0315) every step. It does
@@ -102,6 +104,47 @@ class Schedule {
   double apply(double s, int steps) const {
     for (int k = 0; k < steps; ++k) s = at(static_cast<std::size_t>(k))(s);
     return s;
+  }
+
+  /// How far `steps` steps can move singular values that start in [0, start].
+  struct Growth {
+    double peak = 0;    ///< the largest bound B_k over k = 0 .. steps
+    int peak_step = 0;  ///< a k where it occurs (0: the start)
+    double last = 0;    ///< B_steps: bounds every singular value of the result
+  };
+  /// B_0 = start, B_{k+1} = max |p_k(s)| over s in [0, B_k]: every singular
+  /// value after k steps is at most B_k. Exact for the odd quintic (the
+  /// maximum is at B_k or where p_k' = a + 3 b s^2 + 5 c s^4 vanishes);
+  /// infinity once a bound overflows.
+  Growth growth_bound(int steps, double start) const {
+    Growth g{start, 0, start};
+    double B = start;
+    for (int k = 0; k < steps && std::isfinite(B); ++k) {
+      const Coefficients& p = at(static_cast<std::size_t>(k));
+      double top = std::abs(p(B));
+      // Critical points: u = s^2 solves 5c u^2 + 3b u + a = 0.
+      const double qa = 5 * p.c, qb = 3 * p.b, qc = p.a;
+      double roots[2] = {-1, -1};
+      if (qa == 0) {
+        if (qb != 0) roots[0] = -qc / qb;
+      } else {
+        const double disc = qb * qb - 4 * qa * qc;
+        if (disc >= 0) {
+          roots[0] = (-qb + std::sqrt(disc)) / (2 * qa);
+          roots[1] = (-qb - std::sqrt(disc)) / (2 * qa);
+        }
+      }
+      for (double u : roots)
+        if (u > 0 && std::sqrt(u) < B) top = std::max(top, std::abs(p(std::sqrt(u))));
+      B = std::isfinite(top) ? top : std::numeric_limits<double>::infinity();
+      if (!(B <= g.peak)) {
+        g.peak = B;
+        g.peak_step = k + 1;
+      }
+    }
+    if (!std::isfinite(B)) g.peak = B;
+    g.last = B;
+    return g;
   }
 
  private:

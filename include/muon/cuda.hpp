@@ -11,12 +11,10 @@
 ///    check() and MUON_CUDA_CHECK            (backend/cuda/common.hpp)
 ///  - muon::cuda::Workspace<T> (CUTLASS-style), Orthogonalizer<T>,
 ///    orthogonalize(in, out, options, stream) (backend/cuda/workspace.hpp)
-///  - muon::cuda::Optimizer<P>: Muon + AdamW over device parameters, one CUDA
-///    graph per step, state save/load        (backend/cuda/optimizer.hpp)
-///  - the rules it shares with the CPU optimizer, Eigen-free: muon::LrAdjust,
-///    muon::adjusted_lr, muon::MomentumKind, muon::Route, muon::RoutingRules,
-///    muon::decide_route, muon::RoutingReport (policy.hpp), and the
-///    checkpoint envelope (checkpoint_format.hpp)
+///  - muon::cuda::Optimizer<P>: the optimizer core (optim/core.hpp: options,
+///    routing, groups, schedules, checkpoints; the same as the CPU
+///    muon::Optimizer's) over device parameters, one CUDA graph per step
+///    (backend/cuda/optimizer.hpp)
 ///
 /// See docs/cuda.md.
 
@@ -28,7 +26,6 @@
 #include "backend/cuda/kernels.cuh"
 #include "backend/cuda/optimizer.hpp"
 #include "backend/cuda/workspace.hpp"
-#include "checkpoint_format.hpp"
 #include "coefficients.hpp"
 #include "newton_schulz.hpp"
-#include "policy.hpp"
+#include "optim/core.hpp"

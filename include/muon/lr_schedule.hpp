@@ -14,7 +14,6 @@
 #include <limits>
 #include <string>
 
-#include "detail/check.hpp"
 #include "error.hpp"
 
 namespace muon {
@@ -39,7 +38,7 @@ struct LrSchedule {
   /// The multiplier at 0-based `step` (muon::Error naming "step" when < 0).
   double factor(std::int64_t step) const {
     validate();
-    if (step < 0) detail::fail_arg("step", "must be >= 0, got " + std::to_string(step));
+    if (step < 0) detail::fail("step", "must be >= 0, got " + std::to_string(step));
     if (step < warmup_steps)
       return static_cast<double>(step + 1) / static_cast<double>(warmup_steps);
     if (kind == Kind::constant) return 1.0;
@@ -54,14 +53,13 @@ struct LrSchedule {
 
   /// Throws muon::Error naming the field when an option is out of range.
   void validate() const {
-    detail::check_arg(
-        kind == Kind::constant || kind == Kind::warmup_cosine || kind == Kind::warmup_linear,
-        "kind", "is not an LrSchedule::Kind value");
-    detail::check_arg(warmup_steps >= 0, "warmup_steps", "must be >= 0");
+    if (!(kind == Kind::constant || kind == Kind::warmup_cosine || kind == Kind::warmup_linear))
+      detail::fail("kind", "is not an LrSchedule::Kind value");
+    if (!(warmup_steps >= 0)) detail::fail("warmup_steps", "must be >= 0");
     if (kind != Kind::constant) {
-      detail::check_arg(total_steps > warmup_steps, "total_steps", "must be > warmup_steps");
-      detail::check_arg(std::isfinite(min_ratio) && min_ratio >= 0.0 && min_ratio <= 1.0,
-                        "min_ratio", "must be in [0, 1]");
+      if (!(total_steps > warmup_steps)) detail::fail("total_steps", "must be > warmup_steps");
+      if (!(std::isfinite(min_ratio) && min_ratio >= 0.0 && min_ratio <= 1.0))
+        detail::fail("min_ratio", "must be in [0, 1]");
     }
   }
 
@@ -101,7 +99,7 @@ struct MomentumWarmup {
   /// mu at 0-based `step` (muon::Error naming "step" when < 0).
   double at(std::int64_t step) const {
     validate();
-    if (step < 0) detail::fail_arg("step", "must be >= 0, got " + std::to_string(step));
+    if (step < 0) detail::fail("step", "must be >= 0, got " + std::to_string(step));
     if (step >= steps) return end;
     const double fraction = static_cast<double>(step) / static_cast<double>(steps);
     return start + (end - start) * fraction;
@@ -109,10 +107,10 @@ struct MomentumWarmup {
 
   /// Throws muon::Error naming the field when an option is out of range.
   void validate() const {
-    detail::check_arg(std::isfinite(start) && start >= 0.0 && start < 1.0, "start",
-                      "must be in [0, 1)");
-    detail::check_arg(std::isfinite(end) && end >= 0.0 && end < 1.0, "end", "must be in [0, 1)");
-    detail::check_arg(steps >= 0, "steps", "must be >= 0");
+    if (!(std::isfinite(start) && start >= 0.0 && start < 1.0))
+      detail::fail("start", "must be in [0, 1)");
+    if (!(std::isfinite(end) && end >= 0.0 && end < 1.0)) detail::fail("end", "must be in [0, 1)");
+    if (!(steps >= 0)) detail::fail("steps", "must be >= 0");
   }
 };
 
@@ -132,16 +130,17 @@ struct WidthTransferConfig {
 /// Throws muon::Error naming the offending field ("width", "base.width",
 /// "base.lr", "base.warmup_steps", "base.momentum", "base.ns_steps").
 inline WidthTransferConfig scale_to_width(const WidthTransferConfig& base, std::int64_t width) {
-  if (width < 1) detail::fail_arg("width", "must be >= 1, got " + std::to_string(width));
-  detail::check_arg(base.width >= 1, "base.width", "must be >= 1");
-  detail::check_arg(std::isfinite(base.lr) && base.lr >= 0.0, "base.lr", "must be finite and >= 0");
-  detail::check_arg(
-      base.warmup_steps >= 0 && base.warmup_steps <= std::numeric_limits<std::int64_t>::max() / 2,
-      "base.warmup_steps", "must be >= 0 and small enough to double");
-  detail::check_arg(std::isfinite(base.momentum) && base.momentum >= 0.0 && base.momentum < 1.0,
-                    "base.momentum", "must be in [0, 1)");
-  detail::check_arg(base.ns_steps >= 0 && base.ns_steps < 100, "base.ns_steps",
-                    "must be in [0, 100)");
+  if (width < 1) detail::fail("width", "must be >= 1, got " + std::to_string(width));
+  if (!(base.width >= 1)) detail::fail("base.width", "must be >= 1");
+  if (!(std::isfinite(base.lr) && base.lr >= 0.0))
+    detail::fail("base.lr", "must be finite and >= 0");
+  if (!(base.warmup_steps >= 0 &&
+        base.warmup_steps <= std::numeric_limits<std::int64_t>::max() / 2))
+    detail::fail("base.warmup_steps", "must be >= 0 and small enough to double");
+  if (!(std::isfinite(base.momentum) && base.momentum >= 0.0 && base.momentum < 1.0))
+    detail::fail("base.momentum", "must be in [0, 1)");
+  if (!(base.ns_steps >= 0 && base.ns_steps < 100))
+    detail::fail("base.ns_steps", "must be in [0, 100)");
   WidthTransferConfig scaled = base;
   scaled.width = width;
   scaled.lr = base.lr * std::sqrt(static_cast<double>(base.width) / static_cast<double>(width));

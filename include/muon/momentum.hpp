@@ -19,14 +19,16 @@
 /// them to the same matrix. The scale matters when mu changes over time
 /// (momentum warmup) or when something other than NS reads the buffer.
 ///
-/// MomentumKind itself is in policy.hpp, shared with the CUDA backend.
+/// MomentumKind itself is in optim/options.hpp and the per-element maths in
+/// optim/rules.hpp, shared with the optimizer and the CUDA backend.
 
 #include <Eigen/Core>
 #include <cmath>
 
-#include "detail/elementwise.hpp"
+#include "backend/eigen/elementwise.hpp"
 #include "error.hpp"
-#include "policy.hpp"
+#include "optim/options.hpp"
+#include "optim/rules.hpp"
 
 namespace muon {
 
@@ -44,8 +46,8 @@ struct MomentumOptions {
   /// Throws muon::Error naming the field when an option is out of range.
   void validate() const {
     if (!(std::isfinite(momentum) && momentum >= 0.0 && momentum < 1.0))
-      detail::fail_arg("momentum", "must be in [0, 1), got " + std::to_string(momentum));
-    detail::check_arg(is_valid(kind), "kind", "is not a MomentumKind value");
+      detail::fail("momentum", "must be in [0, 1), got " + std::to_string(momentum));
+    if (!is_valid(kind)) detail::fail("kind", "is not a MomentumKind value");
   }
 };
 
@@ -79,25 +81,14 @@ void momentum_step(const Eigen::DenseBase<DG>& grad, const Eigen::DenseBase<DB>&
 
   auto& m_out = detail::writable(buf);
   auto& x_out = detail::writable(ns_input);
-  const C mu = static_cast<C>(opt.momentum);
-  const C one_minus_mu = static_cast<C>(1.0 - opt.momentum);
-  const bool ema = opt.kind == MomentumKind::ema;
-
+  const auto k = optim::rules::momentum_coefficients<C>(opt.momentum, opt.kind == MomentumKind::ema,
+                                                         opt.nesterov);
   for (Eigen::Index j = 0; j < grad.cols(); ++j) {
     for (Eigen::Index i = 0; i < grad.rows(); ++i) {
       const C g = detail::read<C>(grad, i, j);
-      const C m_old = detail::read<C>(buf, i, j);
-      // The lerp form m + w (g - m) is what torch's lerp_ evaluates for a
-      // weight w = 1-mu < 0.5.
-      const C m_new = ema ? m_old + one_minus_mu * (g - m_old) : mu * m_old + g;
-      detail::write(m_out, i, j, m_new);
-      const C m = detail::read<C>(buf, i, j);  // the stored (rounded) buffer
-      C x = m;
-      if (opt.nesterov) {
-        // lerp(g, m, mu) = m + (1-mu)(g - m): torch's branch for weight >= 0.5.
-        x = ema ? m + one_minus_mu * (g - m) : g + mu * m;
-      }
-      detail::write(x_out, i, j, x);
+      detail::write(m_out, i, j, optim::rules::momentum_buffer(detail::read<C>(buf, i, j), g, k));
+      // The Newton–Schulz input reads the buffer as stored (rounded), as torch does.
+      detail::write(x_out, i, j, optim::rules::ns_input(detail::read<C>(buf, i, j), g, k));
     }
   }
 }

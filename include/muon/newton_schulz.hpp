@@ -22,89 +22,13 @@
 ///   be.symmetric_polynomial(b, c)         B <- b A + c A^2
 ///   be.apply_polynomial(a)                X <- a X + B X
 
-#include <cmath>
-#include <limits>
-#include <optional>
 #include <type_traits>
 #include <utility>
 
-#include "coefficients.hpp"
 #include "error.hpp"
+#include "ns_options.hpp"
 
 namespace muon {
-
-/// How eps enters the normalization denominator.
-enum class EpsMode {
-  add,  ///< X / (d ||X||_F + eps)  (reference Muon, Moonlight, Dion, Polar Express)
-  max   ///< X / max(d ||X||_F, eps) (torch.optim.Muon)
-};
-
-/// Which form of the iteration runs (see gram_newton_schulz_iterate).
-enum class NsMethod {
-  automatic,  ///< Gram form when cols/rows (wide orientation) >= kGramAspectThreshold
-  standard,   ///< X = a X + (b A + c A^2) X every step
-  gram        ///< Gram Newton–Schulz: iterate on the m x m Gram matrix, apply once
-};
-
-/// The aspect ratio n/m (n >= m) from which NsMethod::automatic picks the Gram
-/// form on the CPU backend; measured in docs/performance_cpu.md.
-inline constexpr double kGramAspectThreshold = 2.0;
-
-/// Options of one orthogonalization. Plain data; validate() checks them.
-struct NewtonSchulzOptions {
-  /// Per-step polynomial coefficients. Default: Jordan's quintic.
-  Schedule schedule = Schedule::jordan();
-  /// Number of steps; past the schedule's list the last row repeats. Default 5.
-  int steps = 5;
-  /// Guards the division by the norm. Default 1e-7. Must be > 0.
-  double eps = 1e-7;
-  /// Where eps enters (see EpsMode). Default: add.
-  EpsMode eps_mode = EpsMode::add;
-  /// Extra divisor d on the norm (1.01, 1.02, ...). Unset: the schedule's own
-  /// recommendation (1.01 for Polar Express, 1 otherwise).
-  std::optional<double> norm_divisor;
-  /// Standard or Gram form. Default: automatic (by aspect ratio). Both
-  /// compute the same polynomial of X; they differ by rounding only.
-  NsMethod method = NsMethod::automatic;
-
-  NewtonSchulzOptions() = default;
-  explicit NewtonSchulzOptions(Schedule s, int n = 5) : schedule(std::move(s)), steps(n) {}
-
-  /// Chainable setters.
-  NewtonSchulzOptions& with_steps(int n) {
-    steps = n;
-    return *this;
-  }
-  NewtonSchulzOptions& with_eps(double e, EpsMode m) {
-    eps = e;
-    eps_mode = m;
-    return *this;
-  }
-  NewtonSchulzOptions& with_norm_divisor(double d) {
-    norm_divisor = d;
-    return *this;
-  }
-  NewtonSchulzOptions& with_method(NsMethod m) {
-    method = m;
-    return *this;
-  }
-
-  /// The divisor actually used: norm_divisor if set, else the schedule's.
-  double divisor() const { return norm_divisor ? *norm_divisor : schedule.norm_divisor(); }
-
-  /// Throws muon::Error naming the field when an option is out of range.
-  /// Runs on every call of the allocation-free entry points, so a message
-  /// (a std::string) is built only once a check has failed.
-  void validate() const {
-    if (!(steps >= 0 && steps < 100))
-      detail::require(false, "options.steps", "must be in [0, 100)");
-    if (!(std::isfinite(eps) && eps > 0))
-      detail::require(false, "options.eps", "must be finite and > 0");
-    const double d = divisor();
-    if (!(std::isfinite(d) && d > 0))
-      detail::require(false, "options.norm_divisor", "must be finite and > 0");
-  }
-};
 
 namespace detail {
 
@@ -177,8 +101,7 @@ struct has_gram_threshold<B,
 
 /// Runs the iteration on the backend's current X (already loaded, wide),
 /// in the form options.method asks for (automatic: by the backend's aspect
-/// ratio against kGramAspectThreshold or the backend's own threshold). Throws muon::Error when the
-/// Gram form is forced on a backend that lacks its primitives.
+/// ratio against kGramAspectThreshold or the backend's own threshold).
 template <class Backend>
 void newton_schulz_iterate(Backend& be, const NewtonSchulzOptions& opt) {
   if constexpr (has_gram_primitives<Backend>::value) {
@@ -188,16 +111,12 @@ void newton_schulz_iterate(Backend& be, const NewtonSchulzOptions& opt) {
                       (opt.method == NsMethod::automatic && be.aspect_ratio() >= threshold);
     if (gram) return gram_newton_schulz_iterate(be, opt);
   } else {
-    require(opt.method != NsMethod::gram, "options.method",
-            "NsMethod::gram is not supported by this backend");
+    // Backends without the Gram primitives refuse NsMethod::gram when they
+    // validate their arguments, before anything runs; this is the backstop.
+    if (opt.method == NsMethod::gram)
+      fail("options.method", "NsMethod::gram is not supported by this backend");
   }
   standard_newton_schulz_iterate(be, opt);
-}
-
-/// The normalization denominator, shared by every backend's normalize().
-inline double normalization_denominator(double norm, double divisor, double eps, EpsMode mode) {
-  const double scaled = divisor * norm;
-  return mode == EpsMode::add ? scaled + eps : (scaled > eps ? scaled : eps);
 }
 
 }  // namespace detail

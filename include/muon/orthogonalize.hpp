@@ -14,14 +14,28 @@
 /// the caller's data is untouched.
 
 #include <Eigen/Core>
+#include <string>
 #include <vector>
 
-#include "backend/eigen.hpp"
+#include "backend/eigen/workspace.hpp"
 #include "error.hpp"
 #include "newton_schulz.hpp"
 #include "scalar.hpp"
 
 namespace muon {
+namespace detail {
+
+/// Why input G could not be loaded into a workspace of storage scalar T:
+/// NaN/Inf in G itself, or finite values beyond the compute type's range
+/// (a double input above 3.4e38 for a float workspace).
+template <class T, class Derived>
+std::string non_finite_problem(const Eigen::MatrixBase<Derived>& G) {
+  if (!G.allFinite()) return "contains NaN or Inf";
+  return std::string("holds finite values beyond the range of ") +
+         scalar_traits<compute_t<T>>::name + " (the workspace computes in it)";
+}
+
+}  // namespace detail
 
 /// O = NS(G) written into `out` (same shape as G; may alias G), using the
 /// caller's workspace (shape G.rows() x G.cols()). Performs no heap allocation.
@@ -35,7 +49,7 @@ void orthogonalize_into(const Eigen::MatrixBase<DerivedIn>& G,
   workspace.check_shape(G.rows(), G.cols(), "G");
   workspace.check_shape(out.rows(), out.cols(), "out");
   // Messages are built only once a check fails: this path allocates nothing.
-  if (!workspace.load(G)) detail::require(false, "G", "contains NaN or Inf");
+  if (!workspace.load(G)) detail::fail("G", detail::non_finite_problem<T>(G));
   detail::newton_schulz_iterate(workspace, options);
   workspace.store(out);
 }
@@ -54,7 +68,7 @@ template <class Derived>
 Matrix<typename Derived::Scalar> orthogonalize(const Eigen::MatrixBase<Derived>& G,
                                                const NewtonSchulzOptions& options = {}) {
   using T = typename Derived::Scalar;
-  detail::require(G.rows() > 0 && G.cols() > 0, "G", "is empty");
+  if (!(G.rows() > 0 && G.cols() > 0)) detail::fail("G", "is empty");
   Workspace<T> ws(G.rows(), G.cols());
   Matrix<T> out(G.rows(), G.cols());
   orthogonalize_into(G, out, ws, options);
@@ -73,14 +87,12 @@ void orthogonalize_batch(const T* in, T* out, Eigen::Index batch, Eigen::Index s
   options.validate();
   const Eigen::Index r = workspace.rows(), c = workspace.cols();
   // Messages are built only once a check fails: this path allocates nothing.
-  if (batch < 0) detail::require(false, "batch", "must be >= 0");
-  if (stride < r * c) detail::require(false, "stride", "must be >= rows*cols of the workspace");
-  if (batch > 0 && (in == nullptr || out == nullptr))
-    detail::require(false, "in/out", "null pointer");
+  if (batch < 0) detail::fail("batch", "must be >= 0");
+  if (stride < r * c) detail::fail("stride", "must be >= rows*cols of the workspace");
+  if (batch > 0 && (in == nullptr || out == nullptr)) detail::fail("in/out", "null pointer");
   for (Eigen::Index i = 0; i < batch; ++i)
     if (!ConstMap(in + i * stride, r, c).allFinite())
-      detail::require(false, "in",
-                      "matrix " + std::to_string(i) + " of the batch contains NaN or Inf");
+      detail::fail("in", "matrix " + std::to_string(i) + " of the batch contains NaN or Inf");
   for (Eigen::Index i = 0; i < batch; ++i) {
     workspace.load(ConstMap(in + i * stride, r, c));
     detail::newton_schulz_iterate(workspace, options);
@@ -95,12 +107,12 @@ std::vector<Matrix<T>> orthogonalize_batch(const std::vector<Matrix<T>>& Gs,
   std::vector<Matrix<T>> out;
   if (Gs.empty()) return out;
   const Eigen::Index r = Gs.front().rows(), c = Gs.front().cols();
-  detail::require(r > 0 && c > 0, "Gs", "matrix 0 is empty");
+  if (!(r > 0 && c > 0)) detail::fail("Gs", "matrix 0 is empty");
   for (std::size_t i = 0; i < Gs.size(); ++i) {
-    detail::require(Gs[i].rows() == r && Gs[i].cols() == c, "Gs",
-                    "matrix " + std::to_string(i) + " has a different shape than matrix 0");
-    detail::require(Gs[i].allFinite(), "Gs",
-                    "matrix " + std::to_string(i) + " contains NaN or Inf");
+    if (!(Gs[i].rows() == r && Gs[i].cols() == c))
+      detail::fail("Gs", "matrix " + std::to_string(i) + " has a different shape than matrix 0");
+    if (!(Gs[i].allFinite()))
+      detail::fail("Gs", "matrix " + std::to_string(i) + " contains NaN or Inf");
   }
   options.validate();
   Workspace<T> ws(r, c);

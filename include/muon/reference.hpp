@@ -28,9 +28,9 @@ namespace reference {
 /// Exact polar factor U V^T via BDCSVD, computed in Scalar.
 template <class Scalar = double, class Derived>
 Matrix<Scalar> polar_svd(const Eigen::MatrixBase<Derived>& G) {
-  detail::require(G.rows() > 0 && G.cols() > 0, "G", "is empty");
+  if (!(G.rows() > 0 && G.cols() > 0)) detail::fail("G", "is empty");
   const Matrix<Scalar> Gs = G.template cast<Scalar>();
-  detail::require(Gs.allFinite(), "G", "contains NaN or Inf");
+  if (!Gs.allFinite()) detail::fail("G", "contains NaN or Inf");
   Eigen::BDCSVD<Matrix<Scalar>> svd(Gs, Eigen::ComputeThinU | Eigen::ComputeThinV);
   return svd.matrixU() * svd.matrixV().transpose();
 }
@@ -40,11 +40,11 @@ Matrix<Scalar> polar_svd(const Eigen::MatrixBase<Derived>& G) {
 /// (default: size * machine epsilon of Scalar).
 template <class Scalar = double, class Derived>
 Matrix<Scalar> polar_eigh(const Eigen::MatrixBase<Derived>& G, double relative_cutoff = -1) {
-  detail::require(G.rows() > 0 && G.cols() > 0, "G", "is empty");
+  if (!(G.rows() > 0 && G.cols() > 0)) detail::fail("G", "is empty");
   const bool tall = G.rows() > G.cols();
   Matrix<Scalar> W = tall ? Matrix<Scalar>(G.transpose().template cast<Scalar>())
                           : Matrix<Scalar>(G.template cast<Scalar>());
-  detail::require(W.allFinite(), "G", "contains NaN or Inf");
+  if (!W.allFinite()) detail::fail("G", "contains NaN or Inf");
   const Eigen::Index m = W.rows();
   Matrix<Scalar> C(m, m);
   C.setZero();
@@ -70,7 +70,7 @@ Matrix<Scalar> polar_eigh(const Eigen::MatrixBase<Derived>& G, double relative_c
 /// Singular values of O, computed in double, descending.
 template <class Derived>
 Eigen::VectorXd singular_values(const Eigen::MatrixBase<Derived>& O) {
-  detail::require(O.rows() > 0 && O.cols() > 0, "O", "is empty");
+  if (!(O.rows() > 0 && O.cols() > 0)) detail::fail("O", "is empty");
   const Eigen::MatrixXd Od = O.template cast<double>();
   return Eigen::BDCSVD<Eigen::MatrixXd>(Od).singularValues();
 }
@@ -90,7 +90,7 @@ SingularValueRange singular_value_range(const Eigen::MatrixBase<Derived>& O) {
 /// zero exactly when O has orthonormal rows (or columns, when tall).
 template <class Derived>
 double orthogonality_error(const Eigen::MatrixBase<Derived>& O) {
-  detail::require(O.rows() > 0 && O.cols() > 0, "O", "is empty");
+  if (!(O.rows() > 0 && O.cols() > 0)) detail::fail("O", "is empty");
   const Eigen::MatrixXd Od = O.template cast<double>();
   const bool tall = Od.rows() > Od.cols();
   const Eigen::MatrixXd gram =
@@ -102,8 +102,8 @@ double orthogonality_error(const Eigen::MatrixBase<Derived>& O) {
 template <class DerivedO, class DerivedP>
 double relative_distance(const Eigen::MatrixBase<DerivedO>& O,
                          const Eigen::MatrixBase<DerivedP>& P) {
-  detail::require(O.rows() == P.rows() && O.cols() == P.cols(), "O",
-                  "shape differs from the reference's");
+  if (!(O.rows() == P.rows() && O.cols() == P.cols()))
+    detail::fail("O", "shape differs from the reference's");
   const Eigen::MatrixXd Pd = P.template cast<double>();
   const double den = Pd.norm();
   const double num = (O.template cast<double>() - Pd).norm();

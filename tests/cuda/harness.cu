@@ -140,6 +140,10 @@ std::string workspace_check(const std::string& broken) {
   if (broken == "stride") a.out.stride = 50;
   if (broken == "steps") a.options.steps = 100;
   if (broken == "tile") a.tile = -1;
+  if (broken == "gram") a.options.method = muon::NsMethod::gram;
+  if (broken == "in_float_sparse") {
+    a.in_float = mc::BatchedMatrixView<const float>(fake, 8, 12, 9, 108, 2);  // ld 9: padded
+  }
   return W::check(a);
 }
 
@@ -173,7 +177,7 @@ void emulate_grid(std::int64_t gx, std::int64_t gy, std::int64_t gz, F&& phase) 
 
 std::int64_t tiles(std::int64_t n) { return (n + k::kTile - 1) / k::kTile; }
 
-std::string check_copy(std::int64_t rows, std::int64_t cols, bool transpose) {
+std::string check_copy(std::int64_t rows, std::int64_t cols, bool transpose, bool scaled) {
   // dst is rows x cols (ld rows + 3), src is its transpose or same shape (ld + 2); batch 2,
   // matrix 1 skipped.
   const std::int64_t sr = transpose ? cols : rows, sc = transpose ? rows : cols;
@@ -182,14 +186,18 @@ std::string check_copy(std::int64_t rows, std::int64_t cols, bool transpose) {
   for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i % 977) - 300.0f;
   std::vector<float> dst(static_cast<std::size_t>(dld * cols * batch), -1.0f);
   const int skip[2] = {0, 1};
+  const float scale[2] = {0.5f, 4.0f};  // powers of two: exact
   emulate_grid(tiles(rows), tiles(cols), batch, [&](int ph, k::ThreadCoord c, k::Tile& t) {
     return k::copy_transpose_phase<float, float>(ph, src.data(), sld, sld * sc, dst.data(), dld,
-                                                 dld * cols, rows, cols, transpose, skip, c, t);
+                                                 dld * cols, rows, cols, transpose, skip,
+                                                 scaled ? scale : nullptr, c, t);
   });
   for (std::int64_t z = 0; z < batch; ++z)
     for (std::int64_t j = 0; j < cols; ++j)
       for (std::int64_t i = 0; i < rows; ++i) {
-        const float want = z == 1 ? -1.0f : (transpose ? src[j + i * sld] : src[i + j * sld]);
+        const float factor = scaled ? scale[z] : 1.0f;
+        const float want =
+            z == 1 ? -1.0f : factor * (transpose ? src[j + i * sld] : src[i + j * sld]);
         if (dst[z * dld * cols + i + j * dld] != want)
           return "copy_transpose " + std::to_string(rows) + "x" + std::to_string(cols) +
                  (transpose ? " transposed" : "") + ": wrong at (" + std::to_string(i) + ", " +
@@ -239,7 +247,8 @@ std::string emulate_tiled_kernels() {
   for (std::int64_t r : {1, 5, 32, 33, 70})
     for (std::int64_t c : {1, 31, 32, 64, 65})
       for (bool t : {false, true})
-        if (auto e = check_copy(r, c, t); !e.empty()) return e;
+        for (bool scaled : {false, true})
+          if (auto e = check_copy(r, c, t, scaled); !e.empty()) return e;
   for (std::int64_t m : {1, 5, 31, 32, 33, 70, 96})
     for (int mode = 0; mode < 4; ++mode)
       if (auto e = check_symmetrize(m, mode); !e.empty()) return e;
@@ -266,36 +275,51 @@ std::string cublas_error_message() {
 
 namespace {
 
+muon::optim::TensorShape shape_of(const OptParam& q) {
+  muon::optim::TensorShape s;
+  for (std::int64_t d : q.shape) s.dims[static_cast<std::size_t>(s.ndim++)] = d;
+  s.column_major = q.col_major;
+  return s;
+}
+
+muon::ParamOptions options_of(const OptParam& q) {
+  muon::ParamOptions o;
+  o.route = q.route;
+  o.group = q.group;
+  o.split.assign(q.split.begin(), q.split.end());
+  return o;
+}
+
 template <class C>
-std::vector<std::vector<float>> run_optimizer_typed(std::vector<OptParam> params,
-                                                    const OptRun& run) {
+std::unique_ptr<mc::Optimizer<float, C>> make_optimizer(const std::vector<OptParam>& params,
+                                                        const OptRun& run,
+                                                        std::vector<mc::DeviceMatrix<float>>* p,
+                                                        std::vector<mc::DeviceMatrix<float>>* g) {
+  auto opt = std::make_unique<mc::Optimizer<float, C>>(run.muon, run.adamw);
+  for (std::size_t k = 1; k < run.groups; ++k) opt->add_group(run.muon, run.adamw);
+  opt->set_non_finite_policy(run.policy);
+  for (std::size_t k = 0; k < params.size(); ++k)
+    opt->add_param(params[k].name, (*p)[k].data(), (*g)[k].data(), shape_of(params[k]),
+                   options_of(params[k]));
+  return opt;
+}
+
+template <class C>
+OptResult run_optimizer_typed(const std::vector<OptParam>& params, const OptRun& run) {
   Stream st;
-  mc::OptimizerOptions o;
-  o.lr = run.lr;
-  o.weight_decay = run.weight_decay;
-  o.momentum = run.momentum;
-  o.nesterov = run.nesterov;
-  o.momentum_kind = run.sum_momentum ? muon::MomentumKind::sum : muon::MomentumKind::ema;
-  o.adam_lr = run.adam_lr;
   std::vector<mc::DeviceMatrix<float>> p, g;
   for (const auto& q : params) {
-    p.emplace_back(q.rows, q.cols, st.s);
-    g.emplace_back(q.rows, q.cols, st.s);
+    const std::int64_t n = static_cast<std::int64_t>(q.value.size());
+    p.emplace_back(n, 1, st.s);
+    g.emplace_back(n, 1, st.s);
     p.back().upload(q.value.data(), st.s);
   }
-  auto make = [&] {
-    auto opt = std::make_unique<mc::Optimizer<float, C>>(o);
-    for (std::size_t k = 0; k < params.size(); ++k) {
-      const auto& q = params[k];
-      if (q.adamw)
-        opt->add_adamw(q.name, p[k].data(), g[k].data(), q.rows * q.cols);
-      else
-        opt->add_muon(q.name, p[k].data(), g[k].data(), q.rows, q.cols,
-                      q.row_major ? mc::Layout::row_major : mc::Layout::col_major);
-    }
-    return opt;
-  };
-  auto opt = make();
+  auto opt = make_optimizer<C>(params, run, &p, &g);
+  if (!run.load.empty()) {
+    std::stringstream in(run.load);
+    opt->load(in, st.s);
+  }
+  OptResult result;
   bool captured = false;
   for (int s = 0; s < run.steps; ++s) {
     for (std::size_t k = 0; k < params.size(); ++k)
@@ -309,42 +333,56 @@ std::vector<std::vector<float>> run_optimizer_typed(std::vector<OptParam> params
     } else {
       opt->step(st.s);
     }
+    StepOutcome outcome;
+    try {
+      const muon::StepReport& r = opt->report(st.s);
+      outcome.updated = r.updated;
+      for (const auto& skipped : r.skipped)
+        outcome.skipped.emplace_back(std::string(skipped.name), skipped.reason);
+    } catch (const muon::Error& e) {
+      outcome.error = e.what();
+    }
+    result.steps.push_back(outcome);
     if (run.save_after == s + 1) {
       std::stringstream buf;
       opt->save(buf, st.s);
-      opt = make();
+      opt = make_optimizer<C>(params, run, &p, &g);
       opt->load(buf, st.s);
       captured = false;
     }
-    MUON_CUDA_CHECK(cudaStreamSynchronize(st.s));  // grads are re-uploaded from host
   }
-  std::vector<std::vector<float>> out;
   for (std::size_t k = 0; k < params.size(); ++k) {
-    out.emplace_back(params[k].value.size());
-    p[k].download(out.back().data(), st.s);
+    result.params.emplace_back(params[k].value.size());
+    p[k].download(result.params.back().data(), st.s);
   }
   MUON_CUDA_CHECK(cudaStreamSynchronize(st.s));
-  if (opt->step_count(st.s) != run.steps) throw std::runtime_error("step count mismatch");
-  return out;
+  result.step_count = opt->step_count();
+  std::stringstream out;
+  opt->save(out, st.s);
+  result.saved = out.str();
+  return result;
 }
 
 }  // namespace
 
-std::vector<std::vector<float>> run_optimizer(std::vector<OptParam> params, const OptRun& run) {
-  return run.ns_f32 ? run_optimizer_typed<float>(std::move(params), run)
-                    : run_optimizer_typed<__nv_bfloat16>(std::move(params), run);
+OptResult run_optimizer(const std::vector<OptParam>& params, const OptRun& run) {
+  return run.ns_f32 ? run_optimizer_typed<float>(params, run)
+                    : run_optimizer_typed<__nv_bfloat16>(params, run);
 }
 
 std::string optimizer_error(const std::string& what) {
   try {
-    mc::OptimizerOptions o;
+    muon::MuonGroupOptions o;
     if (what == "options") o.momentum = 1.0;
+    if (what == "gram") o.ns.method = muon::NsMethod::gram;
     mc::Optimizer<float> opt(o);
     float* fake = reinterpret_cast<float*>(std::uintptr_t(4096));  // never dereferenced
-    opt.add_muon("w", fake, fake, 4, 4);
-    if (what == "duplicate") opt.add_muon("w", fake, fake, 4, 4);
-    if (what == "null") opt.add_muon("v", nullptr, fake, 4, 4);
-    if (what == "shape") opt.add_muon("v", fake, fake, 0, 4);
+    opt.add_param("w", fake, fake, {4, 4});
+    if (what == "duplicate") opt.add_param("w", fake, fake, {4, 4});
+    if (what == "null") opt.add_param("v", nullptr, fake, {4, 4});
+    if (what == "shape") opt.add_param("v", fake, fake, {0, 4});
+    if (what == "dims") opt.add_param("v", fake, fake, {1, 2, 3, 4, 5});
+    if (what == "set_gram") opt.set_option("ns_method", "gram");
     if (what == "bad_magic") {
       std::stringstream s("NOTMUON!");
       opt.load(s, nullptr);
@@ -355,118 +393,50 @@ std::string optimizer_error(const std::string& what) {
   return {};
 }
 
-DeviceRouting device_routing(const std::vector<DeviceParamSpec>& params, muon::LrAdjust rule,
+DeviceRouting device_routing(const std::vector<OptParam>& params, const muon::MuonGroupOptions& o,
                              const muon::RoutingRules* rules) {
-  mc::OptimizerOptions o;
-  o.adjust_lr = rule;
   mc::Optimizer<float> opt(o);
+  opt.add_group(o);
   if (rules) opt.set_routing_rules(*rules);
   float* fake = reinterpret_cast<float*>(std::uintptr_t(4096));  // never dereferenced
-  for (const auto& q : params) {
-    const mc::Layout layout = q.row_major ? mc::Layout::row_major : mc::Layout::col_major;
-    if (q.how == muon::Route::muon)
-      opt.add_muon(q.name, fake, fake, q.rows, q.cols, layout);
-    else if (q.how == muon::Route::adamw)
-      opt.add_adamw(q.name, fake, fake, q.rows * q.cols);
-    else
-      opt.add(q.name, fake, fake, q.rows, q.cols, layout);
-  }
+  for (const auto& q : params) opt.add_param(q.name, fake, fake, shape_of(q), options_of(q));
   DeviceRouting r;
   r.report = opt.routing();
   for (const auto& q : params) r.routes.push_back(opt.route(q.name));
-  r.size = opt.size();
+  r.size = opt.param_count();
   try {
-    opt.route("missing");
+    opt.route("missin");
   } catch (const muon::Error& e) {
     r.missing_error = e.what();
   }
   return r;
 }
 
-std::string device_options_error(const std::string& field) {
-  mc::OptimizerOptions o;
-  if (field == "lr") o.lr = -1.0;
-  if (field == "weight_decay") o.weight_decay = std::nan("");
-  if (field == "momentum") o.momentum = 1.0;
-  if (field == "momentum_kind") o.momentum_kind = static_cast<muon::MomentumKind>(7);
-  if (field == "adjust_lr") o.adjust_lr = static_cast<muon::LrAdjust>(9);
-  if (field == "ns_steps") o.ns.steps = 100;
-  if (field == "adam_lr") o.adam_lr = INFINITY;
-  if (field == "adam_beta1") o.adam_beta1 = -0.1;
-  if (field == "adam_beta2") o.adam_beta2 = 1.0;
-  if (field == "adam_eps") o.adam_eps = 0.0;
-  if (field == "adam_weight_decay") o.adam_weight_decay = -1e-3;
-  try {
-    mc::Optimizer<float> opt(o);
-  } catch (const muon::Error& e) {
-    return e.what();
-  }
-  return {};
-}
-
-std::string device_setter_error(const std::string& field, double value) {
-  mc::Optimizer<float> opt;
-  const mc::OptimizerOptions before = opt.options();
-  auto stored = [&] {
-    const mc::OptimizerOptions& o = opt.options();
-    return field == "lr"             ? o.lr
-           : field == "adam_lr"      ? o.adam_lr
-           : field == "weight_decay" ? o.weight_decay
-                                     : o.momentum;
-  };
-  try {
-    if (field == "lr") opt.set_lr(value);
-    if (field == "adam_lr") opt.set_adam_lr(value);
-    if (field == "weight_decay") opt.set_weight_decay(value);
-    if (field == "momentum") opt.set_momentum(value);
-  } catch (const muon::Error& e) {
-    const mc::OptimizerOptions& o = opt.options();
-    if (o.lr != before.lr || o.adam_lr != before.adam_lr || o.weight_decay != before.weight_decay ||
-        o.momentum != before.momentum)
-      throw std::logic_error("a setter that threw changed the options");
-    return e.what();
-  }
-  if (stored() != value) throw std::logic_error("the setter did not store the value");
-  return {};
-}
-
-DeviceLoad device_load(const std::string& bytes) {
-  mc::OptimizerOptions o;
-  o.lr = 0.02;
-  mc::Optimizer<float> opt(o);
+DeviceLoad device_load(const std::string& bytes, const std::vector<OptParam>& params) {
+  mc::Optimizer<float> opt(muon::MuonGroupOptions().with_lr(0.3));
   // Device pointers are not touched unless the load succeeds, which needs a
   // device; then they must be real allocations.
   const bool device = mc::device_available();
   std::vector<mc::DeviceMatrix<float>> mem;
   float* fake = reinterpret_cast<float*>(std::uintptr_t(4096));
-  float* ptr[4] = {fake, fake, fake, fake};
-  if (device) {
-    for (int k = 0; k < 4; ++k) {
-      mem.emplace_back(4, k < 2 ? 3 : 1, nullptr);
-      ptr[k] = mem.back().data();
+  for (const auto& q : params) {
+    float* ptr = fake;
+    if (device) {
+      mem.emplace_back(static_cast<std::int64_t>(q.value.size()), 2, nullptr);
+      ptr = mem.back().data();
     }
+    opt.add_param(q.name, ptr, ptr + (device ? q.value.size() : 0), shape_of(q), options_of(q));
   }
-  opt.add("w", ptr[0], ptr[1], 4, 3);
-  opt.add("b", ptr[2], ptr[3], 4, 1);
-  auto same = [&] {
-    const mc::OptimizerOptions& now = opt.options();
-    return now.lr == o.lr && now.weight_decay == o.weight_decay && now.momentum == o.momentum &&
-           now.adam_lr == o.adam_lr && now.adam_beta1 == o.adam_beta1 &&
-           now.adam_beta2 == o.adam_beta2 && now.adam_eps == o.adam_eps &&
-           now.adam_weight_decay == o.adam_weight_decay && opt.size() == 2 &&
-           opt.route("w") == muon::Route::muon && opt.route("b") == muon::Route::adamw &&
-           opt.step_count(nullptr) == 0;
-  };
   DeviceLoad r;
   try {
     std::stringstream in(bytes);
     opt.load(in, nullptr);
   } catch (const muon::Error& e) {
     r.error = e.what();
-    r.unchanged = same();
+    r.unchanged = opt.muon_options().lr == 0.3 && opt.step_count() == 0;
   }
-  r.lr = opt.options().lr;
-  r.steps = opt.step_count(nullptr);
+  r.lr = opt.muon_options().lr;
+  r.steps = opt.step_count();
   if (r.error.empty()) {
     std::stringstream out;
     opt.save(out, nullptr);

@@ -3,12 +3,14 @@
 // Host-only interface to the CUDA backend for the Catch2 tests: the Catch2
 // TU is compiled by the host compiler, harness.cu by nvcc. No CUDA headers.
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <muon/newton_schulz.hpp>
-#include <muon/policy.hpp>
+#include <muon/optim/core.hpp>
 
 namespace muon_cuda_test {
 
@@ -39,7 +41,8 @@ void orthogonalize_checked(const std::vector<float>& in, std::int64_t rows, std:
                            std::vector<float>& out_after, float out_init);
 
 /// Workspace::check() on a problem with one field broken: "rows", "batch",
-/// "in_null", "out_shape", "ld", "stride", "steps", "tile".
+/// "in_null", "out_shape", "ld", "stride", "steps", "tile", "gram",
+/// "in_float_sparse".
 std::string workspace_check(const std::string& broken);
 
 /// Runs the tiled kernels' phase functions (copy_transpose, symmetrize) on
@@ -51,89 +54,83 @@ std::string emulate_tiled_kernels();
 std::string cuda_error_message();
 std::string cublas_error_message();
 
-/// A device optimizer run: parameters (host, float), registered in order.
+/// A device optimizer parameter (host, float), registered in order with
+/// add_param(name, p, g, shape, {route, group, split}).
 struct OptParam {
   std::string name;
-  std::int64_t rows = 0, cols = 0;
-  bool row_major = false;
-  bool adamw = false;        ///< add_adamw instead of add_muon
-  std::vector<float> value;  ///< rows*cols, in the memory order of `row_major`
+  std::vector<std::int64_t> shape;  ///< up to 4 sizes, row-major
+  bool col_major = false;           ///< 2-D column-major
+  muon::Route route = muon::Route::automatic;
+  std::size_t group = 0;
+  std::vector<std::ptrdiff_t> split;
+  std::vector<float> value;  ///< the tensor in memory order
 };
 
 struct OptRun {
   int steps = 3;
   bool graph = false;  ///< capture the step once, replay it
   bool ns_f32 = true;  ///< NS in float (else bf16)
-  double lr = 0.02, weight_decay = 0.1, momentum = 0.95;
-  bool nesterov = true;
-  bool sum_momentum = false;
-  double adam_lr = 1e-3;
+  muon::MuonGroupOptions muon;
+  muon::AdamWOptions adamw;
+  std::size_t groups = 1;  ///< groups 1.. get the same options
+  muon::NonFinitePolicy policy = muon::NonFinitePolicy::raise;
   /// Gradient of parameter p at step s (1-based): grads[s-1][p].
   std::vector<std::vector<std::vector<float>>> grads;
   /// Save after `save_after` steps into a new optimizer (0: never) and go on
   /// with the loaded one.
   int save_after = 0;
+  /// A checkpoint (of any backend) to load before the first step.
+  std::string load;
 };
 
-/// Returns the parameters after the run.
-std::vector<std::vector<float>> run_optimizer(std::vector<OptParam> params, const OptRun& run);
+/// What report() said after one step.
+struct StepOutcome {
+  std::size_t updated = 0;
+  std::vector<std::pair<std::string, muon::SkipReason>> skipped;
+  std::string error;  ///< report()'s muon::Error, "" when the step was not refused
+};
 
-/// Optimizer error paths without a device: the message of the Error thrown
-/// by "duplicate", "null", "shape", "bad_magic", "options".
+struct OptResult {
+  std::vector<std::vector<float>> params;  ///< after the run
+  std::vector<StepOutcome> steps;
+  std::int64_t step_count = 0;
+  std::string saved;  ///< save() at the end
+};
+
+/// Runs the device optimizer (report() after every step). Needs a device.
+OptResult run_optimizer(const std::vector<OptParam>& params, const OptRun& run);
+
+/// The message of the muon::Error thrown by "duplicate", "null", "shape",
+/// "dims", "options", "gram", "set_gram", "bad_magic"; "" for none.
 std::string optimizer_error(const std::string& what);
 
 // ---- host-side logic of the device optimizer (no device needed) -------------
 //
-// Constructing a muon::cuda::Optimizer, add*(), the routing queries and the
-// option setters make no CUDA call (memory is allocated at the first
+// Constructing a muon::cuda::Optimizer, add_param, the routing queries and
+// the option setters make no CUDA call (memory is allocated at the first
 // step/capture/save/load), so these run and are checked everywhere.
 
-/// One registration with the device optimizer.
-struct DeviceParamSpec {
-  std::string name;
-  std::int64_t rows = 0, cols = 0;
-  /// automatic: add(); muon: add_muon(); adamw: add_adamw(name, rows * cols).
-  muon::Route how = muon::Route::automatic;
-  bool row_major = false;
-};
-
-/// What muon::cuda::Optimizer<float> reports after registering the specs.
 struct DeviceRouting {
   muon::RoutingReport report;       ///< routing()
-  std::vector<muon::Route> routes;  ///< route(name) of each spec, in order
-  std::size_t size = 0;             ///< size()
-  std::string missing_error;        ///< the message of route("missing")
+  std::vector<muon::Route> routes;  ///< route(name) of each parameter, in order
+  std::size_t size = 0;             ///< param_count()
+  std::string missing_error;        ///< the message of route("missin")
 };
 
-/// Registers `params` in order with OptimizerOptions::adjust_lr = `rule`
-/// and, when given, set_routing_rules(*rules) first. Throws muon::Error as
-/// the optimizer does.
-DeviceRouting device_routing(const std::vector<DeviceParamSpec>& params,
-                             muon::LrAdjust rule = muon::LrAdjust::original,
+/// Registers `params` in a muon::cuda::Optimizer<float> with two groups of
+/// options `o` (and, when given, `rules`). Throws muon::Error as it does.
+DeviceRouting device_routing(const std::vector<OptParam>& params, const muon::MuonGroupOptions& o,
                              const muon::RoutingRules* rules = nullptr);
 
-/// The message of the muon::Error the optimizer's constructor throws when
-/// option `field` is out of range ("lr", "weight_decay", "momentum",
-/// "momentum_kind", "adjust_lr", "ns_steps", "adam_lr", "adam_beta1",
-/// "adam_beta2", "adam_eps", "adam_weight_decay"); "" when none is thrown.
-std::string device_options_error(const std::string& field);
-
-/// The message of the muon::Error set_<field>(value) throws ("lr",
-/// "adam_lr", "weight_decay", "momentum"), "" when none. Throws
-/// std::logic_error when a throwing setter changed options() anyway, or a
-/// succeeding one did not store the value.
-std::string device_setter_error(const std::string& field, double value);
-
-/// Loads `bytes` into a muon::cuda::Optimizer<float> holding "w" (add(),
-/// 4 x 3: Muon) and "b" (add(), 4 x 1: AdamW) with lr 0.02, on the legacy
-/// stream.
+/// Loads `bytes` into a muon::cuda::Optimizer<float> (Muon lr 0.3) holding
+/// `params`, on the legacy stream.
 struct DeviceLoad {
   std::string error;       ///< the muon::Error's message, "" when it loaded
-  bool unchanged = false;  ///< after an error: options, size, routes and step count as before
-  double lr = 0;           ///< options().lr afterwards
+  bool unchanged = false;  ///< after an error: lr and step count as before
+  double lr = 0;           ///< muon_options().lr afterwards
   long long steps = 0;     ///< step_count() afterwards
   std::string resaved;     ///< after a successful load: save() of the result
 };
-DeviceLoad device_load(const std::string& bytes);
+DeviceLoad device_load(const std::string& bytes, const std::vector<OptParam>& params);
 
 }  // namespace muon_cuda_test

@@ -128,311 +128,182 @@ TEST_CASE("cuda: Workspace::check names the broken field (no device needed)", "[
   CHECK(workspace_check("stride").rfind("out: stride", 0) == 0);
   CHECK(workspace_check("steps").rfind("options.steps", 0) == 0);
   CHECK(workspace_check("tile").rfind("tile:", 0) == 0);
+  CHECK(workspace_check("gram").rfind("options.method: NsMethod::gram is not implemented", 0) == 0);
+  CHECK(workspace_check("in_float_sparse").rfind("in_float: must be dense", 0) == 0);
 }
 
 TEST_CASE("cuda: optimizer argument errors (no device needed)", "[cuda][host]") {
   using muon_cuda_test::optimizer_error;
   CHECK(optimizer_error("ok").empty());
-  CHECK(optimizer_error("duplicate").find("already added") != std::string::npos);
-  CHECK(optimizer_error("null").find("grad") == std::string::npos);
-  CHECK(optimizer_error("null").find("param") != std::string::npos);
-  CHECK(optimizer_error("shape").find("shape") != std::string::npos);
-  CHECK(optimizer_error("bad_magic").find("checkpoint") != std::string::npos);
-  CHECK(optimizer_error("options").find("momentum") != std::string::npos);
+  CHECK(optimizer_error("duplicate").find("name: a parameter named 'w' is already registered") !=
+        std::string::npos);
+  CHECK(optimizer_error("null").find("param: 'v' has a null device pointer") != std::string::npos);
+  CHECK(optimizer_error("shape").find("shape: 'v' is empty") != std::string::npos);
+  CHECK(optimizer_error("dims").find("at most 4 dimensions") != std::string::npos);
+  CHECK(optimizer_error("bad_magic").find("checkpoint stream: not a muon checkpoint") !=
+        std::string::npos);
+  CHECK(optimizer_error("options").find("momentum:") != std::string::npos);
+  // The CUDA backend runs the standard iteration only: the Gram form is
+  // refused when the options are set, before anything runs.
+  CHECK(optimizer_error("gram").find("ns_method: NsMethod::gram is not implemented") !=
+        std::string::npos);
+  CHECK(optimizer_error("set_gram").find("NsMethod::gram is not implemented") != std::string::npos);
 }
 
 namespace {
 
-using muon_cuda_test::DeviceParamSpec;
+using muon_cuda_test::OptParam;
 
-DeviceParamSpec spec(const char* name, std::int64_t rows, std::int64_t cols,
-                     muon::Route how = muon::Route::automatic, bool row_major = false) {
-  DeviceParamSpec q;
+OptParam param(const char* name, std::vector<std::int64_t> shape,
+               muon::Route route = muon::Route::automatic, std::size_t group = 0,
+               std::vector<std::ptrdiff_t> split = {}, bool col_major = false) {
+  OptParam q;
   q.name = name;
-  q.rows = rows;
-  q.cols = cols;
-  q.how = how;
-  q.row_major = row_major;
+  q.shape = std::move(shape);
+  q.route = route;
+  q.group = group;
+  q.split = std::move(split);
+  q.col_major = col_major;
+  std::int64_t n = 1;
+  for (std::int64_t d : q.shape) n *= d;
+  q.value.assign(static_cast<std::size_t>(n), 0.5f);
   return q;
 }
 
-// The CPU optimizer's view of a device registration: (n, 1) and (1, n) are
-// the 1-D tensor they stand for, (1, 1) a scalar, anything else (r, c).
-std::vector<Eigen::Index> cpu_shape(const DeviceParamSpec& q) {
-  if (q.how == muon::Route::adamw || q.rows == 1 || q.cols == 1) {
-    if (q.rows * q.cols == 1) return {};
-    return {q.rows * q.cols};
-  }
-  return {q.rows, q.cols};
-}
-
-muon::RoutingReport cpu_routing(const std::vector<DeviceParamSpec>& specs, muon::LrAdjust rule,
+// The same registrations on the CPU optimizer.
+muon::RoutingReport cpu_routing(const std::vector<OptParam>& params,
+                                const muon::MuonGroupOptions& o,
                                 const muon::RoutingRules* rules = nullptr) {
-  static std::vector<float> bank(1 << 20, 0.5f);
-  muon::Optimizer<float> opt(muon::MuonGroupOptions().with_adjust_lr(rule));
+  static std::vector<float> bank(1 << 22, 0.5f);
+  muon::Optimizer<float> opt(o);
+  opt.add_group(o);
   if (rules) opt.set_routing_rules(*rules);
-  for (const auto& q : specs) {
-    const std::vector<Eigen::Index> dims = cpu_shape(q);
+  for (const auto& q : params) {
     muon::ParamView<float> v;
     v.data = bank.data();
-    v.ndim = static_cast<int>(dims.size());
-    for (std::size_t d = 0; d < dims.size(); ++d) v.shape[d] = dims[d];
-    opt.add_param(q.name, v, v, q.how);
+    v.ndim = static_cast<int>(q.shape.size());
+    for (std::size_t d = 0; d < q.shape.size(); ++d) v.shape[d] = q.shape[d];
+    v.column_major = q.col_major;
+    muon::ParamOptions po;
+    po.route = q.route;
+    po.group = q.group;
+    po.split = q.split;
+    opt.add_param(q.name, v, v, po);
   }
   return opt.routing();
 }
 
+std::vector<OptParam> gpt_like() {
+  using muon::Route;
+  return {param("h.0.attn.c_attn.weight", {2304, 768}, Route::automatic, 0, {768, 768, 768}),
+          param("h.0.mlp.c_proj.weight", {768, 3072}),
+          param("h.0.ln_1.bias", {768}),
+          param("temperature", {}),
+          param("conv.weight", {64, 3, 3, 3}),
+          param("experts", {4, 96, 32}, Route::automatic, 1),
+          param("transformer.WTE.weight", {500, 64}),
+          param("lm_head.weight", {500, 64}),
+          param("eigen.weight", {96, 24}, Route::automatic, 0, {}, true),
+          param("embed.forced", {32, 8}, Route::muon),
+          param("fc.forced", {16, 8}, Route::adamw, 1),
+          param("norm.forced", {8}, Route::muon)};
+}
+
 }  // namespace
 
-TEST_CASE("cuda: the device optimizer routes add() like the CPU optimizer (no device needed)",
-          "[cuda][host]") {
-  using muon::Route;
-  const std::vector<DeviceParamSpec> specs = {
-      spec("h.0.attn.c_attn.weight", 2304, 768, Route::automatic, true),
-      spec("h.0.mlp.c_proj.weight", 768, 3072, Route::automatic, true),
-      spec("h.0.ln_1.bias", 768, 1),
-      spec("h.0.ln_1.weight", 1, 768),
-      spec("temperature", 1, 1),
-      spec("transformer.WTE.weight", 500, 64, Route::automatic, true),
-      spec("wpe", 128, 64),
-      spec("tok_embeddings", 500, 64),
-      spec("Embed.table", 500, 64),
-      spec("lm_head.weight", 500, 64),
-      spec("output_head", 10, 64),
-      spec("Classifier.w", 10, 64),
-      spec("embed.forced", 32, 8, Route::muon),
-      spec("fc.forced", 16, 8, Route::adamw),
-      spec("norm.forced", 8, 1, Route::muon)};
-  const std::vector<Route> want = {Route::muon,  Route::muon,  Route::adamw, Route::adamw,
-                                   Route::adamw, Route::adamw, Route::adamw, Route::adamw,
-                                   Route::adamw, Route::adamw, Route::adamw, Route::adamw,
-                                   Route::muon,  Route::adamw, Route::muon};
-  const auto dev = muon_cuda_test::device_routing(specs);
-  const muon::RoutingReport cpu = cpu_routing(specs, muon::LrAdjust::original);
-  REQUIRE(dev.size == specs.size());
-  REQUIRE(dev.report.entries.size() == specs.size());
-  for (std::size_t k = 0; k < specs.size(); ++k) {
-    const auto& e = dev.report.entries[k];
-    INFO(specs[k].name << ": " << e.reason);
-    CHECK(e.name == specs[k].name);
-    CHECK(dev.routes[k] == want[k]);
-    CHECK(e.route == want[k]);
-    // Same decision and the same sentence as the CPU optimizer gives.
-    CHECK(cpu.at(e.name).route == e.route);
-    CHECK(cpu.at(e.name).reason == e.reason);
-    // As registered; add_adamw() takes a flat count.
-    const bool flat = specs[k].how == Route::adamw;
-    CHECK(e.rows == (flat ? specs[k].rows * specs[k].cols : specs[k].rows));
-    CHECK(e.cols == (flat ? 1 : specs[k].cols));
-    CHECK(e.group == 0);
-  }
-  CHECK(dev.report.at("lm_head.weight").reason.find("lm_head") != std::string::npos);
-  CHECK(dev.report.at("h.0.ln_1.bias").reason == "1-D (gain/bias)");
-  CHECK(dev.report.at("temperature").reason == "scalar");
-  CHECK(dev.report.at("h.0.attn.c_attn.weight").reason == "2-D matrix");
-  CHECK(dev.report.at("fc.forced").reason == "explicit choice");
-  CHECK(dev.report.at("h.0.attn.c_attn.weight").shape == "(2304, 768)");
-  const std::string table = dev.report.table();
-  for (const auto& q : specs) CHECK(table.find(q.name) != std::string::npos);
-}
-
-TEST_CASE("cuda: the device optimizer's routing rules are configurable (no device needed)",
-          "[cuda][host]") {
-  muon::RoutingRules rules;
-  rules.adamw_name_patterns = {"Router"};
-  const std::vector<DeviceParamSpec> specs = {spec("moe.router.weight", 8, 16),
-                                              spec("lm_head.weight", 8, 16)};
-  const auto dev = muon_cuda_test::device_routing(specs, muon::LrAdjust::original, &rules);
-  CHECK(dev.routes[0] == muon::Route::adamw);
-  CHECK(dev.routes[1] == muon::Route::muon);  // no longer in the list
-  const muon::RoutingReport cpu = cpu_routing(specs, muon::LrAdjust::original, &rules);
-  CHECK(cpu.at("moe.router.weight").reason == dev.report.at("moe.router.weight").reason);
-}
-
-TEST_CASE("cuda: the device lr scale per shape is muon::adjusted_lr (no device needed)",
-          "[cuda][host]") {
-  const std::vector<DeviceParamSpec> specs = {spec("tall", 64, 4), spec("wide", 4, 64),
-                                              spec("tall_rm", 96, 24, muon::Route::automatic, true),
-                                              spec("square", 32, 32), spec("bias", 64, 1)};
+TEST_CASE(
+    "cuda: the device optimizer registers and routes like the CPU optimizer (no device needed)",
+    "[cuda][host]") {
+  const auto specs = gpt_like();
   for (muon::LrAdjust rule : {muon::LrAdjust::original, muon::LrAdjust::match_rms_adamw,
                               muon::LrAdjust::spectral, muon::LrAdjust::none}) {
     INFO(muon::lr_adjust_name(rule));
-    const auto dev = muon_cuda_test::device_routing(specs, rule);
-    const muon::RoutingReport cpu = cpu_routing(specs, rule);
-    for (const auto& q : specs) {
-      INFO(q.name);
-      const auto& e = dev.report.at(q.name);
-      if (e.route != muon::Route::muon) {
-        CHECK(e.lr_scale == 1.0);
-        continue;
-      }
-      // The logical (out, in) shape counts, whatever the memory layout.
-      CHECK(e.lr_scale == muon::adjusted_lr(1.0, q.rows, q.cols, rule));
-      CHECK(std::abs(e.lr_scale - cpu.at(q.name).lr_scale) <= 1e-12 * e.lr_scale);
+    const muon::MuonGroupOptions o = muon::MuonGroupOptions().with_adjust_lr(rule);
+    const auto dev = muon_cuda_test::device_routing(specs, o);
+    const muon::RoutingReport cpu = cpu_routing(specs, o);
+    REQUIRE(dev.size == specs.size());
+    REQUIRE(dev.report.entries.size() == cpu.entries.size());
+    for (std::size_t k = 0; k < specs.size(); ++k) {
+      const auto& d = dev.report.entries[k];
+      const auto& c = cpu.entries[k];
+      INFO(specs[k].name << ": " << d.reason);
+      CHECK(d.name == c.name);
+      CHECK(d.route == c.route);
+      CHECK(dev.routes[k] == c.route);
+      CHECK(d.reason == c.reason);
+      CHECK(d.shape == c.shape);
+      CHECK(d.rows == c.rows);
+      CHECK(d.cols == c.cols);
+      CHECK(d.group == c.group);
+      CHECK(d.lr_scale == c.lr_scale);
     }
   }
-  CHECK(
-      muon_cuda_test::device_routing(specs, muon::LrAdjust::original).report.at("tall").lr_scale ==
-      4.0);
-}
-
-TEST_CASE("cuda: device optimizer registration errors name the field (no device needed)",
-          "[cuda][host]") {
-  using muon_cuda_test::device_routing;
-  auto message = [](const std::vector<DeviceParamSpec>& specs,
-                    const muon::RoutingRules* rules = nullptr) -> std::string {
-    try {
-      device_routing(specs, muon::LrAdjust::original, rules);
-    } catch (const muon::Error& e) {
-      return e.what();
-    }
-    return {};
-  };
-  CHECK(message({spec("w", 4, 4), spec("w", 4, 4)}).find("name: 'w' is already added") !=
-        std::string::npos);
-  CHECK(message({spec("w", 4, 4), spec("w", 4, 1, muon::Route::adamw)}).find("already added") !=
-        std::string::npos);
-  CHECK(message({spec("w", 4, 4), spec("w", 4, 4, muon::Route::muon)}).find("already added") !=
-        std::string::npos);
-  CHECK(message({spec("", 4, 4)}).find("name: must not be empty") != std::string::npos);
-  CHECK(message({spec("w", 0, 4)}).find("shape: 'w'") != std::string::npos);
-  CHECK(message({spec("w", 4, -2, muon::Route::muon)}).find("shape:") != std::string::npos);
+  const auto dev = muon_cuda_test::device_routing(specs, muon::MuonGroupOptions());
+  CHECK(dev.report.at("h.0.attn.c_attn.weight").reason.find("split into 3") != std::string::npos);
+  CHECK(dev.report.at("eigen.weight").lr_scale == 2.0);  // logical (96, 24)
+  CHECK(dev.missing_error.find("name: no parameter named 'missin'") != std::string::npos);
   muon::RoutingRules rules;
-  CHECK(message({spec("w", 4, 4)}, &rules).empty());
-  // route() of a name that was never added.
-  CHECK(device_routing({spec("w", 4, 4)}).missing_error ==
-        "muon: name: no parameter named 'missing'");
+  rules.adamw_name_patterns = {"Router"};
+  const std::vector<OptParam> moe = {param("moe.router.weight", {8, 16}),
+                                     param("lm_head.weight", {8, 16})};
+  const auto custom = muon_cuda_test::device_routing(moe, muon::MuonGroupOptions(), &rules);
+  CHECK(custom.routes[0] == muon::Route::adamw);
+  CHECK(custom.routes[1] == muon::Route::muon);
 }
 
-TEST_CASE("cuda: device optimizer option errors name the field (no device needed)",
-          "[cuda][host]") {
-  using muon_cuda_test::device_options_error;
-  CHECK(device_options_error("none").empty());
-  for (const char* field :
-       {"lr", "weight_decay", "momentum", "momentum_kind", "adjust_lr", "adam_lr", "adam_beta1",
-        "adam_beta2", "adam_eps", "adam_weight_decay"}) {
-    INFO(field);
-    CHECK(device_options_error(field).rfind(std::string("muon: ") + field + ":", 0) == 0);
-  }
-  CHECK(device_options_error("ns_steps").find("steps") != std::string::npos);
-
-  using muon_cuda_test::device_setter_error;
-  CHECK(device_setter_error("lr", 0.5).empty());
-  CHECK(device_setter_error("momentum", 0.9).empty());
-  CHECK(device_setter_error("lr", -1.0).rfind("muon: lr:", 0) == 0);
-  CHECK(device_setter_error("lr", std::nan("")).rfind("muon: lr:", 0) == 0);
-  CHECK(device_setter_error("adam_lr", INFINITY).rfind("muon: adam_lr:", 0) == 0);
-  CHECK(device_setter_error("weight_decay", -0.1).rfind("muon: weight_decay:", 0) == 0);
-  CHECK(device_setter_error("momentum", 1.0).rfind("muon: momentum:", 0) == 0);
-}
-
-namespace {
-
-// The device state payload as docs/cuda.md spells it out, written by hand
-// (not by the optimizer) for the harness's "w" (Muon 4 x 3) and "b" (AdamW
-// 4 x 1). `broken` names one field to break; the envelope-level breaks patch
-// the finished bytes.
-std::string device_state(const std::string& broken) {
-  muon::checkpoint::Writer w;
-  w.str(broken == "kind" ? "muon::cuda::Optimiser" : "muon::cuda::Optimizer");
-  w.u8(1);  // parameter dtype float32
-  w.u8(broken == "dtype" ? 2 : 1);
-  w.i64(broken == "negative_step" ? -1 : 7);
-  for (double d : {broken == "options" ? -0.5 : 0.05, 0.2, 0.9, 2e-3, 0.8, 0.99, 1e-9, 0.0})
-    w.f64(d);
-  w.u32(broken == "count" ? 3 : 2);
-  w.str(broken == "name" ? "x" : "w");
-  w.u8(broken == "route" ? 2 : 1);
-  w.i64(broken == "shape" ? 5 : 4);
-  w.i64(3);
-  w.u32(1);
-  w.str(broken == "buffer_name" ? "momentum" : "momentum_buffer");
-  w.u8(1);
-  w.u64(12);
-  for (int i = 0; i < 12; ++i) w.scalar<float>(broken == "nan" && i == 5 ? NAN : 0.125f * i);
-  w.str("b");
-  w.u8(2);
-  w.i64(4);
-  w.i64(1);
-  w.u32(2);
-  w.str("exp_avg");
-  w.u8(1);
-  w.u64(4);
-  for (int i = 0; i < 4; ++i) w.scalar<float>(-0.5f + i);
-  w.str("exp_avg_sq");
-  w.u8(1);
-  w.u64(4);
-  for (int i = 0; i < 4; ++i) w.scalar<float>(broken == "negative_v" && i == 2 ? -1.0f : 0.25f * i);
-  if (broken == "trailing") w.u8(0);
-  std::ostringstream os;
-  muon::checkpoint::write_envelope(os, w.bytes());
-  std::string bytes = os.str();
-  if (broken == "magic") bytes[0] = 'X';
-  if (broken == "version") bytes[8] = 2;
-  if (broken == "crc") bytes[40] = static_cast<char>(bytes[40] ^ 1);
-  if (broken == "truncated") bytes.resize(bytes.size() - 9);
-  return bytes;
-}
-
-}  // namespace
-
-TEST_CASE("cuda: device state load refuses bad data and changes nothing (no device needed)",
-          "[cuda][host]") {
-  const std::pair<const char*, const char*> cases[] = {
-      {"magic", "bad magic"},
-      {"version", "unsupported format version 2"},
-      {"crc", "checksum mismatch"},
-      {"truncated", "truncated"},
-      {"kind", "not a muon::cuda::Optimizer state"},
-      {"dtype", "buffer dtype differs"},
-      {"negative_step", "negative step count"},
-      {"options", "invalid options (muon: lr:"},
-      {"count", "holds 3 parameters, the optimizer has 2"},
-      {"name", "parameter 0 is 'x', expected 'w'"},
-      {"route", "parameter 'w': route differs"},
-      {"shape", "parameter 'w': shape 5x3 differs from 4x3"},
-      {"buffer_name", "expected buffer 'momentum_buffer'"},
-      {"nan", "buffer 'momentum_buffer' holds an invalid value"},
-      {"negative_v", "buffer 'exp_avg_sq' holds an invalid value"},
-      {"trailing", "trailing bytes"}};
-  for (const auto& [broken, want] : cases) {
-    INFO(broken);
-    const auto r = muon_cuda_test::device_load(device_state(broken));
-    CHECK(r.error.find("checkpoint") != std::string::npos);
-    CHECK(r.error.find(want) != std::string::npos);
-    CHECK(r.unchanged);
-    CHECK(r.lr == 0.02);
-  }
-
-  // A CPU optimizer's checkpoint shares the envelope but not the payload.
-  std::vector<float> w(12, 0.5f), b(4, 0.5f);
-  muon::Optimizer<float> cpu;
-  cpu.add_param("w", {w.data(), {4, 3}}, {w.data(), {4, 3}});
-  cpu.add_param("b", {b.data(), {4}}, {b.data(), {4}});
+TEST_CASE(
+    "cuda: the device optimizer loads the one checkpoint format, checks before it allocates "
+    "(no device needed)",
+    "[cuda][host]") {
+  // A CPU optimizer's checkpoint, with the same registrations.
+  const std::vector<OptParam> specs = {
+      param("w", {4, 3}), param("qkv", {6, 3}, muon::Route::muon, 0, {2, 2, 2}), param("b", {4})};
+  std::vector<float> w(12, 0.5f), gw(12, 0.1f), qkv(18, 0.25f), gq(18, 0.2f), b(4, 0.5f),
+      gb(4, 1.0f);
+  for (std::size_t i = 0; i < gw.size(); ++i) gw[i] = 0.1f * float(i % 5) - 0.2f;
+  for (std::size_t i = 0; i < gq.size(); ++i) gq[i] = 0.05f * float(i % 7) - 0.1f;
+  muon::Optimizer<float> cpu(muon::MuonGroupOptions().with_lr(0.05));
+  cpu.add_param("w", {w.data(), {4, 3}}, {gw.data(), {4, 3}});
+  muon::ParamOptions po;
+  po.route = muon::Route::muon;
+  po.split = {2, 2, 2};
+  cpu.add_param("qkv", {qkv.data(), {6, 3}}, {gq.data(), {6, 3}}, po);
+  cpu.add_param("b", {b.data(), {4}}, {gb.data(), {4}});
+  cpu.step();
+  cpu.step();
   std::ostringstream os;
   cpu.save(os);
-  const auto r = muon_cuda_test::device_load(os.str());
-  CHECK(r.error.find("not a muon::cuda::Optimizer state") != std::string::npos);
-  CHECK(r.unchanged);
-}
-
-TEST_CASE("cuda: a well-formed device state loads on a device, and fails cleanly without one",
-          "[cuda][host]") {
-  const std::string bytes = device_state("none");
-  const auto r = muon_cuda_test::device_load(bytes);
+  const auto r = muon_cuda_test::device_load(os.str(), specs);
   if (!muon_cuda_test::device_present()) {
-    // Parsing succeeded; the first device allocation failed, and that too
-    // leaves the optimizer as it was.
+    // Parsing and matching succeeded; the first device allocation failed,
+    // and that too leaves the optimizer as it was.
     INFO(r.error);
     CHECK(r.error.find("allocation") != std::string::npos);
     CHECK(r.unchanged);
-    CHECK(r.lr == 0.02);
-    return;
+    CHECK(r.lr == 0.3);
+  } else {
+    CHECK(r.error.empty());
+    CHECK(r.lr == 0.05);
+    CHECK(r.steps == 2);
+    CHECK(r.resaved == os.str());  // the device writes what the CPU wrote
   }
-  CHECK(r.error.empty());
-  CHECK(r.lr == 0.05);
-  CHECK(r.steps == 7);
-  CHECK(r.resaved == bytes);  // save() writes exactly the documented layout
+  // A mismatch is found before any allocation, and named.
+  std::vector<OptParam> other = specs;
+  other[1].split = {3, 3};
+  const auto bad = muon_cuda_test::device_load(os.str(), other);
+  CHECK(bad.error.find("parameter 'qkv': split differs") != std::string::npos);
+  CHECK(bad.unchanged);
+  // A double optimizer's checkpoint holds float64 buffers: named as such.
+  std::vector<double> wd(12, 0.5), bd(4, 0.5);
+  muon::Optimizer<double> cpu64;
+  cpu64.add_param("w", {wd.data(), {4, 3}}, {wd.data(), {4, 3}});
+  cpu64.add_param("qkv", {wd.data(), {6, 3}}, {wd.data(), {6, 3}}, po);
+  cpu64.add_param("b", {bd.data(), {4}}, {bd.data(), {4}});
+  std::ostringstream os64;
+  cpu64.save(os64);
+  const auto f64 = muon_cuda_test::device_load(os64.str(), specs);
+  CHECK(f64.error.find("holds float64 buffers, this optimizer keeps float32 buffers") !=
+        std::string::npos);
 }
 
 TEST_CASE("cuda: tiled kernels emulated on the host agree with plain loops (no device needed)",
@@ -559,85 +430,85 @@ TEST_CASE("cuda: NaN/Inf input throws naming the input and leaves the output unt
 
 namespace {
 
-// Double reference of the device optimizer (torch.optim.Muon / AdamW semantics).
-std::vector<std::vector<double>> reference_optimizer(
-    const std::vector<muon_cuda_test::OptParam>& ps, const muon_cuda_test::OptRun& run) {
-  const muon::NewtonSchulzOptions ns =
-      muon::NewtonSchulzOptions().with_eps(1e-7, muon::EpsMode::max);
-  std::vector<std::vector<double>> p, m, v;
+// The run on the CPU optimizer, the reference for the device's: same
+// registrations, options, gradients. The CPU optimizer is itself checked
+// against double references written in tests/ (test_optimizer.cpp).
+muon_cuda_test::OptResult cpu_run(const std::vector<OptParam>& ps,
+                                  const muon_cuda_test::OptRun& run) {
+  std::vector<std::vector<float>> p, g;
   for (const auto& q : ps) {
-    p.emplace_back(q.value.begin(), q.value.end());
-    m.emplace_back(q.value.size(), 0.0);
-    v.emplace_back(q.value.size(), 0.0);
+    p.push_back(q.value);
+    g.emplace_back(q.value.size());
   }
-  const double mu = run.momentum;
-  for (int s = 1; s <= run.steps; ++s) {
-    for (std::size_t k = 0; k < ps.size(); ++k) {
-      const auto& q = ps[k];
-      const auto& g = run.grads[static_cast<std::size_t>(s - 1)][k];
-      const std::size_t n = g.size();
-      if (q.adamw) {
-        const double b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.01, lr = run.adam_lr;
-        const double bc1 = 1 - std::pow(b1, s), bc2 = 1 - std::pow(b2, s);
-        for (std::size_t i = 0; i < n; ++i) {
-          p[k][i] *= 1 - lr * wd;
-          m[k][i] = b1 * m[k][i] + (1 - b1) * g[i];
-          v[k][i] = b2 * v[k][i] + (1 - b2) * g[i] * g[i];
-          p[k][i] -= lr / bc1 * m[k][i] / (std::sqrt(v[k][i] / bc2) + eps);
-        }
-        continue;
-      }
-      std::vector<double> u(n);
-      for (std::size_t i = 0; i < n; ++i) {
-        if (run.sum_momentum) {
-          m[k][i] = mu * m[k][i] + g[i];
-          u[i] = run.nesterov ? g[i] + mu * m[k][i] : m[k][i];
-        } else {
-          m[k][i] += (1 - mu) * (g[i] - m[k][i]);
-          u[i] = run.nesterov ? g[i] + mu * (m[k][i] - g[i]) : m[k][i];
-        }
-      }
-      // Memory as column-major: rows x cols, or cols x rows for row-major.
-      const Eigen::Index mr = q.row_major ? q.cols : q.rows, mc = q.row_major ? q.rows : q.cols;
-      const Eigen::MatrixXd O =
-          muon::orthogonalize(Eigen::Map<const Eigen::MatrixXd>(u.data(), mr, mc), ns);
-      const double adj = std::sqrt(std::max(1.0, static_cast<double>(q.rows) / q.cols));
-      for (std::size_t i = 0; i < n; ++i)
-        p[k][i] = p[k][i] * (1 - run.lr * run.weight_decay) - run.lr * adj * O.data()[i];
+  muon::Optimizer<float> opt(run.muon, run.adamw);
+  for (std::size_t k = 1; k < run.groups; ++k) opt.add_group(run.muon, run.adamw);
+  opt.set_non_finite_policy(run.policy);
+  for (std::size_t k = 0; k < ps.size(); ++k) {
+    muon::ParamView<float> pv, gv;
+    pv.data = p[k].data();
+    gv.data = g[k].data();
+    pv.ndim = gv.ndim = static_cast<int>(ps[k].shape.size());
+    for (std::size_t d = 0; d < ps[k].shape.size(); ++d) pv.shape[d] = gv.shape[d] = ps[k].shape[d];
+    pv.column_major = gv.column_major = ps[k].col_major;
+    muon::ParamOptions po;
+    po.route = ps[k].route;
+    po.group = ps[k].group;
+    po.split = ps[k].split;
+    opt.add_param(ps[k].name, pv, gv, po);
+  }
+  if (!run.load.empty()) {
+    std::istringstream in(run.load);
+    opt.load(in);
+  }
+  muon_cuda_test::OptResult r;
+  for (int s = 0; s < run.steps; ++s) {
+    for (std::size_t k = 0; k < ps.size(); ++k) g[k] = run.grads[std::size_t(s)][k];
+    muon_cuda_test::StepOutcome o;
+    try {
+      const auto& rep = opt.step();
+      o.updated = rep.updated;
+      for (const auto& sk : rep.skipped) o.skipped.emplace_back(std::string(sk.name), sk.reason);
+    } catch (const muon::Error& e) {
+      o.error = e.what();
     }
+    r.steps.push_back(o);
   }
-  return p;
+  r.params = p;
+  r.step_count = opt.step_count();
+  std::ostringstream os;
+  opt.save(os);
+  r.saved = os.str();
+  return r;
 }
 
-std::vector<muon_cuda_test::OptParam> make_params(std::uint64_t seed) {
-  std::vector<muon_cuda_test::OptParam> ps;
-  auto add = [&](const char* name, std::int64_t r, std::int64_t c, bool row_major, bool adamw) {
-    muon_cuda_test::OptParam q;
-    q.name = name;
-    q.rows = r;
-    q.cols = c;
-    q.row_major = row_major;
-    q.adamw = adamw;
-    const Eigen::MatrixXd v = 0.1 * gaussian(r, c, ++seed);
+std::vector<OptParam> mixed_params(std::uint64_t seed) {
+  using muon::Route;
+  std::vector<OptParam> ps = {param("a.weight", {48, 32}),
+                              param("b.weight", {48, 32}, Route::automatic, 1),  // other group
+                              param("c.weight", {48, 32}),                       // batched with a
+                              param("qkv.weight", {60, 20}, Route::automatic, 0, {20, 20, 20}),
+                              param("experts", {3, 16, 24}),
+                              param("col.weight", {20, 64}, Route::automatic, 0, {}, true),
+                              param("a.bias", {48}),
+                              param("wte.weight", {50, 16})};
+  for (auto& q : ps) {
+    const Eigen::MatrixXd v = 0.1 * gaussian(Eigen::Index(q.value.size()), 1, ++seed);
     q.value.assign(v.data(), v.data() + v.size());
-    ps.push_back(q);
-  };
-  add("a.weight", 48, 32, false, false);
-  add("b.weight", 48, 32, true, false);   // same memory shape class, other layout
-  add("c.weight", 48, 32, false, false);  // batched with a.weight
-  add("d.weight", 20, 64, true, false);
-  add("a.bias", 48, 1, false, true);
+  }
   return ps;
 }
 
-muon_cuda_test::OptRun make_run(const std::vector<muon_cuda_test::OptParam>& ps, int steps,
-                                std::uint64_t seed) {
+muon_cuda_test::OptRun make_run(const std::vector<OptParam>& ps, int steps, std::uint64_t seed) {
   muon_cuda_test::OptRun run;
   run.steps = steps;
+  run.groups = 2;
+  run.muon.with_lr(0.02).with_weight_decay(0.1);
+  run.adamw.lr = 1e-3;
   for (int s = 0; s < steps; ++s) {
     std::vector<std::vector<float>> gs;
     for (const auto& q : ps) {
-      const Eigen::MatrixXd g = gaussian(q.rows, q.cols, seed + 100 * s + gs.size());
+      const Eigen::MatrixXd g =
+          gaussian(Eigen::Index(q.value.size()), 1, seed + 100 * s + gs.size());
       gs.emplace_back(g.data(), g.data() + g.size());
     }
     run.grads.push_back(gs);
@@ -645,15 +516,17 @@ muon_cuda_test::OptRun make_run(const std::vector<muon_cuda_test::OptParam>& ps,
   return run;
 }
 
+// max over parameters of ||dev - cpu|| / ||cpu - init||: the error relative
+// to how far the parameters moved.
 double worst_param_error(const std::vector<std::vector<float>>& dev,
-                         const std::vector<std::vector<double>>& ref,
-                         const std::vector<muon_cuda_test::OptParam>& init) {
+                         const std::vector<std::vector<float>>& cpu,
+                         const std::vector<OptParam>& init) {
   double worst = 0;
   for (std::size_t k = 0; k < dev.size(); ++k) {
     double diff = 0, moved = 0;
     for (std::size_t i = 0; i < dev[k].size(); ++i) {
-      diff += (dev[k][i] - ref[k][i]) * (dev[k][i] - ref[k][i]);
-      moved += (ref[k][i] - init[k].value[i]) * (ref[k][i] - init[k].value[i]);
+      diff += double(dev[k][i] - cpu[k][i]) * double(dev[k][i] - cpu[k][i]);
+      moved += double(cpu[k][i] - init[k].value[i]) * double(cpu[k][i] - init[k].value[i]);
     }
     worst = std::max(worst, std::sqrt(diff / moved));
   }
@@ -662,30 +535,84 @@ double worst_param_error(const std::vector<std::vector<float>>& dev,
 
 }  // namespace
 
-TEST_CASE("cuda: device optimizer matches a double reference (eager, graph, save/load)",
-          "[cuda][device]") {
+TEST_CASE(
+    "cuda: the device optimizer follows the CPU optimizer (eager, graph, save/load, groups, "
+    "splits, batches, column-major)",
+    "[cuda][device]") {
   MUON_REQUIRE_DEVICE();
-  const auto ps = make_params(42);
+  const auto ps = mixed_params(42);
   for (bool sum : {false, true})
     for (bool nesterov : {true, false})
       for (bool graph : {false, true}) {
         auto run = make_run(ps, 3, 900);
         run.graph = graph;
-        run.sum_momentum = sum;
-        run.nesterov = nesterov;
-        const auto ref = reference_optimizer(ps, run);
-        const double err = worst_param_error(muon_cuda_test::run_optimizer(ps, run), ref, ps);
+        run.muon.with_momentum_kind(sum ? muon::MomentumKind::sum : muon::MomentumKind::ema);
+        run.muon.with_nesterov(nesterov);
+        const auto cpu = cpu_run(ps, run);
+        const auto dev = muon_cuda_test::run_optimizer(ps, run);
+        const double err = worst_param_error(dev.params, cpu.params, ps);
         INFO("sum " << sum << " nesterov " << nesterov << " graph " << graph << ": " << err);
         CHECK(err <= 1e-3);
+        CHECK(dev.step_count == 3);
         run.ns_f32 = false;
-        const double err16 = worst_param_error(muon_cuda_test::run_optimizer(ps, run), ref, ps);
+        const double err16 =
+            worst_param_error(muon_cuda_test::run_optimizer(ps, run).params, cpu.params, ps);
         INFO("bf16 NS: " << err16);
         CHECK(err16 <= 5e-2);
       }
   auto run = make_run(ps, 4, 1700);
   run.save_after = 2;
-  const auto ref = reference_optimizer(ps, run);
-  CHECK(worst_param_error(muon_cuda_test::run_optimizer(ps, run), ref, ps) <= 1e-3);
+  const auto cpu = cpu_run(ps, run);
+  CHECK(worst_param_error(muon_cuda_test::run_optimizer(ps, run).params, cpu.params, ps) <= 1e-3);
   run.graph = true;
-  CHECK(worst_param_error(muon_cuda_test::run_optimizer(ps, run), ref, ps) <= 1e-3);
+  CHECK(worst_param_error(muon_cuda_test::run_optimizer(ps, run).params, cpu.params, ps) <= 1e-3);
+}
+
+TEST_CASE("cuda: checkpoints cross backends: CPU to device to CPU", "[cuda][device]") {
+  MUON_REQUIRE_DEVICE();
+  const auto ps = mixed_params(7);
+  auto first = make_run(ps, 2, 300);
+  const auto cpu_first = cpu_run(ps, first);
+  // The device resumes from the CPU's checkpoint (and the CPU's parameters).
+  auto second = make_run(ps, 2, 500);
+  second.load = cpu_first.saved;
+  std::vector<OptParam> resumed = ps;
+  for (std::size_t k = 0; k < ps.size(); ++k) resumed[k].value = cpu_first.params[k];
+  const auto dev = muon_cuda_test::run_optimizer(resumed, second);
+  const auto cpu = cpu_run(resumed, second);
+  CHECK(worst_param_error(dev.params, cpu.params, resumed) <= 1e-3);
+  CHECK(dev.step_count == 4);
+  // The device's checkpoint loads into the CPU optimizer.
+  auto third = make_run(ps, 0, 0);
+  third.load = dev.saved;
+  CHECK_NOTHROW(cpu_run(resumed, third));
+}
+
+TEST_CASE("cuda: a device step applies to every parameter or to none", "[cuda][device]") {
+  MUON_REQUIRE_DEVICE();
+  const auto ps = mixed_params(11);
+  auto run = make_run(ps, 3, 2100);
+  // Step 2 overflows c.weight's momentum (+-FLT_MAX on successive steps).
+  const float big = std::numeric_limits<float>::max();
+  std::fill(run.grads[0][2].begin(), run.grads[0][2].end(), big);
+  std::fill(run.grads[1][2].begin(), run.grads[1][2].end(), -big);
+  const auto dev = muon_cuda_test::run_optimizer(ps, run);
+  const auto cpu = cpu_run(ps, run);
+  REQUIRE(dev.steps.size() == 3);
+  INFO(dev.steps[1].error);
+  CHECK(dev.steps[1].error.find("'c.weight': its momentum would overflow float") !=
+        std::string::npos);
+  CHECK(cpu.steps[1].error.find("'c.weight': its momentum would overflow float") !=
+        std::string::npos);
+  CHECK(dev.step_count == cpu.step_count);
+  CHECK(worst_param_error(dev.params, cpu.params, ps) <= 1e-3);
+  // Skip: only c.weight is left alone, on both backends.
+  run.policy = muon::NonFinitePolicy::skip;
+  const auto dev_skip = muon_cuda_test::run_optimizer(ps, run);
+  const auto cpu_skip = cpu_run(ps, run);
+  REQUIRE(dev_skip.steps[1].skipped.size() == 1);
+  CHECK(dev_skip.steps[1].skipped[0].first == "c.weight");
+  CHECK(dev_skip.steps[1].skipped[0].second == muon::SkipReason::non_finite_state);
+  CHECK(dev_skip.steps[1].updated == ps.size() - 1);
+  CHECK(worst_param_error(dev_skip.params, cpu_skip.params, ps) <= 1e-3);
 }

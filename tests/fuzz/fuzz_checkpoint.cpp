@@ -24,8 +24,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // stopping at the checksum; the rest go in raw.
   std::string bytes(reinterpret_cast<const char*>(data), size);
   if (size > 0 && (data[0] & 1u)) {
+    const std::string payload = bytes.substr(1);
     std::ostringstream wrapped;
-    muon::checkpoint::write_envelope(wrapped, bytes.substr(1));
+    muon::checkpoint::write(wrapped, [&payload](muon::checkpoint::Writer& w) {
+      w.elements(payload.data(), payload.size(), 1);
+    });
     bytes = wrapped.str();
   }
   std::istringstream input(bytes);

@@ -97,6 +97,17 @@ std::vector<T> download_now(const T* device, std::size_t count, cudaStream_t str
 
 // ---- scalar types -----------------------------------------------------------
 
+/// The largest finite value of a device scalar, as a double.
+template <class T>
+constexpr double storage_max() {
+  if constexpr (std::is_same_v<T, __half>)
+    return 65504.0;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return 3.3895313892515355e38;
+  else
+    return 3.4028234663852886e38;
+}
+
 template <class T>
 struct device_scalar {
   static_assert(sizeof(T) == 0,
@@ -198,8 +209,8 @@ inline Allocator default_allocator() { return async_allocator(); }
 inline void* allocate_or_throw(const Allocator& a, std::size_t bytes, cudaStream_t stream,
                                const char* what) {
   if (bytes == 0) return nullptr;
-  ::muon::detail::require(a.allocate != nullptr && a.deallocate != nullptr, what,
-                          "the allocator has a null function pointer");
+  if (!(a.allocate != nullptr && a.deallocate != nullptr))
+    ::muon::detail::fail(what, "the allocator has a null function pointer");
   void* p = a.allocate(bytes, stream, a.context);
   if (!p) {
     (void)cudaGetLastError();
@@ -258,9 +269,9 @@ class DeviceMatrix {
   DeviceMatrix(std::int64_t rows, std::int64_t cols, cudaStream_t stream,
                Allocator a = default_allocator())
       : rows_(rows), cols_(cols) {
-    ::muon::detail::require(
-        rows >= 0 && cols >= 0, "DeviceMatrix",
-        "shape must be non-negative, got " + std::to_string(rows) + "x" + std::to_string(cols));
+    if (!(rows >= 0 && cols >= 0))
+      ::muon::detail::fail("DeviceMatrix", "shape must be non-negative, got " +
+                                               std::to_string(rows) + "x" + std::to_string(cols));
     buf_ =
         DeviceBuffer(static_cast<std::size_t>(rows * cols) * sizeof(T), stream, a, "DeviceMatrix");
   }

@@ -10,9 +10,9 @@
 ///    the norm reduced on the device into a device scalar per matrix
 ///  - symmetrize: mirror a lower triangle, copy/scale into a second buffer,
 ///    add a constant on the diagonal (the symmetric-product helpers)
-///  - momentum_kernel: momentum (EMA or sum) + Nesterov + cast, one pass
-///  - muon_update_kernel: p <- p (1 - lr wd) - lr adj O
-///  - adamw_kernel: one AdamW step (decoupled weight decay, bias correction)
+///  - the optimizer's step: check kernels (read only), decide, commit
+///    kernels (momentum, Muon update, AdamW) and finish_step, all calling
+///    the per-element rules of optim/rules.hpp
 ///
 /// Every kernel reads its per-step values from device memory or from launch
 /// arguments fixed for the shape, so a captured CUDA graph replays them.
@@ -27,6 +27,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "../../optim/rules.hpp"
 
 namespace muon {
 namespace cuda {
@@ -72,19 +74,19 @@ using Tile = float[kTile][kTile + 1];
 
 // ---- load / store ---------------------------------------------------------------
 
-/// dst(i, j) = src(j, i) if transpose else src(i, j), for a dst_rows x
-/// dst_cols destination; matrix z = blockIdx.z of the batch. When `skip` is
-/// non-null and skip[z] != 0, matrix z is not written. Returns false when the
-/// block has nothing more to do (block-uniform).
+/// dst(i, j) = s * (src(j, i) if transpose else src(i, j)), for a dst_rows x
+/// dst_cols destination; matrix z = blockIdx.z of the batch; s = scale[z]
+/// when `scale` is non-null, else 1 (so a load can normalize as it casts).
+/// When `skip` is non-null and skip[z] != 0, matrix z is not written.
+/// Returns false when the block has nothing more to do (block-uniform).
 template <class Src, class Dst>
-__host__ __device__ inline bool copy_transpose_phase(int phase, const Src* src, std::int64_t src_ld,
-                                                     std::int64_t src_stride, Dst* dst,
-                                                     std::int64_t dst_ld, std::int64_t dst_stride,
-                                                     std::int64_t dst_rows, std::int64_t dst_cols,
-                                                     bool transpose, const int* skip, ThreadCoord c,
-                                                     Tile& tile) {
+__host__ __device__ inline bool copy_transpose_phase(
+    int phase, const Src* src, std::int64_t src_ld, std::int64_t src_stride, Dst* dst,
+    std::int64_t dst_ld, std::int64_t dst_stride, std::int64_t dst_rows, std::int64_t dst_cols,
+    bool transpose, const int* skip, const float* scale, ThreadCoord c, Tile& tile) {
   const std::int64_t z = c.bz;
   if (skip && skip[z]) return false;
+  const float s = scale ? scale[z] : 1.0f;
   src += z * src_stride;
   dst += z * dst_stride;
   const std::int64_t i0 = c.bx * kTile, j0 = c.by * kTile;
@@ -94,7 +96,7 @@ __host__ __device__ inline bool copy_transpose_phase(int phase, const Src* src, 
     if (i < dst_rows)
       for (int k = c.ty; k < kTile; k += kTileRows) {
         const std::int64_t j = j0 + k;
-        if (j < dst_cols) dst[i + j * dst_ld] = from_float<Dst>(to_float(src[i + j * src_ld]));
+        if (j < dst_cols) dst[i + j * dst_ld] = from_float<Dst>(s * to_float(src[i + j * src_ld]));
       }
     return false;
   }
@@ -103,7 +105,7 @@ __host__ __device__ inline bool copy_transpose_phase(int phase, const Src* src, 
     // coalesced along src's rows; tile[a][b] = dst(i0 + a, j0 + b).
     for (int k = c.ty; k < kTile; k += kTileRows) {
       const std::int64_t sr = j0 + c.tx, sc = i0 + k;  // src(sr, sc) = dst(sc, sr)
-      if (sr < dst_cols && sc < dst_rows) tile[k][c.tx] = to_float(src[sr + sc * src_ld]);
+      if (sr < dst_cols && sc < dst_rows) tile[k][c.tx] = s * to_float(src[sr + sc * src_ld]);
     }
     return true;
   }
@@ -118,17 +120,17 @@ template <class Src, class Dst>
 __global__ void copy_transpose(const Src* __restrict__ src, std::int64_t src_ld,
                                std::int64_t src_stride, Dst* __restrict__ dst, std::int64_t dst_ld,
                                std::int64_t dst_stride, std::int64_t dst_rows,
-                               std::int64_t dst_cols, bool transpose,
-                               const int* __restrict__ skip) {
+                               std::int64_t dst_cols, bool transpose, const int* __restrict__ skip,
+                               const float* __restrict__ scale) {
   __shared__ Tile tile;
   const ThreadCoord c{blockIdx.x, blockIdx.y, blockIdx.z, static_cast<int>(threadIdx.x),
                       static_cast<int>(threadIdx.y)};
   if (!copy_transpose_phase(0, src, src_ld, src_stride, dst, dst_ld, dst_stride, dst_rows, dst_cols,
-                            transpose, skip, c, tile))
+                            transpose, skip, scale, c, tile))
     return;
   __syncthreads();
   copy_transpose_phase(1, src, src_ld, src_stride, dst, dst_ld, dst_stride, dst_rows, dst_cols,
-                       transpose, skip, c, tile);
+                       transpose, skip, scale, c, tile);
 }
 
 // ---- normalization ----------------------------------------------------------------
@@ -261,90 +263,210 @@ __global__ void symmetrize(T* src, T* out, std::int64_t m, bool mirror, float s,
   symmetrize_phase(1, src, out, m, mirror, s, diag, c, tile);
 }
 
-// ---- optimizer elementwise kernels ----------------------------------------------------
+// ---- optimizer kernels ------------------------------------------------------------
+//
+// The per-element maths are muon::optim::rules (optim/rules.hpp), the same
+// functions the CPU optimizer runs; these kernels add the indexing, the
+// per-step values read from device memory (so a captured graph replays
+// with new learning rates) and the all-or-nothing gating of a step:
+//   1. check kernels read gradient, state and parameter and set flag bits;
+//   2. decide turns the flags into the verdict (raise: any flag refuses the
+//      whole step) and per-parameter skips (skip policy);
+//   3. commit kernels return at once when the step is refused or their
+//      parameter skipped, else write;
+//   4. finish advances the step counters of what was written.
 
-/// Per-step values the optimizer kernels read from device memory, so that a
-/// captured graph picks up learning-rate changes made between replays.
-struct StepValues {
-  float lr = 1e-3f;           ///< Muon lr (unadjusted)
-  float weight_decay = 0.1f;  ///< Muon decoupled weight decay
-  float momentum = 0.95f;     ///< Muon mu
-  float adam_lr = 1e-3f;      ///< AdamW lr
-  float adam_beta1 = 0.9f;
-  float adam_beta2 = 0.999f;
-  float adam_eps = 1e-8f;
-  float adam_weight_decay = 0.01f;
-  long long step = 0;  ///< completed steps (advance_step increments it first)
+/// Flag bits of one parameter in one step (optim::SkipReason order).
+enum StepFlag : int { kNoGrad = 1, kNonFiniteGrad = 2, kNonFiniteState = 4, kNonFiniteUpdate = 8 };
+
+/// The scalars of one parameter group for one step, from the host.
+struct GroupStep {
+  optim::rules::MomentumCoefficients<float> momentum;
+  float decay = 1.0f;  ///< 1 - lr * weight_decay (Muon, unadjusted lr)
+  int cautious = 0;
+  double adamw_lr = 0, adamw_beta1 = 0, adamw_beta2 = 0, adamw_eps = 0, adamw_weight_decay = 0;
 };
 
-__global__ void advance_step(StepValues* v) {
-  if (threadIdx.x == 0 && blockIdx.x == 0) v->step += 1;
-}
+/// The scalars of one parameter for one step, from the host.
+struct ParamStep {
+  int group = 0;
+  int present = 0;  ///< has a gradient this step
+  int adamw = 0;    ///< AdamW-routed
+  float update_limit =
+      0;  ///< Muon: the largest |p| for which p (1 - lr wd) - lr_adj O stays finite
+};
 
-/// Momentum + Nesterov + cast in one pass over n elements:
-///   ema: m <- m + (1-mu)(g - m);  out = nesterov ? g + mu (m - g) : m
-///   sum: m <- mu m + g;           out = nesterov ? g + mu m       : m
-template <class G, class Out>
-__global__ void momentum_kernel(const G* __restrict__ grad, float* __restrict__ buf,
-                                Out* __restrict__ out, std::int64_t n,
-                                const StepValues* __restrict__ v, bool ema, bool nesterov) {
-  const float mu = v->momentum;
-  for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
-       k += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const float g = to_float(grad[k]);
-    float m = buf[k];
-    float o;
-    if (ema) {
-      m = m + (1.0f - mu) * (g - m);
-      o = nesterov ? g + mu * (m - g) : m;
-    } else {
-      m = mu * m + g;
-      o = nesterov ? g + mu * m : m;
-    }
-    buf[k] = m;
-    out[k] = from_float<Out>(o);
+/// Device state of the step machinery (one per optimizer).
+struct StepState {
+  long long step_count = 0;  ///< completed steps
+  int verdict = 0;           ///< 1 when the last step was refused (raise policy)
+  int raise = 1;             ///< the policy: 1 raise, 0 skip
+};
+
+/// flags[i] = kNoGrad for absent gradients, 0 otherwise; max_abs[i] = 0.
+__global__ void begin_step(int n, const ParamStep* __restrict__ params, int* __restrict__ flags,
+                           unsigned* __restrict__ max_abs) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    flags[i] = params[i].present ? 0 : kNoGrad;
+    max_abs[i] = 0u;
   }
 }
 
-/// Muon update with decoupled weight decay (the unadjusted lr decays):
-///   p <- p (1 - lr wd) - lr * lr_factor * o
-/// Nothing is written when `skip` is non-null and *skip != 0 (the NS input
-/// was not finite).
-template <class P, class O>
-__global__ void muon_update_kernel(P* __restrict__ p, const O* __restrict__ o, std::int64_t n,
-                                   const StepValues* __restrict__ v, float lr_factor,
-                                   const int* __restrict__ skip) {
-  if (skip && *skip) return;
-  const float lr = v->lr;
-  const float decay = 1.0f - lr * v->weight_decay;
-  const float step = lr * lr_factor;
-  for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
-       k += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
-    p[k] = from_float<P>(to_float(p[k]) * decay - step * to_float(o[k]));
+__device__ __forceinline__ void raise_flag(int* flag, int bit) {
+  if ((*flag & bit) == 0) atomicOr(flag, bit);
 }
 
-/// One AdamW step (torch.optim.AdamW semantics): p <- p (1 - lr wd), then
-///   m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
-///   p <- p - lr (m / bc1) / (sqrt(v / bc2) + eps),  bc_i = 1 - b_i^step
+/// Muon, reading only: gradient finite, new momentum and Newton–Schulz input
+/// finite in float, and max |p| (as float bits: non-negative floats order
+/// like their bit patterns) for the update bound.
 template <class P>
-__global__ void adamw_kernel(P* __restrict__ p, const P* __restrict__ grad, float* __restrict__ m1,
-                             float* __restrict__ m2, std::int64_t n,
-                             const StepValues* __restrict__ v) {
-  const float lr = v->adam_lr, b1 = v->adam_beta1, b2 = v->adam_beta2, eps = v->adam_eps;
-  const float t = static_cast<float>(v->step > 0 ? v->step : 1);
-  const float bc1 = 1.0f - powf(b1, t), bc2 = 1.0f - powf(b2, t);
-  const float decay = 1.0f - lr * v->adam_weight_decay;
-  const float rs_bc2 = rsqrtf(bc2);
-  for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
-       k += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const float g = to_float(grad[k]);
-    const float a = b1 * m1[k] + (1.0f - b1) * g;
-    const float b = b2 * m2[k] + (1.0f - b2) * g * g;
-    m1[k] = a;
-    m2[k] = b;
-    const float denom = sqrtf(b) * rs_bc2 + eps;
-    p[k] = from_float<P>(to_float(p[k]) * decay - (lr / bc1) * a / denom);
+__global__ void muon_check(const P* __restrict__ grad, const float* __restrict__ m,
+                           const P* __restrict__ p, std::int64_t n,
+                           const GroupStep* __restrict__ group, int* __restrict__ flag,
+                           unsigned* __restrict__ max_abs) {
+  namespace r = optim::rules;
+  const auto k = group->momentum;
+  float local = 0.0f;
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float g = to_float(grad[e]);
+    if (!r::finite(g)) {
+      raise_flag(flag, kNonFiniteGrad);
+      continue;
+    }
+    const float mn = r::momentum_buffer(m[e], g, k);
+    if (!r::finite(mn) || !r::finite(r::ns_input(mn, g, k))) raise_flag(flag, kNonFiniteState);
+    local = fmaxf(local, fabsf(to_float(p[e])));
   }
+  if (local > 0.0f) atomicMax(max_abs, __float_as_uint(local));
+}
+
+/// AdamW coefficients of every AdamW parameter for this step, from the
+/// device's own step counters (t = steps + 1), bias corrections in double.
+__global__ void adamw_prepare(int n, const ParamStep* __restrict__ params,
+                              const GroupStep* __restrict__ groups,
+                              const long long* __restrict__ steps,
+                              optim::rules::AdamWCoefficients<float>* __restrict__ out) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n || !params[i].adamw) return;
+  const GroupStep& g = groups[params[i].group];
+  const optim::rules::AdamWCoefficients<float> k = optim::rules::adamw_coefficients<float>(
+      g.adamw_lr, g.adamw_beta1, g.adamw_beta2, g.adamw_eps, g.adamw_weight_decay,
+      static_cast<double>(steps[i] + 1));
+  out[i] = k;
+}
+
+/// AdamW, reading only: gradient, new moments and new parameter finite.
+template <class P>
+__global__ void adamw_check(const P* __restrict__ p, const P* __restrict__ grad,
+                            const float* __restrict__ m1, const float* __restrict__ m2,
+                            std::int64_t n,
+                            const optim::rules::AdamWCoefficients<float>* __restrict__ coef,
+                            int* __restrict__ flag) {
+  namespace r = optim::rules;
+  const auto k = *coef;
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float g = to_float(grad[e]);
+    if (!r::finite(g)) {
+      raise_flag(flag, kNonFiniteGrad);
+      continue;
+    }
+    const float a = r::adamw_exp_avg(m1[e], g, k), b = r::adamw_exp_avg_sq(m2[e], g, k);
+    if (!r::finite(a) || !r::finite(b)) {
+      raise_flag(flag, kNonFiniteState);
+      continue;
+    }
+    const float w = to_float(from_float<P>(r::adamw_parameter(to_float(p[e]), a, b, k)));
+    if (!r::finite(w)) raise_flag(flag, kNonFiniteUpdate);
+  }
+}
+
+/// One block: the Muon update bounds, then the verdict. Under the raise
+/// policy any flag (but "no gradient") refuses the whole step; under skip,
+/// a flagged parameter is left alone.
+__global__ void decide(int n, const ParamStep* __restrict__ params, int* __restrict__ flags,
+                       const unsigned* __restrict__ max_abs, StepState* __restrict__ state) {
+  __shared__ int refuse;
+  if (threadIdx.x == 0) refuse = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    if (!params[i].adamw && params[i].present &&
+        !(__uint_as_float(max_abs[i]) <= params[i].update_limit))
+      flags[i] |= kNonFiniteUpdate;
+    if (flags[i] & ~kNoGrad) atomicOr(&refuse, 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) state->verdict = state->raise && refuse ? 1 : 0;
+}
+
+__device__ __forceinline__ bool leaves(const StepState* state, const int* flag) {
+  return state->verdict != 0 || *flag != 0;
+}
+
+/// Muon: m <- rule(m, g); staging <- the Newton–Schulz input, in float (the
+/// workspace normalizes it before casting to its scalar, so a half
+/// workspace never sees an un-normalized value above 65504).
+template <class P>
+__global__ void momentum_commit(const P* __restrict__ grad, float* __restrict__ m,
+                                float* __restrict__ staging, std::int64_t n,
+                                const GroupStep* __restrict__ group,
+                                const StepState* __restrict__ state, const int* __restrict__ flag) {
+  if (leaves(state, flag)) return;
+  namespace r = optim::rules;
+  const auto k = group->momentum;
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float g = to_float(grad[e]);
+    const float mn = r::momentum_buffer(m[e], g, k);
+    m[e] = mn;
+    staging[e] = r::ns_input(mn, g, k);
+  }
+}
+
+/// Muon: p <- rule(p, O) with the block's adjusted lr (*block_lr).
+template <class P, class O>
+__global__ void muon_commit(P* __restrict__ p, const O* __restrict__ o, std::int64_t n,
+                            const GroupStep* __restrict__ group, const float* __restrict__ block_lr,
+                            const StepState* __restrict__ state, const int* __restrict__ flag) {
+  if (leaves(state, flag)) return;
+  optim::rules::MuonUpdateCoefficients<float> k;
+  k.decay = group->decay;
+  k.step = *block_lr;
+  k.cautious = group->cautious != 0;
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    p[e] = from_float<P>(optim::rules::muon_parameter(to_float(p[e]), to_float(o[e]), k));
+}
+
+/// AdamW: moments and parameter, the parameter from the moments as stored.
+template <class P>
+__global__ void adamw_commit(P* __restrict__ p, const P* __restrict__ grad, float* __restrict__ m1,
+                             float* __restrict__ m2, std::int64_t n,
+                             const optim::rules::AdamWCoefficients<float>* __restrict__ coef,
+                             const StepState* __restrict__ state, const int* __restrict__ flag) {
+  if (leaves(state, flag)) return;
+  namespace r = optim::rules;
+  const auto k = *coef;
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float g = to_float(grad[e]);
+    const float a = r::adamw_exp_avg(m1[e], g, k), b = r::adamw_exp_avg_sq(m2[e], g, k);
+    m1[e] = a;
+    m2[e] = b;
+    p[e] = from_float<P>(r::adamw_parameter(to_float(p[e]), a, b, k));
+  }
+}
+
+/// One block: unless the step was refused, advance the optimizer's count and
+/// every written parameter's.
+__global__ void finish_step(int n, const int* __restrict__ flags, long long* __restrict__ steps,
+                            StepState* __restrict__ state) {
+  if (state->verdict) return;
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    if (flags[i] == 0) ++steps[i];
+  if (threadIdx.x == 0) ++state->step_count;
 }
 
 /// Blocks for a grid-stride elementwise launch over n elements.

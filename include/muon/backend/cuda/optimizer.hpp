@@ -1,60 +1,65 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 /// \file backend/cuda/optimizer.hpp
-/// \brief Muon (+ AdamW for the parameters Muon must not touch) over device
-/// parameters, with the whole step capturable as one CUDA graph.
+/// \brief muon::cuda::Optimizer: the optimizer core (optim/core.hpp) over
+/// device parameters. Same options, routing, groups, splits, schedules,
+/// step semantics, method names and checkpoint format as the CPU
+/// muon::Optimizer; this class owns device buffers and launches kernels.
 ///
-///     muon::cuda::Optimizer<float> opt(options);          // P: param/grad scalar
-///     opt.add("h.0.attn.c_attn.weight", w, gw, 2304, 768, Layout::row_major);
-///     opt.add("h.0.ln_1.bias", b, gb, 768, 1);            // not a matrix: AdamW
-///     opt.add("wte.weight", e, ge, 50257, 768, Layout::row_major);  // by name: AdamW
-///     opt.step(stream);                                    // eager
-///     opt.capture(stream); ... opt.replay(stream);         // one graph launch per step
+///     muon::cuda::Optimizer<float> opt;                  // torch.optim.Muon defaults
+///     opt.add_param("h.0.attn.c_attn.weight", w, gw, {2304, 768});   // row-major: Muon
+///     opt.add_param("h.0.ln_1.bias", b, gb, {768});                  // 1-D: AdamW
+///     opt.add_param("wte.weight", e, ge, {50257, 768});              // by name: AdamW
+///     opt.step(stream);                         // eager: launches only
+///     const auto& report = opt.report(stream);  // synchronizes; throws if refused
+///     opt.capture(stream); ... opt.replay(stream);   // one graph launch per step
 ///
-/// Per Muon parameter (torch.optim.Muon semantics, see DESIGN.md section 2):
-///   m <- momentum(m, g)           fp32 buffer, EMA (default) or sum form
-///   U <- nesterov ? look-ahead : m, cast to the NS scalar C (default bf16)
-///   O <- NS(U)                    same-shape parameters share one batched workspace
-///   p <- p (1 - lr wd) - lr * adjust(shape) * O
-/// Per AdamW parameter: torch.optim.AdamW (decoupled weight decay).
+/// Tensors are dense device arrays, row-major (PyTorch's layout) unless
+/// registered as column-major 2-D (TensorShape::column_major). Per Muon
+/// parameter: momentum in fp32, the Newton–Schulz input staged in fp32 and
+/// normalized as it is cast to C (default bf16), same-shape blocks of every
+/// parameter orthogonalized as one batch, the update with the block's
+/// adjusted lr. Per AdamW parameter: torch.optim.AdamW, fp32 moments.
 ///
-/// The rules shared with the CPU optimizer come from muon/policy.hpp: the
-/// routing of add() (RoutingRules, muon::decide_route), the lr adjustment
-/// (muon::LrAdjust, muon::adjusted_lr) and the momentum kind
-/// (muon::MomentumKind). save()/load() use the checkpoint envelope of
-/// muon/checkpoint_format.hpp.
+/// A step applies to every parameter or to none: check kernels read
+/// gradients, state and parameters first; under NonFinitePolicy::raise any
+/// problem refuses the whole step on the device (nothing is written, the
+/// step counters do not move) and report() throws muon::Error naming the
+/// parameter; under skip the parameter is left alone and reported. All of
+/// it is stream-ordered, so a captured graph keeps the guarantee.
 ///
-/// Gradient and parameter pointers are recorded at add() time and must stay
-/// valid (and, for graph replay, at the same addresses) for the optimizer's
-/// life. Learning rates and other scalars live in device memory: set_lr()
-/// and friends take effect at the next step()/replay() without recapture.
-/// A parameter whose NS input is not finite is left unchanged for that step
-/// (see nonfinite_parameters()).
-///
-/// Construction, add*(), the routing queries and the option setters make no
-/// CUDA call; device memory is allocated at the first step(), capture(),
-/// save() or load().
+/// Construction, add_param, the routing queries and the option setters make
+/// no CUDA call; device memory is allocated at the first step(), capture(),
+/// save() or load(), after which parameters can no longer be added.
+/// Parameter and gradient pointers must stay valid (and, for graph replay,
+/// at the same addresses); set_grad/clear_grad after capture() need a new
+/// capture().
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <fstream>
 #include <initializer_list>
 #include <istream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <ostream>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
-#include "../../checkpoint_format.hpp"
+#include "../../detail/atomic_file.hpp"
 #include "../../error.hpp"
 #include "../../newton_schulz.hpp"
-#include "../../policy.hpp"
+#include "../../optim/core.hpp"
+#include "../../optim/host_state.hpp"
 #include "common.hpp"
 #include "kernels.cuh"
 #include "workspace.hpp"
@@ -62,67 +67,10 @@
 namespace muon {
 namespace cuda {
 
-/// Memory order of a parameter given as rows x cols (rows = outputs).
+/// Memory order of a 2-D parameter given as rows x cols (rows = outputs).
 enum class Layout {
-  col_major,  ///< element (i, j) at i + j*rows (Eigen, cuBLAS)
-  row_major   ///< element (i, j) at i*cols + j (PyTorch (out, in) weights)
-};
-
-namespace detail {
-
-inline void require_rate(double v, const char* field) {
-  ::muon::detail::require(std::isfinite(v) && v >= 0, field, "must be finite and >= 0");
-}
-inline void require_unit_interval(double v, const char* field) {
-  ::muon::detail::require(std::isfinite(v) && v >= 0 && v < 1, field, "must be in [0, 1)");
-}
-
-}  // namespace detail
-
-/// Options of the device optimizer. Plain data with torch.optim.Muon's and
-/// torch.optim.AdamW's defaults; validate() throws muon::Error naming the field.
-///
-/// | field             | default                  | meaning                              |
-/// |-------------------|--------------------------|--------------------------------------|
-/// | lr                | 1e-3                     | Muon learning rate                   |
-/// | weight_decay      | 0.1                      | Muon decoupled weight decay          |
-/// | momentum          | 0.95                     | mu, in [0, 1)                        |
-/// | nesterov          | true                     | NS input is the look-ahead           |
-/// | momentum_kind     | MomentumKind::ema        | buffer recurrence                    |
-/// | adjust_lr         | LrAdjust::original       | lr scaling by shape                  |
-/// | ns                | Jordan x5, eps 1e-7 max  | Newton–Schulz options                |
-/// | adam_lr           | 1e-3                     | AdamW learning rate                  |
-/// | adam_beta1/2      | 0.9 / 0.999              | AdamW betas                          |
-/// | adam_eps          | 1e-8                     | AdamW eps                            |
-/// | adam_weight_decay | 0.01                     | AdamW decoupled weight decay         |
-struct OptimizerOptions {
-  double lr = 1e-3;
-  double weight_decay = 0.1;
-  double momentum = 0.95;
-  bool nesterov = true;
-  MomentumKind momentum_kind = MomentumKind::ema;
-  LrAdjust adjust_lr = LrAdjust::original;
-  NewtonSchulzOptions ns = NewtonSchulzOptions().with_eps(1e-7, EpsMode::max);
-  double adam_lr = 1e-3;
-  double adam_beta1 = 0.9;
-  double adam_beta2 = 0.999;
-  double adam_eps = 1e-8;
-  double adam_weight_decay = 0.01;
-
-  void validate() const {
-    using ::muon::detail::require;
-    detail::require_rate(lr, "lr");
-    detail::require_rate(weight_decay, "weight_decay");
-    detail::require_unit_interval(momentum, "momentum");
-    require(is_valid(momentum_kind), "momentum_kind", "is not a MomentumKind value");
-    require(is_valid(adjust_lr), "adjust_lr", "is not an LrAdjust value");
-    ns.validate();
-    detail::require_rate(adam_lr, "adam_lr");
-    detail::require_unit_interval(adam_beta1, "adam_beta1");
-    detail::require_unit_interval(adam_beta2, "adam_beta2");
-    require(std::isfinite(adam_eps) && adam_eps > 0, "adam_eps", "must be finite and > 0");
-    detail::require_rate(adam_weight_decay, "adam_weight_decay");
-  }
+  row_major,  ///< element (i, j) at i*cols + j (PyTorch (out, in) weights; the default)
+  col_major   ///< element (i, j) at i + j*rows (Eigen, cuBLAS)
 };
 
 /// The device optimizer. P: parameter and gradient scalar (float, __half,
@@ -130,116 +78,142 @@ struct OptimizerOptions {
 template <class P, class C = __nv_bfloat16>
 class Optimizer {
  public:
-  /// Names the payload of a save() inside the checkpoint envelope, so that a
-  /// CPU muon::Optimizer checkpoint is told apart from a device state.
-  static constexpr const char* kStateKind = "muon::cuda::Optimizer";
-
-  explicit Optimizer(OptimizerOptions options = {}, Allocator alloc = default_allocator())
-      : opt_(std::move(options)), alloc_(alloc) {
-    opt_.validate();
+  /// Group 0 gets `muon` for Muon-routed and `adamw` for AdamW-routed parameters.
+  explicit Optimizer(MuonGroupOptions muon = {}, AdamWOptions adamw = {},
+                     Allocator alloc = default_allocator())
+      : core_(std::move(muon), std::move(adamw)), alloc_(alloc) {
+    check_ns(core_.group(0).muon.ns);
   }
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
-  ~Optimizer() {
-    if (exec_) (void)cudaGraphExecDestroy(exec_);
-    if (graph_) (void)cudaGraphDestroy(graph_);
+  ~Optimizer() { release_graph(); }
+
+  // ---- groups and options (as muon::Optimizer) ----------------------------------
+
+  std::size_t add_group(MuonGroupOptions muon, AdamWOptions adamw = {}) {
+    check_ns(muon.ns);
+    return core_.add_group(std::move(muon), std::move(adamw));
   }
+  std::size_t group_count() const { return core_.group_count(); }
+  const MuonGroupOptions& muon_options(std::size_t group = 0) const {
+    return core_.group(group).muon;
+  }
+  const AdamWOptions& adamw_options(std::size_t group = 0) const {
+    return core_.group(group).adamw;
+  }
+  void set_muon_options(const MuonGroupOptions& o, std::size_t group = 0) {
+    check_ns(o.ns);
+    core_.set_muon_options(o, group);
+  }
+  void set_adamw_options(const AdamWOptions& o, std::size_t group = 0) {
+    core_.set_adamw_options(o, group);
+  }
+  void set_option(std::string_view key, double value, std::size_t group = 0) {
+    core_.set_option(key, value, group);
+  }
+  void set_option(std::string_view key, std::string_view value, std::size_t group = 0) {
+    GroupOptions probe = core_.group(group);
+    optim::set_option(probe, key, value);
+    check_ns(probe.muon.ns);
+    core_.set_option(key, value, group);
+  }
+  void set_option(std::string_view key, const char* value, std::size_t group = 0) {
+    set_option(key, std::string_view(value), group);
+  }
+  void set_non_finite_policy(NonFinitePolicy p) { core_.set_non_finite_policy(p); }
+  NonFinitePolicy non_finite_policy() const { return core_.non_finite_policy(); }
+  void set_routing_rules(RoutingRules rules) { core_.set_routing_rules(std::move(rules)); }
+  const RoutingRules& routing_rules() const { return core_.routing_rules(); }
+  void set_lr_schedule(const LrSchedule& s) { core_.set_lr_schedule(s); }
+  void clear_lr_schedule() { core_.clear_lr_schedule(); }
+  void set_momentum_warmup(const MomentumWarmup& w) { core_.set_momentum_warmup(w); }
+  void clear_momentum_warmup() { core_.clear_momentum_warmup(); }
+  double current_lr(std::size_t group = 0) const { return core_.current_lr(group); }
+  double current_adamw_lr(std::size_t group = 0) const { return core_.current_adamw_lr(group); }
+  double current_momentum(std::size_t group = 0) const { return core_.current_momentum(group); }
 
-  // ---- parameters -------------------------------------------------------------
+  // ---- parameters ---------------------------------------------------------------
 
-  /// Registers a rows x cols tensor (dense, `layout` order) and routes it
-  /// like the CPU optimizer (muon::decide_route with routing_rules()): a
-  /// name matching one of the AdamW name patterns (embeddings, output heads)
-  /// goes to AdamW, as does a vector; every other matrix goes to Muon. A
-  /// registration with rows == 1 or cols == 1 counts as a vector (that is
-  /// how biases and gains arrive) and 1 x 1 as a scalar; on the CPU, where
-  /// tensors carry their rank, a 2-D (1, n) tensor is a matrix. Throws
-  /// muon::Error for a duplicate or empty name, a null pointer, a
-  /// non-positive shape, or after the first step/capture/save/load; the
+  /// Registers a dense device tensor of up to 4 dimensions (row-major; a
+  /// 2-D shape may set column_major) and its gradient (may be null: absent
+  /// until set_grad). Routes like the CPU optimizer. Throws muon::Error for
+  /// a duplicate or empty name, a null parameter, an empty shape, a bad
+  /// group or split, or after the first step/capture/save/load; the
   /// optimizer is then unchanged.
-  void add(const std::string& name, P* param, const P* grad, std::int64_t rows, std::int64_t cols,
-           Layout layout = Layout::col_major) {
-    register_param(name, param, grad, rows, cols, layout, Route::automatic);
+  void add_param(const std::string& name, P* param, const P* grad, const optim::TensorShape& shape,
+                 const ParamOptions& options = ParamOptions()) {
+    if (prepared_)
+      ::muon::detail::fail("add_param",
+                           "parameters must be added before the first step/capture/save/load");
+    if (param == nullptr) ::muon::detail::fail("param", "'" + name + "' has a null device pointer");
+    core_.add_param(name, shape, options);
+    param_ptrs_.push_back(param);
+    grad_ptrs_.push_back(grad);
+  }
+  /// A contiguous row-major tensor: add_param(name, w, gw, {rows, cols}).
+  void add_param(const std::string& name, P* param, const P* grad,
+                 std::initializer_list<std::int64_t> dims,
+                 const ParamOptions& options = ParamOptions()) {
+    if (dims.size() > 4) ::muon::detail::fail("shape", "at most 4 dimensions are supported");
+    optim::TensorShape s;
+    for (std::int64_t d : dims) s.dims[static_cast<std::size_t>(s.ndim++)] = d;
+    add_param(name, param, grad, s, options);
+  }
+  /// A rows x cols matrix in `layout` order.
+  void add_param(const std::string& name, P* param, const P* grad, std::int64_t rows,
+                 std::int64_t cols, Layout layout, const ParamOptions& options = ParamOptions()) {
+    optim::TensorShape s;
+    s.ndim = 2;
+    s.dims[0] = rows;
+    s.dims[1] = cols;
+    s.column_major = layout == Layout::col_major;
+    add_param(name, param, grad, s, options);
   }
 
-  /// Registers a matrix updated by Muon whatever the routing rules say.
-  /// `param` and `grad` hold rows x cols elements densely in `layout` order.
-  /// Throws like add().
-  void add_muon(const std::string& name, P* param, const P* grad, std::int64_t rows,
-                std::int64_t cols, Layout layout = Layout::col_major) {
-    register_param(name, param, grad, rows, cols, layout, Route::muon);
-  }
+  /// Points a parameter at a new gradient (null: absent). Takes effect at the
+  /// next step(); a captured graph keeps the old pointers until capture().
+  void set_grad(const std::string& name, const P* grad) { grad_ptrs_[core_.index(name)] = grad; }
+  void clear_grad(const std::string& name) { set_grad(name, nullptr); }
+  void clear_grads() { std::fill(grad_ptrs_.begin(), grad_ptrs_.end(), nullptr); }
 
-  /// Registers `numel` elements updated by AdamW whatever the routing rules
-  /// say. Throws like add().
-  void add_adamw(const std::string& name, P* param, const P* grad, std::int64_t numel) {
-    register_param(name, param, grad, numel, 1, Layout::col_major, Route::adamw);
+  std::size_t param_count() const { return core_.size(); }
+  bool has_param(const std::string& name) const { return core_.registry().find(name).has_value(); }
+  std::vector<std::string> param_names() const { return core_.registry().names(); }
+  Route route(const std::string& name) const { return core_.param(core_.index(name)).route; }
+  /// Steps of a parameter and of the optimizer as of the last report(),
+  /// save() or load() (the device advances them; those calls read them back).
+  std::int64_t param_steps(const std::string& name) const {
+    return core_.param(core_.index(name)).steps;
   }
-
-  /// Replaces the routing rules add() applies. Only before the first add*()
-  /// (routes are decided at registration); throws muon::Error otherwise.
-  void set_routing_rules(RoutingRules rules) {
-    ::muon::detail::require(params_.empty(), "routing rules",
-                            "must be set before the first parameter is added");
-    rules_ = std::move(rules);
-  }
-  const RoutingRules& routing_rules() const { return rules_; }
-
-  /// The route of a registered parameter; throws muon::Error naming "name"
-  /// for an unknown one.
-  Route route(const std::string& name) const { return find(name).route; }
-  bool has_param(const std::string& name) const {
-    for (const auto& p : params_)
-      if (p.name == name) return true;
-    return false;
-  }
-
-  /// Route, reason, shape and lr scale of every parameter, in registration
-  /// order (the same report the CPU optimizer gives; `group` is always 0).
-  /// `rows` x `cols` is the shape as registered (out, in), and lr_scale the
-  /// factor muon::adjusted_lr applies to lr for it.
-  RoutingReport routing() const {
-    RoutingReport r;
-    for (const auto& p : params_) {
-      RoutingEntry e;
-      e.name = p.name;
-      e.route = p.route;
-      e.reason = p.reason;
-      e.shape = "(" + std::to_string(p.rows) + ", " + std::to_string(p.cols) + ")";
-      e.rows = static_cast<std::ptrdiff_t>(p.rows);
-      e.cols = static_cast<std::ptrdiff_t>(p.cols);
-      e.lr_scale = p.lr_scale;
-      r.entries.push_back(std::move(e));
-    }
-    return r;
-  }
+  std::int64_t step_count() const { return core_.step_count(); }
+  RoutingReport routing() const { return core_.routing(); }
+  const optim::Core& core() const { return core_; }
+  /// Same-shape batches of Muon blocks (one batched Newton–Schulz call each).
+  std::size_t shape_batch_count() const { return batches_.size(); }
 
   // ---- the step -------------------------------------------------------------------
 
-  /// One optimizer step on `stream` (launches only; no synchronization).
+  /// One step on `stream`: uploads this step's scalars (learning rates from
+  /// the schedule, momentum, each block's adjusted lr), then launches the
+  /// check, decide, commit and finish kernels. No synchronization. The
+  /// outcome is known on the device; report() reads it.
   void step(cudaStream_t stream) {
     prepare(stream);
-    upload_values(stream);
+    upload_step_values(stream);
     enqueue(stream);
+    core_.finish_step();  // optimistic: report() corrects the counters from the device
   }
 
   /// Captures one whole step into a CUDA graph (stream must not be the
   /// legacy default stream). Nothing is executed by the capture itself.
   void capture(cudaStream_t stream) {
-    ::muon::detail::require(stream != nullptr, "capture",
-                            "needs a created stream (the legacy default stream cannot capture)");
+    if (stream == nullptr)
+      ::muon::detail::fail("capture",
+                           "needs a created stream (the legacy default stream cannot capture)");
     prepare(stream);
-    upload_values(stream);
     MUON_CUDA_CHECK(cudaStreamSynchronize(stream));
-    if (exec_) {
-      MUON_CUDA_CHECK(cudaGraphExecDestroy(exec_));
-      exec_ = nullptr;
-    }
-    if (graph_) {
-      MUON_CUDA_CHECK(cudaGraphDestroy(graph_));
-      graph_ = nullptr;
-    }
-    for (auto& g : groups_) g.ortho->workspace().bind(stream);
+    release_graph();
+    for (auto& b : batches_) b.ortho->workspace().bind(stream);
     MUON_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     try {
       enqueue(stream);
@@ -253,186 +227,86 @@ class Optimizer {
     MUON_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
   }
 
-  /// Runs the captured step (one graph launch, after uploading changed
-  /// learning rates). Throws muon::Error when capture() was not called.
+  /// One step through the captured graph: uploads this step's scalars, then
+  /// one graph launch. Throws muon::Error when capture() was not called.
   void replay(cudaStream_t stream) {
-    ::muon::detail::require(exec_ != nullptr, "replay", "capture() was not called");
-    upload_values(stream);
+    if (exec_ == nullptr) ::muon::detail::fail("replay", "capture() was not called");
+    upload_step_values(stream);
     MUON_CUDA_CHECK(cudaGraphLaunch(exec_, stream));
+    core_.finish_step();
   }
 
-  /// Learning rates etc.: take effect at the next step()/replay(). Throw
-  /// muon::Error naming the field (as OptimizerOptions::validate does) for
-  /// a value out of range; the optimizer is then unchanged.
-  void set_lr(double lr) { set_scalar(opt_.lr, lr, detail::require_rate, "lr"); }
-  void set_adam_lr(double lr) { set_scalar(opt_.adam_lr, lr, detail::require_rate, "adam_lr"); }
-  void set_weight_decay(double wd) {
-    set_scalar(opt_.weight_decay, wd, detail::require_rate, "weight_decay");
-  }
-  void set_momentum(double mu) {
-    set_scalar(opt_.momentum, mu, detail::require_unit_interval, "momentum");
-  }
-  const OptimizerOptions& options() const { return opt_; }
-
-  /// Completed steps (synchronizes `stream`).
-  long long step_count(cudaStream_t stream) const {
-    if (!values_) return 0;
-    return detail::download_now<kernels::StepValues>(values_, 1, stream).front().step;
-  }
-
-  /// Names of the Muon parameters whose NS input was not finite in the last
-  /// step (they were left unchanged). Synchronizes `stream`.
-  std::vector<std::string> nonfinite_parameters(cudaStream_t stream) const {
-    std::vector<std::string> bad;
-    for (const auto& g : groups_) {
-      const std::vector<int> flags = g.ortho->workspace().nonfinite_flags_now(stream);
-      for (std::size_t k = 0; k < g.members.size(); ++k)
-        if (flags[k]) bad.push_back(params_[g.members[k]].name);
+  /// Synchronizes `stream` and returns what the last step did, with the step
+  /// counters read back from the device. Throws muon::Error naming the first
+  /// parameter at fault when the last step was refused (NonFinitePolicy::raise:
+  /// nothing was written).
+  const StepReport& report(cudaStream_t stream) {
+    if (!prepared_) return core_.last_report();
+    const std::vector<int> flags = detail::download_now(flags_, core_.size(), stream);
+    sync_counters(stream);
+    core_.begin_report();
+    for (std::size_t i = 0; i < flags.size(); ++i)
+      if (flags[i]) core_.skip(i, reason(flags[i]));
+    const StepReport& r = core_.end_report(state_host_.verdict != 0);
+    if (state_host_.verdict) {
+      for (std::size_t i = 0; i < flags.size(); ++i)
+        if (flags[i] & ~kernels::kNoGrad) refuse(i, flags[i]);
     }
-    return bad;
+    return r;
   }
 
-  std::size_t size() const { return params_.size(); }
-  /// Number of same-shape Muon groups (one batched Newton–Schulz call each).
-  std::size_t muon_groups() const { return groups_.size(); }
+  // ---- checkpoints ----------------------------------------------------------------
 
-  // ---- state ------------------------------------------------------------------
-  //
-  // A checkpoint envelope (checkpoint_format.hpp: "MUONCKPT", version,
-  // size, payload, CRC-32; little-endian) around this payload:
-  //   str kStateKind | u8 param dtype (informational) | u8 buffer dtype (float32)
-  //   i64 step | f64 lr, weight_decay, momentum, adam_lr, adam_beta1,
-  //              adam_beta2, adam_eps, adam_weight_decay
-  //   u32 parameter count, then per parameter in registration order:
-  //     str name | u8 route (1 Muon, 2 AdamW) | i64 rows | i64 cols
-  //     u32 buffer count (1 Muon: momentum_buffer; 2 AdamW: exp_avg, exp_avg_sq)
-  //     per buffer: str name | u8 dtype | u64 count | count x f32 (parameter memory order)
-
-  /// Writes the state (synchronizes `stream`). Parameters themselves are not
-  /// saved (the framework saves them).
+  /// Writes the state in the one checkpoint format every backend shares
+  /// (fp32 buffers; loads into a CPU muon::Optimizer<float>). Synchronizes.
   void save(std::ostream& os, cudaStream_t stream) {
     prepare(stream);
-    kernels::StepValues v;
-    detail::download(&v, values_, 1, stream);
-    const std::vector<float> state =
-        detail::download_now(static_cast<const float*>(state_.data()), state_floats(), stream);
-    checkpoint::Writer w;
-    w.str(kStateKind);
-    w.u8(static_cast<std::uint8_t>(dtype_of_param()));
-    w.u8(static_cast<std::uint8_t>(checkpoint::Dtype::float32));
-    w.i64(v.step);
-    for (double d : {opt_.lr, opt_.weight_decay, opt_.momentum, opt_.adam_lr, opt_.adam_beta1,
-                     opt_.adam_beta2, opt_.adam_eps, opt_.adam_weight_decay})
-      w.f64(d);
-    w.u32(static_cast<std::uint32_t>(params_.size()));
-    const float* cursor = state.data();
-    for (const Param& p : params_) {
-      w.str(p.name);
-      w.u8(static_cast<std::uint8_t>(p.route));
-      w.i64(p.rows);
-      w.i64(p.cols);
-      w.u32(p.muon() ? 1u : 2u);
-      for (const char* buffer : buffer_names(p)) {
-        checkpoint::write_buffer_header(w, buffer, checkpoint::Dtype::float32, p.numel());
-        for (std::size_t i = 0; i < p.numel(); ++i) w.scalar<float>(*cursor++);
-      }
+    sync_counters(stream);
+    optim::HostState host(core_);
+    for (std::size_t i = 0; i < core_.size(); ++i) {
+      const Slot& s = slots_[i];
+      host.buffer(i, 0) = detail::download_now(s.m1, static_cast<std::size_t>(s.numel), stream);
+      if (!core_.param(i).muon())
+        host.buffer(i, 1) = detail::download_now(s.m2, static_cast<std::size_t>(s.numel), stream);
     }
-    checkpoint::write_envelope(os, w.bytes());
+    host.save(os, core_, dtype_of_param());
+  }
+  /// save() to a file atomically (a temporary beside it, synced, renamed).
+  void save_file(const std::string& path, cudaStream_t stream) {
+    ::muon::detail::write_file_atomically(path, [&](std::ostream& os) { save(os, stream); });
   }
 
-  /// Reads a state written by save() for the same registered parameters
-  /// (names, routes, shapes, order). Restores the step count, learning rates
-  /// and the other scalars too; the structural options (nesterov,
-  /// momentum_kind, adjust_lr, ns) stay this optimizer's. Throws muon::Error
-  /// for a wrong magic, version or payload kind, a checksum mismatch, a
-  /// truncated stream, other parameters, invalid options or a non-finite
-  /// buffer value (or a negative exp_avg_sq); the whole stream is read and
-  /// checked before anything changes, so the optimizer is then as it was.
-  /// Synchronizes `stream`.
-  void load(std::istream& is, cudaStream_t stream) {
-    using ::muon::detail::require;
-    const std::vector<unsigned char> payload = checkpoint::read_envelope(is);
-    checkpoint::Reader r(payload.data(), payload.size());
-    require_state_kind(r);
-    r.u8();  // the parameter dtype is informational: buffers do not depend on it
-    require(r.u8() == static_cast<std::uint8_t>(checkpoint::Dtype::float32), "checkpoint",
-            "buffer dtype differs from float32");
-    const std::int64_t step = r.i64();
-    require(step >= 0, "checkpoint", "negative step count");
-    OptimizerOptions o = opt_;
-    for (double* d : {&o.lr, &o.weight_decay, &o.momentum, &o.adam_lr, &o.adam_beta1, &o.adam_beta2,
-                      &o.adam_eps, &o.adam_weight_decay})
-      *d = r.f64();
-    try {
-      o.validate();
-    } catch (const Error& e) {
-      throw Error(std::string("checkpoint: invalid options (") + e.what() + ")");
-    }
-    const std::uint32_t count = r.u32();
-    require(count == params_.size(), "checkpoint",
-            "holds " + std::to_string(count) + " parameters, the optimizer has " +
-                std::to_string(params_.size()));
-    std::vector<float> state;
-    state.reserve(state_floats());
-    for (std::size_t k = 0; k < params_.size(); ++k) {
-      const Param& p = params_[k];
-      const std::string name = r.str("parameter name");
-      require(name == p.name, "checkpoint",
-              "parameter " + std::to_string(k) + " is '" + name + "', expected '" + p.name + "'");
-      const std::string where = "parameter '" + name + "': ";
-      require(r.u8() == static_cast<std::uint8_t>(p.route), "checkpoint", where + "route differs");
-      const std::int64_t rows = r.i64(), cols = r.i64();
-      require(rows == p.rows && cols == p.cols, "checkpoint",
-              where + "shape " + std::to_string(rows) + "x" + std::to_string(cols) +
-                  " differs from " + std::to_string(p.rows) + "x" + std::to_string(p.cols));
-      require(r.u32() == (p.muon() ? 1u : 2u), "checkpoint", where + "wrong buffer count");
-      for (const char* buffer : buffer_names(p)) {
-        checkpoint::read_buffer_header(r, buffer, checkpoint::Dtype::float32, p.numel(),
-                                       sizeof(float), where);
-        // Values a step could not survive mean a corrupt or foreign file
-        // (the CPU optimizer refuses the same ones).
-        const bool second_moment = std::string(buffer) == "exp_avg_sq";
-        for (std::size_t i = 0; i < p.numel(); ++i) {
-          const float x = r.scalar<float>();
-          require(std::isfinite(x) && (!second_moment || x >= 0.0f), "checkpoint",
-                  where + "buffer '" + buffer + "' holds an invalid value");
-          state.push_back(x);
-        }
-      }
-    }
-    require(r.remaining() == 0, "checkpoint", "trailing bytes after the last parameter");
-
-    // Commit. prepare() changes nothing when it throws; past it only a CUDA
-    // runtime failure can stop the copies.
-    prepare(stream);
-    detail::upload(static_cast<float*>(state_.data()), state.data(), state.size(), stream);
-    opt_ = o;
-    dirty_ = true;
-    upload_values(stream, step);
-    MUON_CUDA_CHECK(cudaStreamSynchronize(stream));
+  /// Restores a state written by save() of any backend (fp32 buffers) into
+  /// an optimizer with the same parameters (by name, or through
+  /// options.rename). Throws muon::Error listing every mismatch; the whole
+  /// stream is read and checked before anything changes. Synchronizes.
+  void load(std::istream& is, cudaStream_t stream, const LoadOptions& options = LoadOptions()) {
+    load_from(is, stream, options, "stream");
+  }
+  void load_file(const std::string& path, cudaStream_t stream,
+                 const LoadOptions& options = LoadOptions()) {
+    std::ifstream is(path, std::ios::binary);
+    if (!is) ::muon::detail::fail("path", "cannot open '" + path + "' for reading");
+    load_from(is, stream, options, "'" + path + "'");
   }
 
  private:
-  struct Param {
-    std::string name;
-    Route route = Route::muon;
-    std::string reason;
-    P* param = nullptr;
-    const P* grad = nullptr;
-    std::int64_t rows = 0, cols = 0;          // logical shape (out, in)
-    std::int64_t mem_rows = 0, mem_cols = 0;  // column-major shape NS sees
-    double lr_scale = 1.0;                    // adjusted_lr(1, rows, cols, adjust_lr) for Muon
-    float* state = nullptr;                   // momentum (Muon) or m, v (AdamW), fp32
-    std::size_t group = 0, slot = 0;
-
-    bool muon() const { return route == Route::muon; }
-    std::size_t numel() const { return static_cast<std::size_t>(rows * cols); }
-    std::size_t floats() const { return numel() * (muon() ? 1 : 2); }
+  struct Slot {
+    std::int64_t numel = 0;
+    float* m1 = nullptr;                   // Muon: momentum; AdamW: exp_avg
+    float* m2 = nullptr;                   // AdamW: exp_avg_sq
+    std::vector<std::size_t> batch, slot;  // per block: its shape batch and place in it
+    std::vector<std::size_t> block_value;  // per block: index into the block lr array
   };
-  struct Group {
-    std::int64_t rows = 0, cols = 0;
-    std::vector<std::size_t> members;
-    DeviceBuffer staging;  // members.size() x rows x cols of C
+  // Same-shape Muon blocks, orthogonalized together: the staging holds
+  // `members` dense (cols x rows_b) column-major matrices (each a row-major
+  // rows_b x cols block of a parameter).
+  struct ShapeBatch {
+    std::int64_t block_rows = 0, cols = 0;
+    std::size_t group = 0;  // the group whose Newton–Schulz options it runs
+    std::size_t members = 0;
+    DeviceBuffer staging;  // float
+    DeviceBuffer output;   // C
     std::unique_ptr<Orthogonalizer<C>> ortho;
   };
 
@@ -445,86 +319,29 @@ class Optimizer {
       return checkpoint::Dtype::bfloat16;
   }
 
-  static std::vector<const char*> buffer_names(const Param& p) {
-    if (p.muon()) return {"momentum_buffer"};
-    return {"exp_avg", "exp_avg_sq"};
+  static void check_ns(const NewtonSchulzOptions& ns) {
+    if (ns.method == NsMethod::gram)
+      ::muon::detail::fail("ns_method",
+                           "NsMethod::gram is not implemented by the CUDA backend (use standard, "
+                           "or automatic, which runs the standard form here)");
   }
 
-  // The kind string is compared byte by byte rather than read with
-  // Reader::str, so that another payload (a CPU checkpoint starts with two
-  // dtype bytes) gets this message instead of a length complaint.
-  static void require_state_kind(checkpoint::Reader& r) {
-    const std::string kind = kStateKind;
-    bool ours = r.remaining() >= 4 + kind.size() && r.u32() == kind.size();
-    for (std::size_t i = 0; ours && i < kind.size(); ++i)
-      ours = r.u8() == static_cast<unsigned char>(kind[i]);
-    ::muon::detail::require(ours, "checkpoint",
-                            std::string("not a ") + kStateKind +
-                                " state (a CPU muon::Optimizer checkpoint is not loadable here)");
+  static SkipReason reason(int flags) {
+    if (flags & kernels::kNoGrad) return SkipReason::no_grad;
+    if (flags & kernels::kNonFiniteGrad) return SkipReason::non_finite_grad;
+    if (flags & kernels::kNonFiniteState) return SkipReason::non_finite_state;
+    return SkipReason::non_finite_update;
   }
 
-  const Param& find(const std::string& name) const {
-    for (const auto& p : params_)
-      if (p.name == name) return p;
-    throw Error("name: no parameter named '" + name + "'");
-  }
-
-  void check_new(const std::string& name, const P* param, const P* grad, std::int64_t rows,
-                 std::int64_t cols) const {
-    using ::muon::detail::require;
-    require(!prepared_, "add", "parameters must be added before the first step/capture/save/load");
-    require(!name.empty(), "name", "must not be empty");
-    require(!has_param(name), "name", "'" + name + "' is already added");
-    require(param != nullptr, "param", "'" + name + "': null device pointer");
-    require(grad != nullptr, "grad", "'" + name + "': null device pointer");
-    require(rows > 0 && cols > 0, "shape",
-            "'" + name + "': must be positive, got " + std::to_string(rows) + "x" +
-                std::to_string(cols));
-  }
-
-  void register_param(const std::string& name, P* param, const P* grad, std::int64_t rows,
-                      std::int64_t cols, Layout layout, Route requested) {
-    check_new(name, param, grad, rows, cols);
-    // A rows x cols registration has no rank of its own: (n, 1) and (1, n)
-    // are how vectors arrive and (1, 1) a scalar, so they are routed as the
-    // 1-D / 0-D tensors they stand for.
-    const int ndim = rows > 1 && cols > 1 ? 2 : (rows * cols > 1 ? 1 : 0);
-    std::array<std::ptrdiff_t, 4> shape{};
-    if (ndim == 2) {
-      shape[0] = static_cast<std::ptrdiff_t>(rows);
-      shape[1] = static_cast<std::ptrdiff_t>(cols);
-    } else {
-      shape[0] = static_cast<std::ptrdiff_t>(rows * cols);
-    }
-    RouteDecision decision = decide_route(name, ndim, shape, requested, rules_);
-    Param p;
-    p.name = name;
-    p.route = decision.route;
-    p.reason = std::move(decision.reason);
-    p.param = param;
-    p.grad = grad;
-    p.rows = rows;
-    p.cols = cols;
-    // Newton–Schulz runs on the memory as a column-major matrix: a row-major
-    // rows x cols weight is the column-major cols x rows matrix W^T, and
-    // NS(W^T) = NS(W)^T, so the update lands in the right order.
-    p.mem_rows = layout == Layout::col_major ? rows : cols;
-    p.mem_cols = layout == Layout::col_major ? cols : rows;
-    if (p.muon()) p.lr_scale = adjusted_lr(1.0, rows, cols, opt_.adjust_lr);
-    params_.push_back(std::move(p));
-  }
-
-  template <class Check>
-  void set_scalar(double& field, double value, Check check, const char* name) {
-    check(value, name);
-    field = value;
-    dirty_ = true;
-  }
-
-  std::size_t state_floats() const {
-    std::size_t n = 0;
-    for (const auto& p : params_) n += p.floats();
-    return n;
+  [[noreturn]] void refuse(std::size_t i, int flags) const {
+    const optim::ParamRecord& p = core_.param(i);
+    if (flags & kernels::kNonFiniteGrad)
+      ::muon::detail::fail("grad", "'" + p.name + "' contains NaN or Inf (nothing was updated)");
+    const std::string what =
+        (flags & kernels::kNonFiniteState)
+            ? std::string(p.muon() ? "its momentum" : "an AdamW moment") + " would overflow float"
+            : std::string("the updated parameter could overflow ") + device_scalar<P>::name;
+    ::muon::detail::fail("step", "'" + p.name + "': " + what + " (nothing was updated)");
   }
 
   // Allocates state and workspaces once (zeroed buffers). Everything is
@@ -532,138 +349,299 @@ class Optimizer {
   // optimizer as it was.
   void prepare(cudaStream_t stream) {
     if (prepared_) return;
-    const std::size_t floats = state_floats();
-    DeviceBuffer state(sizeof(float) * (floats ? floats : 1), stream, alloc_,
+    const std::size_t n = core_.size();
+    std::size_t floats = 0, blocks = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const optim::ParamRecord& p = core_.param(i);
+      floats += static_cast<std::size_t>(p.numel()) * (p.muon() ? 1 : 2);
+      blocks += p.muon() ? p.blocks.size() : 0;
+    }
+    DeviceBuffer state(sizeof(float) * std::max<std::size_t>(floats, 1), stream, alloc_,
                        "muon::cuda::Optimizer state");
     MUON_CUDA_CHECK(cudaMemsetAsync(state.data(), 0, state.bytes(), stream));
-    struct Place {
-      float* state;
-      std::size_t group, slot;
-    };
-    std::vector<Place> places;
-    std::vector<Group> groups;
+    std::vector<Slot> slots(n);
+    std::vector<ShapeBatch> batches;
+    std::map<std::array<std::int64_t, 3>, std::size_t> by_shape;  // (rows, cols, group)
     float* cursor = static_cast<float*>(state.data());
-    std::map<std::pair<std::int64_t, std::int64_t>, std::size_t> by_shape;
-    for (std::size_t k = 0; k < params_.size(); ++k) {
-      const Param& p = params_[k];
-      places.push_back({cursor, 0, 0});
-      cursor += p.floats();
-      if (!p.muon()) continue;
-      const auto key = std::make_pair(p.mem_rows, p.mem_cols);
-      auto it = by_shape.find(key);
-      if (it == by_shape.end()) {
-        it = by_shape.emplace(key, groups.size()).first;
-        groups.emplace_back();
-        groups.back().rows = p.mem_rows;
-        groups.back().cols = p.mem_cols;
+    std::size_t block_value = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const optim::ParamRecord& p = core_.param(i);
+      Slot& s = slots[i];
+      s.numel = p.numel();
+      s.m1 = cursor;
+      cursor += s.numel;
+      if (!p.muon()) {
+        s.m2 = cursor;
+        cursor += s.numel;
+        continue;
       }
-      places.back().group = it->second;
-      places.back().slot = groups[it->second].members.size();
-      groups[it->second].members.push_back(k);
+      for (std::int64_t rows : p.blocks) {
+        const std::array<std::int64_t, 3> key{rows, p.cols, static_cast<std::int64_t>(p.group)};
+        auto it = by_shape.find(key);
+        if (it == by_shape.end()) {
+          it = by_shape.emplace(key, batches.size()).first;
+          batches.emplace_back();
+          batches.back().block_rows = rows;
+          batches.back().cols = p.cols;
+          batches.back().group = p.group;
+        }
+        s.batch.push_back(it->second);
+        s.slot.push_back(batches[it->second].members++);
+        s.block_value.push_back(block_value++);
+      }
     }
-    for (auto& g : groups) {
-      const std::int64_t n = g.rows * g.cols, b = static_cast<std::int64_t>(g.members.size());
-      g.staging = DeviceBuffer(sizeof(C) * static_cast<std::size_t>(n * b), stream, alloc_,
-                               "muon::cuda::Optimizer staging");
-      g.ortho.reset(new Orthogonalizer<C>(g.rows, g.cols, b, stream, alloc_));
+    for (auto& b : batches) {
+      const std::size_t count = static_cast<std::size_t>(b.block_rows * b.cols) * b.members;
+      b.staging =
+          DeviceBuffer(sizeof(float) * count, stream, alloc_, "muon::cuda::Optimizer staging");
+      MUON_CUDA_CHECK(cudaMemsetAsync(b.staging.data(), 0, b.staging.bytes(), stream));
+      b.output = DeviceBuffer(sizeof(C) * count, stream, alloc_, "muon::cuda::Optimizer output");
+      // A row-major rows_b x cols block is the column-major cols x rows_b matrix.
+      b.ortho = std::make_unique<Orthogonalizer<C>>(
+          b.cols, b.block_rows, static_cast<std::int64_t>(b.members), stream, alloc_);
     }
-    DeviceBuffer values(sizeof(kernels::StepValues), stream, alloc_,
-                        "muon::cuda::Optimizer values");
-    host_values_ = scalar_values();
-    host_values_.step = 0;
-    detail::upload(static_cast<kernels::StepValues*>(values.data()), &host_values_, 1, stream);
+    // Per-step values: groups, params, block lrs (uploaded each step), and
+    // the device-side machinery (flags, max |p|, AdamW coefficients,
+    // counters, state).
+    const std::size_t groups_bytes = sizeof(kernels::GroupStep) * core_.group_count();
+    const std::size_t params_bytes = sizeof(kernels::ParamStep) * std::max<std::size_t>(n, 1);
+    const std::size_t lr_bytes = sizeof(float) * std::max<std::size_t>(blocks, 1);
+    DeviceBuffer values(align(groups_bytes) + align(params_bytes) + align(lr_bytes), stream, alloc_,
+                        "muon::cuda::Optimizer step values");
+    const std::size_t flags_bytes = sizeof(int) * std::max<std::size_t>(n, 1);
+    const std::size_t maxabs_bytes = sizeof(unsigned) * std::max<std::size_t>(n, 1);
+    const std::size_t coef_bytes =
+        sizeof(optim::rules::AdamWCoefficients<float>) * std::max<std::size_t>(n, 1);
+    const std::size_t steps_bytes = sizeof(long long) * std::max<std::size_t>(n, 1);
+    DeviceBuffer machinery(align(flags_bytes) + align(maxabs_bytes) + align(coef_bytes) +
+                               align(steps_bytes) + align(sizeof(kernels::StepState)),
+                           stream, alloc_, "muon::cuda::Optimizer step machinery");
+    MUON_CUDA_CHECK(cudaMemsetAsync(machinery.data(), 0, machinery.bytes(), stream));
 
+    // Commit: nothing below throws but the uploads.
     state_ = std::move(state);
-    groups_ = std::move(groups);
-    for (std::size_t k = 0; k < params_.size(); ++k) {
-      params_[k].state = places[k].state;
-      params_[k].group = places[k].group;
-      params_[k].slot = places[k].slot;
-    }
-    values_mem_ = std::move(values);
-    values_ = static_cast<kernels::StepValues*>(values_mem_.data());
-    dirty_ = false;
+    slots_ = std::move(slots);
+    batches_ = std::move(batches);
+    values_ = std::move(values);
+    machinery_ = std::move(machinery);
+    char* v = static_cast<char*>(values_.data());
+    groups_dev_ = reinterpret_cast<kernels::GroupStep*>(v);
+    params_dev_ = reinterpret_cast<kernels::ParamStep*>(v + align(groups_bytes));
+    block_lr_dev_ = reinterpret_cast<float*>(v + align(groups_bytes) + align(params_bytes));
+    char* q = static_cast<char*>(machinery_.data());
+    flags_ = reinterpret_cast<int*>(q);
+    q += align(flags_bytes);
+    max_abs_ = reinterpret_cast<unsigned*>(q);
+    q += align(maxabs_bytes);
+    coef_ = reinterpret_cast<optim::rules::AdamWCoefficients<float>*>(q);
+    q += align(coef_bytes);
+    steps_ = reinterpret_cast<long long*>(q);
+    q += align(steps_bytes);
+    state_dev_ = reinterpret_cast<kernels::StepState*>(q);
+    host_groups_.resize(core_.group_count());
+    host_params_.resize(n);
+    host_block_lr_.resize(blocks);
     prepared_ = true;
+    upload_counters(stream);
   }
 
-  kernels::StepValues scalar_values() const {
-    kernels::StepValues v;
-    v.lr = static_cast<float>(opt_.lr);
-    v.weight_decay = static_cast<float>(opt_.weight_decay);
-    v.momentum = static_cast<float>(opt_.momentum);
-    v.adam_lr = static_cast<float>(opt_.adam_lr);
-    v.adam_beta1 = static_cast<float>(opt_.adam_beta1);
-    v.adam_beta2 = static_cast<float>(opt_.adam_beta2);
-    v.adam_eps = static_cast<float>(opt_.adam_eps);
-    v.adam_weight_decay = static_cast<float>(opt_.adam_weight_decay);
-    return v;
-  }
+  static std::size_t align(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-  // Copies the host scalars to the device when they changed (step = -1 keeps
-  // the device's step counter). host_values_ is a member so the source
-  // outlives the stream-ordered copy.
-  void upload_values(cudaStream_t stream, long long step = -1) {
-    if (!dirty_ && step < 0) return;
-    host_values_ = scalar_values();
-    if (step >= 0) {
-      host_values_.step = step;
-      detail::upload(values_, &host_values_, 1, stream);
-    } else {
-      // Everything but the trailing step counter, which the device advances.
-      constexpr std::size_t bytes = offsetof(kernels::StepValues, step);
-      detail::upload(reinterpret_cast<unsigned char*>(values_),
-                     reinterpret_cast<const unsigned char*>(&host_values_), bytes, stream);
+  // This step's scalars, from the core's plan (host, in double), to the device.
+  void upload_step_values(cudaStream_t stream) {
+    const optim::StepPlan& plan = core_.begin_step();
+    for (std::size_t g = 0; g < core_.group_count(); ++g) {
+      const GroupOptions& o = core_.group(g);
+      kernels::GroupStep& v = host_groups_[g];
+      v.momentum = core_.momentum_coefficients<float>(g);
+      v.decay = optim::rules::muon_update_coefficients<float>(plan.groups[g].muon_lr, 0.0,
+                                                              o.muon.weight_decay, false)
+                    .decay;
+      v.cautious = o.muon.cautious_weight_decay ? 1 : 0;
+      v.adamw_lr = plan.groups[g].adamw_lr;
+      v.adamw_beta1 = o.adamw.beta1;
+      v.adamw_beta2 = o.adamw.beta2;
+      v.adamw_eps = o.adamw.eps;
+      v.adamw_weight_decay = o.adamw.weight_decay;
     }
-    dirty_ = false;
+    for (std::size_t i = 0; i < core_.size(); ++i) {
+      const optim::ParamRecord& p = core_.param(i);
+      kernels::ParamStep& v = host_params_[i];
+      v.group = static_cast<int>(p.group);
+      v.present = grad_ptrs_[i] != nullptr ? 1 : 0;
+      v.adamw = p.muon() ? 0 : 1;
+      if (!p.muon()) continue;
+      for (std::size_t b = 0; b < p.blocks.size(); ++b)
+        host_block_lr_[slots_[i].block_value[b]] = static_cast<float>(plan.block_lr[i][b]);
+      const double limit = core_.update_limit(i, storage_max<P>());
+      v.update_limit = limit >= 0 ? static_cast<float>(std::min(limit, 3.0e38)) : -1.0f;
+    }
+    detail::upload(groups_dev_, host_groups_.data(), host_groups_.size(), stream);
+    if (!host_params_.empty())
+      detail::upload(params_dev_, host_params_.data(), host_params_.size(), stream);
+    if (!host_block_lr_.empty())
+      detail::upload(block_lr_dev_, host_block_lr_.data(), host_block_lr_.size(), stream);
+    state_host_.raise = core_.non_finite_policy() == NonFinitePolicy::raise ? 1 : 0;
+    detail::upload(reinterpret_cast<char*>(state_dev_) + offsetof(kernels::StepState, raise),
+                   reinterpret_cast<const char*>(&state_host_.raise), sizeof(int), stream);
   }
 
   void enqueue(cudaStream_t stream) {
-    kernels::advance_step<<<1, 1, 0, stream>>>(values_);
-    check_launch("muon::cuda::kernels::advance_step");
-    const bool ema = opt_.momentum_kind == MomentumKind::ema;
-    for (auto& g : groups_) {
-      const std::int64_t n = g.rows * g.cols, b = static_cast<std::int64_t>(g.members.size());
-      C* staging = static_cast<C*>(g.staging.data());
-      for (std::size_t s = 0; s < g.members.size(); ++s) {
-        const Param& p = params_[g.members[s]];
-        kernels::momentum_kernel<P, C><<<kernels::elementwise_blocks(n), 256, 0, stream>>>(
-            p.grad, p.state, staging + static_cast<std::int64_t>(s) * n, n, values_, ema,
-            opt_.nesterov);
-        check_launch("muon::cuda::kernels::momentum_kernel");
-      }
-      const BatchedMatrixView<C> view(staging, g.rows, g.cols, g.rows, n, b);
-      (*g.ortho)(view, view, opt_.ns, stream);
-      const int* flags = g.ortho->workspace().nonfinite_flags();
-      for (std::size_t s = 0; s < g.members.size(); ++s) {
-        const Param& p = params_[g.members[s]];
-        kernels::muon_update_kernel<P, C><<<kernels::elementwise_blocks(n), 256, 0, stream>>>(
-            p.param, staging + static_cast<std::int64_t>(s) * n, n, values_,
-            static_cast<float>(p.lr_scale), flags + s);
-        check_launch("muon::cuda::kernels::muon_update_kernel");
+    const int n = static_cast<int>(core_.size());
+    const unsigned one_block = 256, per_param = static_cast<unsigned>((n + 255) / 256);
+    if (n == 0) return;
+    kernels::begin_step<<<per_param, one_block, 0, stream>>>(n, params_dev_, flags_, max_abs_);
+    check_launch("muon::cuda::kernels::begin_step");
+    kernels::adamw_prepare<<<per_param, one_block, 0, stream>>>(n, params_dev_, groups_dev_, steps_,
+                                                                coef_);
+    check_launch("muon::cuda::kernels::adamw_prepare");
+    // 1. checks (read only)
+    for (std::size_t i = 0; i < core_.size(); ++i) {
+      const optim::ParamRecord& p = core_.param(i);
+      const P* g = grad_ptrs_[i];
+      if (!g) continue;
+      const Slot& s = slots_[i];
+      const unsigned blocks = kernels::elementwise_blocks(s.numel);
+      if (p.muon()) {
+        kernels::muon_check<P><<<blocks, 256, 0, stream>>>(
+            g, s.m1, param_ptrs_[i], s.numel, groups_dev_ + p.group, flags_ + i, max_abs_ + i);
+        check_launch("muon::cuda::kernels::muon_check");
+      } else {
+        kernels::adamw_check<P><<<blocks, 256, 0, stream>>>(param_ptrs_[i], g, s.m1, s.m2, s.numel,
+                                                            coef_ + i, flags_ + i);
+        check_launch("muon::cuda::kernels::adamw_check");
       }
     }
-    for (const auto& p : params_) {
-      if (p.muon()) continue;
-      const std::int64_t n = p.rows * p.cols;
-      kernels::adamw_kernel<P><<<kernels::elementwise_blocks(n), 256, 0, stream>>>(
-          p.param, p.grad, p.state, p.state + n, n, values_);
-      check_launch("muon::cuda::kernels::adamw_kernel");
+    // 2. the verdict
+    kernels::decide<<<1, 256, 0, stream>>>(n, params_dev_, flags_, max_abs_, state_dev_);
+    check_launch("muon::cuda::kernels::decide");
+    // 3. commits: momentum into the staging, Newton–Schulz per shape batch,
+    //    updates; AdamW.
+    for (std::size_t i = 0; i < core_.size(); ++i) {
+      const optim::ParamRecord& p = core_.param(i);
+      const P* g = grad_ptrs_[i];
+      if (!g || !p.muon()) continue;
+      const Slot& s = slots_[i];
+      std::int64_t offset = 0;
+      for (std::size_t b = 0; b < p.blocks.size(); ++b) {
+        const ShapeBatch& batch = batches_[s.batch[b]];
+        const std::int64_t count = batch.block_rows * batch.cols;
+        float* staging = static_cast<float*>(batch.staging.data()) +
+                         static_cast<std::int64_t>(s.slot[b]) * count;
+        kernels::momentum_commit<P><<<kernels::elementwise_blocks(count), 256, 0, stream>>>(
+            g + offset, s.m1 + offset, staging, count, groups_dev_ + p.group, state_dev_,
+            flags_ + i);
+        check_launch("muon::cuda::kernels::momentum_commit");
+        offset += count;
+      }
     }
+    for (ShapeBatch& b : batches_) {
+      const std::int64_t count = b.block_rows * b.cols,
+                         members = static_cast<std::int64_t>(b.members);
+      const BatchedMatrixView<const float> in(static_cast<const float*>(b.staging.data()), b.cols,
+                                              b.block_rows, b.cols, count, members);
+      const BatchedMatrixView<C> out(static_cast<C*>(b.output.data()), b.cols, b.block_rows, b.cols,
+                                     count, members);
+      b.ortho->run_from_float(in, out, core_.group(b.group).muon.ns, stream);
+    }
+    for (std::size_t i = 0; i < core_.size(); ++i) {
+      const optim::ParamRecord& p = core_.param(i);
+      const P* g = grad_ptrs_[i];
+      if (!g) continue;
+      const Slot& s = slots_[i];
+      if (!p.muon()) {
+        kernels::adamw_commit<P><<<kernels::elementwise_blocks(s.numel), 256, 0, stream>>>(
+            param_ptrs_[i], g, s.m1, s.m2, s.numel, coef_ + i, state_dev_, flags_ + i);
+        check_launch("muon::cuda::kernels::adamw_commit");
+        continue;
+      }
+      std::int64_t offset = 0;
+      for (std::size_t b = 0; b < p.blocks.size(); ++b) {
+        const ShapeBatch& batch = batches_[s.batch[b]];
+        const std::int64_t count = batch.block_rows * batch.cols;
+        const C* o = static_cast<const C*>(batch.output.data()) +
+                     static_cast<std::int64_t>(s.slot[b]) * count;
+        kernels::muon_commit<P, C><<<kernels::elementwise_blocks(count), 256, 0, stream>>>(
+            param_ptrs_[i] + offset, o, count, groups_dev_ + p.group,
+            block_lr_dev_ + s.block_value[b], state_dev_, flags_ + i);
+        check_launch("muon::cuda::kernels::muon_commit");
+        offset += count;
+      }
+    }
+    // 4. counters
+    kernels::finish_step<<<1, 256, 0, stream>>>(n, flags_, steps_, state_dev_);
+    check_launch("muon::cuda::kernels::finish_step");
   }
 
-  OptimizerOptions opt_;
+  // Reads the device's step counters back into the core (synchronizes).
+  void sync_counters(cudaStream_t stream) {
+    if (!prepared_) return;
+    const std::vector<long long> steps = detail::download_now(steps_, core_.size(), stream);
+    state_host_ = detail::download_now(state_dev_, 1, stream).front();
+    std::vector<std::int64_t> s(steps.begin(), steps.end());
+    core_.set_counters(state_host_.step_count, s);
+  }
+  // Writes the core's counters to the device.
+  void upload_counters(cudaStream_t stream) {
+    host_steps_.assign(core_.size(), 0);
+    for (std::size_t i = 0; i < core_.size(); ++i) host_steps_[i] = core_.param(i).steps;
+    state_host_.step_count = core_.step_count();
+    state_host_.verdict = 0;
+    state_host_.raise = core_.non_finite_policy() == NonFinitePolicy::raise ? 1 : 0;
+    if (!host_steps_.empty())
+      detail::upload(steps_, host_steps_.data(), host_steps_.size(), stream);
+    detail::upload(state_dev_, &state_host_, 1, stream);
+    MUON_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  void load_from(std::istream& is, cudaStream_t stream, const LoadOptions& options,
+                 const std::string& origin) {
+    optim::Core::Matched m = core_.match(is, checkpoint::Dtype::float32, options, origin);
+    optim::HostState host(core_, m);  // every buffer decoded to float, aside
+    // Commit. prepare() changes nothing when it throws; past it only a CUDA
+    // runtime failure can stop the copies.
+    prepare(stream);
+    for (std::size_t i = 0; i < core_.size(); ++i) {
+      const Slot& s = slots_[i];
+      detail::upload(s.m1, host.buffer(i, 0).data(), host.buffer(i, 0).size(), stream);
+      if (!core_.param(i).muon())
+        detail::upload(s.m2, host.buffer(i, 1).data(), host.buffer(i, 1).size(), stream);
+    }
+    core_.commit(m);
+    upload_counters(stream);
+  }
+
+  void release_graph() {
+    if (exec_) (void)cudaGraphExecDestroy(exec_);
+    if (graph_) (void)cudaGraphDestroy(graph_);
+    exec_ = nullptr;
+    graph_ = nullptr;
+  }
+
+  optim::Core core_;
   Allocator alloc_;
-  RoutingRules rules_;
-  std::vector<Param> params_;
-  std::vector<Group> groups_;
-  DeviceBuffer state_;
-  DeviceBuffer values_mem_;
-  kernels::StepValues* values_ = nullptr;
-  kernels::StepValues host_values_{};
+  std::vector<P*> param_ptrs_;
+  std::vector<const P*> grad_ptrs_;
+  std::vector<Slot> slots_;
+  std::vector<ShapeBatch> batches_;
+  DeviceBuffer state_, values_, machinery_;
+  kernels::GroupStep* groups_dev_ = nullptr;
+  kernels::ParamStep* params_dev_ = nullptr;
+  float* block_lr_dev_ = nullptr;
+  int* flags_ = nullptr;
+  unsigned* max_abs_ = nullptr;
+  optim::rules::AdamWCoefficients<float>* coef_ = nullptr;
+  long long* steps_ = nullptr;
+  kernels::StepState* state_dev_ = nullptr;
+  // Host copies, members so the stream-ordered uploads' sources outlive them.
+  std::vector<kernels::GroupStep> host_groups_;
+  std::vector<kernels::ParamStep> host_params_;
+  std::vector<float> host_block_lr_;
+  std::vector<long long> host_steps_;
+  kernels::StepState state_host_{};
   cudaGraph_t graph_ = nullptr;
   cudaGraphExec_t exec_ = nullptr;
   bool prepared_ = false;
-  bool dirty_ = true;
 };
 
 }  // namespace cuda

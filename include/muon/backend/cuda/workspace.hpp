@@ -57,7 +57,12 @@ class Workspace {
   struct Arguments {
     std::int64_t rows = 0, cols = 0, batch = 1;
     BatchedMatrixView<const T> in;  ///< rows x cols, `batch` matrices
-    BatchedMatrixView<T> out;       ///< rows x cols, `batch` matrices; may equal `in`
+    /// Alternatively, a dense float input (ld = rows, stride = rows*cols),
+    /// normalized as it is cast to T: with T = __half an input above 65504
+    /// must not be cast before it is divided by its norm. Used when non-null
+    /// (then `in` is ignored).
+    BatchedMatrixView<const float> in_float;
+    BatchedMatrixView<T> out;  ///< rows x cols, `batch` matrices; may equal `in`
     NewtonSchulzOptions options;
     /// Tile edge of the lower-triangle tiling: 0 (default) picks it from the
     /// shape (tiles of about kTileTarget once m >= kTilingThreshold); a value
@@ -92,14 +97,22 @@ class Workspace {
     std::string s = check_shape(a.rows, a.cols, a.batch);
     if (!s.empty()) return s;
     if (a.tile < 0) return "tile: must be >= 0";
-    if (auto e = check_view(a.in, a, "in"); !e.empty()) return e;
+    if (a.in_float.ptr) {
+      if (auto e = check_view(a.in_float, a, "in_float"); !e.empty()) return e;
+      if (a.in_float.ld != a.rows || (a.batch > 1 && a.in_float.stride != a.rows * a.cols))
+        return "in_float: must be dense (ld = rows, stride = rows * cols)";
+    } else if (auto e = check_view(a.in, a, "in"); !e.empty()) {
+      return e;
+    }
     if (auto e = check_view(a.out, a, "out"); !e.empty()) return e;
     try {
       a.options.validate();
     } catch (const Error& e) {
-      const std::string w = e.what(), prefix = "muon: ";
-      return w.compare(0, prefix.size(), prefix) == 0 ? w.substr(prefix.size()) : w;
+      return std::string(e.detail());
     }
+    if (a.options.method == NsMethod::gram)
+      return "options.method: NsMethod::gram is not implemented by the CUDA backend (use "
+             "standard, or automatic, which runs the standard form here)";
     return {};
   }
   static bool can_implement(const Arguments& a) { return check(a).empty(); }
@@ -107,7 +120,7 @@ class Workspace {
   /// Bytes of device memory initialize() needs for this shape (pointers and
   /// options do not matter).
   static std::size_t get_workspace_size(const Arguments& a) {
-    return Layout(a.rows, a.cols, a.batch, a.tile).total;
+    return Plan(a.rows, a.cols, a.batch, a.tile).total;
   }
 
   Workspace() = default;
@@ -121,21 +134,21 @@ class Workspace {
   void initialize(const Arguments& a, void* workspace, cudaStream_t stream) {
     const std::string problem = check(a);
     if (!problem.empty()) throw Error(problem);
-    ::muon::detail::require(workspace != nullptr, "workspace", "null device pointer");
-    ::muon::detail::require(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0, "workspace",
-                            "must be 256-byte aligned");
+    if (!(workspace != nullptr)) ::muon::detail::fail("workspace", "null device pointer");
+    if (!(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0))
+      ::muon::detail::fail("workspace", "must be 256-byte aligned");
     args_ = a;
-    layout_ = Layout(a.rows, a.cols, a.batch, a.tile);
+    plan_ = Plan(a.rows, a.cols, a.batch, a.tile);
     char* base = static_cast<char*>(workspace);
-    buf_[0] = reinterpret_cast<T*>(base + layout_.x);
-    buf_[1] = reinterpret_cast<T*>(base + layout_.y);
-    A_ = reinterpret_cast<T*>(base + layout_.a);
-    B_ = reinterpret_cast<T*>(base + layout_.b);
-    partials_ = reinterpret_cast<double*>(base + layout_.partials);
-    scale_ = reinterpret_cast<float*>(base + layout_.scale);
-    flags_ = reinterpret_cast<int*>(base + layout_.flags);
-    ptrs_ = reinterpret_cast<const void**>(base + layout_.ptrs);
-    blas_ws_ = base + layout_.blas;
+    buf_[0] = reinterpret_cast<T*>(base + plan_.x);
+    buf_[1] = reinterpret_cast<T*>(base + plan_.y);
+    A_ = reinterpret_cast<T*>(base + plan_.a);
+    B_ = reinterpret_cast<T*>(base + plan_.b);
+    partials_ = reinterpret_cast<double*>(base + plan_.partials);
+    scale_ = reinterpret_cast<float*>(base + plan_.scale);
+    flags_ = reinterpret_cast<int*>(base + plan_.flags);
+    ptrs_ = reinterpret_cast<const void**>(base + plan_.ptrs);
+    blas_ws_ = base + plan_.blas;
     bound_ = false;  // (re)bind the handle to the stream and this workspace in run()
     if (!handle_) handle_.reset(new BlasHandle());
     upload_tile_tables(stream);
@@ -147,10 +160,10 @@ class Workspace {
   /// New views / options for the same shape (no device work). Throws
   /// muon::Error when they do not fit.
   void update(const Arguments& a) {
-    ::muon::detail::require(initialized_, "Workspace::update", "initialize() was not called");
-    ::muon::detail::require(a.rows == args_.rows && a.cols == args_.cols &&
-                                a.batch == args_.batch && a.tile == args_.tile,
-                            "Workspace::update", "shape differs from the initialized one");
+    if (!initialized_) ::muon::detail::fail("Workspace::update", "initialize() was not called");
+    if (!(a.rows == args_.rows && a.cols == args_.cols && a.batch == args_.batch &&
+          a.tile == args_.tile))
+      ::muon::detail::fail("Workspace::update", "shape differs from the initialized one");
     const std::string problem = check(a);
     if (!problem.empty()) throw Error(problem);
     args_ = a;
@@ -159,7 +172,7 @@ class Workspace {
   /// in -> NS(in) -> out on `stream`: launches only, no synchronization, no
   /// allocation (capturable in a CUDA graph).
   void run(cudaStream_t stream) {
-    ::muon::detail::require(initialized_, "Workspace::run", "initialize() was not called");
+    if (!initialized_) ::muon::detail::fail("Workspace::run", "initialize() was not called");
     stream_ = stream;
     bind(stream);
     load();
@@ -172,7 +185,7 @@ class Workspace {
   /// it before capturing run() into a graph to keep those calls out of the
   /// capture.
   void bind(cudaStream_t stream) {
-    ::muon::detail::require(initialized_, "Workspace::bind", "initialize() was not called");
+    if (!initialized_) ::muon::detail::fail("Workspace::bind", "initialize() was not called");
     if (bound_ && bound_stream_ == stream) return;
     MUON_CUDA_CHECK(cublasSetStream(handle_->get(), stream));
     // cublasSetStream resets the workspace to cuBLAS's pool: set ours after it.
@@ -184,14 +197,14 @@ class Workspace {
   // ---- backend primitives called by detail::newton_schulz_iterate ----------
 
   void normalize(double divisor, double eps, EpsMode mode) {
-    const std::int64_t count = layout_.m * layout_.n;
-    const dim3 grid(static_cast<unsigned>(layout_.reduce_blocks),
-                    static_cast<unsigned>(args_.batch));
+    if (prenormalized_) return;  // load() divided a float input by its norm already
+    const std::int64_t count = plan_.m * plan_.n;
+    const dim3 grid(static_cast<unsigned>(plan_.reduce_blocks), static_cast<unsigned>(args_.batch));
     kernels::sumsq_partial<T><<<grid, kernels::kReduceThreads, 0, stream_>>>(X(), count, partials_);
     check_launch("muon::cuda::kernels::sumsq_partial");
     kernels::
         finalize_scale<<<static_cast<unsigned>(args_.batch), kernels::kReduceThreads, 0, stream_>>>(
-            partials_, static_cast<int>(layout_.reduce_blocks), scale_, flags_, divisor, eps,
+            partials_, static_cast<int>(plan_.reduce_blocks), scale_, flags_, divisor, eps,
             mode == EpsMode::max);
     check_launch("muon::cuda::kernels::finalize_scale");
     const unsigned blocks = kernels::elementwise_blocks(count);
@@ -201,13 +214,13 @@ class Workspace {
   }
 
   void gram() {  // A = X X^T
-    const int m = static_cast<int>(layout_.m), n = static_cast<int>(layout_.n);
-    if (!layout_.tiled()) {
+    const int m = static_cast<int>(plan_.m), n = static_cast<int>(plan_.n);
+    if (!plan_.tiled()) {
       const float one = 1.0f, zero = 0.0f;
       MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
           handle_->get(), CUBLAS_OP_N, CUBLAS_OP_T, m, m, n, &one, X(), dtype(), m,
-          layout_.m * layout_.n, X(), dtype(), m, layout_.m * layout_.n, &zero, A_, dtype(), m,
-          layout_.m * layout_.m, static_cast<int>(args_.batch), CUBLAS_COMPUTE_32F,
+          plan_.m * plan_.n, X(), dtype(), m, plan_.m * plan_.n, &zero, A_, dtype(), m,
+          plan_.m * plan_.m, static_cast<int>(args_.batch), CUBLAS_COMPUTE_32F,
           CUBLAS_GEMM_DEFAULT));
       return;
     }
@@ -221,13 +234,13 @@ class Workspace {
     // B <- (square ? 1 : b) * A
     launch_symmetrize(A_, B_, false, square ? 1.0f : static_cast<float>(b), 0.0f);
     if (!square) return;
-    const int m = static_cast<int>(layout_.m);
+    const int m = static_cast<int>(plan_.m);
     const float alpha = static_cast<float>(c), beta = static_cast<float>(b);
-    if (!layout_.tiled()) {
+    if (!plan_.tiled()) {
       MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
           handle_->get(), CUBLAS_OP_N, CUBLAS_OP_T, m, m, m, &alpha, A_, dtype(), m,
-          layout_.m * layout_.m, A_, dtype(), m, layout_.m * layout_.m, &beta, B_, dtype(), m,
-          layout_.m * layout_.m, static_cast<int>(args_.batch), CUBLAS_COMPUTE_32F,
+          plan_.m * plan_.m, A_, dtype(), m, plan_.m * plan_.m, &beta, B_, dtype(), m,
+          plan_.m * plan_.m, static_cast<int>(args_.batch), CUBLAS_COMPUTE_32F,
           CUBLAS_GEMM_DEFAULT));
       b_lower_only_ = false;
     } else {
@@ -240,13 +253,12 @@ class Workspace {
     // Finish B: mirror its lower triangle if only that was computed, add a I.
     launch_symmetrize(B_, B_, b_lower_only_, 1.0f, static_cast<float>(a));
     b_lower_only_ = false;
-    const int m = static_cast<int>(layout_.m), n = static_cast<int>(layout_.n);
+    const int m = static_cast<int>(plan_.m), n = static_cast<int>(plan_.n);
     const float one = 1.0f, zero = 0.0f;
     MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
-        handle_->get(), CUBLAS_OP_N, CUBLAS_OP_N, m, n, m, &one, B_, dtype(), m,
-        layout_.m * layout_.m, X(), dtype(), m, layout_.m * layout_.n, &zero, buf_[1 - cur_],
-        dtype(), m, layout_.m * layout_.n, static_cast<int>(args_.batch), CUBLAS_COMPUTE_32F,
-        CUBLAS_GEMM_DEFAULT));
+        handle_->get(), CUBLAS_OP_N, CUBLAS_OP_N, m, n, m, &one, B_, dtype(), m, plan_.m * plan_.m,
+        X(), dtype(), m, plan_.m * plan_.n, &zero, buf_[1 - cur_], dtype(), m, plan_.m * plan_.n,
+        static_cast<int>(args_.batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     cur_ = 1 - cur_;
   }
 
@@ -262,15 +274,15 @@ class Workspace {
     return detail::download_now<int>(flags_, static_cast<std::size_t>(args_.batch), stream);
   }
   /// Whether the lower-triangle tiling is used for this shape.
-  bool tiled() const { return layout_.tiled(); }
+  bool tiled() const { return plan_.tiled(); }
   /// Number of tiles on and below the diagonal per matrix (1 when untiled).
-  std::int64_t lower_tiles() const { return layout_.tiles; }
+  std::int64_t lower_tiles() const { return plan_.tiles; }
   /// The current iterate X (wide, m x n per matrix, dense), device memory.
   const T* iterate() const { return buf_[cur_]; }
 
  private:
   // Where each buffer lives in the workspace, and the tiling plan.
-  struct Layout {
+  struct Plan {
     std::int64_t m = 0, n = 0, batch = 0;
     std::int64_t tiles = 1;  // lower blocks of the tiling (1 when untiled)
     detail::TilePlan plan;
@@ -279,8 +291,8 @@ class Workspace {
                 total = 0;
     bool tiled() const { return plan.tiled(); }
 
-    Layout() = default;
-    Layout(std::int64_t rows, std::int64_t cols, std::int64_t bt, std::int64_t tile_request)
+    Plan() = default;
+    Plan(std::int64_t rows, std::int64_t cols, std::int64_t bt, std::int64_t tile_request)
         : batch(bt) {
       m = rows < cols ? rows : cols;
       n = rows < cols ? cols : rows;
@@ -342,14 +354,36 @@ class Workspace {
   void load() {
     cur_ = 0;
     b_lower_only_ = false;
-    const auto& in = args_.in;
+    prenormalized_ = false;
     const dim3 block(kernels::kTile, kernels::kTileRows);
-    const dim3 grid(static_cast<unsigned>((layout_.m + kernels::kTile - 1) / kernels::kTile),
-                    static_cast<unsigned>((layout_.n + kernels::kTile - 1) / kernels::kTile),
+    const dim3 grid(static_cast<unsigned>((plan_.m + kernels::kTile - 1) / kernels::kTile),
+                    static_cast<unsigned>((plan_.n + kernels::kTile - 1) / kernels::kTile),
                     static_cast<unsigned>(args_.batch));
-    kernels::copy_transpose<T, T><<<grid, block, 0, stream_>>>(
-        in.ptr, in.ld, in.stride, X(), layout_.m, layout_.m * layout_.n, layout_.m, layout_.n,
-        transposed(), nullptr);
+    if (args_.in_float.ptr) {
+      // The norm of the float input, then the cast of input / denominator.
+      const NewtonSchulzOptions& o = args_.options;
+      const std::int64_t count = plan_.m * plan_.n;
+      const dim3 reduce(static_cast<unsigned>(plan_.reduce_blocks),
+                        static_cast<unsigned>(args_.batch));
+      kernels::sumsq_partial<float>
+          <<<reduce, kernels::kReduceThreads, 0, stream_>>>(args_.in_float.ptr, count, partials_);
+      check_launch("muon::cuda::kernels::sumsq_partial (load)");
+      kernels::finalize_scale<<<static_cast<unsigned>(args_.batch), kernels::kReduceThreads, 0,
+                                stream_>>>(partials_, static_cast<int>(plan_.reduce_blocks), scale_,
+                                           flags_, o.divisor(), o.eps, o.eps_mode == EpsMode::max);
+      check_launch("muon::cuda::kernels::finalize_scale (load)");
+      const auto& in = args_.in_float;
+      kernels::copy_transpose<float, T>
+          <<<grid, block, 0, stream_>>>(in.ptr, in.ld, in.stride, X(), plan_.m, plan_.m * plan_.n,
+                                        plan_.m, plan_.n, transposed(), nullptr, scale_);
+      check_launch("muon::cuda::kernels::copy_transpose (normalizing load)");
+      prenormalized_ = true;
+      return;
+    }
+    const auto& in = args_.in;
+    kernels::copy_transpose<T, T>
+        <<<grid, block, 0, stream_>>>(in.ptr, in.ld, in.stride, X(), plan_.m, plan_.m * plan_.n,
+                                      plan_.m, plan_.n, transposed(), nullptr, nullptr);
     check_launch("muon::cuda::kernels::copy_transpose (load)");
   }
 
@@ -360,16 +394,16 @@ class Workspace {
                     static_cast<unsigned>((args_.cols + kernels::kTile - 1) / kernels::kTile),
                     static_cast<unsigned>(args_.batch));
     kernels::copy_transpose<T, T>
-        <<<grid, block, 0, stream_>>>(X(), layout_.m, layout_.m * layout_.n, out.ptr, out.ld,
-                                      out.stride, args_.rows, args_.cols, transposed(), flags_);
+        <<<grid, block, 0, stream_>>>(X(), plan_.m, plan_.m * plan_.n, out.ptr, out.ld, out.stride,
+                                      args_.rows, args_.cols, transposed(), flags_, nullptr);
     check_launch("muon::cuda::kernels::copy_transpose (store)");
   }
 
   void launch_symmetrize(T* src, T* out, bool mirror, float s, float diag) {
-    const unsigned t = static_cast<unsigned>((layout_.m + kernels::kTile - 1) / kernels::kTile);
+    const unsigned t = static_cast<unsigned>((plan_.m + kernels::kTile - 1) / kernels::kTile);
     const dim3 grid(t, t, static_cast<unsigned>(args_.batch));
     const dim3 block(kernels::kTile, kernels::kTileRows);
-    kernels::symmetrize<T><<<grid, block, 0, stream_>>>(src, out, layout_.m, mirror, s, diag);
+    kernels::symmetrize<T><<<grid, block, 0, stream_>>>(src, out, plan_.m, mirror, s, diag);
     check_launch("muon::cuda::kernels::symmetrize");
   }
 
@@ -380,7 +414,7 @@ class Workspace {
   // L_i is row block i of the left operand (X for the gram sets, A for set 2)
   // and C is A (gram) or B (set 2). k is the inner dimension.
   void tiled_products(int set, int k, float alpha, float beta) {
-    const int m = static_cast<int>(layout_.m);
+    const int m = static_cast<int>(plan_.m);
     for (const TileGroup& g : groups(set)) {
       MUON_CUDA_CHECK(
           cublasGemmBatchedEx(handle_->get(), CUBLAS_OP_N, CUBLAS_OP_T, g.rows, g.cols, k, &alpha,
@@ -396,13 +430,13 @@ class Workspace {
   void upload_tile_tables(cudaStream_t stream) {
     for (auto& g : groups_) g.clear();
     host_ptrs_.clear();
-    if (!layout_.tiled()) return;
-    const std::int64_t m = layout_.m, n = layout_.n;
+    if (!plan_.tiled()) return;
+    const std::int64_t m = plan_.m, n = plan_.n;
     for (int set = 0; set < 3; ++set) {
       const T* left = set < 2 ? buf_[set] : A_;
       T* out = set < 2 ? A_ : B_;
       const std::int64_t lstride = set < 2 ? m * n : m * m;
-      for (const auto& pg : layout_.plan.groups) {
+      for (const auto& pg : plan_.plan.groups) {
         const std::size_t blocks = pg.row_offset.size();
         TileGroup tg;
         tg.rows = static_cast<int>(pg.rows);
@@ -425,7 +459,7 @@ class Workspace {
   }
 
   Arguments args_{};
-  Layout layout_{};
+  Plan plan_{};
   T* buf_[2] = {nullptr, nullptr};
   T *A_ = nullptr, *B_ = nullptr;
   double* partials_ = nullptr;
@@ -441,6 +475,7 @@ class Workspace {
   bool bound_ = false;
   int cur_ = 0;
   bool b_lower_only_ = false;
+  bool prenormalized_ = false;
   bool initialized_ = false;
 };
 
@@ -460,7 +495,7 @@ class Orthogonalizer {
     a.cols = cols;
     a.batch = batch;
     a.tile = tile;
-    ::muon::detail::require(tile >= 0, "tile", "must be >= 0");
+    if (!(tile >= 0)) ::muon::detail::fail("tile", "must be >= 0");
     mem_ = DeviceBuffer(Workspace<T>::get_workspace_size(a), stream, alloc,
                         "muon::cuda::Orthogonalizer workspace");
     // Bind with placeholder views over the workspace itself (never run).
@@ -475,17 +510,26 @@ class Orthogonalizer {
   /// that do not match the shape, or invalid options.
   void operator()(BatchedMatrixView<const T> in, BatchedMatrixView<T> out,
                   const NewtonSchulzOptions& options, cudaStream_t stream) {
-    typename Workspace<T>::Arguments a;
-    a.rows = rows_;
-    a.cols = cols_;
-    a.batch = batch_;
-    a.tile = tile_;
+    typename Workspace<T>::Arguments a = arguments(options);
     a.in = in;
     a.out = out;
-    a.options = options;
     ws_.update(a);
     ws_.run(stream);
   }
+  /// The same from a dense float input, normalized before it is cast to T
+  /// (a __half workspace never sees an un-normalized value above 65504).
+  void run_from_float(BatchedMatrixView<const float> in, BatchedMatrixView<T> out,
+                      const NewtonSchulzOptions& options, cudaStream_t stream) {
+    typename Workspace<T>::Arguments a = arguments(options);
+    a.in_float = in;
+    a.out = out;
+    ws_.update(a);
+    ws_.run(stream);
+  }
+
+  std::int64_t rows() const { return rows_; }
+  std::int64_t cols() const { return cols_; }
+  std::int64_t batch() const { return batch_; }
 
   /// Synchronizes `stream` and throws muon::Error naming `parameter` when a
   /// matrix of the last call had a NaN/Inf norm (its output was not written).
@@ -501,22 +545,48 @@ class Orthogonalizer {
   const Workspace<T>& workspace() const { return ws_; }
 
  private:
+  typename Workspace<T>::Arguments arguments(const NewtonSchulzOptions& options) const {
+    typename Workspace<T>::Arguments a;
+    a.rows = rows_;
+    a.cols = cols_;
+    a.batch = batch_;
+    a.tile = tile_;
+    a.options = options;
+    return a;
+  }
+
   std::int64_t rows_, cols_, batch_, tile_;
   DeviceBuffer mem_;
   Workspace<T> ws_;
 };
 
-/// Convenience: out <- NS(in) for a batch (or one matrix), allocating a
-/// temporary workspace, then synchronizing `stream`. Throws muon::Error for
-/// bad views/options or when a matrix holds NaN/Inf (that output untouched).
+/// Convenience: out <- NS(in) for a batch (or one matrix), then
+/// synchronizes `stream`. Throws muon::Error for bad views/options or when a
+/// matrix holds NaN/Inf (that output untouched). The workspace (and its
+/// cuBLAS handle) is kept per thread, per scalar type, for the last shape
+/// and device used, so repeated calls with one shape allocate nothing and
+/// create no handle; a new shape replaces it.
 template <class T>
 void orthogonalize(BatchedMatrixView<const T> in, BatchedMatrixView<T> out,
                    const NewtonSchulzOptions& options, cudaStream_t stream) {
-  ::muon::detail::require(in.rows == out.rows && in.cols == out.cols && in.batch == out.batch,
-                          "out", "shape or batch differs from in");
-  Orthogonalizer<T> o(in.rows, in.cols, in.batch, stream);
-  o(in, out, options, stream);
-  o.throw_if_nonfinite(stream, "in");
+  if (!(in.rows == out.rows && in.cols == out.cols && in.batch == out.batch))
+    ::muon::detail::fail("out", "shape or batch differs from in");
+  struct Cached {
+    int device = -1;
+    std::unique_ptr<Orthogonalizer<T>> o;
+  };
+  thread_local Cached cache;
+  int device = 0;
+  MUON_CUDA_CHECK(cudaGetDevice(&device));
+  if (!cache.o || cache.device != device || cache.o->rows() != in.rows ||
+      cache.o->cols() != in.cols || cache.o->batch() != in.batch) {
+    cache.o.reset();  // free the old one first
+    cache.o =
+        std::make_unique<Orthogonalizer<T>>(in.rows, in.cols, in.batch, stream, sync_allocator());
+    cache.device = device;
+  }
+  (*cache.o)(in, out, options, stream);
+  cache.o->throw_if_nonfinite(stream, "in");
 }
 
 /// One-matrix convenience overload (views of T or const T).

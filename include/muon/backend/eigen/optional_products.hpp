@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-/// \file detail/optional_products.hpp
+/// \file backend/eigen/optional_products.hpp
 /// \brief Optional CPU product engines behind build options, and the runtime
 /// CPU-feature check that gates the bf16 one.
 ///
@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <string>
 
-#include "../error.hpp"
+#include "../../error.hpp"
 
 #ifdef MUON_USE_BLAS
 #include <cblas.h>
@@ -75,8 +75,8 @@ inline void blas_gemm(int rows, int cols, int depth, double alpha, const double*
 inline void dnnl_check(dnnl_status_t s, const char* what) {
   // Called around every matmul: the message is built only on failure.
   if (s == dnnl_success) return;
-  require(false, "oneDNN",
-          std::string(what) + " failed (status " + std::to_string(static_cast<int>(s)) + ")");
+  fail("oneDNN",
+       std::string(what) + " failed (status " + std::to_string(static_cast<int>(s)) + ")");
 }
 
 /// One oneDNN engine + stream, shared by a workspace's bf16 products.

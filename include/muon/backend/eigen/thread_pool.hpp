@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-/// \file detail/thread_pool.hpp
+/// \file backend/eigen/thread_pool.hpp
 /// \brief A small persistent thread pool for the CPU products, and the rule
 /// that picks how many threads the library uses.
 ///

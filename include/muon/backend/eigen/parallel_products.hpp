@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-/// \file detail/parallel_products.hpp
+/// \file backend/eigen/parallel_products.hpp
 /// \brief Multi-threaded, allocation-free level-3 products for the CPU backend.
 ///
 ///  - ParallelSyrk: lower triangle of C = alpha M M^T (the Gram X X^T and the

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-/// \file backend/eigen.hpp
+/// \file backend/eigen/workspace.hpp
 /// \brief The CPU backend: Newton–Schulz primitives on Eigen buffers.
 ///
 /// A Workspace is made once for an input shape (rows x cols) and storage
@@ -21,14 +21,13 @@
 #include <utility>
 #include <vector>
 
-#include "../detail/check.hpp"
-#include "../detail/eigen_products.hpp"
-#include "../detail/optional_products.hpp"
-#include "../detail/parallel_products.hpp"
-#include "../detail/thread_pool.hpp"
-#include "../error.hpp"
-#include "../newton_schulz.hpp"
-#include "../scalar.hpp"
+#include "../../error.hpp"
+#include "../../newton_schulz.hpp"
+#include "../../scalar.hpp"
+#include "eigen_products.hpp"
+#include "optional_products.hpp"
+#include "parallel_products.hpp"
+#include "thread_pool.hpp"
 
 namespace muon {
 namespace eigen {
@@ -81,14 +80,16 @@ class Workspace {
   /// an engine this build or CPU lacks throws muon::Error.
   Workspace(Index rows, Index cols, int threads = 0, Products products = Products::automatic)
       : rows_(rows), cols_(cols) {
-    detail::require(
-        rows > 0 && cols > 0, "workspace shape",
-        "rows and cols must be positive, got " + std::to_string(rows) + "x" + std::to_string(cols));
-    detail::require(products_available(products), "products",
-                    "this engine is not available (build option off, or the CPU lacks "
-                    "AVX512-BF16)");
-    detail::require(products != Products::bf16 || std::is_same<S, float>::value, "products",
-                    "bf16 products need float compute (storage float, half or bfloat16)");
+    if (!(rows > 0 && cols > 0))
+      detail::fail("workspace shape", "rows and cols must be positive, got " +
+                                          std::to_string(rows) + "x" + std::to_string(cols));
+    if (!products_available(products))
+      detail::fail("products",
+                   "this engine is not available (build option off, or the CPU lacks "
+                   "AVX512-BF16)");
+    if (products == Products::bf16 && !std::is_same_v<float, S>)
+      detail::fail("products",
+                   "bf16 products need float compute (storage float, half or bfloat16)");
 #ifdef MUON_USE_BLAS
     products_ = products == Products::automatic ? Products::blas : products;
 #else
@@ -153,10 +154,9 @@ class Workspace {
   /// Throws muon::Error unless `r x c` is this workspace's shape.
   void check_shape(Index r, Index c, const char* parameter) const {
     if (r == rows_ && c == cols_) return;  // the message is built only on failure: no allocation
-    detail::require(false, parameter,
-                    "shape " + std::to_string(r) + "x" + std::to_string(c) +
-                        " does not match the workspace's " + std::to_string(rows_) + "x" +
-                        std::to_string(cols_));
+    detail::fail(parameter, "shape " + std::to_string(r) + "x" + std::to_string(c) +
+                                " does not match the workspace's " + std::to_string(rows_) + "x" +
+                                std::to_string(cols_));
   }
 
   /// X <- G (cast to the compute scalar, transposed if tall). Returns false,
@@ -301,7 +301,8 @@ class Workspace {
       if (products_ == Products::bf16 && !fp32) {
         // Every bf16 multiply_into has the m x n iterate as its right factor
         // (apply_polynomial, gram_apply_q); the m x m ones ask for fp32.
-        detail::check_arg(R.data() == X_.data(), "products", "bf16 product of an unexpected shape");
+        if (!(R.data() == X_.data()))
+          detail::fail("products", "bf16 product of an unexpected shape");
         detail::to_bf16(L.data(), Lb_.data(), L.size());
         if (alpha != S(0)) out = alpha * R;
         (alpha != S(0) ? *bf_apply_acc_ : *bf_apply_).run(x_bf16(), Lb_.data(), out.data());

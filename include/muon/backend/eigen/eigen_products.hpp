@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-/// \file detail/eigen_products.hpp
+/// \file backend/eigen/eigen_products.hpp
 /// \brief Allocation-free level-3 products on column-major Eigen buffers.
 ///
 /// Eigen's expression API (`C.noalias() = A * B`) allocates its packing

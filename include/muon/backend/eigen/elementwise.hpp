@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-/// \file detail/elementwise.hpp
+/// \file backend/eigen/elementwise.hpp
 /// \brief Shared plumbing of the elementwise per-step functions (momentum,
 /// update, AdamW): compute-type selection, shape checks, writable views.
 ///
@@ -15,9 +15,8 @@
 #include <string>
 #include <type_traits>
 
-#include "../error.hpp"
-#include "../scalar.hpp"
-#include "check.hpp"
+#include "../../error.hpp"
+#include "../../scalar.hpp"
 
 namespace muon {
 namespace detail {
@@ -61,9 +60,8 @@ template <class DR, class DX>
 void require_same_shape(const Eigen::DenseBase<DR>& reference, const char* reference_name,
                         const Eigen::DenseBase<DX>& x, const char* name) {
   if (x.rows() != reference.rows() || x.cols() != reference.cols())
-    fail_arg(name, "shape " + shape_string(x.rows(), x.cols()) + " does not match " +
-                       reference_name + "'s shape " +
-                       shape_string(reference.rows(), reference.cols()));
+    fail(name, "shape " + shape_string(x.rows(), x.cols()) + " does not match " + reference_name +
+                   "'s shape " + shape_string(reference.rows(), reference.cols()));
 }
 
 /// Reads one element in compute type C (the cast each element gets on read).

@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file ns_options.hpp
+/// \brief The options of one Newton–Schulz orthogonalization: plain data,
+/// free of Eigen and CUDA, so every backend and the optimizer core include
+/// the data without the loop (newton_schulz.hpp).
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "coefficients.hpp"
+#include "error.hpp"
+
+namespace muon {
+
+/// How eps enters the normalization denominator.
+enum class EpsMode {
+  add,  ///< X / (d ||X||_F + eps)  (reference Muon, Moonlight, Dion, Polar Express)
+  max   ///< X / max(d ||X||_F, eps) (torch.optim.Muon)
+};
+
+/// Which form of the iteration runs (see newton_schulz.hpp).
+enum class NsMethod {
+  automatic,  ///< the Gram form when n/m >= the backend's threshold, else standard
+  standard,   ///< X = a X + (b A + c A^2) X every step
+  gram        ///< Gram Newton–Schulz: iterate on the m x m Gram matrix, apply once
+};
+
+/// True for the named EpsMode / NsMethod values (false for a value cast from
+/// an out-of-range integer).
+constexpr bool is_valid(EpsMode m) { return m == EpsMode::add || m == EpsMode::max; }
+constexpr bool is_valid(NsMethod m) {
+  return m == NsMethod::automatic || m == NsMethod::standard || m == NsMethod::gram;
+}
+
+inline const char* eps_mode_name(EpsMode m) { return m == EpsMode::add ? "add" : "max"; }
+inline const char* ns_method_name(NsMethod m) {
+  return m == NsMethod::automatic ? "automatic" : m == NsMethod::standard ? "standard" : "gram";
+}
+
+/// The aspect ratio n/m (n >= m) from which NsMethod::automatic picks the Gram
+/// form on the CPU backend; measured in docs/performance_cpu.md.
+inline constexpr double kGramAspectThreshold = 2.0;
+
+/// The largest singular value, relative to the normalized input's, that a
+/// valid configuration may reach at any step (see
+/// NewtonSchulzOptions::validate). Real schedules stay below 1.3.
+inline constexpr double kMaxScheduleGrowth = 100.0;
+
+/// Options of one orthogonalization. Plain data; validate() checks them.
+struct NewtonSchulzOptions {
+  /// Per-step polynomial coefficients. Default: Jordan's quintic.
+  Schedule schedule = Schedule::jordan();
+  /// Number of steps; past the schedule's list the last row repeats. Default 5.
+  int steps = 5;
+  /// Guards the division by the norm. Default 1e-7. Must be > 0.
+  double eps = 1e-7;
+  /// Where eps enters (see EpsMode). Default: add.
+  EpsMode eps_mode = EpsMode::add;
+  /// Extra divisor d on the norm (1.01, 1.02, ...). Unset: the schedule's own
+  /// recommendation (1.01 for Polar Express, 1 otherwise).
+  std::optional<double> norm_divisor;
+  /// Standard or Gram form. Default: automatic (by aspect ratio). Both
+  /// compute the same polynomial of X; they differ by rounding only.
+  NsMethod method = NsMethod::automatic;
+
+  NewtonSchulzOptions() = default;
+  explicit NewtonSchulzOptions(Schedule s, int n = 5) : schedule(std::move(s)), steps(n) {}
+
+  /// Chainable setters.
+  NewtonSchulzOptions& with_steps(int n) {
+    steps = n;
+    return *this;
+  }
+  NewtonSchulzOptions& with_eps(double e, EpsMode m) {
+    eps = e;
+    eps_mode = m;
+    return *this;
+  }
+  NewtonSchulzOptions& with_norm_divisor(double d) {
+    norm_divisor = d;
+    return *this;
+  }
+  NewtonSchulzOptions& with_method(NsMethod m) {
+    method = m;
+    return *this;
+  }
+
+  /// The divisor actually used: norm_divisor if set, else the schedule's.
+  double divisor() const { return norm_divisor ? *norm_divisor : schedule.norm_divisor(); }
+
+  /// An upper bound of the output's singular values (and so of the
+  /// magnitude of its entries): normalization leaves every singular value
+  /// at most 1/d, and each step maps [0, B] into [0, max |p| on [0, B]].
+  double output_bound() const { return schedule.growth_bound(steps, 1.0 / divisor()).last; }
+
+  /// Throws muon::Error naming the field ("<prefix>steps", "<prefix>eps", ...)
+  /// when an option is out of range, including a schedule and divisor under
+  /// which the iteration diverges (a singular value could exceed
+  /// kMaxScheduleGrowth: a sign typo in a coefficient, or a divisor far
+  /// below 1). Such a configuration would write Inf/NaN; it is refused here
+  /// instead. Builds a message only once a check has failed.
+  void validate(std::string_view prefix = "options.") const {
+    const auto field = [&prefix](const char* name) { return std::string(prefix) + name; };
+    if (!(steps >= 0 && steps < 100)) detail::fail(field("steps"), "must be in [0, 100)");
+    if (!(std::isfinite(eps) && eps > 0)) detail::fail(field("eps"), "must be finite and > 0");
+    if (!is_valid(eps_mode)) detail::fail(field("eps_mode"), "is not an EpsMode value");
+    if (!is_valid(method)) detail::fail(field("method"), "is not an NsMethod value");
+    const double d = divisor();
+    if (!(std::isfinite(d) && d >= 1e-3))
+      detail::fail(field("norm_divisor"), "must be finite and >= 1e-3");
+    const Schedule::Growth g = schedule.growth_bound(steps, 1.0 / d);
+    if (!(g.peak <= kMaxScheduleGrowth))
+      detail::fail(field("schedule"),
+                   "'" + schedule.name() + "' with norm divisor " + std::to_string(d) +
+                       " diverges: a normalized singular value can grow to " +
+                       std::to_string(g.peak) + " by step " + std::to_string(g.peak_step + 1) +
+                       " (check the coefficients' signs and the norm divisor)");
+  }
+};
+
+namespace detail {
+
+/// The normalization denominator, shared by every backend's normalize().
+inline double normalization_denominator(double norm, double divisor, double eps, EpsMode mode) {
+  const double scaled = divisor * norm;
+  return mode == EpsMode::add ? scaled + eps : (scaled > eps ? scaled : eps);
+}
+
+}  // namespace detail
+}  // namespace muon

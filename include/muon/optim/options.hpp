@@ -1,0 +1,485 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file optim/options.hpp
+/// \brief The options of a parameter group, shared by every backend: the
+/// learning-rate rule by shape, the momentum recurrence, Muon's and AdamW's
+/// options with one validator each, and set_option's string keys.
+///
+/// Free of Eigen and CUDA: muon::Optimizer (CPU) and muon::cuda::Optimizer
+/// include this one definition.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "../error.hpp"
+#include "../ns_options.hpp"
+#include "rules.hpp"
+
+namespace muon {
+
+// ---- learning rate by shape ---------------------------------------------------
+
+/// How the learning rate is scaled by the matrix shape (A = out, B = in).
+enum class LrAdjust {
+  /// lr * sqrt(max(1, A/B)): K. Jordan's reference Muon, torch.optim.Muon's
+  /// "original" (its default).
+  original,
+  /// lr * 0.2 * sqrt(max(A, B)): matches the update RMS of AdamW (Moonlight,
+  /// "Muon is Scalable for LLM Training", arXiv 2502.16982).
+  match_rms_adamw,
+  /// lr * sqrt(A/B), unclamped: the spectral-norm scaling (Dion; torch's
+  /// "spectral_unclamped"). Shrinks the lr of wide matrices.
+  spectral,
+  /// lr unchanged.
+  none
+};
+
+/// True for the four named LrAdjust values.
+constexpr bool is_valid(LrAdjust rule) {
+  return rule == LrAdjust::original || rule == LrAdjust::match_rms_adamw ||
+         rule == LrAdjust::spectral || rule == LrAdjust::none;
+}
+
+namespace detail {
+// The arguments every adjustment rule, named or user-supplied, must accept.
+inline void check_adjust_args(double lr, std::ptrdiff_t out_dim, std::ptrdiff_t in_dim) {
+  if (!std::isfinite(lr)) fail("lr", "must be finite");
+  if (out_dim < 1) fail("out_dim", "must be >= 1, got " + std::to_string(out_dim));
+  if (in_dim < 1) fail("in_dim", "must be >= 1, got " + std::to_string(in_dim));
+}
+}  // namespace detail
+
+/// The adjusted learning rate of an out_dim x in_dim matrix under `rule`.
+/// Throws muon::Error naming "lr", "out_dim" or "in_dim" for a non-finite lr
+/// or a dimension < 1. (std::ptrdiff_t is Eigen::Index; std::int64_t and int
+/// convert to it.)
+inline double adjusted_lr(double lr, std::ptrdiff_t out_dim, std::ptrdiff_t in_dim, LrAdjust rule) {
+  detail::check_adjust_args(lr, out_dim, in_dim);
+  const double a = static_cast<double>(out_dim);
+  const double b = static_cast<double>(in_dim);
+  switch (rule) {
+    case LrAdjust::original:
+      return lr * std::sqrt(std::max(1.0, a / b));
+    case LrAdjust::match_rms_adamw:
+      return lr * 0.2 * std::sqrt(std::max(a, b));
+    case LrAdjust::spectral:
+      return lr * std::sqrt(a / b);
+    case LrAdjust::none:
+      return lr;
+  }
+  detail::fail("adjust_lr", "is not an LrAdjust value");
+}
+
+/// A user-supplied adjustment rule: (lr, out_dim, in_dim) -> adjusted lr.
+using LrAdjustFn = std::function<double(double lr, std::ptrdiff_t out_dim, std::ptrdiff_t in_dim)>;
+
+/// The adjusted learning rate under a user rule; the rule's result must be
+/// finite (muon::Error naming "adjust_lr_fn" otherwise, or when it is empty).
+inline double adjusted_lr(double lr, std::ptrdiff_t out_dim, std::ptrdiff_t in_dim,
+                          const LrAdjustFn& rule) {
+  if (!rule) detail::fail("adjust_lr_fn", "is empty");
+  detail::check_adjust_args(lr, out_dim, in_dim);
+  const double adjusted = rule(lr, out_dim, in_dim);
+  if (!std::isfinite(adjusted)) detail::fail("adjust_lr_fn", "returned a non-finite learning rate");
+  return adjusted;
+}
+
+/// Parses torch.optim.Muon's `adjust_lr_fn` names: "original",
+/// "match_rms_adamw", "spectral" (alias "spectral_unclamped", torch's name)
+/// and "none". Anything else throws muon::Error naming "adjust_lr".
+inline LrAdjust lr_adjust_from_name(std::string_view name) {
+  if (name == "original") return LrAdjust::original;
+  if (name == "match_rms_adamw") return LrAdjust::match_rms_adamw;
+  if (name == "spectral" || name == "spectral_unclamped") return LrAdjust::spectral;
+  if (name == "none") return LrAdjust::none;
+  detail::fail("adjust_lr", "unknown rule \"" + std::string(name) +
+                                "\" (expected original, match_rms_adamw, spectral, "
+                                "spectral_unclamped or none)");
+}
+
+/// The canonical name of a rule (round-trips through lr_adjust_from_name).
+inline const char* lr_adjust_name(LrAdjust rule) {
+  switch (rule) {
+    case LrAdjust::original:
+      return "original";
+    case LrAdjust::match_rms_adamw:
+      return "match_rms_adamw";
+    case LrAdjust::spectral:
+      return "spectral";
+    case LrAdjust::none:
+      return "none";
+  }
+  return "invalid";
+}
+
+// ---- momentum -------------------------------------------------------------------
+
+/// Which momentum recurrence the buffer follows (see momentum.hpp for the
+/// table of conventions and why the two agree up to scale under Newton–Schulz).
+enum class MomentumKind {
+  ema,  ///< m <- lerp(m, g, 1-mu) = mu m + (1-mu) g (torch.optim.Muon, K. Jordan)
+  sum   ///< m <- mu m + g (Moonlight, Dion)
+};
+
+/// True for the two named MomentumKind values.
+constexpr bool is_valid(MomentumKind kind) {
+  return kind == MomentumKind::ema || kind == MomentumKind::sum;
+}
+
+inline const char* momentum_kind_name(MomentumKind k) {
+  return k == MomentumKind::ema ? "ema" : "sum";
+}
+
+// ---- group options ----------------------------------------------------------------
+
+/// Options of the Muon parameters of one group. Defaults are torch.optim.Muon's.
+/// Error messages name the fields by their set_option keys.
+struct MuonGroupOptions {
+  /// Learning rate (before the shape adjustment). Default 1e-3. Finite, >= 0.
+  double lr = 1e-3;
+  /// Decoupled weight decay, multiplied by the UNadjusted lr. Default 0.1. Finite, >= 0.
+  double weight_decay = 0.1;
+  /// Momentum mu. Default 0.95. In [0, 1).
+  double momentum = 0.95;
+  /// Nesterov look-ahead as the Newton–Schulz input. Default true.
+  bool nesterov = true;
+  /// Buffer recurrence (ema = torch's lerp; sum = Moonlight/Dion). Default ema.
+  MomentumKind momentum_kind = MomentumKind::ema;
+  /// Newton–Schulz options. Default: Jordan quintic, 5 steps, eps 1e-7 with
+  /// torch's X / max(||X||_F, eps) (EpsMode::max).
+  NewtonSchulzOptions ns = torch_newton_schulz();
+  /// Shape rule for the lr. Default original: sqrt(max(1, out/in)).
+  LrAdjust adjust_lr = LrAdjust::original;
+  /// A user rule (lr, out, in) -> adjusted lr; when set it replaces adjust_lr.
+  /// It cannot be stored in a checkpoint (see Optimizer::load).
+  LrAdjustFn adjust_lr_fn;
+  /// Decay only where update and parameter share a sign. Default false.
+  bool cautious_weight_decay = false;
+
+  MuonGroupOptions& with_lr(double v) {
+    lr = v;
+    return *this;
+  }
+  MuonGroupOptions& with_weight_decay(double v) {
+    weight_decay = v;
+    return *this;
+  }
+  MuonGroupOptions& with_momentum(double v) {
+    momentum = v;
+    return *this;
+  }
+  MuonGroupOptions& with_nesterov(bool v) {
+    nesterov = v;
+    return *this;
+  }
+  MuonGroupOptions& with_momentum_kind(MomentumKind k) {
+    momentum_kind = k;
+    return *this;
+  }
+  MuonGroupOptions& with_ns(NewtonSchulzOptions o) {
+    ns = std::move(o);
+    return *this;
+  }
+  MuonGroupOptions& with_ns_steps(int n) {
+    ns.steps = n;
+    return *this;
+  }
+  MuonGroupOptions& with_adjust_lr(LrAdjust r) {
+    adjust_lr = r;
+    adjust_lr_fn = nullptr;
+    return *this;
+  }
+  MuonGroupOptions& with_adjust_lr(LrAdjustFn f) {
+    adjust_lr_fn = std::move(f);
+    return *this;
+  }
+  MuonGroupOptions& with_cautious_weight_decay(bool v) {
+    cautious_weight_decay = v;
+    return *this;
+  }
+
+  /// The adjusted lr of an out x in block under this group's rule.
+  double adjusted(double rate, std::ptrdiff_t out, std::ptrdiff_t in) const {
+    return adjust_lr_fn ? adjusted_lr(rate, out, in, adjust_lr_fn)
+                        : adjusted_lr(rate, out, in, adjust_lr);
+  }
+
+  /// Throws muon::Error naming the field (lr, weight_decay, momentum,
+  /// momentum_kind, adjust_lr, ns_steps, ns_eps, ...) when an option is out
+  /// of range; see NewtonSchulzOptions::validate for the Newton–Schulz checks.
+  void validate() const {
+    if (!(std::isfinite(lr) && lr >= 0.0)) detail::fail("lr", "must be finite and >= 0");
+    if (!(std::isfinite(weight_decay) && weight_decay >= 0.0))
+      detail::fail("weight_decay", "must be finite and >= 0");
+    if (!(std::isfinite(momentum) && momentum >= 0.0 && momentum < 1.0))
+      detail::fail("momentum", "must be in [0, 1), got " + std::to_string(momentum));
+    if (!is_valid(momentum_kind)) detail::fail("momentum_kind", "is not a MomentumKind value");
+    if (!is_valid(adjust_lr)) detail::fail("adjust_lr", "is not an LrAdjust value");
+    ns.validate("ns_");
+  }
+
+  /// Jordan quintic, 5 steps, eps 1e-7 as max(norm, eps): torch.optim.Muon.
+  static NewtonSchulzOptions torch_newton_schulz() {
+    NewtonSchulzOptions o;
+    o.eps_mode = EpsMode::max;
+    return o;
+  }
+};
+
+/// AdamW options. Defaults are torch.optim.AdamW's. (K. Jordan's reference
+/// Muon pairs Muon with an auxiliary Adam of beta2 0.95 and eps 1e-10; set the
+/// fields for that.) Error messages name the fields by their set_option keys
+/// (adamw_lr, adamw_beta1, ...), never as the Muon fields.
+struct AdamWOptions {
+  /// Learning rate. Default 1e-3. Must be finite and >= 0.
+  double lr = 1e-3;
+  /// First-moment decay. Default 0.9. Must be in [0, 1).
+  double beta1 = 0.9;
+  /// Second-moment decay. Default 0.999. Must be in [0, 1).
+  double beta2 = 0.999;
+  /// Added to the bias-corrected RMS. Default 1e-8. Must be finite and > 0;
+  /// where it underflows the compute type, that type's smallest normal
+  /// number is used instead (never 0, which would divide 0 by 0).
+  double eps = 1e-8;
+  /// Decoupled weight decay, multiplied by lr. Default 0.01. Must be finite
+  /// and >= 0.
+  double weight_decay = 0.01;
+
+  /// Throws muon::Error naming the field (adamw_lr, adamw_beta1, ...).
+  void validate() const {
+    if (!(std::isfinite(lr) && lr >= 0.0)) detail::fail("adamw_lr", "must be finite and >= 0");
+    if (!(std::isfinite(beta1) && beta1 >= 0.0 && beta1 < 1.0))
+      detail::fail("adamw_beta1", "must be in [0, 1)");
+    if (!(std::isfinite(beta2) && beta2 >= 0.0 && beta2 < 1.0))
+      detail::fail("adamw_beta2", "must be in [0, 1)");
+    if (!(std::isfinite(eps) && eps > 0.0)) detail::fail("adamw_eps", "must be finite and > 0");
+    if (!(std::isfinite(weight_decay) && weight_decay >= 0.0))
+      detail::fail("adamw_weight_decay", "must be finite and >= 0");
+  }
+};
+
+namespace optim {
+
+/// The AdamW scalars of step t (1 on the first) at learning rate `lr`, in
+/// compute type C (see rules::adamw_coefficients).
+template <class C>
+rules::AdamWCoefficients<C> adamw_coefficients(const AdamWOptions& o, double lr, std::int64_t t) {
+  return rules::adamw_coefficients<C>(lr, o.beta1, o.beta2, o.eps, o.weight_decay,
+                                      static_cast<double>(t));
+}
+
+}  // namespace optim
+
+/// What a step does with a parameter whose update would not be finite: a
+/// NaN/Inf gradient, a momentum or AdamW moment that overflows, or a
+/// parameter that would overflow its type.
+enum class NonFinitePolicy {
+  raise,  ///< throw muon::Error naming it; nothing at all is updated (default)
+  skip    ///< leave that parameter (and its state) untouched, update the others
+};
+
+/// The options of one parameter group: Muon's for its Muon-routed
+/// parameters, AdamW's for the others.
+struct GroupOptions {
+  MuonGroupOptions muon;
+  AdamWOptions adamw;
+
+  void validate() const {
+    muon.validate();
+    adamw.validate();
+  }
+};
+
+// ---- set_option: the string keys -------------------------------------------------
+
+namespace optim {
+
+/// How a key of set_option takes its value.
+enum class OptionType { number, flag, integer, name };
+
+/// One key of set_option, for the documentation and the error messages.
+struct OptionKey {
+  const char* key;
+  OptionType type;
+  const char* values;  ///< the accepted range or names, as a user reads it
+};
+
+/// Every key set_option accepts (docs/optimizer.md lists the same table).
+inline const std::vector<OptionKey>& option_keys() {
+  static const std::vector<OptionKey> keys = {
+      {"lr", OptionType::number, "finite, >= 0"},
+      {"weight_decay", OptionType::number, "finite, >= 0"},
+      {"momentum", OptionType::number, "in [0, 1)"},
+      {"nesterov", OptionType::flag, "0 or 1"},
+      {"ns_steps", OptionType::integer, "integer in [0, 100)"},
+      {"ns_eps", OptionType::number, "finite, > 0"},
+      {"ns_norm_divisor", OptionType::number, "finite, >= 1e-3"},
+      {"cautious_weight_decay", OptionType::flag, "0 or 1"},
+      {"adamw_lr", OptionType::number, "finite, >= 0"},
+      {"adamw_beta1", OptionType::number, "in [0, 1)"},
+      {"adamw_beta2", OptionType::number, "in [0, 1)"},
+      {"adamw_eps", OptionType::number, "finite, > 0"},
+      {"adamw_weight_decay", OptionType::number, "finite, >= 0"},
+      {"adjust_lr", OptionType::name,
+       "original, match_rms_adamw, spectral, spectral_unclamped or none"},
+      {"ns_coefficients", OptionType::name, "jordan, cubic, quintic or polar_express"},
+      {"ns_eps_mode", OptionType::name, "add or max"},
+      {"ns_method", OptionType::name, "automatic, standard or gram"},
+      {"momentum_kind", OptionType::name, "ema or sum"},
+  };
+  return keys;
+}
+
+namespace keys {
+
+// Levenshtein distance, for "did you mean".
+inline std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+inline const OptionKey* find_key(std::string_view key) {
+  for (const OptionKey& k : option_keys())
+    if (key == k.key) return &k;
+  return nullptr;
+}
+
+// What other optimizers call our keys (torch.optim.Muon's own names among them).
+inline const char* alias_of(std::string_view key) {
+  static const std::pair<const char*, const char*> aliases[] = {{"learning_rate", "lr"},
+                                                                {"wd", "weight_decay"},
+                                                                {"mu", "momentum"},
+                                                                {"beta", "momentum"},
+                                                                {"eps", "ns_eps"},
+                                                                {"adjust_lr_fn", "adjust_lr"},
+                                                                {"beta1", "adamw_beta1"},
+                                                                {"beta2", "adamw_beta2"},
+                                                                {"steps", "ns_steps"},
+                                                                {"coefficients", "ns_coefficients"},
+                                                                {"nesterov_momentum", "nesterov"}};
+  for (const auto& a : aliases)
+    if (key == a.first) return a.second;
+  return nullptr;
+}
+
+[[noreturn]] inline void unknown_key(std::string_view key) {
+  const OptionKey* nearest = find_key(alias_of(key) ? alias_of(key) : "");
+  std::size_t best = 0;
+  std::string all;
+  for (const OptionKey& k : option_keys()) {
+    all += all.empty() ? "" : ", ";
+    all += k.key;
+    if (alias_of(key)) continue;
+    const std::size_t d = edit_distance(key, k.key);
+    // A key that contains the typed text, or is a few edits away, is the hint.
+    const std::string_view name(k.key);
+    const std::size_t score =
+        (!key.empty() && (name.find(key) != name.npos || key.find(name) != key.npos)) ? 0 : d;
+    if (!nearest || score < best) {
+      nearest = &k;
+      best = score;
+    }
+  }
+  std::string message = "unknown key '" + std::string(key) + "'";
+  if (nearest && best <= std::max<std::size_t>(3, key.size() / 3))
+    message += " (did you mean '" + std::string(nearest->key) + "'?)";
+  detail::fail("option", message + "; valid keys: " + all);
+}
+
+[[noreturn]] inline void wrong_type(const OptionKey& k) {
+  const bool named = k.type == OptionType::name;
+  detail::fail(k.key, std::string("takes ") + (named ? "a name" : "a number") + " (" + k.values +
+                          "), not " + (named ? "a number" : "a string"));
+}
+
+}  // namespace keys
+
+/// Sets `key` of `g` to a number. Throws muon::Error for an unknown key
+/// (listing the valid ones, suggesting the nearest), a key that takes a name,
+/// or a value out of range; `g` is then unchanged.
+inline void set_option(GroupOptions& g, std::string_view key, double value) {
+  const OptionKey* k = keys::find_key(key);
+  if (!k) keys::unknown_key(key);
+  if (k->type == OptionType::name) keys::wrong_type(*k);
+  if (k->type == OptionType::flag && !(value == 0.0 || value == 1.0))
+    detail::fail(k->key, "must be 0 or 1, got " + std::to_string(value));
+  if (k->type == OptionType::integer &&
+      !(std::isfinite(value) && value == std::floor(value) && value >= 0 && value < 100))
+    detail::fail(k->key, "must be an integer in [0, 100), got " + std::to_string(value));
+  GroupOptions next = g;
+  MuonGroupOptions& m = next.muon;
+  AdamWOptions& a = next.adamw;
+  if (key == "lr") m.lr = value;
+  if (key == "weight_decay") m.weight_decay = value;
+  if (key == "momentum") m.momentum = value;
+  if (key == "nesterov") m.nesterov = value == 1.0;
+  if (key == "ns_steps") m.ns.steps = static_cast<int>(value);
+  if (key == "ns_eps") m.ns.eps = value;
+  if (key == "ns_norm_divisor") m.ns.norm_divisor = value;
+  if (key == "cautious_weight_decay") m.cautious_weight_decay = value == 1.0;
+  if (key == "adamw_lr") a.lr = value;
+  if (key == "adamw_beta1") a.beta1 = value;
+  if (key == "adamw_beta2") a.beta2 = value;
+  if (key == "adamw_eps") a.eps = value;
+  if (key == "adamw_weight_decay") a.weight_decay = value;
+  next.validate();
+  g = std::move(next);
+}
+
+/// Sets `key` of `g` to a name. Throws muon::Error for an unknown key, a key
+/// that takes a number, or an unknown name; `g` is then unchanged.
+inline void set_option(GroupOptions& g, std::string_view key, std::string_view value) {
+  const OptionKey* k = keys::find_key(key);
+  if (!k) keys::unknown_key(key);
+  if (k->type != OptionType::name) keys::wrong_type(*k);
+  const auto bad = [k, value]() {
+    detail::fail(k->key, "unknown value '" + std::string(value) + "' (expected " + k->values + ")");
+  };
+  GroupOptions next = g;
+  MuonGroupOptions& m = next.muon;
+  if (key == "adjust_lr") {
+    if (!(value == "original" || value == "match_rms_adamw" || value == "spectral" ||
+          value == "spectral_unclamped" || value == "none"))
+      bad();
+    m.adjust_lr = lr_adjust_from_name(value);
+    m.adjust_lr_fn = nullptr;
+  } else if (key == "ns_coefficients") {
+    if (!(value == "jordan" || value == "cubic" || value == "quintic" || value == "polar_express"))
+      bad();
+    m.ns.schedule = Schedule::by_name(std::string(value));
+  } else if (key == "ns_eps_mode") {
+    if (value != "add" && value != "max") bad();
+    m.ns.eps_mode = value == "add" ? EpsMode::add : EpsMode::max;
+  } else if (key == "ns_method") {
+    if (value != "automatic" && value != "standard" && value != "gram") bad();
+    m.ns.method = value == "automatic"  ? NsMethod::automatic
+                  : value == "standard" ? NsMethod::standard
+                                        : NsMethod::gram;
+  } else if (key == "momentum_kind") {
+    if (value != "ema" && value != "sum") bad();
+    m.momentum_kind = value == "ema" ? MomentumKind::ema : MomentumKind::sum;
+  }
+  next.validate();
+  g = std::move(next);
+}
+
+}  // namespace optim
+}  // namespace muon

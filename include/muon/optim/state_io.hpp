@@ -1,0 +1,481 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file optim/state_io.hpp
+/// \brief The one checkpoint schema of every backend: what an optimizer's
+/// state looks like inside the checkpoint envelope (checkpoint_format.hpp),
+/// how it is written, and how a file is read back into a StoredState that
+/// the core then matches against its parameters. Free of Eigen and CUDA.
+///
+/// Payload, format version 2 (little-endian; str = u32 length + bytes):
+///
+///     str  "muon.optimizer"        the payload kind
+///     u8   buffer dtype            of every stored buffer (checkpoint::Dtype)
+///     u8   parameter dtype         informational (the parameters are not stored)
+///     i64  step count              steps the optimizer has taken
+///     u32  group count, then per group:
+///          u32 option count, then per option: str key | u8 kind | value
+///            kind 0: f64;  kind 1: str;  kind 2: schedule =
+///            str name | f64 norm divisor | u32 rows | rows x (f64 a, b, c)
+///     u32  parameter count, then per parameter:
+///          str name | u8 route (1 Muon, 2 AdamW) | u32 group |
+///          u8 ndim | ndim x i64 size | u8 column-major |
+///          u32 blocks | blocks x i64 rows | i64 steps |
+///          u32 buffer count, then per buffer:
+///            str name | u8 dtype | u64 count | count elements (little-endian)
+///
+/// Group options are keyed by their set_option names (lr, ns_steps,
+/// adamw_eps, ...; plus ns_schedule, ns_norm_divisor when set, and
+/// adjust_lr_fn = 1 when the group had a user rule, which a checkpoint cannot
+/// hold). A reader starts from the defaults and applies each key, so options
+/// added later stay readable; an unknown key is refused. Version 1 files
+/// (muon 0.1) are read too.
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <istream>
+#include <iterator>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "../coefficients.hpp"
+#include "../error.hpp"
+#include "../ns_options.hpp"
+#include "checkpoint_format.hpp"
+#include "options.hpp"
+#include "registry.hpp"
+
+namespace muon {
+namespace optim {
+
+/// The payload kind of an optimizer state.
+inline constexpr const char* kStateKind = "muon.optimizer";
+
+/// A stored buffer: a view into the payload it came from.
+struct StoredBuffer {
+  std::string name;
+  checkpoint::Dtype dtype = checkpoint::Dtype::float32;
+  std::uint64_t count = 0;
+  const unsigned char* data = nullptr;  ///< count elements, little-endian
+
+  /// Element i widened to double (exact).
+  double at(std::uint64_t i) const {
+    return checkpoint::decode(dtype, data + i * checkpoint::dtype_size(dtype));
+  }
+};
+
+/// A stored parameter record.
+struct StoredParam {
+  std::string name;
+  Route route = Route::automatic;
+  std::uint32_t group = 0;
+  TensorShape shape;
+  std::vector<std::int64_t> blocks;
+  std::int64_t steps = 0;
+  std::vector<StoredBuffer> buffers;
+};
+
+/// A whole checkpoint, read and structurally checked, not yet matched
+/// against an optimizer (Core::load does that).
+struct StoredState {
+  std::string origin;  ///< the file's path, or "stream"
+  std::uint32_t version = 0;
+  checkpoint::Dtype buffer_dtype = checkpoint::Dtype::float32;
+  checkpoint::Dtype param_dtype = checkpoint::Dtype::float32;
+  std::int64_t step_count = 0;
+  std::vector<GroupOptions> groups;
+  std::vector<bool> group_has_user_rule;  ///< saved with an adjust_lr_fn
+  std::vector<StoredParam> params;
+  std::vector<unsigned char> payload;  ///< owns the bytes the buffers point to
+
+  StoredState() = default;
+  StoredState(const StoredState&) = delete;  // the buffers point into payload
+  StoredState& operator=(const StoredState&) = delete;
+  StoredState(StoredState&&) = default;
+  StoredState& operator=(StoredState&&) = default;
+};
+
+/// Step counts are refused from this value on, so a count loaded from a file
+/// can be incremented for ever after without overflowing (2^62 steps).
+inline constexpr std::int64_t kMaxSteps = std::int64_t(1) << 62;
+
+// ---- writing ----------------------------------------------------------------------
+
+namespace state_io {
+
+inline void write_schedule(checkpoint::Writer& w, const Schedule& s) {
+  w.str(s.name());
+  w.f64(s.norm_divisor());
+  w.u32(static_cast<std::uint32_t>(s.rows().size()));
+  for (const Coefficients& c : s.rows()) {
+    w.f64(c.a);
+    w.f64(c.b);
+    w.f64(c.c);
+  }
+}
+
+inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
+  const MuonGroupOptions& m = g.muon;
+  const AdamWOptions& a = g.adamw;
+  struct Number {
+    const char* key;
+    double value;
+  };
+  const Number numbers[] = {{"lr", m.lr},
+                            {"weight_decay", m.weight_decay},
+                            {"momentum", m.momentum},
+                            {"nesterov", m.nesterov ? 1.0 : 0.0},
+                            {"cautious_weight_decay", m.cautious_weight_decay ? 1.0 : 0.0},
+                            {"adjust_lr_fn", m.adjust_lr_fn ? 1.0 : 0.0},
+                            {"ns_steps", double(m.ns.steps)},
+                            {"ns_eps", m.ns.eps},
+                            {"adamw_lr", a.lr},
+                            {"adamw_beta1", a.beta1},
+                            {"adamw_beta2", a.beta2},
+                            {"adamw_eps", a.eps},
+                            {"adamw_weight_decay", a.weight_decay}};
+  struct Name {
+    const char* key;
+    const char* value;
+  };
+  const Name names[] = {{"adjust_lr", lr_adjust_name(m.adjust_lr)},
+                        {"momentum_kind", momentum_kind_name(m.momentum_kind)},
+                        {"ns_eps_mode", eps_mode_name(m.ns.eps_mode)},
+                        {"ns_method", ns_method_name(m.ns.method)}};
+  const std::size_t count = std::size(numbers) + std::size(names) + 1 + (m.ns.norm_divisor ? 1 : 0);
+  w.u32(static_cast<std::uint32_t>(count));
+  for (const Number& n : numbers) {
+    w.str(n.key);
+    w.u8(0);
+    w.f64(n.value);
+  }
+  if (m.ns.norm_divisor) {
+    w.str("ns_norm_divisor");
+    w.u8(0);
+    w.f64(*m.ns.norm_divisor);
+  }
+  for (const Name& n : names) {
+    w.str(n.key);
+    w.u8(1);
+    w.str(n.value);
+  }
+  w.str("ns_schedule");
+  w.u8(2);
+  write_schedule(w, m.ns.schedule);
+}
+
+/// The record of one parameter, up to its buffer count.
+inline void write_param(checkpoint::Writer& w, const ParamRecord& p, std::uint32_t buffers) {
+  w.str(p.name);
+  w.u8(static_cast<std::uint8_t>(p.route));
+  w.u32(static_cast<std::uint32_t>(p.group));
+  w.u8(static_cast<std::uint8_t>(p.shape.ndim));
+  for (int d = 0; d < p.shape.ndim; ++d) w.i64(p.shape.dims[static_cast<std::size_t>(d)]);
+  w.boolean(p.shape.column_major);
+  w.u32(static_cast<std::uint32_t>(p.blocks.size()));
+  for (std::int64_t r : p.blocks) w.i64(r);
+  w.i64(p.steps);
+  w.u32(buffers);
+}
+
+/// One buffer: name, dtype, count, then `count` elements of host memory.
+inline void write_buffer(checkpoint::Writer& w, std::string_view name, checkpoint::Dtype dtype,
+                         std::uint64_t count, const void* data) {
+  w.str(name);
+  w.u8(static_cast<std::uint8_t>(dtype));
+  w.u64(count);
+  w.elements(data, static_cast<std::size_t>(count), checkpoint::dtype_size(dtype));
+}
+
+// ---- reading --------------------------------------------------------------------
+
+inline checkpoint::Dtype read_dtype(checkpoint::Reader& r, const char* what) {
+  const auto d = static_cast<checkpoint::Dtype>(r.u8());
+  if (!checkpoint::is_valid(d)) r.fail(std::string("unknown ") + what + " dtype");
+  return d;
+}
+
+inline TensorShape read_shape(checkpoint::Reader& r, const std::string& where, bool column_flag) {
+  TensorShape s;
+  const std::uint8_t ndim = r.u8();
+  if (ndim > 4) r.fail(where + "more than 4 dimensions");
+  s.ndim = ndim;
+  for (int d = 0; d < s.ndim; ++d) s.dims[static_cast<std::size_t>(d)] = r.i64();
+  if (column_flag) s.column_major = r.boolean("column-major flag");
+  for (int d = 0; d < s.ndim; ++d)
+    if (s.dims[static_cast<std::size_t>(d)] < 1) r.fail(where + "a size < 1");
+  if (s.column_major && s.ndim != 2) r.fail(where + "column-major but not 2-D");
+  return s;
+}
+
+/// Structure of one parameter record, version 1 or 2.
+inline StoredParam read_param(checkpoint::Reader& r, std::uint32_t version) {
+  StoredParam p;
+  p.name = r.str("parameter name");
+  const std::string where = "parameter '" + p.name + "': ";
+  p.route = static_cast<Route>(r.u8());
+  p.group = r.u32();
+  p.shape = read_shape(r, where, version >= 2);
+  const std::uint32_t blocks = r.u32();
+  const unsigned char* block_bytes = r.items(blocks, 8, "block");
+  for (std::uint32_t b = 0; b < blocks; ++b) {
+    checkpoint::Reader br(block_bytes + 8 * b, 8, r.origin());
+    p.blocks.push_back(br.i64());
+  }
+  p.steps = r.i64();
+  const std::uint32_t buffers = r.u32();
+  if (buffers > 16) r.fail(where + "implausible buffer count");
+  for (std::uint32_t b = 0; b < buffers; ++b) {
+    StoredBuffer buf;
+    buf.name = r.str("buffer name", 256);
+    buf.dtype = read_dtype(r, "buffer");
+    buf.count = r.u64();
+    buf.data = r.items(buf.count, checkpoint::dtype_size(buf.dtype), "buffer element");
+    p.buffers.push_back(std::move(buf));
+  }
+  return p;
+}
+
+/// Applies one stored group option (version 2) to `g`.
+inline void apply_group_option(checkpoint::Reader& r, GroupOptions& g, bool& user_rule,
+                               const std::string& key, std::uint8_t kind,
+                               const std::string& where) {
+  MuonGroupOptions& m = g.muon;
+  AdamWOptions& a = g.adamw;
+  if (kind == 0) {
+    const double v = r.f64();
+    const auto flag = [&](bool& field) {
+      if (!(v == 0.0 || v == 1.0)) r.fail(where + "option '" + key + "' is not 0 or 1");
+      field = v == 1.0;
+    };
+    if (key == "lr")
+      m.lr = v;
+    else if (key == "weight_decay")
+      m.weight_decay = v;
+    else if (key == "momentum")
+      m.momentum = v;
+    else if (key == "nesterov")
+      flag(m.nesterov);
+    else if (key == "cautious_weight_decay")
+      flag(m.cautious_weight_decay);
+    else if (key == "adjust_lr_fn")
+      flag(user_rule);
+    else if (key == "ns_steps") {
+      if (!(v >= 0 && v < 100 && v == std::floor(v))) r.fail(where + "ns_steps out of range");
+      m.ns.steps = static_cast<int>(v);
+    } else if (key == "ns_eps")
+      m.ns.eps = v;
+    else if (key == "ns_norm_divisor")
+      m.ns.norm_divisor = v;
+    else if (key == "adamw_lr")
+      a.lr = v;
+    else if (key == "adamw_beta1")
+      a.beta1 = v;
+    else if (key == "adamw_beta2")
+      a.beta2 = v;
+    else if (key == "adamw_eps")
+      a.eps = v;
+    else if (key == "adamw_weight_decay")
+      a.weight_decay = v;
+    else
+      r.fail(where + "unknown numeric option '" + key + "' (written by a newer version?)");
+  } else if (kind == 1) {
+    const std::string v = r.str("option value", 256);
+    const auto bad = [&]() {
+      r.fail(where + "option '" + key + "' has an unknown value '" + v + "'");
+    };
+    if (key == "adjust_lr") {
+      if (v == "original")
+        m.adjust_lr = LrAdjust::original;
+      else if (v == "match_rms_adamw")
+        m.adjust_lr = LrAdjust::match_rms_adamw;
+      else if (v == "spectral")
+        m.adjust_lr = LrAdjust::spectral;
+      else if (v == "none")
+        m.adjust_lr = LrAdjust::none;
+      else
+        bad();
+    } else if (key == "momentum_kind") {
+      if (v == "ema")
+        m.momentum_kind = MomentumKind::ema;
+      else if (v == "sum")
+        m.momentum_kind = MomentumKind::sum;
+      else
+        bad();
+    } else if (key == "ns_eps_mode") {
+      if (v == "add")
+        m.ns.eps_mode = EpsMode::add;
+      else if (v == "max")
+        m.ns.eps_mode = EpsMode::max;
+      else
+        bad();
+    } else if (key == "ns_method") {
+      if (v == "automatic")
+        m.ns.method = NsMethod::automatic;
+      else if (v == "standard")
+        m.ns.method = NsMethod::standard;
+      else if (v == "gram")
+        m.ns.method = NsMethod::gram;
+      else
+        bad();
+    } else {
+      r.fail(where + "unknown option '" + key + "' (written by a newer version?)");
+    }
+  } else if (kind == 2 && key == "ns_schedule") {
+    std::string name = r.str("schedule name", 256);
+    const double divisor = r.f64();
+    const std::uint32_t rows = r.u32();
+    if (rows == 0 || rows > 4096) r.fail(where + "implausible schedule length");
+    const unsigned char* bytes = r.items(rows, 24, "schedule row");
+    std::vector<Coefficients> coefficients(rows);
+    checkpoint::Reader cr(bytes, std::size_t(rows) * 24, r.origin());
+    for (Coefficients& c : coefficients) {
+      c.a = cr.f64();
+      c.b = cr.f64();
+      c.c = cr.f64();
+    }
+    try {
+      m.ns.schedule = Schedule(std::move(coefficients), divisor, std::move(name));
+    } catch (const Error& e) {
+      r.fail(where + std::string(e.detail()));
+    }
+  } else {
+    r.fail(where + "option '" + key + "' has an unknown kind " + std::to_string(kind));
+  }
+}
+
+inline GroupOptions read_group_v2(checkpoint::Reader& r, std::size_t index, bool& user_rule) {
+  const std::string where = "group " + std::to_string(index) + ": ";
+  GroupOptions g;
+  user_rule = false;
+  const std::uint32_t count = r.u32();
+  if (count > 256) r.fail(where + "implausible option count");
+  std::set<std::string> seen;
+  for (std::uint32_t i = 0; i < count; ++i) {
+    const std::string key = r.str("option key", 256);
+    if (!seen.insert(key).second) r.fail(where + "option '" + key + "' appears twice");
+    apply_group_option(r, g, user_rule, key, r.u8(), where);
+  }
+  return g;
+}
+
+// Version 1 (muon 0.1): fixed fields in a fixed order.
+inline GroupOptions read_group_v1(checkpoint::Reader& r, bool& user_rule) {
+  GroupOptions g;
+  MuonGroupOptions& m = g.muon;
+  m.lr = r.f64();
+  m.weight_decay = r.f64();
+  m.momentum = r.f64();
+  m.nesterov = r.boolean("nesterov");
+  const std::uint8_t kind = r.u8();
+  if (kind > 1) r.fail("unknown momentum kind");
+  m.momentum_kind = kind == 0 ? MomentumKind::ema : MomentumKind::sum;
+  m.cautious_weight_decay = r.boolean("cautious_weight_decay");
+  const std::uint8_t rule = r.u8();
+  if (rule > static_cast<std::uint8_t>(LrAdjust::none)) r.fail("unknown adjust_lr rule");
+  m.adjust_lr = static_cast<LrAdjust>(rule);
+  user_rule = r.boolean("adjust_lr_fn");
+  const std::uint32_t steps = r.u32();
+  if (steps >= 100) r.fail("ns steps out of range");
+  m.ns.steps = static_cast<int>(steps);
+  m.ns.eps = r.f64();
+  const std::uint8_t mode = r.u8();
+  if (mode > 1) r.fail("unknown eps mode");
+  m.ns.eps_mode = mode == 0 ? EpsMode::add : EpsMode::max;
+  const std::uint8_t method = r.u8();
+  if (method > static_cast<std::uint8_t>(NsMethod::gram)) r.fail("unknown Newton-Schulz method");
+  m.ns.method = static_cast<NsMethod>(method);
+  const bool has_divisor = r.boolean("has_norm_divisor");
+  const double divisor = r.f64();
+  if (has_divisor) m.ns.norm_divisor = divisor;
+  std::string name = r.str("schedule name", 256);
+  const double schedule_divisor = r.f64();
+  const std::uint32_t rows = r.u32();
+  const unsigned char* bytes = r.items(rows, 24, "schedule row");
+  std::vector<Coefficients> coefficients(rows);
+  checkpoint::Reader cr(bytes, std::size_t(rows) * 24, r.origin());
+  for (Coefficients& c : coefficients) {
+    c.a = cr.f64();
+    c.b = cr.f64();
+    c.c = cr.f64();
+  }
+  try {
+    m.ns.schedule = Schedule(std::move(coefficients), schedule_divisor, std::move(name));
+  } catch (const Error& e) {
+    r.fail(std::string(e.detail()));
+  }
+  g.adamw.lr = r.f64();
+  g.adamw.beta1 = r.f64();
+  g.adamw.beta2 = r.f64();
+  g.adamw.eps = r.f64();
+  g.adamw.weight_decay = r.f64();
+  return g;
+}
+
+}  // namespace state_io
+
+/// Reads a checkpoint (format version 1 or 2) from `is` and checks its
+/// structure: envelope, payload kind, enums, lengths, group options (each
+/// group is validated), step counts in [0, 2^62), no bytes left over. Does
+/// not look at an optimizer. Throws muon::Error whose message starts with
+/// `origin` (a path, or "stream").
+inline StoredState read_state(std::istream& is, const std::string& origin = "stream") {
+  checkpoint::Envelope envelope = checkpoint::read_envelope(is, "checkpoint " + origin);
+  StoredState s;
+  s.origin = origin;
+  s.version = envelope.version;
+  s.payload = std::move(envelope.payload);
+  checkpoint::Reader r(s.payload.data(), s.payload.size(), "checkpoint " + origin);
+  if (s.version >= 2) {
+    const std::string kind = r.str("payload kind", 256);
+    if (kind != kStateKind) r.fail("holds a '" + kind + "' payload, not an optimizer state");
+    s.buffer_dtype = state_io::read_dtype(r, "buffer");
+    s.param_dtype = state_io::read_dtype(r, "parameter");
+  } else {
+    s.param_dtype = state_io::read_dtype(r, "parameter");
+    s.buffer_dtype = state_io::read_dtype(r, "buffer");
+  }
+  s.step_count = r.i64();
+  if (!(s.step_count >= 0 && s.step_count < kMaxSteps)) r.fail("step count out of range");
+  const std::uint32_t groups = r.u32();
+  if (groups == 0 || groups > 4096) r.fail("implausible group count");
+  for (std::uint32_t i = 0; i < groups; ++i) {
+    bool user_rule = false;
+    GroupOptions g = s.version >= 2 ? state_io::read_group_v2(r, i, user_rule)
+                                    : state_io::read_group_v1(r, user_rule);
+    try {
+      g.validate();
+    } catch (const Error& e) {
+      r.fail("group " + std::to_string(i) + " has invalid options (" + std::string(e.detail()) +
+             ")");
+    }
+    s.groups.push_back(std::move(g));
+    s.group_has_user_rule.push_back(user_rule);
+  }
+  const std::uint32_t count = r.u32();
+  r.items(0, 0, "parameter");
+  for (std::uint32_t i = 0; i < count; ++i) {
+    if (r.remaining() == 0) r.fail("truncated payload");
+    StoredParam p = state_io::read_param(r, s.version);
+    const std::string where = "parameter '" + p.name + "': ";
+    if (!(p.steps >= 0 && p.steps < kMaxSteps)) r.fail(where + "step count out of range");
+    s.params.push_back(std::move(p));
+  }
+  if (r.remaining() != 0) r.fail("trailing bytes after the last parameter");
+  return s;
+}
+
+/// The names of the parameters a checkpoint holds, in its order.
+inline std::vector<std::string> checkpoint_param_names(std::istream& is,
+                                                       const std::string& origin = "stream") {
+  const StoredState s = read_state(is, origin);
+  std::vector<std::string> names;
+  for (const auto& p : s.params) names.push_back(p.name);
+  return names;
+}
+
+}  // namespace optim
+}  // namespace muon
