@@ -117,7 +117,8 @@ const Eigen::MatrixXd& polar_reference(Shape s) {
   return *d.polar;
 }
 
-/// General-product flop count of `steps` Newton–Schulz steps (DESIGN.md §3).
+/// General-product flop count of `steps` Newton–Schulz steps: 4 m^2 n + 2 m^3
+/// per step for m x n (m <= n), docs/newton_schulz.md.
 double effective_flops(Shape s, int steps) {
   const double m = double(std::min(s.rows, s.cols)), n = double(std::max(s.rows, s.cols));
   return steps * (4 * m * m * n + 2 * m * m * m);

@@ -2,12 +2,21 @@
 # kernels live in .cuh headers that the user's .cu translation unit compiles).
 #
 # Included from the top-level CMakeLists.txt when MUON_ENABLE_CUDA is ON.
-# Defaults CMAKE_CUDA_ARCHITECTURES to sm_90 code plus portable compute_90 PTX
-# unless the user chose architectures.
+#
+# Architectures: unless the user chose CMAKE_CUDA_ARCHITECTURES, the project's
+# programs are built for MUON_CUDA_ARCHITECTURES: by default machine code for
+# sm_80 (A100), sm_86 (RTX 30xx, A10), sm_89 (L4, RTX 40xx) and sm_90 (H100,
+# H200) plus compute_90 PTX for newer GPUs; "native" builds for the GPUs of
+# the building machine only (fastest to compile; scripts/gpu_check.sh uses it).
+#
+# Runtime: the CUDA runtime is the one CMake's CUDA language links into the
+# consumer's .cu targets (CUDA_RUNTIME_LIBRARY, static by default); muon::cuda
+# adds cuBLAS only, so no program ends up with two runtimes.
 
+set(MUON_CUDA_ARCHITECTURES "80-real;86-real;89-real;90-real;90-virtual" CACHE STRING
+    "CUDA architectures of the project's programs when CMAKE_CUDA_ARCHITECTURES is not set (or: native)")
 if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
-  set(CMAKE_CUDA_ARCHITECTURES "90-real;90-virtual" CACHE STRING
-      "CUDA architectures for muon's device code (default: sm_90 + compute_90 PTX)")
+  set(CMAKE_CUDA_ARCHITECTURES "${MUON_CUDA_ARCHITECTURES}")
 endif()
 enable_language(CUDA)
 find_package(CUDAToolkit REQUIRED)
@@ -15,7 +24,7 @@ find_package(CUDAToolkit REQUIRED)
 add_library(muon_cuda INTERFACE)
 add_library(muon::cuda ALIAS muon_cuda)
 set_target_properties(muon_cuda PROPERTIES EXPORT_NAME cuda)
-target_link_libraries(muon_cuda INTERFACE muon::muon CUDA::cudart CUDA::cublas CUDA::cublasLt)
+target_link_libraries(muon_cuda INTERFACE muon::muon CUDA::cublas)
 target_compile_features(muon_cuda INTERFACE cuda_std_17)
 target_compile_definitions(muon_cuda INTERFACE MUON_HAS_CUDA=1)
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ clang libclang-rt-dev libeigen3-dev catch2 libbenchmark-dev zlib1g-dev
-          pkg-config "$@")
+          pkg-config python3 "$@")
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive

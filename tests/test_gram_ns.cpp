@@ -99,7 +99,7 @@ TEMPLATE_TEST_CASE("Gram Newton-Schulz converges to the SVD polar factor", "[gra
   }
 }
 
-TEST_CASE("Gram form in float on hard inputs stays near the double iteration", "[gram]") {
+TEST_CASE("Gram form in float on hard inputs stays near the double iteration", "[gram][hard]") {
   // Polar Express x 10 with singular values from 1 down to 1e-4: R = X X^T
   // drifts from the iterate's true Gram matrix as the small singular values
   // grow by 1e4; the restart after step 2 (X <- Q X, R recomputed) bounds
@@ -124,7 +124,7 @@ TEST_CASE("Gram form in float on hard inputs stays near the double iteration", "
   }
 }
 
-TEST_CASE("automatic method picks the Gram form only for wide enough shapes", "[gram]") {
+TEST_CASE("automatic method picks the Gram form only for wide enough shapes", "[gram][automatic]") {
   // The automatic choice must give the same result as the form it picks:
   // the Gram form from an aspect ratio n/m of 2 (docs/performance_cpu.md).
   const muon::NewtonSchulzOptions automatic;

@@ -987,3 +987,44 @@ TEST_CASE("options under which Newton-Schulz would write NaN are refused up fron
       error_of([&] { muon::orthogonalize_into(huge, out, ws, muon::NewtonSchulzOptions()); }),
       "beyond the range of float"));
 }
+
+TEST_CASE("Eigen objects register in their own storage order: column-major equals row-major",
+          "[optimizer][views]") {
+  using RowMajorXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const Index r = 12, c = 5;  // tall: lr scale sqrt(12/5) from the logical (out, in)
+  Eigen::MatrixXf Wc = Eigen::MatrixXf::Random(r, c), Gc(r, c);
+  RowMajorXf Wr = Wc, Gr(r, c);
+  Eigen::MatrixXf Wraw = Wc, Graw(r, c);  // the trap: a column-major buffer read as row-major
+  muon::Optimizer<float> col, row, raw;
+  col.add_param("w", Wc, Gc);
+  row.add_param("w", Wr, Gr);
+  raw.add_param("w", {Wraw.data(), {r, c}}, {Graw.data(), {r, c}});
+  const muon::RoutingEntry ec = col.routing().at("w");
+  const muon::RoutingEntry er = row.routing().at("w");
+  REQUIRE(ec.rows == r);
+  REQUIRE(ec.cols == c);
+  REQUIRE(ec.lr_scale == er.lr_scale);
+  REQUIRE(std::abs(ec.lr_scale - std::sqrt(12.0 / 5.0)) < 1e-12);
+  REQUIRE(ec.reason.find("column-major") != std::string::npos);
+  for (int k = 0; k < 4; ++k) {
+    const Eigen::MatrixXf G = Eigen::MatrixXf::Random(r, c);
+    Gc = G;
+    Gr = G;
+    Graw = G;
+    col.step();
+    row.step();
+    raw.step();
+    INFO("step " << k);
+    REQUIRE((Wc - Eigen::MatrixXf(Wr)).cwiseAbs().maxCoeff() == 0.0f);
+  }
+  // Read as row-major, the column-major buffer is another matrix: another trajectory.
+  REQUIRE((Wc - Wraw).cwiseAbs().maxCoeff() > 1e-4f);
+  // Blocks and maps of either order work the same way; a split needs row-major rows.
+  Eigen::MatrixXf big = Eigen::MatrixXf::Random(20, 9), gbig(20, 9);
+  muon::Optimizer<float> blocks;
+  blocks.add_param("block", big.block(2, 1, r, c), gbig.block(2, 1, r, c));
+  REQUIRE(blocks.routing().at("block").lr_scale == ec.lr_scale);
+  muon::ParamOptions split;
+  split.split = {6, 6};
+  CHECK(contains(error_of([&] { blocks.add_param("qkv", Wc, Gc, split); }), "column-major"));
+}

@@ -442,19 +442,7 @@ class Optimizer {
   /// scratch excepted, once).
   const StepReport& step() {
     core_.begin_step();
-    // Phase 1: read only.
-    for (std::size_t i = 0; i < slots_.size(); ++i) {
-      const Slot& s = slots_[i];
-      if (!s.grad.present()) {
-        core_.skip(i, SkipReason::no_grad);
-        continue;
-      }
-      const std::optional<SkipReason> problem =
-          core_.param(i).muon() ? check_muon(i) : check_adamw(i);
-      if (!problem) continue;
-      if (core_.non_finite_policy() == NonFinitePolicy::raise) raise(i, *problem);
-      core_.skip(i, *problem);
-    }
+    run_checks();  // phase 1: read only
     // Phase 2: write.
     for (std::size_t i = 0; i < slots_.size(); ++i) {
       if (!core_.updates(i)) continue;
@@ -471,6 +459,17 @@ class Optimizer {
       if (hook_) hook_(metrics_);
     }
     return report;
+  }
+
+  /// The checks of step() without its writes: the report the next step
+  /// would give (which parameters it would skip, and why), or the
+  /// muon::Error it would throw under NonFinitePolicy::raise. Changes
+  /// nothing; allocates nothing. To probe a risky step, or to measure what
+  /// the checks cost (bench/bench_step.cpp).
+  const StepReport& check() {
+    core_.begin_step();
+    run_checks();
+    return core_.end_report(false);
   }
 
   // ---- checkpoints -------------------------------------------------------------------
@@ -637,6 +636,21 @@ class Optimizer {
       }
     }
     return std::nullopt;
+  }
+
+  // Phase 1 of a step: every parameter with a gradient checked, reading only.
+  void run_checks() {
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+      if (!slots_[i].grad.present()) {
+        core_.skip(i, SkipReason::no_grad);
+        continue;
+      }
+      const std::optional<SkipReason> problem =
+          core_.param(i).muon() ? check_muon(i) : check_adamw(i);
+      if (!problem) continue;
+      if (core_.non_finite_policy() == NonFinitePolicy::raise) raise(i, *problem);
+      core_.skip(i, *problem);
+    }
   }
 
   [[noreturn]] void raise(std::size_t i, SkipReason why) const {

@@ -363,8 +363,8 @@ class Core {
     for (std::size_t b = 0; b < p.blocks.size(); ++b) {
       const auto k = muon_update_coefficients<double>(i, b);
       const double room = storage_max - std::abs(k.step) * bound;
-      limit = std::min(limit, k.decay == 0.0 ? (room >= 0 ? limit : -1.0)
-                                             : room / std::abs(k.decay));
+      limit =
+          std::min(limit, k.decay == 0.0 ? (room >= 0 ? limit : -1.0) : room / std::abs(k.decay));
     }
     return limit;
   }
