@@ -96,7 +96,11 @@ def main():
         unit_flags = [f for f in flags
                       if not (cuda_unit and (f.startswith("-W") or f in ("-pthread", "-march=native")))]
         if cuda_unit:
-            unit_flags = ["-std=c++17", *[f for f in unit_flags if not f.startswith("-std")]]
+            # nvcc wants "-isystem <dir>" as two arguments.
+            split = []
+            for f in unit_flags:
+                split += ["-isystem", f[len("-isystem"):]] if f.startswith("-isystem") and f != "-isystem" else [f]
+            unit_flags = ["-std=c++17", *[f for f in split if not f.startswith("-std")]]
             if not args.syntax_only:
                 unit_flags.append("-lcublas")
         ok = compile_unit(compiler, str(out / name), str(out / (name + ".bin")), unit_flags,

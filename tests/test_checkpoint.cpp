@@ -5,6 +5,7 @@
 #include <muon/checkpoint.hpp>
 #include <muon/optim/host_state.hpp>
 #include <muon/optimizer.hpp>
+#include <muon/extern_templates.hpp>  // the heavy templates: compiled once
 
 #include <algorithm>
 #include <cstdio>

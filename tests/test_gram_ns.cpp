@@ -9,6 +9,7 @@
 #include "test_support.hpp"
 
 #include <muon/muon.hpp>
+#include <muon/extern_templates.hpp>  // the heavy templates: compiled once
 
 namespace {
 

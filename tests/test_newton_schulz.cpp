@@ -4,6 +4,7 @@
 // matrix built from known singular vectors and values, Eigen's BDCSVD in
 // double, the exact polar factor, or a hand-evaluated formula.
 #include <muon/muon.hpp>
+#include <muon/extern_templates.hpp>  // the heavy templates: compiled once
 
 #include <Eigen/SVD>
 #include <algorithm>

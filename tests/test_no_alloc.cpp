@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// Proof that the hot path allocates nothing: after the first call with a
+// Proof that the hot paths allocate nothing: after the first call with a
 // prebuilt Workspace and prebuilt options, orthogonalize_into and the pointer
-// orthogonalize_batch perform no heap allocation at all.
+// orthogonalize_batch perform no heap allocation at all; after its first
+// step, neither does Optimizer::step (nor check()).
 //
 // Two independent witnesses:
 //  1. every global operator new/delete of the program is replaced and counted
@@ -191,4 +192,35 @@ TEMPLATE_TEST_CASE("orthogonalize_batch (pointer overload) allocates nothing aft
       CHECK(muon::reference::relative_distance(got, twice) < tol);
     }
   }
+}
+
+TEST_CASE("after the first step, Optimizer::step and check allocate nothing") {
+  // Every kind of parameter: a matrix, a bias, a conv filter, split rows, a
+  // 3-D batch; with and without metrics.
+  auto fill = [](std::vector<float>& v, unsigned seed) {
+    for (std::size_t i = 0; i < v.size(); ++i)
+      v[i] = float((i * 2654435761u + seed) % 97) / 97.0f - 0.5f;
+  };
+  std::vector<float> w(6 * 10), gw(w.size()), b(6), gb(6), f(8 * 2 * 3 * 3), gf(f.size()),
+      qkv(8 * 12), gqkv(qkv.size()), bat(3 * 8 * 4), gbat(bat.size());
+  for (auto* v : {&w, &gw, &b, &gb, &f, &gf, &qkv, &gqkv, &bat, &gbat})
+    fill(*v, unsigned(v->size()));
+  const bool metrics = GENERATE(false, true);
+  INFO("metrics " << metrics);
+  muon::Optimizer<float> opt;
+  opt.add_param("w", {w.data(), {6, 10}}, {gw.data(), {6, 10}});
+  opt.add_param("b", {b.data(), {6}}, {gb.data(), {6}});
+  opt.add_param("f", {f.data(), {8, 2, 3, 3}}, {gf.data(), {8, 2, 3, 3}});
+  muon::ParamOptions po;
+  po.split = {3, 5};
+  opt.add_param("qkv", {qkv.data(), {8, 12}}, {gqkv.data(), {8, 12}}, po);
+  opt.add_param("batch", {bat.data(), {3, 8, 4}}, {gbat.data(), {3, 8, 4}});
+  opt.enable_metrics(metrics);
+  opt.step();  // first step: metrics scratch may be made here
+  const auto w0 = w;
+  require_no_heap_activity(heap_activity_of([&] {
+    for (int k = 0; k < 3; ++k) opt.step();
+    opt.check();
+  }));
+  CHECK(w != w0);  // the steps did step
 }

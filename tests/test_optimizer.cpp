@@ -2,17 +2,11 @@
 // The optimizer's step checked against the update rules written out again
 // here, in double: momentum (EMA/sum, Nesterov), per-block Newton–Schulz (the
 // textbook iteration of test_support.hpp with the published coefficients, or
-// the exact SVD polar factor once NS converges), the lr rules from their formulas, decoupled weight
-// decay in torch's order, AdamW with bias correction, schedules. Plus: skipping, determinism,
-// threads, errors leaving everything untouched, no allocation.
-
-// Eigen's allocations are counted (not aborted on) while a test asks for it.
-#define EIGEN_RUNTIME_NO_MALLOC
-int muon_test_eigen_assert_failures = 0;
-#define eigen_assert(x)                          \
-  do {                                           \
-    if (!(x)) ++muon_test_eigen_assert_failures; \
-  } while (false)
+// the exact SVD polar factor once NS converges), the lr rules from their
+// formulas, decoupled weight decay in torch's order, AdamW with bias
+// correction, schedules. Plus: skipping, determinism, threads, errors leaving
+// everything untouched, the transactional step, Eigen views. (That a step
+// allocates nothing is proved in test_no_alloc.cpp.)
 
 #include <muon/optimizer.hpp>
 #include <muon/orthogonalize.hpp>
@@ -30,10 +24,8 @@ int muon_test_eigen_assert_failures = 0;
 #include <utility>
 #include <vector>
 
-// Counts operator new calls (std containers, std::function, strings); Eigen's
-// own mallocs are caught above.
-#define MUON_TEST_DEFINE_ALLOC_COUNTER
-#include "alloc_counter.hpp"
+#include <muon/extern_templates.hpp>
+
 #include "catch.hpp"
 #include "test_support.hpp"
 
@@ -787,30 +779,6 @@ TEST_CASE("metrics match their definitions and the hook sees every step", "[opti
   const double sigma = muon::reference::singular_values(R)(0);
   REQUIRE(last.spectral_norm <= sigma * (1 + 1e-12));
   REQUIRE(last.spectral_norm > 0.99 * sigma);
-}
-
-TEST_CASE("after the first step, step() allocates nothing", "[optimizer]") {
-  Model m(9);
-  muon::Optimizer<float> opt;
-  m.attach(opt);
-  auto qkv = cast_vec<float>(gaussian(8 * 12, 181)), gqkv = cast_vec<float>(gaussian(8 * 12, 182));
-  auto bat = cast_vec<float>(gaussian(3 * 8 * 4, 183)),
-       gbat = cast_vec<float>(gaussian(3 * 8 * 4, 184));
-  muon::ParamOptions po;
-  po.split = {3, 5};
-  opt.add_param("qkv", {qkv.data(), {8, 12}}, {gqkv.data(), {8, 12}}, po);
-  opt.add_param("batch", {bat.data(), {3, 8, 4}}, {gbat.data(), {3, 8, 4}});
-  const bool metrics = GENERATE(false, true);
-  opt.enable_metrics(metrics);
-  m.grads(0);
-  opt.step();  // first step: metrics scratch may be made here
-  muon_test_eigen_assert_failures = 0;
-  const muon_test::AllocScope scope;
-  Eigen::internal::set_is_malloc_allowed(false);
-  for (int k = 0; k < 3; ++k) opt.step();
-  Eigen::internal::set_is_malloc_allowed(true);
-  REQUIRE(scope.news() == 0);
-  REQUIRE(muon_test_eigen_assert_failures == 0);
 }
 
 // ---- a step applies to every parameter or to none --------------------------------

@@ -2,6 +2,7 @@
 // The exact references (polar_svd, polar_eigh) and the metrics, checked
 // against matrices built from known singular vectors and hand values.
 #include <muon/reference.hpp>
+#include <muon/extern_templates.hpp>  // the heavy templates: compiled once
 
 #include <algorithm>
 #include <cmath>

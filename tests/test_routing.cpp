@@ -4,6 +4,7 @@
 
 #include <muon/optim/registry.hpp>
 #include <muon/optimizer.hpp>
+#include <muon/extern_templates.hpp>  // the heavy templates: compiled once
 
 #include <array>
 #include <cmath>

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include <muon/muon.hpp>
+#include <muon/extern_templates.hpp>  // the heavy templates: compiled once
 
 #include "catch.hpp"
 #include "harness.hpp"
