@@ -45,6 +45,7 @@
 #include <vector>
 
 #include <muon/muon.hpp>
+#include <muon/extern_templates.hpp>  // the heavy templates: compiled once (CMake: INSTANCES)
 
 namespace {
 

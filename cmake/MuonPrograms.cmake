@@ -29,8 +29,17 @@ if(MUON_NATIVE_ARCH AND MUON_HAS_MARCH_NATIVE)
   endif()
 endif()
 
+# The heavy templates (the exact references above all) compiled once for every
+# program, with the programs' own flags (see cmake/MuonInstances.cmake).
+include(${CMAKE_CURRENT_LIST_DIR}/MuonInstances.cmake)
+if(NOT TARGET muon_program_instances)
+  muon_instances_library(muon_program_instances LIBRARIES muon_project_warnings muon_native_arch)
+endif()
+
+# muon_add_program(<name> <sources>... [CUDA] [INSTANCES] [LIBRARIES <targets>...])
+# INSTANCES: the program includes <muon/extern_templates.hpp>; link the instances.
 function(muon_add_program name)
-  cmake_parse_arguments(PARSE_ARGV 1 arg "CUDA" "" "LIBRARIES")
+  cmake_parse_arguments(PARSE_ARGV 1 arg "CUDA;INSTANCES" "" "LIBRARIES")
   if(NOT arg_UNPARSED_ARGUMENTS)
     message(FATAL_ERROR "muon_add_program(${name}): no source files")
   endif()
@@ -41,5 +50,8 @@ function(muon_add_program name)
   else()
     target_link_libraries(${name} PRIVATE muon::muon ${arg_LIBRARIES} muon_project_warnings
                           muon_native_arch)
+  endif()
+  if(arg_INSTANCES)
+    target_link_libraries(${name} PRIVATE muon_program_instances)
   endif()
 endfunction()

@@ -25,6 +25,7 @@
 #include <muon/muon.hpp>
 
 #include "example_support.hpp"
+#include <muon/extern_templates.hpp>  // the heavy templates: compiled once (CMake: INSTANCES)
 
 namespace {
 

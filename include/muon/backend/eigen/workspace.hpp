@@ -327,20 +327,26 @@ class Workspace {
   /// The iterate as row-major bf16 (m x n), converted at most once per value
   /// of X: the Gram product and the apply step that follows share it.
   const std::uint16_t* x_bf16() {
-    if (!xt_current_) {
-      // Rows split among the pool's threads at multiples of 16 (whole tiles).
-      const int tasks = pool_ ? pool_->size() : 1;
-      auto boundary = [this, tasks](int t) { return t == tasks ? m_ : (m_ * t / tasks) / 16 * 16; };
-      auto rows = [&](int t) {
-        detail::to_bf16_transposed(X_.data(), Xt_.data(), m_, n_, boundary(t), boundary(t + 1));
-      };
-      if (tasks > 1)
-        pool_->parallel(tasks, rows);
-      else
-        rows(0);
-      xt_current_ = true;
+    if constexpr (!std::is_same_v<S, float>) {
+      return nullptr;  // bf16 products need float compute (refused at construction)
+    } else {
+      if (!xt_current_) {
+        // Rows split among the pool's threads at multiples of 16 (whole tiles).
+        const int tasks = pool_ ? pool_->size() : 1;
+        auto boundary = [this, tasks](int t) {
+          return t == tasks ? m_ : (m_ * t / tasks) / 16 * 16;
+        };
+        auto rows = [&](int t) {
+          detail::to_bf16_transposed(X_.data(), Xt_.data(), m_, n_, boundary(t), boundary(t + 1));
+        };
+        if (tasks > 1)
+          pool_->parallel(tasks, rows);
+        else
+          rows(0);
+        xt_current_ = true;
+      }
+      return Xt_.data();
     }
-    return Xt_.data();
   }
 #endif
 
