@@ -26,7 +26,7 @@ TEST_CASE("the lower-triangle tiling covers each lower entry once", "[tiling]") 
       const auto p = plan_lower_tiles(m, req, 1536, 1024);
       INFO("m " << m << " tile request " << req << ": tile " << p.tile << " nb " << p.nb);
       if (!p.tiled()) {
-        CHECK(p.groups.empty());
+        CHECK(p.batches.empty());
         CHECK(p.tile == m);
         continue;
       }
@@ -34,7 +34,7 @@ TEST_CASE("the lower-triangle tiling covers each lower entry once", "[tiling]") 
       CHECK(p.tile * p.nb >= m);
       std::vector<int> hits(static_cast<std::size_t>(m * m), 0);
       std::int64_t blocks = 0;
-      for (const auto& g : p.groups) {
+      for (const auto& g : p.batches) {
         REQUIRE(g.row_offset.size() == g.col_offset.size());
         for (std::size_t k = 0; k < g.row_offset.size(); ++k, ++blocks) {
           const std::int64_t r0 = g.row_offset[k], c0 = g.col_offset[k];
@@ -56,7 +56,7 @@ TEST_CASE("the lower-triangle tiling covers each lower entry once", "[tiling]") 
       // Simulate the products: lower blocks of X X^T, mirrored, equal the full product.
       const Eigen::MatrixXd X = gaussian(m, m + 17, static_cast<std::uint64_t>(m * 100 + req));
       Eigen::MatrixXd C = Eigen::MatrixXd::Constant(m, m, std::nan(""));
-      for (const auto& g : p.groups)
+      for (const auto& g : p.batches)
         for (std::size_t k = 0; k < g.row_offset.size(); ++k)
           C.block(g.row_offset[k], g.col_offset[k], g.rows, g.cols) =
               X.middleRows(g.row_offset[k], g.rows) *

@@ -265,9 +265,9 @@ class Optimizer {
     optim::HostState host(core_);
     for (std::size_t i = 0; i < core_.size(); ++i) {
       const Slot& s = slots_[i];
-      host.buffer(i, 0) = detail::download_now(s.m1, static_cast<std::size_t>(s.numel), stream);
+      host.buffer(i, 0) = detail::download_now(s.momentum, static_cast<std::size_t>(s.numel), stream);
       if (!core_.param(i).muon())
-        host.buffer(i, 1) = detail::download_now(s.m2, static_cast<std::size_t>(s.numel), stream);
+        host.buffer(i, 1) = detail::download_now(s.second_moment, static_cast<std::size_t>(s.numel), stream);
     }
     host.save(os, core_, dtype_of_param());
   }
@@ -293,8 +293,8 @@ class Optimizer {
  private:
   struct Slot {
     std::int64_t numel = 0;
-    float* m1 = nullptr;                   // Muon: momentum; AdamW: exp_avg
-    float* m2 = nullptr;                   // AdamW: exp_avg_sq
+    float* momentum = nullptr;             // Muon: momentum; AdamW: exp_avg (first moment)
+    float* second_moment = nullptr;        // AdamW: exp_avg_sq
     std::vector<std::size_t> batch, slot;  // per block: its shape batch and place in it
     std::vector<std::size_t> block_value;  // per block: index into the block lr array
   };
@@ -368,10 +368,10 @@ class Optimizer {
       const optim::ParamRecord& p = core_.param(i);
       Slot& s = slots[i];
       s.numel = p.numel();
-      s.m1 = cursor;
+      s.momentum = cursor;
       cursor += s.numel;
       if (!p.muon()) {
-        s.m2 = cursor;
+        s.second_moment = cursor;
         cursor += s.numel;
         continue;
       }
@@ -504,10 +504,10 @@ class Optimizer {
       const unsigned blocks = kernels::elementwise_blocks(s.numel);
       if (p.muon()) {
         kernels::muon_check<P><<<blocks, 256, 0, stream>>>(
-            g, s.m1, param_ptrs_[i], s.numel, groups_dev_ + p.group, flags_ + i, max_abs_ + i);
+            g, s.momentum, param_ptrs_[i], s.numel, groups_dev_ + p.group, flags_ + i, max_abs_ + i);
         check_launch("muon::cuda::kernels::muon_check");
       } else {
-        kernels::adamw_check<P><<<blocks, 256, 0, stream>>>(param_ptrs_[i], g, s.m1, s.m2, s.numel,
+        kernels::adamw_check<P><<<blocks, 256, 0, stream>>>(param_ptrs_[i], g, s.momentum, s.second_moment, s.numel,
                                                             coef_ + i, flags_ + i);
         check_launch("muon::cuda::kernels::adamw_check");
       }
@@ -529,7 +529,7 @@ class Optimizer {
         float* staging = static_cast<float*>(batch.staging.data()) +
                          static_cast<std::int64_t>(s.slot[b]) * count;
         kernels::momentum_commit<P><<<kernels::elementwise_blocks(count), 256, 0, stream>>>(
-            g + offset, s.m1 + offset, staging, count, groups_dev_ + p.group, state_dev_,
+            g + offset, s.momentum + offset, staging, count, groups_dev_ + p.group, state_dev_,
             flags_ + i);
         check_launch("muon::cuda::kernels::momentum_commit");
         offset += count;
@@ -551,7 +551,7 @@ class Optimizer {
       const Slot& s = slots_[i];
       if (!p.muon()) {
         kernels::adamw_commit<P><<<kernels::elementwise_blocks(s.numel), 256, 0, stream>>>(
-            param_ptrs_[i], g, s.m1, s.m2, s.numel, coef_ + i, state_dev_, flags_ + i);
+            param_ptrs_[i], g, s.momentum, s.second_moment, s.numel, coef_ + i, state_dev_, flags_ + i);
         check_launch("muon::cuda::kernels::adamw_commit");
         continue;
       }
@@ -603,9 +603,9 @@ class Optimizer {
     prepare(stream);
     for (std::size_t i = 0; i < core_.size(); ++i) {
       const Slot& s = slots_[i];
-      detail::upload(s.m1, host.buffer(i, 0).data(), host.buffer(i, 0).size(), stream);
+      detail::upload(s.momentum, host.buffer(i, 0).data(), host.buffer(i, 0).size(), stream);
       if (!core_.param(i).muon())
-        detail::upload(s.m2, host.buffer(i, 1).data(), host.buffer(i, 1).size(), stream);
+        detail::upload(s.second_moment, host.buffer(i, 1).data(), host.buffer(i, 1).size(), stream);
     }
     core_.commit(m);
     upload_counters(stream);

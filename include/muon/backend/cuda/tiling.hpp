@@ -9,7 +9,7 @@
 /// and column may be shorter). Only the nb (nb + 1) / 2 blocks on and below
 /// the diagonal are computed, block (i, j) as L_i L_j^T from the row blocks
 /// of L; a mirror pass fills the strict upper triangle. Blocks of equal size
-/// form one group, computed by one batched GEMM.
+/// form one batch, computed by one batched GEMM.
 
 #include <cstdint>
 #include <vector>
@@ -20,12 +20,12 @@ namespace detail {
 
 struct TilePlan {
   /// Blocks of one size: `rows` x `cols`, at (row offset, col offset) each.
-  struct Group {
+  struct BlockBatch {
     std::int64_t rows = 0, cols = 0;
     std::vector<std::int64_t> row_offset, col_offset;
   };
   std::int64_t m = 0, tile = 0, nb = 1;
-  std::vector<Group> groups;  ///< empty when untiled (nb == 1)
+  std::vector<BlockBatch> batches;  ///< empty when untiled (nb == 1)
 
   bool tiled() const { return nb > 1; }
   /// Blocks on and below the diagonal.
@@ -60,14 +60,14 @@ inline TilePlan plan_lower_tiles(std::int64_t m, std::int64_t tile_request, std:
     for (std::int64_t j = 0; j <= i; ++j) {
       const std::int64_t r = edge(i), c = edge(j);
       std::size_t g = 0;
-      while (g < p.groups.size() && !(p.groups[g].rows == r && p.groups[g].cols == c)) ++g;
-      if (g == p.groups.size()) {
-        p.groups.emplace_back();
-        p.groups.back().rows = r;
-        p.groups.back().cols = c;
+      while (g < p.batches.size() && !(p.batches[g].rows == r && p.batches[g].cols == c)) ++g;
+      if (g == p.batches.size()) {
+        p.batches.emplace_back();
+        p.batches.back().rows = r;
+        p.batches.back().cols = c;
       }
-      p.groups[g].row_offset.push_back(i * p.tile);
-      p.groups[g].col_offset.push_back(j * p.tile);
+      p.batches[g].row_offset.push_back(i * p.tile);
+      p.batches[g].col_offset.push_back(j * p.tile);
     }
   return p;
 }

@@ -325,7 +325,7 @@ class Workspace {
 
   // A group of same-size tiles of one product set: `count` GEMMs of
   // rows x cols, operands at ptrs_[first + {0, 1, 2} * count].
-  struct TileGroup {
+  struct TileBatch {
     int rows = 0, cols = 0;
     std::int64_t count = 0;
     std::size_t first = 0;
@@ -407,15 +407,15 @@ class Workspace {
     check_launch("muon::cuda::kernels::symmetrize");
   }
 
-  // The tile groups of one product set (0, 1: gram on buf_[0], buf_[1]; 2: A A^T).
-  const std::vector<TileGroup>& groups(int set) const { return groups_[set]; }
+  // The tile batches of one product set (0, 1: gram on buf_[0], buf_[1]; 2: A A^T).
+  const std::vector<TileBatch>& batches(int set) const { return batches_[set]; }
 
   // C_ij = alpha * L_i L_j^T + beta * C_ij for the lower tiles (i >= j), where
   // L_i is row block i of the left operand (X for the gram sets, A for set 2)
   // and C is A (gram) or B (set 2). k is the inner dimension.
   void tiled_products(int set, int k, float alpha, float beta) {
     const int m = static_cast<int>(plan_.m);
-    for (const TileGroup& g : groups(set)) {
+    for (const TileBatch& g : batches(set)) {
       MUON_CUDA_CHECK(
           cublasGemmBatchedEx(handle_->get(), CUBLAS_OP_N, CUBLAS_OP_T, g.rows, g.cols, k, &alpha,
                               ptrs_ + g.first, dtype(), m, ptrs_ + g.first + g.count, dtype(), m,
@@ -428,7 +428,7 @@ class Workspace {
   // them (stream-ordered; the host copy is staged before cudaMemcpyAsync
   // returns for pageable memory, and kept as a member anyway).
   void upload_tile_tables(cudaStream_t stream) {
-    for (auto& g : groups_) g.clear();
+    for (auto& b : batches_) b.clear();
     host_ptrs_.clear();
     if (!plan_.tiled()) return;
     const std::int64_t m = plan_.m, n = plan_.n;
@@ -436,9 +436,9 @@ class Workspace {
       const T* left = set < 2 ? buf_[set] : A_;
       T* out = set < 2 ? A_ : B_;
       const std::int64_t lstride = set < 2 ? m * n : m * m;
-      for (const auto& pg : plan_.plan.groups) {
+      for (const auto& pg : plan_.plan.batches) {
         const std::size_t blocks = pg.row_offset.size();
-        TileGroup tg;
+        TileBatch tg;
         tg.rows = static_cast<int>(pg.rows);
         tg.cols = static_cast<int>(pg.cols);
         tg.count = static_cast<std::int64_t>(blocks) * args_.batch;
@@ -452,7 +452,7 @@ class Workspace {
               if (operand == 1) host_ptrs_.push_back(left + z * lstride + c);
               if (operand == 2) host_ptrs_.push_back(out + z * m * m + r + c * m);
             }
-        groups_[set].push_back(tg);
+        batches_[set].push_back(tg);
       }
     }
     detail::upload(ptrs_, host_ptrs_.data(), host_ptrs_.size(), stream);
@@ -467,7 +467,7 @@ class Workspace {
   int* flags_ = nullptr;
   const void** ptrs_ = nullptr;
   void* blas_ws_ = nullptr;
-  std::vector<TileGroup> groups_[3];
+  std::vector<TileBatch> batches_[3];
   std::vector<const void*> host_ptrs_;
   std::unique_ptr<BlasHandle> handle_;
   cudaStream_t stream_ = nullptr;
