@@ -1,23 +1,30 @@
 // SPDX-License-Identifier: MIT
 /// \file bench_cpu.cpp
 /// \brief CPU Newton–Schulz (Jordan quintic, 5 steps, float): this library
-/// against a plain Eigen NS5 written by hand, and against the exact polar
-/// factor (BDCSVD and Gram eigendecomposition), per shape.
+/// against a plain Eigen NS5 written by hand, at equal thread counts, and
+/// against the exact polar factor (BDCSVD and Gram eigendecomposition).
 ///
-/// Registrations are named "<method>/<rows>x<cols>":
-///   plain_eigen      the baseline a user writes by hand (general products)
-///   muon_default     orthogonalize_into with default options and threads
-///   muon_standard    forced standard iteration (threaded products)
-///   muon_gram        forced Gram Newton–Schulz
-///   muon_1thread     default options on one thread
-///   muon_blas        products from BLAS (MUON_USE_BLAS builds only)
-///   muon_bf16        bf16 products, fp32 accumulation (MUON_USE_BF16 builds
-///                    on CPUs with AVX512-BF16 only); automatic method, which
-///                    is the standard iteration with bf16 products
+/// Registrations are named "<method>/t<threads>/<rows>x<cols>"; every method
+/// of one thread count runs on exactly that many threads:
+///   plain_eigen      the baseline a user writes by hand (Eigen expressions,
+///                    general products), threaded by Eigen's OpenMP
+///                    parallelization with Eigen::setNbThreads(t) (a build
+///                    without OpenMP registers only t = 1)
+///   muon_oneshot     muon::orthogonalize(G): workspace made per call
+///   muon_default     orthogonalize_into with a reused workspace, default options
+///   muon_standard    reused workspace, forced standard iteration
+///   muon_gram        reused workspace, forced Gram Newton–Schulz
+///   muon_blas        products from BLAS, OpenBLAS on t threads (MUON_USE_BLAS
+///                    builds only)
+///   muon_bf16        bf16 products, fp32 accumulation, oneDNN on t OpenMP
+///                    threads (MUON_USE_BF16 builds on CPUs with AVX512-BF16
+///                    only); the standard iteration
 ///   muon_bf16_gram   bf16 products, forced Gram form (faster on wide shapes,
 ///                    less accurate: see Workspace::gram_aspect_threshold)
-///   polar_svd        reference::polar_svd<float>
-///   polar_eigh       reference::polar_eigh<float>
+///   polar_svd        reference::polar_svd<float> (at the largest t only)
+///   polar_eigh       reference::polar_eigh<float> (at the largest t only)
+/// Thread counts: MUON_BENCH_THREADS (comma list, default "1,<cores>").
+/// Shapes: MUON_BENCH_SHAPES (comma list of <rows>x<cols>, default below).
 /// Counters: GFLOPs = effective rate using the general-product count
 /// 5 (4 m^2 n + 2 m^3) for every method (so rates compare as inverse times);
 /// orth_err = ||O O^T - I||_F on the smaller side; for the Newton–Schulz
@@ -26,7 +33,8 @@
 /// what differs between fp32 and bf16 paths (Jordan's quintic does not
 /// converge, so orth_err mostly measures where the polynomial left the small
 /// singular values, equal for every method). scripts/bench_cpu.sh runs this
-/// with --benchmark_format=json and prints the ratios to plain_eigen.
+/// with --benchmark_format=json and prints the ratios to plain_eigen of the
+/// same thread count.
 ///
 /// With MUON_BENCH_DUMP_INPUTS=<dir> set, each shape's input is also written
 /// to <dir>/<rows>x<cols>.f32 (raw little-endian float32, row-major), so that
@@ -40,27 +48,42 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <muon/muon.hpp>
-#include <muon/extern_templates.hpp>  // the heavy templates: compiled once (CMake: INSTANCES)
+
+#include "bench_common.hpp"
 
 namespace {
 
 using Index = Eigen::Index;
 using MatrixF = Eigen::MatrixXf;
-constexpr int kSteps = 5;
-constexpr float kA = 3.4445f, kB = -4.7750f, kC = 2.0315f;
+using bench::kSteps;
+using bench::plain_eigen_ns5;
 
 struct Shape {
   Index rows, cols;
   std::string name() const { return std::to_string(rows) + "x" + std::to_string(cols); }
 };
 
-const std::vector<Shape> kShapes = {{256, 256},  {512, 512},   {1024, 1024},
-                                    {768, 3072}, {1024, 4096}, {2048, 2048}};
+std::vector<Shape> shapes() {
+  std::vector<Shape> list;
+  if (const char* env = std::getenv("MUON_BENCH_SHAPES")) {
+    std::stringstream in(env);
+    std::string item;
+    while (std::getline(in, item, ',')) {
+      const auto x = item.find('x');
+      if (x == std::string::npos) throw std::runtime_error("MUON_BENCH_SHAPES: bad shape " + item);
+      list.push_back({std::stol(item.substr(0, x)), std::stol(item.substr(x + 1))});
+    }
+  }
+  if (list.empty())
+    list = {{256, 256}, {512, 512}, {1024, 1024}, {768, 3072}, {1024, 4096}, {2048, 2048}};
+  return list;
+}
 
 MatrixF input(Shape s) {
   std::mt19937 rng(static_cast<unsigned>(7919 * s.rows + s.cols));
@@ -74,24 +97,6 @@ MatrixF input(Shape s) {
 double effective_flops(Shape s) {
   const double m = double(std::min(s.rows, s.cols)), n = double(std::max(s.rows, s.cols));
   return kSteps * (4 * m * m * n + 2 * m * m * m);
-}
-
-/// The hand-written baseline: what a user writes with Eigen expressions.
-/// Templated only so that the rounding reference below is the same code in
-/// double.
-template <typename Matrix>
-Matrix plain_eigen_ns5(const Matrix& G) {
-  using S = typename Matrix::Scalar;
-  const bool tall = G.rows() > G.cols();
-  Matrix X = tall ? Matrix(G.transpose()) : G;
-  X /= X.norm() + S(1e-7);
-  for (int k = 0; k < kSteps; ++k) {
-    Matrix A = X * X.transpose();
-    Matrix B = S(kB) * A + S(kC) * A * A;
-    X = S(kA) * X + B * X;
-  }
-  if (tall) X.transposeInPlace();
-  return X;
 }
 
 /// NS5 of the shape's input in double, computed once per shape.
@@ -108,9 +113,10 @@ const Eigen::MatrixXd& double_ns5(Shape s) {
 
 enum class Kind { newton_schulz, exact_polar };
 
-void finish(benchmark::State& state, Shape s, const MatrixF& out, Kind kind) {
+void finish(benchmark::State& state, Shape s, int threads, const MatrixF& out, Kind kind) {
   state.counters["GFLOPs"] = benchmark::Counter(
       effective_flops(s) * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["threads"] = threads;
   state.counters["orth_err"] = muon::reference::orthogonality_error(out);
   if (kind == Kind::newton_schulz) {
     const Eigen::MatrixXd& ref = double_ns5(s);
@@ -118,18 +124,33 @@ void finish(benchmark::State& state, Shape s, const MatrixF& out, Kind kind) {
   }
 }
 
-void bm_plain(benchmark::State& state, Shape s) {
+void bm_plain(benchmark::State& state, Shape s, int threads) {
+  bench::use_threads(threads);
   const MatrixF G = input(s);
   MatrixF out;
   for (auto _ : state) {
     out = plain_eigen_ns5(G);
     benchmark::DoNotOptimize(out.data());
   }
-  finish(state, s, out, Kind::newton_schulz);
+  finish(state, s, threads, out, Kind::newton_schulz);
 }
 
-void bm_muon(benchmark::State& state, Shape s, muon::NsMethod method, int threads,
+/// muon::orthogonalize(G): the convenient call, workspace (and its threads)
+/// made per call.
+void bm_oneshot(benchmark::State& state, Shape s, int threads) {
+  bench::use_threads(threads);
+  const MatrixF G = input(s);
+  MatrixF out;
+  for (auto _ : state) {
+    out = muon::orthogonalize(G);
+    benchmark::DoNotOptimize(out.data());
+  }
+  finish(state, s, threads, out, Kind::newton_schulz);
+}
+
+void bm_muon(benchmark::State& state, Shape s, int threads, muon::NsMethod method,
              muon::eigen::Products products) {
+  bench::use_threads(threads);
   const MatrixF G = input(s);
   MatrixF out(s.rows, s.cols);
   muon::Workspace<float> ws(s.rows, s.cols, threads, products);
@@ -139,21 +160,21 @@ void bm_muon(benchmark::State& state, Shape s, muon::NsMethod method, int thread
     muon::orthogonalize_into(G, out, ws, opt);
     benchmark::DoNotOptimize(out.data());
   }
-  state.counters["threads"] = ws.threads();
-  finish(state, s, out, Kind::newton_schulz);
+  finish(state, s, threads, out, Kind::newton_schulz);
 }
 
 /// An exact polar factor (reference::polar_svd or polar_eigh) of the input.
 using ExactPolar = MatrixF (*)(const MatrixF&);
 
-void bm_exact(benchmark::State& state, Shape s, ExactPolar polar) {
+void bm_exact(benchmark::State& state, Shape s, int threads, ExactPolar polar) {
+  bench::use_threads(threads);
   const MatrixF G = input(s);
   MatrixF out;
   for (auto _ : state) {
     out = polar(G);
     benchmark::DoNotOptimize(out.data());
   }
-  finish(state, s, out, Kind::exact_polar);
+  finish(state, s, threads, out, Kind::exact_polar);
 }
 
 void configure(benchmark::internal::Benchmark* b) {
@@ -173,35 +194,33 @@ const int registered = [] {
   using muon::NsMethod;
   using muon::eigen::Products;
   const char* dump_dir = std::getenv("MUON_BENCH_DUMP_INPUTS");
-  for (const Shape& s : kShapes) {
-    const std::string n = s.name();
+  const std::vector<int> counts = bench::thread_counts();
+  for (const Shape& s : shapes()) {
     if (dump_dir && *dump_dir) dump_input(dump_dir, s);
-    configure(benchmark::RegisterBenchmark(("plain_eigen/" + n).c_str(), bm_plain, s));
-    configure(benchmark::RegisterBenchmark(("muon_default/" + n).c_str(), bm_muon, s,
-                                           NsMethod::automatic, 0, Products::eigen));
-    configure(benchmark::RegisterBenchmark(("muon_standard/" + n).c_str(), bm_muon, s,
-                                           NsMethod::standard, 0, Products::eigen));
-    if (s.rows != s.cols)
-      configure(benchmark::RegisterBenchmark(("muon_gram/" + n).c_str(), bm_muon, s, NsMethod::gram,
-                                             0, Products::eigen));
-    configure(benchmark::RegisterBenchmark(("muon_1thread/" + n).c_str(), bm_muon, s,
-                                           NsMethod::automatic, 1, Products::eigen));
-    if (muon::eigen::products_available(Products::blas))
-      configure(benchmark::RegisterBenchmark(("muon_blas/" + n).c_str(), bm_muon, s,
-                                             NsMethod::automatic, 0, Products::blas));
-    if (muon::eigen::products_available(Products::bf16)) {
-      configure(benchmark::RegisterBenchmark(("muon_bf16/" + n).c_str(), bm_muon, s,
-                                             NsMethod::automatic, 0, Products::bf16));
-      if (s.rows != s.cols)
-        configure(benchmark::RegisterBenchmark(("muon_bf16_gram/" + n).c_str(), bm_muon, s,
-                                               NsMethod::gram, 0, Products::bf16));
+    for (const int t : counts) {
+      const std::string n = "/t" + std::to_string(t) + "/" + s.name();
+      auto add = [&n](const std::string& method, auto&&... args) {
+        configure(benchmark::RegisterBenchmark((method + n).c_str(), args...));
+      };
+      add("plain_eigen", bm_plain, s, t);
+      add("muon_oneshot", bm_oneshot, s, t);
+      add("muon_default", bm_muon, s, t, NsMethod::automatic, Products::eigen);
+      add("muon_standard", bm_muon, s, t, NsMethod::standard, Products::eigen);
+      if (s.rows != s.cols) add("muon_gram", bm_muon, s, t, NsMethod::gram, Products::eigen);
+      if (muon::eigen::products_available(Products::blas))
+        add("muon_blas", bm_muon, s, t, NsMethod::automatic, Products::blas);
+      if (muon::eigen::products_available(Products::bf16)) {
+        add("muon_bf16", bm_muon, s, t, NsMethod::automatic, Products::bf16);
+        if (s.rows != s.cols) add("muon_bf16_gram", bm_muon, s, t, NsMethod::gram, Products::bf16);
+      }
+      if (t != counts.back()) continue;
+      add(
+          "polar_svd", bm_exact, s, t,
+          +[](const MatrixF& G) -> MatrixF { return muon::reference::polar_svd<float>(G); });
+      add(
+          "polar_eigh", bm_exact, s, t,
+          +[](const MatrixF& G) -> MatrixF { return muon::reference::polar_eigh<float>(G); });
     }
-    configure(benchmark::RegisterBenchmark(
-        ("polar_svd/" + n).c_str(), bm_exact, s,
-        +[](const MatrixF& G) -> MatrixF { return muon::reference::polar_svd<float>(G); }));
-    configure(benchmark::RegisterBenchmark(
-        ("polar_eigh/" + n).c_str(), bm_exact, s,
-        +[](const MatrixF& G) -> MatrixF { return muon::reference::polar_eigh<float>(G); }));
   }
   return 0;
 }();

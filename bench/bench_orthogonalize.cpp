@@ -47,8 +47,8 @@
 #include <utility>
 #include <vector>
 
-#include <muon/muon.hpp>
 #include <muon/extern_templates.hpp>  // the heavy templates: compiled once (CMake: INSTANCES)
+#include <muon/muon.hpp>
 
 namespace {
 

@@ -3,27 +3,52 @@
 /// \brief One whole optimizer step over a model's parameter set, and what
 /// the step's read-only checks cost within it.
 ///
-/// Registrations are named "<what>/<model>":
-///   step     muon::Optimizer<float>::step() (checks, momentum, Newton–Schulz,
-///            updates, AdamW)
-///   check    muon::Optimizer<float>::check(): the step's checks alone
+/// Registrations are named "<what>/t<threads>/<model>":
+///   memory       one registration and first step, measured by the heap
+///                (glibc mallinfo2: bytes the optimizer allocated) and the
+///                resident set; runs first, once
+///   step         muon::Optimizer<float>::step() (checks, momentum, Newton–Schulz,
+///                updates, AdamW), default options, Eigen products
+///   step_bf16    the same with bf16 products (set_ns_products(bf16);
+///                MUON_USE_BF16 builds on CPUs with AVX512-BF16 only)
+///   plain_eigen  the same step as a user writes it with Eigen expressions:
+///                per Muon matrix Nesterov momentum, the Newton–Schulz of
+///                bench_common.hpp and the update; AdamW on the rest; Eigen's
+///                products on t OpenMP threads
+///   check        muon::Optimizer<float>::check(): the step's checks alone
+///   sgemm        Eigen's 768x3072 by 3072x768 product on t threads: the
+///                machine's matrix-multiply rate in this run (the peak the
+///                others are compared with)
 /// Models: gpt2_layers:<L>: the first L layers of GPT-2 small (per layer
 /// 768x2304, 768x768, 768x3072 and 3072x768 on Muon, biases and norms on
 /// AdamW) plus the embeddings wte (50257x768) and wpe (1024x768) and the final
-/// norm on AdamW. MUON_BENCH_LAYERS sets L (default 2); threads follow
-/// muon::default_threads() (MUON_NUM_THREADS).
+/// norm on AdamW. MUON_BENCH_LAYERS sets L (default 12, the whole model).
+/// MUON_BENCH_MODEL=mlp: mlp:784-512-512-10, examples/fashion_mnist's MLP
+/// (fc1 512x784 and fc2 512x512 on Muon, the classifier and biases on AdamW),
+/// where per-call overheads weigh most. Thread counts follow bench_common.hpp
+/// (MUON_BENCH_THREADS).
 ///
-/// Counters: GFLOPs = 5 (4 m^2 n + 2 m^3) per Muon matrix (m <= n) per step,
-/// divided by the step time (the general-product count, as bench_cpu).
+/// Counters: GFLOPs = the minimal Newton–Schulz flop count of the step,
+/// 5 (3 m^2 n + m^3) per Muon matrix (m <= n: symmetric X X^T and A^2, general
+/// B X), over the step time; the sgemm registration counts 2 m n k.
+/// scripts/bench_step.sh runs this and PyTorch's step (scripts/torch_cpu_step.py)
+/// and prints the ratios and the fraction of the sgemm rate.
 
 #include <benchmark/benchmark.h>
+#include <malloc.h>
+#include <unistd.h>
 
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include <muon/muon.hpp>
+
+#include "bench_common.hpp"
 
 namespace {
 
@@ -31,16 +56,31 @@ struct Tensor {
   std::string name;
   std::vector<std::int64_t> shape;
   std::vector<float> value, grad;
+  // Muon: the 2-D hidden weights; AdamW: embeddings, norms, biases (the
+  // optimizer's default routing makes the same choice from the names).
+  bool muon() const {
+    return shape.size() == 2 && name.find("wte") == std::string::npos &&
+           name.find("wpe") == std::string::npos && name.find("classifier") == std::string::npos;
+  }
+  std::int64_t rows() const { return shape[0]; }
+  std::int64_t cols() const { return shape.size() == 2 ? shape[1] : 1; }
 };
 
-std::vector<Tensor> gpt2_small(int layers) {
-  std::vector<Tensor> t;
-  auto add = [&t](std::string name, std::vector<std::int64_t> shape) {
-    std::int64_t n = 1;
-    for (auto d : shape) n *= d;
-    t.push_back({std::move(name), std::move(shape), std::vector<float>(std::size_t(n)),
-                 std::vector<float>(std::size_t(n))});
-  };
+int layers() {
+  const char* env = std::getenv("MUON_BENCH_LAYERS");
+  return env ? std::max(1, std::atoi(env)) : 12;
+}
+bool mlp_model() {
+  const char* env = std::getenv("MUON_BENCH_MODEL");
+  return env && std::string(env) == "mlp";
+}
+std::string model() {
+  return mlp_model() ? "mlp:784-512-512-10" : "gpt2_layers:" + std::to_string(layers());
+}
+
+/// GPT-2 small's parameters (the first `layers` blocks).
+template <class Add>
+void add_gpt2_small(Add& add, int layers) {
   add("wte.weight", {50257, 768});
   add("wpe.weight", {1024, 768});
   for (int l = 0; l < layers; ++l) {
@@ -60,6 +100,27 @@ std::vector<Tensor> gpt2_small(int layers) {
   }
   add("ln_f.weight", {768});
   add("ln_f.bias", {768});
+}
+
+/// The model's parameters, values and gradients drawn from N(0, 0.02^2).
+std::vector<Tensor> make_model() {
+  std::vector<Tensor> t;
+  auto add = [&t](std::string name, std::vector<std::int64_t> shape) {
+    std::int64_t n = 1;
+    for (auto d : shape) n *= d;
+    t.push_back({std::move(name), std::move(shape), std::vector<float>(std::size_t(n)),
+                 std::vector<float>(std::size_t(n))});
+  };
+  if (mlp_model()) {  // examples/fashion_mnist's default MLP
+    add("fc1.weight", {512, 784});
+    add("fc1.bias", {512});
+    add("fc2.weight", {512, 512});
+    add("fc2.bias", {512});
+    add("classifier.weight", {10, 512});
+    add("classifier.bias", {10});
+  } else {
+    add_gpt2_small(add, layers());
+  }
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.0f, 0.02f);
   for (auto& x : t) {
@@ -69,22 +130,16 @@ std::vector<Tensor> gpt2_small(int layers) {
   return t;
 }
 
+/// The minimal Newton–Schulz flop count of one step (see the file comment).
 double ns_flops(const std::vector<Tensor>& tensors) {
   double flops = 0;
   for (const auto& t : tensors) {
-    if (t.shape.size() != 2 || t.name.find("wte") != std::string::npos ||
-        t.name.find("wpe") != std::string::npos)
-      continue;
-    const double m = double(std::min(t.shape[0], t.shape[1]));
-    const double n = double(std::max(t.shape[0], t.shape[1]));
-    flops += 5 * (4 * m * m * n + 2 * m * m * m);
+    if (!t.muon()) continue;
+    const double m = double(std::min(t.rows(), t.cols()));
+    const double n = double(std::max(t.rows(), t.cols()));
+    flops += bench::kSteps * (3 * m * m * n + m * m * m);
   }
   return flops;
-}
-
-int layers() {
-  const char* env = std::getenv("MUON_BENCH_LAYERS");
-  return env ? std::max(1, std::atoi(env)) : 2;
 }
 
 void attach(muon::Optimizer<float>& opt, std::vector<Tensor>& tensors) {
@@ -98,9 +153,57 @@ void attach(muon::Optimizer<float>& opt, std::vector<Tensor>& tensors) {
   }
 }
 
-void bm_step(benchmark::State& state, bool check_only) {
-  std::vector<Tensor> tensors = gpt2_small(layers());
+// ---- memory -------------------------------------------------------------------
+
+std::size_t heap_bytes() {
+  const struct mallinfo2 mi = mallinfo2();
+  return mi.uordblks + mi.hblkhd;  // in use: arena chunks + mmapped chunks
+}
+std::size_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::size_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * std::size_t(sysconf(_SC_PAGESIZE));
+}
+
+void bm_memory(benchmark::State& state, int threads) {
+  bench::use_threads(threads);
+  std::vector<Tensor> tensors = make_model();
+  double muon_bytes = 0, adamw_bytes = 0;
+  for (const auto& t : tensors)
+    (t.muon() ? muon_bytes : adamw_bytes) += 4.0 * double(t.value.size());
+  for (auto _ : state) {
+    malloc_trim(0);
+    const std::size_t heap0 = heap_bytes(), rss0 = resident_bytes();
+    {
+      muon::Optimizer<float> opt(muon::MuonGroupOptions().with_lr(0.02));
+      attach(opt, tensors);
+      opt.step();
+      const double heap = double(heap_bytes() - heap0), rss = double(resident_bytes() - rss0);
+      // Beyond the momentum (1x the Muon weights) and the AdamW moments (2x
+      // the AdamW parameters): workspaces, packing buffers, bookkeeping.
+      const double extra = heap - muon_bytes - 2 * adamw_bytes;
+      state.counters["muon_weight_MB"] = muon_bytes * 1e-6;
+      state.counters["adamw_param_MB"] = adamw_bytes * 1e-6;
+      state.counters["optimizer_MB"] = heap * 1e-6;
+      state.counters["rss_growth_MB"] = rss * 1e-6;
+      state.counters["beyond_state_MB"] = extra * 1e-6;
+      // The target's measure: Muon-side memory (momentum + workspaces) over
+      // the Muon weights' bytes.
+      state.counters["muon_side_x_weights"] = (muon_bytes + extra) / muon_bytes;
+      state.counters["workspaces"] = double(opt.workspace_count());
+    }
+  }
+}
+
+// ---- the step ----------------------------------------------------------------------
+
+void bm_step(benchmark::State& state, int threads, bool check_only,
+             muon::eigen::Products products) {
+  bench::use_threads(threads);
+  std::vector<Tensor> tensors = make_model();
   muon::Optimizer<float> opt(muon::MuonGroupOptions().with_lr(0.02));
+  opt.set_ns_products(products);
   attach(opt, tensors);
   opt.step();  // first step: everything warm
   for (auto _ : state) {
@@ -109,25 +212,109 @@ void bm_step(benchmark::State& state, bool check_only) {
     else
       benchmark::DoNotOptimize(opt.step());
   }
-  const double flops = ns_flops(tensors);
-  state.counters["GFLOPs"] = benchmark::Counter(check_only ? 0.0 : flops * 1e-9,
+  state.counters["GFLOPs"] = benchmark::Counter(check_only ? 0.0 : ns_flops(tensors) * 1e-9,
                                                 benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["threads"] = muon::default_threads();
+  state.counters["threads"] = threads;
   state.counters["workspaces"] = double(opt.workspace_count());
+}
+
+/// The step as a user writes it with Eigen expressions, default options of
+/// both optimizers (torch.optim.Muon's and AdamW's): Nesterov EMA momentum
+/// 0.95, NS5, lr scaled by sqrt(max(1, rows/cols)), decoupled weight decay.
+struct PlainStep {
+  using Map = Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+  using Array = Eigen::Map<Eigen::ArrayXf>;
+  std::vector<Eigen::ArrayXf> m1, m2;  // momentum / exp_avg, exp_avg_sq
+  long step = 0;
+
+  explicit PlainStep(const std::vector<Tensor>& tensors) {
+    for (const auto& t : tensors) {
+      m1.push_back(Eigen::ArrayXf::Zero(Eigen::Index(t.value.size())));
+      m2.push_back(t.muon() ? Eigen::ArrayXf()
+                            : Eigen::ArrayXf::Zero(Eigen::Index(t.value.size())));
+    }
+  }
+
+  void run(std::vector<Tensor>& tensors) {
+    ++step;
+    const float lr = 0.02f, mu = 0.95f, wd = 0.1f;
+    const float alr = 1e-3f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, awd = 0.01f;
+    const float c1 = 1 - std::pow(b1, float(step)), c2 = 1 - std::pow(b2, float(step));
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      Tensor& t = tensors[i];
+      const Eigen::Index n = Eigen::Index(t.value.size());
+      Array w(t.value.data(), n), g(t.grad.data(), n);
+      if (t.muon()) {
+        m1[i] = mu * m1[i] + (1 - mu) * g;
+        const Eigen::ArrayXf u = (1 - mu) * g + mu * m1[i];
+        const Eigen::MatrixXf U = Eigen::Map<const Eigen::MatrixXf>(u.data(), t.cols(), t.rows());
+        const Eigen::MatrixXf O = bench::plain_eigen_ns5(U);  // the transpose: same polar factor
+        const float scale = std::sqrt(std::max(1.0f, float(t.rows()) / float(t.cols())));
+        w = w * (1 - lr * wd) - lr * scale * Eigen::Map<const Eigen::ArrayXf>(O.data(), n);
+      } else {
+        m1[i] = b1 * m1[i] + (1 - b1) * g;
+        m2[i] = b2 * m2[i] + (1 - b2) * g.square();
+        w = w * (1 - alr * awd) - (alr / c1) * m1[i] / ((m2[i] / c2).sqrt() + eps);
+      }
+    }
+  }
+};
+
+void bm_plain(benchmark::State& state, int threads) {
+  bench::use_threads(threads);
+  std::vector<Tensor> tensors = make_model();
+  PlainStep plain(tensors);
+  plain.run(tensors);
+  for (auto _ : state) {
+    plain.run(tensors);
+    benchmark::DoNotOptimize(tensors.front().value.data());
+  }
+  state.counters["GFLOPs"] =
+      benchmark::Counter(ns_flops(tensors) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
+}
+
+void bm_sgemm(benchmark::State& state, int threads) {
+  bench::use_threads(threads);
+  const Eigen::Index m = 768, k = 3072;
+  const Eigen::MatrixXf A = Eigen::MatrixXf::Random(m, k), B = Eigen::MatrixXf::Random(k, m);
+  Eigen::MatrixXf C(m, m);
+  for (auto _ : state) {
+    C.noalias() = A * B;
+    benchmark::DoNotOptimize(C.data());
+  }
+  state.counters["GFLOPs"] = benchmark::Counter(2.0 * double(m) * double(m) * double(k) * 1e-9,
+                                                benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string model = "gpt2_layers:" + std::to_string(layers());
-  benchmark::RegisterBenchmark(("step/" + model).c_str(),
-                               [](benchmark::State& s) { bm_step(s, false); })
-      ->Unit(benchmark::kMillisecond)
-      ->MinTime(2.0);
-  benchmark::RegisterBenchmark(("check/" + model).c_str(),
-                               [](benchmark::State& s) { bm_step(s, true); })
-      ->Unit(benchmark::kMillisecond)
-      ->MinTime(2.0);
+  const std::vector<int> counts = bench::thread_counts();
+  const std::string name = model();
+  for (const int t : counts) {
+    const std::string suffix = "/t" + std::to_string(t) + "/" + name;
+    benchmark::RegisterBenchmark(("memory" + suffix).c_str(), bm_memory, t)
+        ->Unit(benchmark::kMillisecond)
+        ->Iterations(1);
+  }
+  for (const int t : counts) {
+    const std::string suffix = "/t" + std::to_string(t) + "/" + name;
+    auto timed = [](benchmark::internal::Benchmark* b) {
+      b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+    };
+    timed(benchmark::RegisterBenchmark(("sgemm" + suffix).c_str(), bm_sgemm, t));
+    using muon::eigen::Products;
+    timed(benchmark::RegisterBenchmark(("step" + suffix).c_str(), bm_step, t, false,
+                                       Products::eigen));
+    if (muon::eigen::products_available(Products::bf16))
+      timed(benchmark::RegisterBenchmark(("step_bf16" + suffix).c_str(), bm_step, t, false,
+                                         Products::bf16));
+    timed(benchmark::RegisterBenchmark(("plain_eigen" + suffix).c_str(), bm_plain, t));
+    timed(benchmark::RegisterBenchmark(("check" + suffix).c_str(), bm_step, t, true,
+                                       Products::eigen));
+  }
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

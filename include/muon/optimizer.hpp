@@ -23,8 +23,11 @@
 /// orthogonalizes row blocks (e.g. fused QKV) separately.
 ///
 /// Memory: the momentum (Muon) or the two AdamW moments per parameter, plus
-/// one Newton–Schulz workspace per distinct block shape, shared by every
-/// parameter of that shape. All of it is made when a parameter is
+/// one Newton–Schulz workspace per distinct block shape; the workspaces run
+/// one after another and share one thread pool, one pair of packing buffers
+/// per thread and one matrix arena, sized for the largest shape
+/// (2 m n + 4 m^2 compute scalars for its m x n, m <= n; see
+/// docs/optimizer.md, "Memory"). All of it is made when a parameter is
 /// registered: step() performs no heap allocation (metrics, when first
 /// switched on, allocate their scratch once).
 
@@ -273,13 +276,31 @@ class Optimizer {
   void set_non_finite_policy(NonFinitePolicy p) { core_.set_non_finite_policy(p); }
   NonFinitePolicy non_finite_policy() const { return core_.non_finite_policy(); }
 
-  /// Threads each Newton–Schulz workspace may use (0, the default:
-  /// muon::default_threads()). Applies to workspaces made afterwards (at
-  /// registration of a new shape).
+  /// Threads the Newton–Schulz workspaces and the elementwise work may use
+  /// (0, the default: muon::default_threads()). Applies to workspaces made
+  /// afterwards (at registration of a new shape); they share one pool of
+  /// that size.
   void set_ns_threads(int threads) {
     if (threads < 0) detail::fail("ns_threads", "must be >= 0");
     ns_threads_ = threads;
   }
+
+  /// The product engine of the Newton–Schulz workspaces made afterwards (at
+  /// registration of a new shape): eigen::Products::automatic (the default:
+  /// BLAS in MUON_USE_BLAS builds, else Eigen), eigen, blas, or bf16 (bf16
+  /// factors with fp32 accumulation, MUON_USE_BF16 builds on CPUs with
+  /// AVX512-BF16, float compute only). Throws muon::Error for an engine this
+  /// build, CPU or scalar cannot use.
+  void set_ns_products(eigen::Products products) {
+    if (!eigen::products_available(products))
+      detail::fail("ns_products",
+                   "this engine is not available (build option off, or the CPU lacks "
+                   "AVX512-BF16)");
+    if (products == eigen::Products::bf16 && !std::is_same_v<C, float>)
+      detail::fail("ns_products", "bf16 products need float compute (T float, half or bfloat16)");
+    ns_products_ = products;
+  }
+  eigen::Products ns_products() const { return ns_products_; }
 
   /// Replaces the routing rules. Only before the first add_param (routes are
   /// decided at registration); throws muon::Error otherwise.
@@ -324,8 +345,12 @@ class Optimizer {
       if (!p.muon()) slot.second = Buffer::Zero(p.rows, p.cols);
       if (p.muon())
         for (std::int64_t rows : p.blocks) slot.block_ws.push_back(workspace_for(rows, p.cols));
+      resources();
+      chunks_.reserve(chunks_.size() + std::size_t(p.rows));
+      chunk_checks_.reserve(chunks_.capacity());
       metrics_.params.resize(slots_.size() + 1);
       slots_.push_back(std::move(slot));
+      add_chunks(i);  // cannot throw: reserved above
     } catch (...) {
       core_.remove_last_param();  // out of memory: leave the optimizer as it was
       throw;
@@ -405,6 +430,24 @@ class Optimizer {
 
   /// Newton–Schulz workspaces held (one per distinct block shape).
   std::size_t workspace_count() const { return workspaces_.size(); }
+  /// Bytes the workspaces hold: their shared matrix arena and packing
+  /// buffers (the optional bf16 engine's copies not included).
+  std::size_t workspace_bytes() const {
+    std::size_t bytes = 0;
+    const typename WS::Resources* last = nullptr;
+    for (const auto& ws : workspaces_)  // resources are shared by consecutive workspaces
+      if (ws->resources().get() != last) {
+        last = ws->resources().get();
+        bytes += last->bytes();
+      }
+    return bytes;
+  }
+  /// Bytes of the optimizer state: every momentum and AdamW moment buffer.
+  std::size_t state_bytes() const {
+    std::size_t bytes = 0;
+    for (const Slot& s : slots_) bytes += std::size_t(s.first.size() + s.second.size()) * sizeof(B);
+    return bytes;
+  }
 
   // ---- metrics ------------------------------------------------------------------
 
@@ -443,14 +486,18 @@ class Optimizer {
   const StepReport& step() {
     core_.begin_step();
     run_checks();  // phase 1: read only
-    // Phase 2: write.
-    for (std::size_t i = 0; i < slots_.size(); ++i) {
-      if (!core_.updates(i)) continue;
-      if (core_.param(i).muon())
-        muon_update(i);
+    // Phase 2: write. The elementwise rules (momentum, AdamW) in parallel
+    // chunks, then Newton–Schulz and the update, one Muon parameter at a time.
+    for_chunks([this](std::size_t c) {
+      const Chunk& ch = chunks_[c];
+      if (!core_.updates(ch.param)) return;
+      if (core_.param(ch.param).muon())
+        momentum_rows(ch.param, ch.row0, ch.row1);
       else
-        adamw_update(i);
-    }
+        adamw_rows(ch.param, ch.row0, ch.row1);
+    });
+    for (std::size_t i = 0; i < slots_.size(); ++i)
+      if (core_.updates(i) && core_.param(i).muon()) muon_update(i);
     const StepReport& report = core_.finish_step();
     if (metrics_on_) {
       metrics_.step = report.step;
@@ -533,6 +580,19 @@ class Optimizer {
     double update_sumsq = 0, orth_error = NAN;
   };
 
+  // The checks of a run of rows: its first problem in row-major order, and
+  // (Muon) the largest |p| seen, for the update bound.
+  struct RowsCheck {
+    std::optional<SkipReason> problem;
+    double max_p = 0;
+  };
+  // Rows [row0, row1) of one parameter: a unit of the elementwise work. The
+  // list follows parameter and row order; made at registration.
+  struct Chunk {
+    std::size_t param;
+    Index row0, row1;
+  };
+
   // ---- registration ------------------------------------------------------------
 
   static void check_view(const View& v, const std::string& name, const char* what) {
@@ -556,11 +616,23 @@ class Optimizer {
                                param.shape_string());
   }
 
+  // The shared resources for what is made now: the current ones, or new ones
+  // when the thread count changed since they were made.
+  const std::shared_ptr<typename WS::Resources>& resources() {
+    const int threads = ns_threads_ > 0 ? ns_threads_ : default_threads();
+    if (!resources_ || resources_->threads() != threads) {
+      resources_ = std::make_shared<typename WS::Resources>(threads);
+      resources_->pool();  // started now, never inside a step
+    }
+    return resources_;
+  }
+
   std::size_t workspace_for(std::int64_t rows, std::int64_t cols) {
     const auto key = std::make_pair(Index(rows), Index(cols));
     const auto it = ws_index_.find(key);
     if (it != ws_index_.end()) return it->second;
-    workspaces_.push_back(std::make_unique<WS>(Index(rows), Index(cols), ns_threads_));
+    workspaces_.push_back(
+        std::make_unique<WS>(Index(rows), Index(cols), resources(), ns_products_));
     ws_index_.emplace(key, workspaces_.size() - 1);
     return workspaces_.size() - 1;
   }
@@ -582,71 +654,116 @@ class Optimizer {
       return optim::rules::finite(static_cast<float>(s));
   }
 
-  // Every element of the memory matrices of param i, row by row:
-  // f(row, col) over rows x cols.
-  template <class F>
-  static void for_each(const optim::ParamRecord& p, F&& f) {
-    for (Index r = 0; r < p.rows; ++r)
-      for (Index c = 0; c < p.cols; ++c) f(r, c);
-  }
-
-  std::optional<SkipReason> check_muon(std::size_t i) const {
+  // The checks of rows [r0, r1) of param i: the first problem in row-major
+  // order, and (Muon) the largest |p| seen, for the update bound.
+  RowsCheck check_muon_rows(std::size_t i, Index r0, Index r1) const {
     const Slot& s = slots_[i];
     const optim::ParamRecord& p = core_.param(i);
     const auto k = core_.momentum_coefficients<C>(p.group);
     const auto G = s.grad.matrix();
     const auto W = s.param.matrix();
-    double max_p = 0;
-    for (Index r = 0; r < p.rows; ++r) {
+    RowsCheck out;
+    for (Index r = r0; r < r1; ++r) {
       for (Index c = 0; c < p.cols; ++c) {
         const C g = static_cast<C>(G(r, c));
-        if (!optim::rules::finite(g)) return SkipReason::non_finite_grad;
+        if (!optim::rules::finite(g)) return {SkipReason::non_finite_grad, out.max_p};
         const B m =
             static_cast<B>(optim::rules::momentum_buffer(static_cast<C>(s.first(r, c)), g, k));
         if (!optim::rules::finite(m) ||
             !optim::rules::finite(optim::rules::ns_input(static_cast<C>(m), g, k)))
-          return SkipReason::non_finite_state;
-        max_p = std::max(max_p, std::abs(as_double(W(r, c))));
+          return {SkipReason::non_finite_state, out.max_p};
+        out.max_p = std::max(out.max_p, std::abs(as_double(W(r, c))));
       }
     }
-    if (!(max_p <= core_.update_limit(i, as_double(std::numeric_limits<T>::max()))))
-      return SkipReason::non_finite_update;
-    return std::nullopt;
+    return out;
   }
 
-  std::optional<SkipReason> check_adamw(std::size_t i) const {
+  RowsCheck check_adamw_rows(std::size_t i, Index r0, Index r1) const {
     const Slot& s = slots_[i];
     const optim::ParamRecord& p = core_.param(i);
     const auto k = core_.adamw_coefficients<C>(i);
     const auto G = s.grad.matrix();
     const auto W = s.param.matrix();
-    for (Index r = 0; r < p.rows; ++r) {
+    for (Index r = r0; r < r1; ++r) {
       for (Index c = 0; c < p.cols; ++c) {
         const C g = static_cast<C>(G(r, c));
-        if (!optim::rules::finite(g)) return SkipReason::non_finite_grad;
+        if (!optim::rules::finite(g)) return {SkipReason::non_finite_grad, 0};
         const B m =
             static_cast<B>(optim::rules::adamw_exp_avg(static_cast<C>(s.first(r, c)), g, k));
         const B v =
             static_cast<B>(optim::rules::adamw_exp_avg_sq(static_cast<C>(s.second(r, c)), g, k));
         if (!optim::rules::finite(m) || !optim::rules::finite(v))
-          return SkipReason::non_finite_state;
+          return {SkipReason::non_finite_state, 0};
         const C w = optim::rules::adamw_parameter(static_cast<C>(W(r, c)), static_cast<C>(m),
                                                   static_cast<C>(v), k);
-        if (!fits<T>(w)) return SkipReason::non_finite_update;
+        if (!fits<T>(w)) return {SkipReason::non_finite_update, 0};
       }
     }
-    return std::nullopt;
+    return {};
   }
 
-  // Phase 1 of a step: every parameter with a gradient checked, reading only.
+  // ---- elementwise work in chunks, over the shared pool ------------------------------
+
+  static constexpr Index kChunkElements = Index(1) << 16;
+
+  // Appends param i's chunks: runs of whole rows of about kChunkElements
+  // elements (capacity reserved by the caller).
+  void add_chunks(std::size_t i) {
+    const optim::ParamRecord& p = core_.param(i);
+    const Index rows_per = std::max<Index>(1, kChunkElements / std::max<Index>(1, p.cols));
+    for (Index r = 0; r < p.rows; r += rows_per)
+      chunks_.push_back({i, r, std::min<Index>(p.rows, r + rows_per)});
+    chunk_checks_.resize(chunks_.size());
+    total_elements_ += p.rows * p.cols;
+  }
+
+  // f(chunk index) for every chunk: contiguous runs of chunks on the pool's
+  // threads when there is enough work to split. Each chunk is touched by one
+  // thread, and what depends on order is reduced by the caller in chunk
+  // order, so the outcome is the same at any thread count.
+  template <class F>
+  void for_chunks(F&& f) {
+    const std::size_t n = chunks_.size();
+    detail::ThreadPool* pool = resources_ ? resources_->pool() : nullptr;
+    const int tasks = pool ? int(std::min<std::size_t>(n, std::size_t(pool->size()))) : 1;
+    if (tasks <= 1 || total_elements_ < 4 * kChunkElements) {
+      for (std::size_t c = 0; c < n; ++c) f(c);
+      return;
+    }
+    auto task = [&](int t) {
+      const std::size_t begin = n * std::size_t(t) / std::size_t(tasks);
+      const std::size_t end = n * std::size_t(t + 1) / std::size_t(tasks);
+      for (std::size_t c = begin; c < end; ++c) f(c);
+    };
+    pool->parallel(tasks, task);
+  }
+
+  // Phase 1 of a step: every parameter with a gradient checked, reading only
+  // (chunks in parallel); a parameter's first problem in row-major order
+  // decides, as a sequential check would.
   void run_checks() {
+    for_chunks([this](std::size_t c) {
+      const Chunk& ch = chunks_[c];
+      if (!slots_[ch.param].grad.present()) return;
+      chunk_checks_[c] = core_.param(ch.param).muon()
+                             ? check_muon_rows(ch.param, ch.row0, ch.row1)
+                             : check_adamw_rows(ch.param, ch.row0, ch.row1);
+    });
+    std::size_t c = 0;
     for (std::size_t i = 0; i < slots_.size(); ++i) {
+      std::optional<SkipReason> problem;
+      double max_p = 0;
+      for (; c < chunks_.size() && chunks_[c].param == i; ++c) {
+        if (!problem) problem = chunk_checks_[c].problem;
+        max_p = std::max(max_p, chunk_checks_[c].max_p);
+      }
       if (!slots_[i].grad.present()) {
         core_.skip(i, SkipReason::no_grad);
         continue;
       }
-      const std::optional<SkipReason> problem =
-          core_.param(i).muon() ? check_muon(i) : check_adamw(i);
+      if (!problem && core_.param(i).muon() &&
+          !(max_p <= core_.update_limit(i, as_double(std::numeric_limits<T>::max()))))
+        problem = SkipReason::non_finite_update;
       if (!problem) continue;
       if (core_.non_finite_policy() == NonFinitePolicy::raise) raise(i, *problem);
       core_.skip(i, *problem);
@@ -668,16 +785,24 @@ class Optimizer {
 
   // ---- phase 2: writes -------------------------------------------------------------
 
+  void momentum_rows(std::size_t i, Index r0, Index r1) {
+    Slot& s = slots_[i];
+    const auto k = core_.momentum_coefficients<C>(core_.param(i).group);
+    const auto G = s.grad.matrix();
+    for (Index r = r0; r < r1; ++r)
+      for (Index c = 0; c < s.first.cols(); ++c)
+        s.first(r, c) = static_cast<B>(optim::rules::momentum_buffer(static_cast<C>(s.first(r, c)),
+                                                                     static_cast<C>(G(r, c)), k));
+  }
+
+  // Newton–Schulz of the NS input made from the (already updated) momentum,
+  // and the parameter update.
   void muon_update(std::size_t i) {
     Slot& s = slots_[i];
     const optim::ParamRecord& p = core_.param(i);
     const auto k = core_.momentum_coefficients<C>(p.group);
     const auto G = s.grad.matrix();
     auto W = s.param.matrix();
-    for_each(p, [&](Index r, Index c) {
-      s.first(r, c) = static_cast<B>(
-          optim::rules::momentum_buffer(static_cast<C>(s.first(r, c)), static_cast<C>(G(r, c)), k));
-    });
     const NewtonSchulzOptions& ns = core_.group(p.group).muon.ns;
     s.update_sumsq = 0;
     s.orth_error = 0;
@@ -693,7 +818,7 @@ class Optimizer {
       }));
       detail::newton_schulz_iterate(ws, ns);
       const auto u = core_.muon_update_coefficients<C>(i, b);
-      const Matrix<C>& X = ws.iterate();  // wide: X(a, b) = O(a, b), or O(b, a) when transposed
+      const auto X = ws.iterate();  // wide: X(a, b) = O(a, b), or O(b, a) when transposed
       const bool t = ws.transposed();
       // Walk X in its own (column-major) order.
       for (Index col = 0; col < X.cols(); ++col)
@@ -711,37 +836,37 @@ class Optimizer {
     }
   }
 
-  void adamw_update(std::size_t i) {
+  void adamw_rows(std::size_t i, Index r0, Index r1) {
     Slot& s = slots_[i];
-    const optim::ParamRecord& p = core_.param(i);
     const auto k = core_.adamw_coefficients<C>(i);
     const auto G = s.grad.matrix();
     auto W = s.param.matrix();
-    for_each(p, [&](Index r, Index c) {
-      const C g = static_cast<C>(G(r, c));
-      s.first(r, c) =
-          static_cast<B>(optim::rules::adamw_exp_avg(static_cast<C>(s.first(r, c)), g, k));
-      s.second(r, c) =
-          static_cast<B>(optim::rules::adamw_exp_avg_sq(static_cast<C>(s.second(r, c)), g, k));
-      // Like torch, the parameter step uses the moments as stored.
-      W(r, c) = static_cast<T>(optim::rules::adamw_parameter(static_cast<C>(W(r, c)),
-                                                             static_cast<C>(s.first(r, c)),
-                                                             static_cast<C>(s.second(r, c)), k));
-    });
+    for (Index r = r0; r < r1; ++r)
+      for (Index c = 0; c < s.first.cols(); ++c) {
+        const C g = static_cast<C>(G(r, c));
+        s.first(r, c) =
+            static_cast<B>(optim::rules::adamw_exp_avg(static_cast<C>(s.first(r, c)), g, k));
+        s.second(r, c) =
+            static_cast<B>(optim::rules::adamw_exp_avg_sq(static_cast<C>(s.second(r, c)), g, k));
+        // Like torch, the parameter step uses the moments as stored.
+        W(r, c) = static_cast<T>(optim::rules::adamw_parameter(static_cast<C>(W(r, c)),
+                                                               static_cast<C>(s.first(r, c)),
+                                                               static_cast<C>(s.second(r, c)), k));
+      }
   }
 
   // ---- metrics ---------------------------------------------------------------------
 
   // ||X X^T - I||_F of a block's result (wide X): a symmetric rank-k product
   // into the lower triangle.
-  double orthogonality_error(Slot& s, std::size_t b, const Matrix<C>& X) {
+  double orthogonality_error(Slot& s, std::size_t b, const Eigen::Map<const Matrix<C>>& X) {
     if (s.syrk.size() != s.block_ws.size()) {
       s.syrk.clear();
       s.gram.clear();
       for (std::size_t w : s.block_ws) {
         const WS& ws = *workspaces_[w];
         const Index m = std::min(ws.rows(), ws.cols()), n = std::max(ws.rows(), ws.cols());
-        s.syrk.push_back(std::make_unique<detail::Syrk<C>>(m, n));
+        s.syrk.push_back(std::make_unique<detail::Syrk<C>>(m, n, ws.resources()->packing(), 0));
         s.gram.emplace_back(m, m);
       }
     }
@@ -844,9 +969,17 @@ class Optimizer {
 
   optim::Core core_;
   std::vector<Slot> slots_;
+  // What the workspaces share (see backend/eigen/shared_resources.hpp); the
+  // workspaces hold it too, so a change of thread count starts new resources
+  // for later workspaces only.
+  std::shared_ptr<typename WS::Resources> resources_;
   std::vector<std::unique_ptr<WS>> workspaces_;
+  std::vector<Chunk> chunks_;
+  std::vector<RowsCheck> chunk_checks_;  // per chunk, written by run_checks
+  Index total_elements_ = 0;
   std::map<std::pair<Index, Index>, std::size_t> ws_index_;
   int ns_threads_ = 0;
+  eigen::Products ns_products_ = eigen::Products::automatic;
   bool metrics_on_ = false;
   std::function<void(const StepMetrics&)> hook_;
   StepMetrics metrics_;

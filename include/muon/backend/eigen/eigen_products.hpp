@@ -5,9 +5,11 @@
 ///
 /// Eigen's expression API (`C.noalias() = A * B`) allocates its packing
 /// buffers on every call once they exceed EIGEN_STACK_ALLOCATION_LIMIT. These
-/// wrappers call the same GEBP kernels Eigen uses, but with a blocking object
-/// whose packing buffers are allocated once, when the workspace is built, so
-/// a Newton–Schulz call performs no heap allocation. Only column-major,
+/// wrappers call the same GEBP kernels Eigen uses, with Eigen's blocking
+/// sizes but packing buffers allocated once, when the workspace is built, and
+/// shared by every product that cannot run at the same time (Packing), so a
+/// Newton–Schulz call performs no heap allocation and the buffers do not
+/// multiply with the number of products or workspaces. Only column-major,
 /// unit-inner-stride buffers are handled; that is all the backend needs.
 ///
 /// Relies on Eigen 3.4's internal product API (stable across the 3.4 series);
@@ -18,21 +20,86 @@
 static_assert(EIGEN_WORLD_VERSION == 3 && EIGEN_MAJOR_VERSION == 4,
               "muon: the Eigen backend's allocation-free products target Eigen 3.4.x");
 
+#include <cstddef>
+#include <vector>
+
 namespace muon {
 namespace detail {
+
+/// Packing buffers for the products, one pair (A, B) per task slot. Products
+/// that never run at the same time share a slot's pair: each product binds
+/// its slot's buffers when it runs, so the pair is sized for the largest
+/// product that uses it, not once per product. Grows only in reserve(), which
+/// the products call when they are made, never while they run.
+template <class S>
+class Packing {
+ public:
+  /// Slot `slot` holds at least `a` and `b` elements from now on.
+  void reserve(std::size_t slot, Eigen::Index a, Eigen::Index b) {
+    if (slot >= slots_.size()) slots_.resize(slot + 1);
+    Slot& s = slots_[slot];
+    if (s.a.size() < static_cast<std::size_t>(a)) s.a.resize(static_cast<std::size_t>(a));
+    if (s.b.size() < static_cast<std::size_t>(b)) s.b.resize(static_cast<std::size_t>(b));
+  }
+  S* a(std::size_t slot) { return slots_[slot].a.data(); }
+  S* b(std::size_t slot) { return slots_[slot].b.data(); }
+  /// Bytes held by every slot.
+  std::size_t bytes() const {
+    std::size_t n = 0;
+    for (const Slot& s : slots_) n += (s.a.size() + s.b.size()) * sizeof(S);
+    return n;
+  }
+
+ private:
+  struct Slot {
+    std::vector<S, Eigen::aligned_allocator<S>> a, b;
+  };
+  std::vector<Slot> slots_;
+};
+
+/// Eigen's cache blocking of one column-major product (the sizes Eigen's own
+/// gemm_blocking_space computes), with packing buffers bound from outside.
+template <class S>
+class Blocking : public Eigen::internal::level3_blocking<S, S> {
+ public:
+  Blocking() = default;
+  /// A rows x cols result of inner dimension depth. `l3`: cut the columns
+  /// into L3-sized blocks (general products); the triangular product packs
+  /// all its columns at once.
+  Blocking(Eigen::Index rows, Eigen::Index cols, Eigen::Index depth, bool l3) {
+    this->m_mc = rows;
+    this->m_nc = cols;
+    this->m_kc = depth;
+    Eigen::Index n = cols;
+    Eigen::internal::computeProductBlockingSizes<S, S, 1, Eigen::Index>(
+        this->m_kc, this->m_mc, l3 ? this->m_nc : n, Eigen::Index(1));
+  }
+  Eigen::Index size_a() const { return this->m_mc * this->m_kc; }
+  Eigen::Index size_b() const { return this->m_kc * this->m_nc; }
+  void bind(S* a, S* b) {
+    this->m_blockA = a;
+    this->m_blockB = b;
+  }
+};
 
 /// C += alpha * L * op(R) for a column-major C (rows x cols) and a
 /// column-major L (rows x depth). R is read as stored in `RhsOrder`: ColMajor
 /// means R is depth x cols; RowMajor means the buffer holds a cols x depth
 /// column-major matrix and the product uses its transpose (C += L R^T), which
-/// is how the off-diagonal blocks of a symmetric product are formed.
+/// is how the off-diagonal blocks of a symmetric product are formed. Packs
+/// into slot `slot` of a Packing shared with other products.
 template <class S, int RhsOrder = Eigen::ColMajor>
 class Gemm {
  public:
-  Gemm() = default;
-  Gemm(Eigen::Index rows, Eigen::Index cols, Eigen::Index depth)
-      : rows_(rows), cols_(cols), depth_(depth), blocking_(rows, cols, depth, 1, true) {
-    blocking_.allocateAll();
+  Gemm(Eigen::Index rows, Eigen::Index cols, Eigen::Index depth, Packing<S>& packing,
+       std::size_t slot)
+      : rows_(rows),
+        cols_(cols),
+        depth_(depth),
+        blocking_(rows, cols, depth, true),
+        packing_(&packing),
+        slot_(slot) {
+    packing.reserve(slot, blocking_.size_a(), blocking_.size_b());
   }
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
@@ -40,6 +107,7 @@ class Gemm {
   /// C (ldc) += alpha * L (ldl) * op(R) (ldr).
   void run(const S* L, Eigen::Index ldl, const S* R, Eigen::Index ldr, S* C, Eigen::Index ldc,
            S alpha) {
+    blocking_.bind(packing_->a(slot_), packing_->b(slot_));
     Eigen::internal::general_matrix_matrix_product<Eigen::Index, S, Eigen::ColMajor, false, S,
                                                    RhsOrder, false, Eigen::ColMajor,
                                                    1>::run(rows_, cols_, depth_, L, ldl, R, ldr, C,
@@ -47,10 +115,10 @@ class Gemm {
   }
 
  private:
-  Eigen::Index rows_ = 0, cols_ = 0, depth_ = 0;
-  Eigen::internal::gemm_blocking_space<Eigen::ColMajor, S, S, Eigen::Dynamic, Eigen::Dynamic,
-                                       Eigen::Dynamic, 1, false>
-      blocking_{0, 0, 0, 1, true};
+  Eigen::Index rows_, cols_, depth_;
+  Blocking<S> blocking_;
+  Packing<S>* packing_;
+  std::size_t slot_;
 };
 
 /// C (ldc) += alpha * L * R^T with L (rows x depth) and R (cols x depth)
@@ -59,20 +127,25 @@ template <class S>
 using GemmNT = Gemm<S, Eigen::RowMajor>;
 
 /// Lower triangle of C += alpha * M * M^T for a column-major M (size x depth):
-/// the symmetric rank-k update, half the flops of a general product.
+/// the symmetric rank-k update, half the flops of a general product. Packs
+/// into slot `slot` of a shared Packing.
 template <class S>
 class Syrk {
  public:
-  Syrk() = default;
-  Syrk(Eigen::Index size, Eigen::Index depth)
-      : size_(size), depth_(depth), blocking_(size, size, depth, 1, false) {
-    blocking_.allocateAll();
+  Syrk(Eigen::Index size, Eigen::Index depth, Packing<S>& packing, std::size_t slot)
+      : size_(size),
+        depth_(depth),
+        blocking_(size, size, depth, false),
+        packing_(&packing),
+        slot_(slot) {
+    packing.reserve(slot, blocking_.size_a(), blocking_.size_b());
   }
   Syrk(const Syrk&) = delete;
   Syrk& operator=(const Syrk&) = delete;
 
   /// lower(C) (ldc) += alpha * M M^T, M (ldm) column-major size x depth.
   void run(const S* M, Eigen::Index ldm, S* C, Eigen::Index ldc, S alpha) {
+    blocking_.bind(packing_->a(slot_), packing_->b(slot_));
     // The right factor M^T is M's storage read row-major.
     Eigen::internal::general_matrix_matrix_triangular_product<
         Eigen::Index, S, Eigen::ColMajor, false, S, Eigen::RowMajor, false, Eigen::ColMajor, 1,
@@ -80,10 +153,10 @@ class Syrk {
   }
 
  private:
-  Eigen::Index size_ = 0, depth_ = 0;
-  Eigen::internal::gemm_blocking_space<Eigen::ColMajor, S, S, Eigen::Dynamic, Eigen::Dynamic,
-                                       Eigen::Dynamic, 1, false>
-      blocking_{0, 0, 0, 1, false};
+  Eigen::Index size_, depth_;
+  Blocking<S> blocking_;
+  Packing<S>* packing_;
+  std::size_t slot_;
 };
 
 }  // namespace detail

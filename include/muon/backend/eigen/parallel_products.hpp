@@ -12,8 +12,9 @@
 ///    parallel region does the whole symmetric product.
 ///  - ParallelGemm: C = L R (plus whatever a prologue writes into C first),
 ///    split by columns of R and C.
-/// Every panel owns its kernel objects and their packing buffers, created
-/// with the product; run() allocates nothing. Each task first calls a
+/// Every panel owns its kernel objects, created with the product; panel p
+/// packs into slot p of a Packing shared with the other products (one task
+/// per thread, one product at a time); run() allocates nothing. Each task first calls a
 /// caller-supplied prologue on its own part of C (zeroing, scaling a copy),
 /// so elementwise work is threaded too.
 
@@ -58,7 +59,7 @@ template <class S>
 class ParallelSyrk {
  public:
   /// C is size x size, M is size x depth. `pool` may be null (one thread).
-  ParallelSyrk(Eigen::Index size, Eigen::Index depth, ThreadPool* pool)
+  ParallelSyrk(Eigen::Index size, Eigen::Index depth, ThreadPool* pool, Packing<S>& packing)
       : size_(size), depth_(depth), pool_(pool) {
     const int threads = pool ? pool->size() : 1;
     const int tasks = useful_tasks(double(size) * double(size) * double(depth), threads);
@@ -66,8 +67,8 @@ class ParallelSyrk {
     bounds_ = split_points(size, tasks, [](double f) { return std::sqrt(f); });
     for (std::size_t p = 0; p + 1 < bounds_.size(); ++p) {
       const Eigen::Index r0 = bounds_[p], rows = bounds_[p + 1] - r0;
-      diag_.push_back(std::make_unique<Syrk<S>>(rows, depth));
-      rect_.push_back(r0 > 0 ? std::make_unique<GemmNT<S>>(rows, r0, depth) : nullptr);
+      diag_.push_back(std::make_unique<Syrk<S>>(rows, depth, packing, p));
+      rect_.push_back(r0 > 0 ? std::make_unique<GemmNT<S>>(rows, r0, depth, packing, p) : nullptr);
     }
   }
 
@@ -121,13 +122,15 @@ class ParallelSyrk {
 template <class S>
 class ParallelGemm {
  public:
-  ParallelGemm(Eigen::Index rows, Eigen::Index cols, Eigen::Index depth, ThreadPool* pool)
+  ParallelGemm(Eigen::Index rows, Eigen::Index cols, Eigen::Index depth, ThreadPool* pool,
+               Packing<S>& packing)
       : rows_(rows), cols_(cols), depth_(depth), pool_(pool) {
     const int threads = pool ? pool->size() : 1;
     const int tasks = useful_tasks(2.0 * double(rows) * double(cols) * double(depth), threads);
     bounds_ = split_points(cols, tasks, [](double f) { return f; });
     for (std::size_t p = 0; p + 1 < bounds_.size(); ++p)
-      parts_.push_back(std::make_unique<Gemm<S>>(rows, bounds_[p + 1] - bounds_[p], depth));
+      parts_.push_back(
+          std::make_unique<Gemm<S>>(rows, bounds_[p + 1] - bounds_[p], depth, packing, p));
   }
 
   int tasks() const { return static_cast<int>(parts_.size()); }

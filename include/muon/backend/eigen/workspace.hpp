@@ -8,7 +8,9 @@
 /// (float for half/bfloat16/float, double for double), oriented wide
 /// (m = min(rows, cols) <= n = max(rows, cols)). Tall inputs are transposed on
 /// load and back on store, so the Gram matrix is always the smaller one.
-/// After construction no member function allocates.
+/// After construction no member function allocates. Its threads, packing
+/// buffers and matrices come from SharedResources: its own by default, or
+/// shared with other workspaces that run one at a time.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -27,6 +29,7 @@
 #include "eigen_products.hpp"
 #include "optional_products.hpp"
 #include "parallel_products.hpp"
+#include "shared_resources.hpp"
 #include "thread_pool.hpp"
 
 namespace muon {
@@ -70,6 +73,9 @@ class Workspace {
   using storage_scalar = T;
   using compute_scalar = compute_t<T>;
   using Index = Eigen::Index;
+  /// Threads, packing buffers and matrix memory this workspace may share
+  /// with others that run one at a time (see SharedResources).
+  using Resources = SharedResources<compute_t<T>>;
 
   /// Buffers for inputs of shape rows x cols. Throws muon::Error when a
   /// dimension is not positive. `threads` (0: muon::default_threads(), which
@@ -79,10 +85,21 @@ class Workspace {
   /// to gain from them. `products` picks the product engine (see Products);
   /// an engine this build or CPU lacks throws muon::Error.
   Workspace(Index rows, Index cols, int threads = 0, Products products = Products::automatic)
-      : rows_(rows), cols_(cols) {
+      : Workspace(rows, cols,
+                  std::make_shared<Resources>(threads > 0 ? threads : default_threads()),
+                  products) {}
+
+  /// A workspace that takes its threads, packing buffers and matrix memory
+  /// from `shared`, growing them to its needs. Workspaces sharing resources
+  /// must never run at the same time (muon::Optimizer runs its workspaces,
+  /// one per parameter shape, one after another).
+  Workspace(Index rows, Index cols, std::shared_ptr<Resources> shared,
+            Products products = Products::automatic)
+      : rows_(rows), cols_(cols), shared_(std::move(shared)) {
     if (!(rows > 0 && cols > 0))
       detail::fail("workspace shape", "rows and cols must be positive, got " +
                                           std::to_string(rows) + "x" + std::to_string(cols));
+    if (!shared_) detail::fail("shared", "is null");
     if (!products_available(products))
       detail::fail("products",
                    "this engine is not available (build option off, or the CPU lacks "
@@ -97,21 +114,23 @@ class Workspace {
 #endif
     m_ = rows < cols ? rows : cols;
     n_ = rows < cols ? cols : rows;
-    X_.resize(m_, n_);
-    Y_.resize(m_, n_);
-    A_.resize(m_, m_);
-    B_.resize(m_, m_);
-    Q_.resize(m_, m_);
-    T_.resize(m_, m_);
-    threads_ = threads > 0 ? threads : default_threads();
+    // The arena: X, Y (m x n), A, B, Q, T (m x m), each starting on a 64-byte
+    // boundary.
+    const std::size_t wide = aligned(std::size_t(m_) * std::size_t(n_));
+    const std::size_t square = aligned(std::size_t(m_) * std::size_t(m_));
+    offset_[0] = 0;
+    offset_[1] = wide;
+    for (int k = 2; k < 6; ++k) offset_[k] = 2 * wide + std::size_t(k - 2) * square;
+    shared_->reserve_matrices(2 * wide + 4 * square);
     // Threads pay off once one product is worth a few wake-ups; below ~320^3
     // (measured on a shared 2-core machine) one thread is as fast.
-    if (threads_ > 1 && double(m_) * double(m_) * double(n_) >= 3.2e7)
-      pool_ = std::make_unique<detail::ThreadPool>(threads_);
-    gram_ = std::make_unique<detail::ParallelSyrk<S>>(m_, n_, pool_.get());
-    square_ = std::make_unique<detail::ParallelSyrk<S>>(m_, m_, pool_.get());
-    apply_ = std::make_unique<detail::ParallelGemm<S>>(m_, n_, m_, pool_.get());
-    small_ = std::make_unique<detail::ParallelGemm<S>>(m_, m_, m_, pool_.get());
+    if (shared_->threads() > 1 && double(m_) * double(m_) * double(n_) >= 3.2e7)
+      pool_ = shared_->pool();
+    detail::Packing<S>& packing = shared_->packing();
+    gram_ = std::make_unique<detail::ParallelSyrk<S>>(m_, n_, pool_, packing);
+    square_ = std::make_unique<detail::ParallelSyrk<S>>(m_, m_, pool_, packing);
+    apply_ = std::make_unique<detail::ParallelGemm<S>>(m_, n_, m_, pool_, packing);
+    small_ = std::make_unique<detail::ParallelGemm<S>>(m_, m_, m_, pool_, packing);
 #ifdef MUON_USE_BF16
     if (products_ == Products::bf16) {
       dnnl_ = std::make_unique<detail::DnnlContext>();
@@ -125,6 +144,7 @@ class Workspace {
       bf_apply_acc_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, n_, m_, m_, true, false, true);
     }
 #endif
+    bind();
   }
 
   /// The product engine in use (never automatic).
@@ -132,6 +152,8 @@ class Workspace {
 
   /// Threads the products use (1 when the shape is too small to split).
   int threads() const { return pool_ ? pool_->size() : 1; }
+  /// The resources this workspace draws on (shared with others or its own).
+  const std::shared_ptr<Resources>& resources() const { return shared_; }
   /// Wide orientation: n / m >= 1 (cols / rows after transposing tall inputs).
   double aspect_ratio() const { return double(n_) / double(m_); }
   /// The aspect ratio from which NsMethod::automatic takes the Gram form:
@@ -163,12 +185,13 @@ class Workspace {
   /// leaving nothing of the caller's changed, when G holds NaN or Inf.
   template <class Derived>
   bool load(const Eigen::MatrixBase<Derived>& G) {
+    bind();
     xt_current_ = false;
     if (transposed())
-      X_ = G.transpose().template cast<S>();
+      X() = G.transpose().template cast<S>();
     else
-      X_ = G.template cast<S>();
-    return X_.allFinite();
+      X() = G.template cast<S>();
+    return X().allFinite();
   }
 
   /// out <- X (cast to out's scalar, transposed back if tall).
@@ -177,9 +200,9 @@ class Workspace {
     auto& out = const_cast<Eigen::MatrixBase<Derived>&>(out_const);
     using OutScalar = typename Derived::Scalar;
     if (transposed())
-      out = X_.transpose().template cast<OutScalar>();
+      out = iterate().transpose().template cast<OutScalar>();
     else
-      out = X_.template cast<OutScalar>();
+      out = iterate().template cast<OutScalar>();
   }
 
   // ---- backend primitives called by detail::newton_schulz_iterate ----------
@@ -187,112 +210,131 @@ class Workspace {
   void normalize(double divisor, double eps, EpsMode mode) {
     xt_current_ = false;
     // Accumulate in double: no overflow for any finite float input.
-    const double norm = std::sqrt(X_.template cast<double>().squaredNorm());
+    const double norm = std::sqrt(X().template cast<double>().squaredNorm());
     const double denominator = detail::normalization_denominator(norm, divisor, eps, mode);
     // Divide in double: 1/denominator overflows a float compute scalar for a
     // tiny eps with a zero or denormal X, and 0 * inf would be NaN.
-    X_ = (X_.template cast<double>() / denominator).template cast<S>();
+    X() = (X().template cast<double>() / denominator).template cast<S>();
   }
 
   void gram() {  // A = X X^T (symmetric)
-    symmetric_into(*gram_, X_, S(1), nullptr, S(0), A_);
+    symmetric_into(*gram_, x_, n_, S(1), nullptr, S(0), a_);
   }
 
   void symmetric_polynomial(double b, double c) {  // B = b A + c A^2 (A^2 = A A^T)
     if (c == 0.0) {
-      B_ = static_cast<S>(b) * A_;
+      Sq(b_) = static_cast<S>(b) * Sq(a_);
       return;
     }
-    symmetric_into(*square_, A_, static_cast<S>(c), &A_, static_cast<S>(b), B_);
+    symmetric_into(*square_, a_, m_, static_cast<S>(c), a_, static_cast<S>(b), b_);
   }
 
   void apply_polynomial(double a) {  // X = a X + B X
-    multiply_into(*apply_, B_, static_cast<S>(a), X_, Y_);
-    X_.swap(Y_);  // swaps pointers, no copy, no allocation
+    multiply_into(*apply_, b_, static_cast<S>(a), x_, n_, y_);
+    std::swap(x_, y_);  // the result becomes the iterate: no copy
     xt_current_ = false;
   }
 
   // ---- Gram Newton–Schulz primitives (detail::gram_newton_schulz_iterate) --
-  // R lives in A, Z = b R + c R^2 in B (symmetric_polynomial), Q in Q_.
+  // R lives in A, Z = b R + c R^2 in B (symmetric_polynomial), Q in Q.
 
   void gram_q_init(double a) {  // Q = a I + Z
-    Q_ = B_;
-    Q_.diagonal().array() += static_cast<S>(a);
+    Sq(q_) = Sq(b_);
+    Sq(q_).diagonal().array() += static_cast<S>(a);
   }
 
   void gram_q_update(double a) {  // Q <- a Q + Z Q (= a Q + Q Z: both are polynomials in R)
-    multiply_into(*small_, B_, static_cast<S>(a), Q_, T_, /*fp32=*/true);
-    Q_.swap(T_);
+    multiply_into(*small_, b_, static_cast<S>(a), q_, m_, t_, /*fp32=*/true);
+    std::swap(q_, t_);
   }
 
-  void gram_r_update(double a) {                 // R <- (a I + Z)^2 R, kept symmetric
-    B_.diagonal().array() += static_cast<S>(a);  // W = a I + Z (Z is not needed again)
+  void gram_r_update(double a) {                     // R <- (a I + Z)^2 R, kept symmetric
+    Sq(b_).diagonal().array() += static_cast<S>(a);  // W = a I + Z (Z is not needed again)
     // bf16 products keep these in fp32: rounding R's factors each step
     // compounds through the Gram recurrence (the m x n products stay bf16).
-    symmetric_into(*square_, B_, S(1), nullptr, S(0), T_, /*fp32=*/true);  // T = W^2
-    multiply_into(*small_, T_, S(0), A_, B_, /*fp32=*/true);               // B = W^2 R
-    symmetrize_into(B_, A_);                                               // R = sym(B)
+    symmetric_into(*square_, b_, m_, S(1), nullptr, S(0), t_, /*fp32=*/true);  // T = W^2
+    multiply_into(*small_, t_, S(0), a_, m_, b_, /*fp32=*/true);               // B = W^2 R
+    symmetrize_into(b_, a_, m_);                                               // R = sym(B)
   }
 
   void gram_apply_q() {  // X <- Q X
-    multiply_into(*apply_, Q_, S(0), X_, Y_);
-    X_.swap(Y_);
+    multiply_into(*apply_, q_, S(0), x_, n_, y_);
+    std::swap(x_, y_);
     xt_current_ = false;
   }
 
-  /// The current iterate (wide orientation), e.g. for metrics.
-  const Matrix<compute_t<T>>& iterate() const { return X_; }
+  /// The current iterate (wide orientation), e.g. for metrics; valid until
+  /// this workspace, or one sharing its resources, loads again.
+  Eigen::Map<const Matrix<compute_t<T>>> iterate() const {
+    return Eigen::Map<const Matrix<S>>(x_, m_, n_);
+  }
 
  private:
   using S = compute_t<T>;
+  using MatrixMap = Eigen::Map<Matrix<S>>;
+
+  static std::size_t aligned(std::size_t elements) {  // up to a multiple of 64 bytes
+    const std::size_t per = 64 / sizeof(S);
+    return (elements + per - 1) / per * per;
+  }
+  // Points the matrices into the shared arena (which may have moved since
+  // the last call) at their fixed offsets.
+  void bind() {
+    S* base = shared_->matrices();
+    S** slot[6] = {&x_, &y_, &a_, &b_, &q_, &t_};
+    for (int k = 0; k < 6; ++k) *slot[k] = base + offset_[k];
+  }
+  MatrixMap X() { return MatrixMap(x_, m_, n_); }
+  MatrixMap Sq(S* p) { return MatrixMap(p, m_, m_); }  // one of the m x m matrices
 
   /// C = init_scale * init + alpha M M^T (init null: 0), all of C written;
   /// M is m x depth, C and init m x m (init symmetric, may not alias C).
-  void symmetric_into(detail::ParallelSyrk<S>& product, const Matrix<S>& M, S alpha,
-                      const Matrix<S>* init, S init_scale, Matrix<S>& C, bool fp32 = false) {
-    (void)fp32;  // only the bf16 engine reads it
+  void symmetric_into(detail::ParallelSyrk<S>& product, const S* M, Index depth, S alpha,
+                      const S* init, S init_scale, S* C, bool fp32 = false) {
+    (void)fp32;   // only the bf16 engine reads it
+    (void)depth;  // only BLAS reads it (the Eigen products know their shape)
     const Index m = m_;
 #ifdef MUON_USE_BLAS
     if (products_ == Products::blas) {
-      if (init) C = init_scale * *init;
-      detail::blas_syrk_lower(int(m), int(M.cols()), alpha, M.data(), int(m), init ? S(1) : S(0),
-                              C.data(), int(m));
-      detail::ParallelSyrk<S>::mirror_rows(C.data(), m, 0, m);
+      if (init) Sq(C) = init_scale * Eigen::Map<const Matrix<S>>(init, m, m);
+      detail::blas_syrk_lower(int(m), int(depth), alpha, M, int(m), init ? S(1) : S(0), C, int(m));
+      detail::ParallelSyrk<S>::mirror_rows(C, m, 0, m);
       return;
     }
 #endif
 #ifdef MUON_USE_BF16
     if constexpr (std::is_same<S, float>::value) {
       if (products_ == Products::bf16 && !fp32) {
-        if (&M == &X_) {  // the Gram X X^T from the row-major bf16 copy of X
-          bf_gram_->run(x_bf16(), C.data(), alpha, init ? init->data() : nullptr, init_scale);
+        if (M == x_) {  // the Gram X X^T from the row-major bf16 copy of X
+          bf_gram_->run(x_bf16(), C, alpha, init, init_scale);
         } else {  // M symmetric m x m: its storage is its own row-major copy
-          detail::to_bf16(M.data(), Lb_.data(), m * m);
-          bf_square_->run(Lb_.data(), C.data(), alpha, init ? init->data() : nullptr, init_scale);
+          detail::to_bf16(M, Lb_.data(), m * m);
+          bf_square_->run(Lb_.data(), C, alpha, init, init_scale);
         }
         return;
       }
     }
 #endif
-    const S* src = init ? init->data() : nullptr;
-    S* c = C.data();
-    auto prologue = [src, c, m, init_scale](Index r0, Index r1) {
+    auto prologue = [init, C, m, init_scale](Index r0, Index r1) {
       for (Index j = 0; j < r1; ++j)
         for (Index i = std::max(j, r0); i < r1; ++i)
-          c[i + j * m] = src ? init_scale * src[i + j * m] : S(0);
+          C[i + j * m] = init ? init_scale * init[i + j * m] : S(0);
     };
-    product.run(M.data(), m, C.data(), m, alpha, prologue);
+    product.run(M, m, C, m, alpha, prologue);
   }
 
-  /// out = alpha * R + L R, threaded by columns of R (the product's own split).
-  void multiply_into(detail::ParallelGemm<S>& product, const Matrix<S>& L, S alpha,
-                     const Matrix<S>& R, Matrix<S>& out, bool fp32 = false) {
+  /// out = alpha * R + L R (L m x m, R and out m x cols), threaded by columns
+  /// of R (the product's own split).
+  void multiply_into(detail::ParallelGemm<S>& product, const S* L, S alpha, const S* R, Index cols,
+                     S* out, bool fp32 = false) {
     (void)fp32;  // only the bf16 engine reads it
+    (void)cols;  // only BLAS and bf16 read it (the Eigen products know their shape)
+    const Index rows = m_;
 #ifdef MUON_USE_BLAS
     if (products_ == Products::blas) {
-      if (alpha != S(0)) out = R;
-      detail::blas_gemm(int(L.rows()), int(R.cols()), int(L.cols()), S(1), L.data(), int(L.rows()),
-                        R.data(), int(R.rows()), alpha, out.data(), int(out.rows()));
+      if (alpha != S(0)) std::copy(R, R + rows * cols, out);
+      detail::blas_gemm(int(rows), int(cols), int(rows), S(1), L, int(rows), R, int(rows), alpha,
+                        out, int(rows));
       return;
     }
 #endif
@@ -301,26 +343,22 @@ class Workspace {
       if (products_ == Products::bf16 && !fp32) {
         // Every bf16 multiply_into has the m x n iterate as its right factor
         // (apply_polynomial, gram_apply_q); the m x m ones ask for fp32.
-        if (!(R.data() == X_.data()))
-          detail::fail("products", "bf16 product of an unexpected shape");
-        detail::to_bf16(L.data(), Lb_.data(), L.size());
-        if (alpha != S(0)) out = alpha * R;
-        (alpha != S(0) ? *bf_apply_acc_ : *bf_apply_).run(x_bf16(), Lb_.data(), out.data());
+        if (R != x_) detail::fail("products", "bf16 product of an unexpected shape");
+        detail::to_bf16(L, Lb_.data(), rows * rows);
+        if (alpha != S(0)) MatrixMap(out, rows, cols) = alpha * X();
+        (alpha != S(0) ? *bf_apply_acc_ : *bf_apply_).run(x_bf16(), Lb_.data(), out);
         return;
       }
     }
 #endif
-    const S* r = R.data();
-    S* o = out.data();
-    const Index rows = R.rows();
-    auto init = [r, o, rows, alpha](Index c0, Index c1) {
+    auto init = [R, out, rows, alpha](Index c0, Index c1) {
       const Index begin = c0 * rows, end = c1 * rows;
       if (alpha == S(0))
-        for (Index k = begin; k < end; ++k) o[k] = S(0);
+        for (Index k = begin; k < end; ++k) out[k] = S(0);
       else
-        for (Index k = begin; k < end; ++k) o[k] = alpha * r[k];
+        for (Index k = begin; k < end; ++k) out[k] = alpha * R[k];
     };
-    product.run(L.data(), L.rows(), R.data(), rows, out.data(), rows, S(1), init);
+    product.run(L, rows, R, rows, out, rows, S(1), init);
   }
 
 #ifdef MUON_USE_BF16
@@ -337,7 +375,7 @@ class Workspace {
           return t == tasks ? m_ : (m_ * t / tasks) / 16 * 16;
         };
         auto rows = [&](int t) {
-          detail::to_bf16_transposed(X_.data(), Xt_.data(), m_, n_, boundary(t), boundary(t + 1));
+          detail::to_bf16_transposed(x_, Xt_.data(), m_, n_, boundary(t), boundary(t + 1));
         };
         if (tasks > 1)
           pool_->parallel(tasks, rows);
@@ -350,24 +388,24 @@ class Workspace {
   }
 #endif
 
-  /// dst = (src + src^T) / 2 (src square, same size as dst).
-  static void symmetrize_into(const Matrix<S>& src, Matrix<S>& dst) {
-    const Index n = src.rows();
+  /// dst = (src + src^T) / 2 (both n x n).
+  static void symmetrize_into(const S* src, S* dst, Index n) {
     for (Index j = 0; j < n; ++j) {
-      dst(j, j) = src(j, j);
-      for (Index i = j + 1; i < n; ++i) dst(i, j) = S(0.5) * (src(i, j) + src(j, i));
+      dst[j + j * n] = src[j + j * n];
+      for (Index i = j + 1; i < n; ++i) dst[i + j * n] = S(0.5) * (src[i + j * n] + src[j + i * n]);
     }
-    detail::ParallelSyrk<S>::mirror_rows(dst.data(), n, 0, n);
+    detail::ParallelSyrk<S>::mirror_rows(dst, n, 0, n);
   }
 
   Index rows_, cols_, m_ = 0, n_ = 0;
-  int threads_ = 1;
-  Matrix<S> X_, Y_, A_, B_, Q_, T_;
-  std::unique_ptr<detail::ThreadPool> pool_;  // before the products that point to it
+  std::shared_ptr<Resources> shared_;  // before the products that point into it
+  std::size_t offset_[6] = {};         // X, Y, A, B, Q, T in the shared arena
+  S *x_ = nullptr, *y_ = nullptr, *a_ = nullptr, *b_ = nullptr, *q_ = nullptr, *t_ = nullptr;
+  detail::ThreadPool* pool_ = nullptr;  // shared_'s pool, or null: one thread
   std::unique_ptr<detail::ParallelSyrk<S>> gram_, square_;
   std::unique_ptr<detail::ParallelGemm<S>> apply_, small_;
   Products products_ = Products::eigen;
-  // The bf16 engine's copy Xt_ holds bf16(X_); every change of X_ clears it
+  // The bf16 engine's copy Xt_ holds bf16(X); every change of X clears it
   // (kept in every build so those writes need no #ifdef).
   bool xt_current_ = false;
 #ifdef MUON_USE_BF16
