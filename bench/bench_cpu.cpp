@@ -10,8 +10,12 @@
 ///                    general products), threaded by Eigen's OpenMP
 ///                    parallelization with Eigen::setNbThreads(t) (a build
 ///                    without OpenMP registers only t = 1)
-///   muon_oneshot     muon::orthogonalize(G): workspace made per call
-///   muon_default     orthogonalize_into with a reused workspace, default options
+///   muon_oneshot     muon::orthogonalize(G): the convenient call (its
+///                    per-thread workspace, this build's automatic engine)
+///   muon_reused      orthogonalize_into, reused workspace, automatic engine:
+///                    what muon_oneshot is compared with
+///   muon_default     orthogonalize_into, reused workspace, default options,
+///                    Eigen products: the default (pure Eigen) build's path
 ///   muon_standard    reused workspace, forced standard iteration
 ///   muon_gram        reused workspace, forced Gram Newton–Schulz
 ///   muon_blas        products from BLAS, OpenBLAS on t threads (MUON_USE_BLAS
@@ -135,8 +139,7 @@ void bm_plain(benchmark::State& state, Shape s, int threads) {
   finish(state, s, threads, out, Kind::newton_schulz);
 }
 
-/// muon::orthogonalize(G): the convenient call, workspace (and its threads)
-/// made per call.
+/// muon::orthogonalize(G): the convenient call.
 void bm_oneshot(benchmark::State& state, Shape s, int threads) {
   bench::use_threads(threads);
   const MatrixF G = input(s);
@@ -204,6 +207,7 @@ const int registered = [] {
       };
       add("plain_eigen", bm_plain, s, t);
       add("muon_oneshot", bm_oneshot, s, t);
+      add("muon_reused", bm_muon, s, t, NsMethod::automatic, Products::automatic);
       add("muon_default", bm_muon, s, t, NsMethod::automatic, Products::eigen);
       add("muon_standard", bm_muon, s, t, NsMethod::standard, Products::eigen);
       if (s.rows != s.cols) add("muon_gram", bm_muon, s, t, NsMethod::gram, Products::eigen);

@@ -10,7 +10,9 @@
 # Usage: scripts/bench_step.sh [out_dir]      (default build/bench_step_results)
 # Environment: MUON_BENCH_THREADS (comma list, default "1,<cores>"),
 #   MUON_BENCH_LAYERS (GPT-2 blocks, default 12), MUON_BENCH_MODEL (gpt2 or
-#   mlp), BENCH_MIN_TIME (s per measurement, default 3), BUILD_DIR, JOBS.
+#   mlp), BENCH_MIN_TIME (s per measurement, default 3), BENCH_REPETITIONS
+#   (of each measurement of ours, default 3: the median is reported),
+#   BUILD_DIR, JOBS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/bench_step_results}
@@ -34,7 +36,8 @@ cmake --build "$build" -j "$jobs" --target bench_step
 
 echo "== bench_step (threads: $threads; model: $model, layers $layers) =="
 MUON_BENCH_THREADS=$threads MUON_BENCH_LAYERS=$layers MUON_BENCH_MODEL=$model \
-  "$build/bench/bench_step" --benchmark_min_time="$min_time" --benchmark_format=json \
+  "$build/bench/bench_step" --benchmark_min_time="$min_time" \
+  --benchmark_repetitions="${BENCH_REPETITIONS:-3}" --benchmark_format=json \
   --benchmark_out="$out/bench_step.json" --benchmark_out_format=json >/dev/null
 
 torch_py=/usr/bin/python3

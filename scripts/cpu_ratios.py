@@ -16,7 +16,8 @@ sgemm rate of the same run; then PyTorch's best configuration over torch x
 OpenBLAS threads against our best step.
 
 Names are "<method>/t<threads>/<what>" (Google Benchmark's suffixes are
-dropped). Standard library only.
+dropped); with --benchmark_repetitions the median is used. Standard library
+only.
 """
 import argparse
 import json
@@ -29,6 +30,10 @@ def load(paths):
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
         for b in doc["benchmarks"]:
+            if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
+                continue  # with --benchmark_repetitions, the median stands for the run
+            if b.get("run_type") == "iteration" and b.get("repetitions", 1) > 1:
+                continue
             name = b["name"]
             for cut in ("/min_time", "/iterations", "/real_time"):
                 name = name.split(cut)[0]
@@ -57,7 +62,7 @@ def table(header, lines, markdown):
 
 
 def ns(rows, markdown):
-    methods = ["muon_oneshot", "muon_default", "muon_standard", "muon_gram", "muon_blas",
+    methods = ["muon_oneshot", "muon_reused", "muon_default", "muon_standard", "muon_gram", "muon_blas",
                "muon_bf16", "muon_bf16_gram", "polar_eigh", "polar_svd", "torch_fp32",
                "torch_bf16"]
     for threads in sorted({t for t, _ in rows}):
@@ -79,8 +84,8 @@ def ns(rows, markdown):
         if "muon_default" not in r:
             continue
         line = [str(t), shape,
-                f"{r['muon_oneshot']['real_time'] / r['muon_default']['real_time']:.3f}"
-                if "muon_oneshot" in r else "-"]
+                f"{r['muon_oneshot']['real_time'] / r['muon_reused']['real_time']:.3f}"
+                if "muon_oneshot" in r and "muon_reused" in r else "-"]
         if "muon_bf16" in r and "torch_bf16" in r:
             a, b = r["muon_bf16"], r["torch_bf16"]
             line += [f"{a['real_time'] / b['real_time']:.3f}",

@@ -6,7 +6,7 @@ bench/bench_cpu.cpp, in fp32 and bf16, as torch.optim.Muon computes it:
     B = b A + c A A;  X = a X + B X
 
 Prints one JSON object: {"context": ..., "benchmarks": [{"name":
-"torch_<dtype>/<rows>x<cols>", "real_time": ms, "time_unit": "ms",
+"torch_<dtype>/t<threads>/<rows>x<cols>", "real_time": ms, "time_unit": "ms",
 "GFLOPs": ..., "orth_err": ..., "ns_rounding": ...}, ...]}, the same
 fields Google Benchmark writes (and bench/bench_cpu.cpp's counters:
 ns_rounding = ||O - O64||_F / ||O64||_F against the same NS5 in float64), so scripts/bench_cpu.sh and scripts/plot_bench.py read both alike.
@@ -99,7 +99,7 @@ def main() -> None:
                         break
             ms = 1e3 * elapsed / iters
             out["benchmarks"].append({
-                "name": f"{name}/{rows}x{cols}", "real_time": ms, "time_unit": "ms",
+                "name": f"{name}/t{threads}/{rows}x{cols}", "real_time": ms, "time_unit": "ms",
                 "iterations": iters, "GFLOPs": flops / (ms * 1e-3) * 1e-9,
                 "orth_err": orth_err(O.float()),
                 "ns_rounding": float((O.double() - ref).norm() / ref.norm())})

@@ -812,22 +812,17 @@ class Optimizer {
       WS& ws = *workspaces_[s.block_ws[b]];
       // The Newton–Schulz input, computed from the stored buffer as it is loaded.
       const auto& m = s.first;
-      ws.load(Matrix<C>::NullaryExpr(rows, p.cols, [&m, &G, &k, r0](Index r, Index c) {
+      ws.load_generated([&m, &G, &k, r0](Index r, Index c) {
         return optim::rules::ns_input(static_cast<C>(m(r0 + r, c)), static_cast<C>(G(r0 + r, c)),
                                       k);
-      }));
+      });
       detail::newton_schulz_iterate(ws, ns);
       const auto u = core_.muon_update_coefficients<C>(i, b);
-      const auto X = ws.iterate();  // wide: X(a, b) = O(a, b), or O(b, a) when transposed
-      const bool t = ws.transposed();
-      // Walk X in its own (column-major) order.
-      for (Index col = 0; col < X.cols(); ++col)
-        for (Index row = 0; row < X.rows(); ++row) {
-          const Index r = t ? col : row, c = t ? row : col;
-          const C o = X(row, col);
-          W(r0 + r, c) =
-              static_cast<T>(optim::rules::muon_parameter(static_cast<C>(W(r0 + r, c)), o, u));
-        }
+      ws.visit_result([&W, &u, r0](Index r, Index c, C o) {
+        W(r0 + r, c) =
+            static_cast<T>(optim::rules::muon_parameter(static_cast<C>(W(r0 + r, c)), o, u));
+      });
+      const auto X = ws.iterate();  // for the metrics
       if (metrics_on_) {
         s.update_sumsq += static_cast<double>(X.template cast<double>().squaredNorm());
         s.orth_error = std::max(s.orth_error, orthogonality_error(s, b, X));

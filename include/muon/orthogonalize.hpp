@@ -3,7 +3,8 @@
 /// \file orthogonalize.hpp
 /// \brief The CPU entry points: orthogonalize Eigen matrices with Newton–Schulz.
 ///
-///  - `orthogonalize(G[, options])`: returns O = NS(G), convenient, allocates.
+///  - `orthogonalize(G[, options])`: returns O = NS(G), convenient, allocates
+///    the result (and a per-thread workspace when the shape changes).
 ///  - `orthogonalize_into(G, out, workspace[, options])`: no heap allocation;
 ///    `out` may be G itself (in place).
 ///  - `orthogonalize_batch(...)`: a batch of same-shape matrices, one workspace.
@@ -14,6 +15,7 @@
 /// the caller's data is untouched.
 
 #include <Eigen/Core>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -62,14 +64,37 @@ void orthogonalize_into(const Eigen::MatrixBase<DerivedIn>& G,
   orthogonalize_into(G, out, workspace, defaults);
 }
 
+namespace detail {
+
+/// The calling thread's workspace for one-shot calls: the one of the last
+/// shape (and thread count) it orthogonalized, kept with its threads and
+/// memory, so a loop of one-shot calls costs what orthogonalize_into with a
+/// reused workspace costs.
+template <class T>
+Workspace<T>& one_shot_workspace(Eigen::Index rows, Eigen::Index cols) {
+  thread_local std::unique_ptr<Workspace<T>> last;
+  const int threads = default_threads();
+  if (!last || last->rows() != rows || last->cols() != cols ||
+      last->resources()->threads() != threads) {
+    last.reset();  // free the old one first: at most one is held
+    last = std::make_unique<Workspace<T>>(rows, cols, threads);
+  }
+  return *last;
+}
+
+}  // namespace detail
+
 /// Returns NS(G) as a new matrix of G's scalar. Throws muon::Error for an
-/// empty or non-finite G or invalid options.
+/// empty or non-finite G or invalid options. Keeps a workspace per thread
+/// for the last shape it saw (its memory is held until the thread exits or
+/// the shape changes); orthogonalize_into with your own workspace holds none.
 template <class Derived>
 Matrix<typename Derived::Scalar> orthogonalize(const Eigen::MatrixBase<Derived>& G,
                                                const NewtonSchulzOptions& options = {}) {
   using T = typename Derived::Scalar;
   if (!(G.rows() > 0 && G.cols() > 0)) detail::fail("G", "is empty");
-  Workspace<T> ws(G.rows(), G.cols());
+  options.validate();
+  Workspace<T>& ws = detail::one_shot_workspace<T>(G.rows(), G.cols());
   Matrix<T> out(G.rows(), G.cols());
   orthogonalize_into(G, out, ws, options);
   return out;

@@ -21,10 +21,38 @@ static_assert(EIGEN_WORLD_VERSION == 3 && EIGEN_MAJOR_VERSION == 4,
               "muon: the Eigen backend's allocation-free products target Eigen 3.4.x");
 
 #include <cstddef>
+#include <memory>
 #include <vector>
 
 namespace muon {
 namespace detail {
+
+/// Scratch memory of S, aligned for the widest vector unit, left
+/// uninitialized (it is written before it is read), growing on request only.
+/// Growing discards the contents.
+template <class S>
+class ScratchBuffer {
+ public:
+  ScratchBuffer() = default;
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  ~ScratchBuffer() { Eigen::internal::aligned_free(data_); }
+  /// At least n elements from now on.
+  void reserve(std::size_t n) {
+    if (n <= size_) return;
+    S* fresh =
+        static_cast<S*>(Eigen::internal::aligned_malloc(n * sizeof(S)));  // throws on failure
+    Eigen::internal::aligned_free(data_);
+    data_ = fresh;
+    size_ = n;
+  }
+  S* data() { return data_; }
+  std::size_t size() const { return size_; }
+
+ private:
+  S* data_ = nullptr;
+  std::size_t size_ = 0;
+};
 
 /// Packing buffers for the products, one pair (A, B) per task slot. Products
 /// that never run at the same time share a slot's pair: each product binds
@@ -36,25 +64,24 @@ class Packing {
  public:
   /// Slot `slot` holds at least `a` and `b` elements from now on.
   void reserve(std::size_t slot, Eigen::Index a, Eigen::Index b) {
-    if (slot >= slots_.size()) slots_.resize(slot + 1);
-    Slot& s = slots_[slot];
-    if (s.a.size() < static_cast<std::size_t>(a)) s.a.resize(static_cast<std::size_t>(a));
-    if (s.b.size() < static_cast<std::size_t>(b)) s.b.resize(static_cast<std::size_t>(b));
+    while (slots_.size() <= slot) slots_.push_back(std::make_unique<Slot>());
+    slots_[slot]->a.reserve(static_cast<std::size_t>(a));
+    slots_[slot]->b.reserve(static_cast<std::size_t>(b));
   }
-  S* a(std::size_t slot) { return slots_[slot].a.data(); }
-  S* b(std::size_t slot) { return slots_[slot].b.data(); }
+  S* a(std::size_t slot) { return slots_[slot]->a.data(); }
+  S* b(std::size_t slot) { return slots_[slot]->b.data(); }
   /// Bytes held by every slot.
   std::size_t bytes() const {
     std::size_t n = 0;
-    for (const Slot& s : slots_) n += (s.a.size() + s.b.size()) * sizeof(S);
+    for (const auto& s : slots_) n += (s->a.size() + s->b.size()) * sizeof(S);
     return n;
   }
 
  private:
   struct Slot {
-    std::vector<S, Eigen::aligned_allocator<S>> a, b;
+    ScratchBuffer<S> a, b;
   };
-  std::vector<Slot> slots_;
+  std::vector<std::unique_ptr<Slot>> slots_;
 };
 
 /// Eigen's cache blocking of one column-major product (the sizes Eigen's own

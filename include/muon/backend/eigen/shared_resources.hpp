@@ -48,9 +48,7 @@ class SharedResources {
 
   /// The matrix arena holds at least `elements` from now on (its start may
   /// move: workspaces take the pointer when they run, not when they are made).
-  void reserve_matrices(std::size_t elements) {
-    if (matrices_.size() < elements) matrices_.resize(elements);
-  }
+  void reserve_matrices(std::size_t elements) { matrices_.reserve(elements); }
   S* matrices() { return matrices_.data(); }
 
   /// Bytes held: the matrix arena and the packing buffers.
@@ -60,7 +58,7 @@ class SharedResources {
   int threads_;
   std::unique_ptr<detail::ThreadPool> pool_;
   detail::Packing<S> packing_;
-  std::vector<S, Eigen::aligned_allocator<S>> matrices_;
+  detail::ScratchBuffer<S> matrices_;
 };
 
 }  // namespace eigen

@@ -194,6 +194,34 @@ class Workspace {
     return X().allFinite();
   }
 
+  /// X <- f(r, c) over the input's rows() x cols() (cast to the compute
+  /// scalar, transposed if tall), for inputs computed on the fly (the
+  /// optimizer's Newton–Schulz input from momentum and gradient). Visited in
+  /// 32 x 32 tiles, so X's columns and an f that reads row-major memory both
+  /// stay in cache. Returns false when a value is NaN or Inf.
+  template <class F>
+  bool load_generated(F&& f) {
+    bind();
+    xt_current_ = false;
+    const bool t = transposed();
+    for_tiles([&](Index i, Index j) { x_[i + j * m_] = static_cast<S>(t ? f(j, i) : f(i, j)); });
+    return X().allFinite();
+  }
+
+  /// g(r, c, o) for every element o = O(r, c) of the result, in the input's
+  /// orientation (rows() x cols()), visited in the same 32 x 32 tiles.
+  template <class G>
+  void visit_result(G&& g) const {
+    const bool t = transposed();
+    for_tiles([&](Index i, Index j) {
+      const S o = x_[i + j * m_];
+      if (t)
+        g(j, i, o);
+      else
+        g(i, j, o);
+    });
+  }
+
   /// out <- X (cast to out's scalar, transposed back if tall).
   template <class Derived>
   void store(const Eigen::MatrixBase<Derived>& out_const) const {
@@ -285,6 +313,17 @@ class Workspace {
     for (int k = 0; k < 6; ++k) *slot[k] = base + offset_[k];
   }
   MatrixMap X() { return MatrixMap(x_, m_, n_); }
+  // f(i, j) for every (i, j) of the m x n iterate, column tiles of 32 x 32.
+  template <class F>
+  void for_tiles(F&& f) const {
+    constexpr Index kTile = 32;
+    for (Index j0 = 0; j0 < n_; j0 += kTile)
+      for (Index i0 = 0; i0 < m_; i0 += kTile) {
+        const Index j1 = std::min(n_, j0 + kTile), i1 = std::min(m_, i0 + kTile);
+        for (Index j = j0; j < j1; ++j)
+          for (Index i = i0; i < i1; ++i) f(i, j);
+      }
+  }
   MatrixMap Sq(S* p) { return MatrixMap(p, m_, m_); }  // one of the m x m matrices
 
   /// C = init_scale * init + alpha M M^T (init null: 0), all of C written;
