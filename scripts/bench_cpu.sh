@@ -12,8 +12,9 @@
 # Environment: MUON_BENCH_THREADS (comma list, default "1,<cores>"; every
 #   engine, the baseline's Eigen/OpenMP, OpenBLAS and torch, gets that many),
 #   MUON_BENCH_SHAPES (comma list of <rows>x<cols>), BENCH_FILTER (Google
-#   Benchmark regex), BENCH_MIN_TIME (s, 0.5), JOBS (build parallelism),
-#   BUILD_DIR (default build/bench_cpu).
+#   Benchmark regex), BENCH_MIN_TIME (s, 0.5), BENCH_REPETITIONS (of each of
+#   ours, default 1; with more, the median is reported), JOBS (build
+#   parallelism), BUILD_DIR (default build/bench_cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/bench_cpu_results}
@@ -35,6 +36,7 @@ echo "== bench_cpu (threads: $threads; options: ${opts[*]:-none}) =="
 mkdir -p "$out/inputs"
 MUON_BENCH_DUMP_INPUTS="$out/inputs" MUON_BENCH_THREADS=$threads "$build/bench/bench_cpu" \
   --benchmark_filter="${BENCH_FILTER:-.}" --benchmark_min_time="${BENCH_MIN_TIME:-0.5}" \
+  --benchmark_repetitions="${BENCH_REPETITIONS:-1}" \
   --benchmark_format=json --benchmark_out="$out/bench_cpu.json" --benchmark_out_format=json \
   >/dev/null
 

@@ -42,8 +42,11 @@ inline const char* ns_method_name(NsMethod m) {
 }
 
 /// The aspect ratio n/m (n >= m) from which NsMethod::automatic picks the Gram
-/// form on the CPU backend; measured in docs/performance_cpu.md.
-inline constexpr double kGramAspectThreshold = 2.0;
+/// form on the CPU backend. Measured at m = 768 (docs/performance_cpu.md):
+/// the Gram form takes 1.05-1.07x the standard iteration's time at n/m = 1.5,
+/// 0.96-0.99x at 1.75, 0.91-0.95x at 2 (break-even by flops: 5/3,
+/// docs/newton_schulz.md).
+inline constexpr double kGramAspectThreshold = 1.75;
 
 /// The largest singular value, relative to the normalized input's, that a
 /// valid configuration may reach at any step (see
