@@ -24,8 +24,8 @@
 
 #include <muon/muon.hpp>
 
-#include "example_support.hpp"
 #include <muon/extern_templates.hpp>  // the heavy templates: compiled once (CMake: INSTANCES)
+#include "example_support.hpp"
 
 namespace {
 

@@ -3,9 +3,9 @@
 // muon::Error while leaving the optimizer exactly as it was.
 
 #include <muon/checkpoint.hpp>
+#include <muon/extern_templates.hpp>  // the heavy templates: compiled once
 #include <muon/optim/host_state.hpp>
 #include <muon/optimizer.hpp>
-#include <muon/extern_templates.hpp>  // the heavy templates: compiled once
 
 #include <algorithm>
 #include <cstdio>

@@ -8,8 +8,8 @@
 #include "catch.hpp"
 #include "test_support.hpp"
 
-#include <muon/muon.hpp>
 #include <muon/extern_templates.hpp>  // the heavy templates: compiled once
+#include <muon/muon.hpp>
 
 namespace {
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // momentum_step against plain double recurrences written out below.
-#include <muon/muon.hpp>
 #include <muon/extern_templates.hpp>  // the heavy templates: compiled once
+#include <muon/muon.hpp>
 
 #include <cmath>
 #include <cstring>

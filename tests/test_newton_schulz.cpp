@@ -3,8 +3,8 @@
 // orthogonalize_batch), each checked against an independent reference: a
 // matrix built from known singular vectors and values, Eigen's BDCSVD in
 // double, the exact polar factor, or a hand-evaluated formula.
-#include <muon/muon.hpp>
 #include <muon/extern_templates.hpp>  // the heavy templates: compiled once
+#include <muon/muon.hpp>
 
 #include <Eigen/SVD>
 #include <algorithm>

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The exact references (polar_svd, polar_eigh) and the metrics, checked
 // against matrices built from known singular vectors and hand values.
-#include <muon/reference.hpp>
 #include <muon/extern_templates.hpp>  // the heavy templates: compiled once
+#include <muon/reference.hpp>
 
 #include <algorithm>
 #include <cmath>

@@ -2,9 +2,9 @@
 // Routing: which parameters go to Muon and which to AdamW, why, and with which
 // lr scale (checked against the rules' formulas written out here).
 
+#include <muon/extern_templates.hpp>  // the heavy templates: compiled once
 #include <muon/optim/registry.hpp>
 #include <muon/optimizer.hpp>
-#include <muon/extern_templates.hpp>  // the heavy templates: compiled once
 
 #include <array>
 #include <cmath>

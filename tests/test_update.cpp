@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Learning-rate adjustment by shape and apply_muon_update (decoupled and
 // cautious weight decay) against hand-computed values and plain double loops.
-#include <muon/muon.hpp>
 #include <muon/extern_templates.hpp>  // the heavy templates: compiled once
+#include <muon/muon.hpp>
 
 #include <cmath>
 #include <random>

@@ -82,7 +82,7 @@ void momentum_step(const Eigen::DenseBase<DG>& grad, const Eigen::DenseBase<DB>&
   auto& m_out = detail::writable(buf);
   auto& x_out = detail::writable(ns_input);
   const auto k = optim::rules::momentum_coefficients<C>(opt.momentum, opt.kind == MomentumKind::ema,
-                                                         opt.nesterov);
+                                                        opt.nesterov);
   for (Eigen::Index j = 0; j < grad.cols(); ++j) {
     for (Eigen::Index i = 0; i < grad.rows(); ++i) {
       const C g = detail::read<C>(grad, i, j);

@@ -23,8 +23,8 @@
 #include <string>
 #include <vector>
 
-#include <muon/muon.hpp>
 #include <muon/extern_templates.hpp>  // the heavy templates: compiled once
+#include <muon/muon.hpp>
 
 #include "catch.hpp"
 #include "harness.hpp"

@@ -265,9 +265,11 @@ class Optimizer {
     optim::HostState host(core_);
     for (std::size_t i = 0; i < core_.size(); ++i) {
       const Slot& s = slots_[i];
-      host.buffer(i, 0) = detail::download_now(s.momentum, static_cast<std::size_t>(s.numel), stream);
+      host.buffer(i, 0) =
+          detail::download_now(s.momentum, static_cast<std::size_t>(s.numel), stream);
       if (!core_.param(i).muon())
-        host.buffer(i, 1) = detail::download_now(s.second_moment, static_cast<std::size_t>(s.numel), stream);
+        host.buffer(i, 1) =
+            detail::download_now(s.second_moment, static_cast<std::size_t>(s.numel), stream);
     }
     host.save(os, core_, dtype_of_param());
   }
@@ -503,12 +505,13 @@ class Optimizer {
       const Slot& s = slots_[i];
       const unsigned blocks = kernels::elementwise_blocks(s.numel);
       if (p.muon()) {
-        kernels::muon_check<P><<<blocks, 256, 0, stream>>>(
-            g, s.momentum, param_ptrs_[i], s.numel, groups_dev_ + p.group, flags_ + i, max_abs_ + i);
+        kernels::muon_check<P><<<blocks, 256, 0, stream>>>(g, s.momentum, param_ptrs_[i], s.numel,
+                                                           groups_dev_ + p.group, flags_ + i,
+                                                           max_abs_ + i);
         check_launch("muon::cuda::kernels::muon_check");
       } else {
-        kernels::adamw_check<P><<<blocks, 256, 0, stream>>>(param_ptrs_[i], g, s.momentum, s.second_moment, s.numel,
-                                                            coef_ + i, flags_ + i);
+        kernels::adamw_check<P><<<blocks, 256, 0, stream>>>(
+            param_ptrs_[i], g, s.momentum, s.second_moment, s.numel, coef_ + i, flags_ + i);
         check_launch("muon::cuda::kernels::adamw_check");
       }
     }
@@ -551,7 +554,8 @@ class Optimizer {
       const Slot& s = slots_[i];
       if (!p.muon()) {
         kernels::adamw_commit<P><<<kernels::elementwise_blocks(s.numel), 256, 0, stream>>>(
-            param_ptrs_[i], g, s.momentum, s.second_moment, s.numel, coef_ + i, state_dev_, flags_ + i);
+            param_ptrs_[i], g, s.momentum, s.second_moment, s.numel, coef_ + i, state_dev_,
+            flags_ + i);
         check_launch("muon::cuda::kernels::adamw_commit");
         continue;
       }
