@@ -33,8 +33,8 @@ import time
 
 import torch
 
-A, B, C = 3.4445, -4.7750, 2.0315
-STEPS = 5
+# The same NS5 as the per-matrix comparison (this script's folder is on sys.path).
+from torch_cpu_ns import STEPS, ns5
 
 
 def model_params(model: str, layers: int):
@@ -67,21 +67,6 @@ def draw(shapes):
 
 def is_muon(name: str, p: torch.Tensor) -> bool:
     return p.ndim == 2 and not any(k in name for k in ("wte", "wpe", "classifier"))
-
-
-def ns5(G: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    X = G.to(dtype)
-    tall = X.size(0) > X.size(1)
-    if tall:
-        X = X.T
-    X = X / (X.norm() + 1e-7)
-    for _ in range(STEPS):
-        Am = X @ X.T
-        Bm = B * Am + C * Am @ Am
-        X = A * X + Bm @ X
-    if tall:
-        X = X.T
-    return X
 
 
 class HybridStep:
