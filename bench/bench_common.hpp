@@ -64,7 +64,7 @@ inline std::vector<int> thread_counts() {
 }
 
 /// Puts every engine on `t` threads: this library's workspaces made from now
-/// on, Eigen's OpenMP products (the baseline), OpenBLAS and OpenMP (oneDNN).
+/// on, Eigen's OpenMP products (the baseline), OpenBLAS and OpenMP.
 inline void use_threads(int t) {
   muon::set_num_threads(t);
 #ifdef EIGEN_HAS_OPENMP

@@ -20,9 +20,9 @@
 ///   muon_gram        reused workspace, forced Gram Newton–Schulz
 ///   muon_blas        products from BLAS, OpenBLAS on t threads (MUON_USE_BLAS
 ///                    builds only)
-///   muon_bf16        bf16 products, fp32 accumulation, oneDNN on t OpenMP
-///                    threads (MUON_USE_BF16 builds on CPUs with AVX512-BF16
-///                    only); the standard iteration
+///   muon_bf16        bf16 products, fp32 accumulation: the library's
+///                    AVX512-BF16 kernel on t threads of its pool (CPUs with
+///                    AVX512-BF16 only); the standard iteration
 ///   muon_bf16_gram   bf16 products, forced Gram form (faster on wide shapes,
 ///                    less accurate: see Workspace::gram_aspect_threshold)
 ///   polar_svd        reference::polar_svd<float> (at the largest t only)

@@ -10,7 +10,7 @@
 ///   step         muon::Optimizer<float>::step() (checks, momentum, Newton–Schulz,
 ///                updates, AdamW), default options, Eigen products
 ///   step_bf16    the same with bf16 products (set_ns_products(bf16);
-///                MUON_USE_BF16 builds on CPUs with AVX512-BF16 only)
+///                CPUs with AVX512-BF16 only)
 ///   plain_eigen  the same step as a user writes it with Eigen expressions:
 ///                per Muon matrix Nesterov momentum, the Newton–Schulz of
 ///                bench_common.hpp and the update; AdamW on the rest; Eigen's
@@ -25,7 +25,11 @@
 /// norm on AdamW. MUON_BENCH_LAYERS sets L (default 12, the whole model).
 /// MUON_BENCH_MODEL=mlp: mlp:784-512-512-10, examples/fashion_mnist's MLP
 /// (fc1 512x784 and fc2 512x512 on Muon, the classifier and biases on AdamW),
-/// where per-call overheads weigh most. Thread counts follow bench_common.hpp
+/// where per-call overheads weigh most. MUON_BENCH_MODEL=small: gpt:d192x6, a
+/// character-level GPT (d_model 192, 6 layers, vocabulary 65, context 256)
+/// whose 24 Muon matrices are all below the threads threshold (m^2 n <
+/// 3.2e7), so the optimizer runs them one per thread side by side; the plain
+/// Eigen loop splits each product over threads. Thread counts follow bench_common.hpp
 /// (MUON_BENCH_THREADS).
 ///
 /// Counters: GFLOPs = the minimal Newton–Schulz flop count of the step,
@@ -70,36 +74,41 @@ int layers() {
   const char* env = std::getenv("MUON_BENCH_LAYERS");
   return env ? std::max(1, std::atoi(env)) : 12;
 }
-bool mlp_model() {
+std::string model_kind() {
   const char* env = std::getenv("MUON_BENCH_MODEL");
-  return env && std::string(env) == "mlp";
+  return env ? std::string(env) : std::string("gpt2");
 }
+bool mlp_model() { return model_kind() == "mlp"; }
+bool small_model() { return model_kind() == "small"; }
 std::string model() {
-  return mlp_model() ? "mlp:784-512-512-10" : "gpt2_layers:" + std::to_string(layers());
+  if (mlp_model()) return "mlp:784-512-512-10";
+  if (small_model()) return "gpt:d192x6";
+  return "gpt2_layers:" + std::to_string(layers());
 }
 
-/// GPT-2 small's parameters (the first `layers` blocks).
+/// A GPT-2-style model's parameters (the first `layers` blocks): width d,
+/// vocabulary `vocab`, context `context`.
 template <class Add>
-void add_gpt2_small(Add& add, int layers) {
-  add("wte.weight", {50257, 768});
-  add("wpe.weight", {1024, 768});
+void add_gpt(Add& add, int layers, std::int64_t d, std::int64_t vocab, std::int64_t context) {
+  add("wte.weight", {vocab, d});
+  add("wpe.weight", {context, d});
   for (int l = 0; l < layers; ++l) {
     const std::string h = "h." + std::to_string(l) + ".";
-    add(h + "ln_1.weight", {768});
-    add(h + "ln_1.bias", {768});
-    add(h + "attn.c_attn.weight", {768, 2304});
-    add(h + "attn.c_attn.bias", {2304});
-    add(h + "attn.c_proj.weight", {768, 768});
-    add(h + "attn.c_proj.bias", {768});
-    add(h + "ln_2.weight", {768});
-    add(h + "ln_2.bias", {768});
-    add(h + "mlp.c_fc.weight", {768, 3072});
-    add(h + "mlp.c_fc.bias", {3072});
-    add(h + "mlp.c_proj.weight", {3072, 768});
-    add(h + "mlp.c_proj.bias", {768});
+    add(h + "ln_1.weight", {d});
+    add(h + "ln_1.bias", {d});
+    add(h + "attn.c_attn.weight", {d, 3 * d});
+    add(h + "attn.c_attn.bias", {3 * d});
+    add(h + "attn.c_proj.weight", {d, d});
+    add(h + "attn.c_proj.bias", {d});
+    add(h + "ln_2.weight", {d});
+    add(h + "ln_2.bias", {d});
+    add(h + "mlp.c_fc.weight", {d, 4 * d});
+    add(h + "mlp.c_fc.bias", {4 * d});
+    add(h + "mlp.c_proj.weight", {4 * d, d});
+    add(h + "mlp.c_proj.bias", {d});
   }
-  add("ln_f.weight", {768});
-  add("ln_f.bias", {768});
+  add("ln_f.weight", {d});
+  add("ln_f.bias", {d});
 }
 
 /// The model's parameters, values and gradients drawn from N(0, 0.02^2).
@@ -118,8 +127,10 @@ std::vector<Tensor> make_model() {
     add("fc2.bias", {512});
     add("classifier.weight", {10, 512});
     add("classifier.bias", {10});
+  } else if (small_model()) {
+    add_gpt(add, 6, 192, 65, 256);
   } else {
-    add_gpt2_small(add, layers());
+    add_gpt(add, layers(), 768, 50257, 1024);  // GPT-2 small
   }
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.0f, 0.02f);

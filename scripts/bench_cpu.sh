@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CPU speed, one command: builds bench/bench_cpu (Release, OpenMP; with
-# MUON_USE_BLAS / MUON_USE_BF16 when their packages are installed), runs it and
+# MUON_USE_BLAS when OpenBLAS is installed), runs it and
 # PyTorch's CPU NS5 (scripts/torch_cpu_ns.py) at the same thread counts, keeps
 # the JSON and prints every method's time as a ratio to the hand-written Eigen
 # NS5 measured in the same run AT THE SAME THREAD COUNT (lower is faster),
@@ -26,8 +26,6 @@ mkdir -p "$out"
 opts=()
 dpkg-query -W -f='${Status}' libopenblas-dev 2>/dev/null | grep -q "install ok installed" &&
   opts+=(-DMUON_USE_BLAS=ON)
-dpkg-query -W -f='${Status}' libdnnl-dev 2>/dev/null | grep -q "install ok installed" &&
-  opts+=(-DMUON_USE_BF16=ON)
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMUON_ENABLE_CUDA=OFF \
   -DMUON_BUILD_TESTS=OFF -DMUON_BUILD_EXAMPLES=OFF "${opts[@]}" >/dev/null
 cmake --build "$build" -j "$jobs" --target bench_cpu

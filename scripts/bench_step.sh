@@ -9,8 +9,8 @@
 #
 # Usage: scripts/bench_step.sh [out_dir]      (default build/bench_step_results)
 # Environment: MUON_BENCH_THREADS (comma list, default "1,<cores>"),
-#   MUON_BENCH_LAYERS (GPT-2 blocks, default 12), MUON_BENCH_MODEL (gpt2 or
-#   mlp), BENCH_MIN_TIME (s per measurement, default 3), BENCH_REPETITIONS
+#   MUON_BENCH_LAYERS (GPT-2 blocks, default 12), MUON_BENCH_MODEL (gpt2,
+#   mlp or small), BENCH_MIN_TIME (s per measurement, default 3), BENCH_REPETITIONS
 #   (of each measurement of ours, default 3: the median is reported),
 #   BUILD_DIR, JOBS.
 set -euo pipefail
@@ -25,11 +25,9 @@ model=${MUON_BENCH_MODEL:-gpt2}
 min_time=${BENCH_MIN_TIME:-3}
 mkdir -p "$out"
 
-# The bf16 engine (oneDNN) when installed, for the step_bf16 entry; not BLAS:
-# the default step stays on the pure-Eigen products.
+# Not BLAS: the default step stays on the pure-Eigen products (step_bf16 uses
+# the library's own bf16 kernel, in every build, on CPUs with AVX512-BF16).
 opts=()
-dpkg-query -W -f='${Status}' libdnnl-dev 2>/dev/null | grep -q "install ok installed" &&
-  opts+=(-DMUON_USE_BF16=ON)
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMUON_ENABLE_CUDA=OFF \
   -DMUON_BUILD_TESTS=OFF -DMUON_BUILD_EXAMPLES=OFF "${opts[@]}" >/dev/null
 cmake --build "$build" -j "$jobs" --target bench_step

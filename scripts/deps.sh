@@ -21,9 +21,9 @@ if ((${#missing[@]})); then
   update_once
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Optional: CPU product engines (MUON_USE_BLAS, MUON_USE_BF16). A missing one
-# only skips its test stage.
-for p in libopenblas-dev libdnnl-dev; do
+# Optional: the BLAS product engine (MUON_USE_BLAS). Missing, it only skips
+# its test stage.
+for p in libopenblas-dev; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
   update_once || true
   $SUDO apt-get install -y -qq --no-install-recommends "$p" \

@@ -20,7 +20,7 @@ the system BLAS (OpenBLAS), which threads on its own: set
 OPENBLAS_NUM_THREADS (and OMP_NUM_THREADS) in the environment before starting
 this script; scripts/bench_step.sh does, and records what it set.
 
-Usage: torch_cpu_step.py [--threads N] [--model gpt2|mlp] [--layers L]
+Usage: torch_cpu_step.py [--threads N] [--model gpt2|mlp|small] [--layers L]
                          [--dtype fp32|bf16] [--min-time S]
 Needs PyTorch (Debian: apt-get install python3-torch; run with /usr/bin/python3).
 """
@@ -42,17 +42,23 @@ def model_params(model: str, layers: int):
         shapes = [("fc1.weight", (512, 784)), ("fc1.bias", (512,)), ("fc2.weight", (512, 512)),
                   ("fc2.bias", (512,)), ("classifier.weight", (10, 512)), ("classifier.bias", (10,))]
         return draw(shapes)
-    shapes = [("wte.weight", (50257, 768)), ("wpe.weight", (1024, 768))]
+    if model == "small":  # bench_step's gpt:d192x6, a character-level GPT
+        return draw(gpt_shapes(6, 192, 65, 256))
+    return draw(gpt_shapes(layers, 768, 50257, 1024))  # GPT-2 small
+
+
+def gpt_shapes(layers: int, d: int, vocab: int, context: int):
+    shapes = [("wte.weight", (vocab, d)), ("wpe.weight", (context, d))]
     for layer in range(layers):
         h = f"h.{layer}."
-        shapes += [(h + "ln_1.weight", (768,)), (h + "ln_1.bias", (768,)),
-                   (h + "attn.c_attn.weight", (768, 2304)), (h + "attn.c_attn.bias", (2304,)),
-                   (h + "attn.c_proj.weight", (768, 768)), (h + "attn.c_proj.bias", (768,)),
-                   (h + "ln_2.weight", (768,)), (h + "ln_2.bias", (768,)),
-                   (h + "mlp.c_fc.weight", (768, 3072)), (h + "mlp.c_fc.bias", (3072,)),
-                   (h + "mlp.c_proj.weight", (3072, 768)), (h + "mlp.c_proj.bias", (768,))]
-    shapes += [("ln_f.weight", (768,)), ("ln_f.bias", (768,))]
-    return draw(shapes)
+        shapes += [(h + "ln_1.weight", (d,)), (h + "ln_1.bias", (d,)),
+                   (h + "attn.c_attn.weight", (d, 3 * d)), (h + "attn.c_attn.bias", (3 * d,)),
+                   (h + "attn.c_proj.weight", (d, d)), (h + "attn.c_proj.bias", (d,)),
+                   (h + "ln_2.weight", (d,)), (h + "ln_2.bias", (d,)),
+                   (h + "mlp.c_fc.weight", (d, 4 * d)), (h + "mlp.c_fc.bias", (4 * d,)),
+                   (h + "mlp.c_proj.weight", (4 * d, d)), (h + "mlp.c_proj.bias", (d,))]
+    shapes += [("ln_f.weight", (d,)), ("ln_f.bias", (d,))]
+    return shapes
 
 
 def draw(shapes):
@@ -92,7 +98,7 @@ class HybridStep:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: all cores)")
-    ap.add_argument("--model", choices=["gpt2", "mlp"], default="gpt2")
+    ap.add_argument("--model", choices=["gpt2", "mlp", "small"], default="gpt2")
     ap.add_argument("--layers", type=int, default=12, help="GPT-2 blocks")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--min-time", type=float, default=5.0, help="seconds of timed steps")
@@ -101,7 +107,8 @@ def main() -> None:
     torch.set_num_threads(threads)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     params = model_params(args.model, args.layers)
-    label = "mlp:784-512-512-10" if args.model == "mlp" else f"gpt2_layers:{args.layers}"
+    label = {"mlp": "mlp:784-512-512-10", "small": "gpt:d192x6"}.get(
+        args.model, f"gpt2_layers:{args.layers}")
     opt = HybridStep(params, dtype)
     opt.step()  # warm-up: state allocated, kernels chosen
     times = []

@@ -16,7 +16,7 @@ int main(int argc, char** argv) {
   const bool blas = std::strcmp(argv[1], "blas") == 0;
   if (muon::eigen::products_available(blas ? Products::blas : Products::bf16)) return 0;
   std::printf("%s\n", blas ? "BLAS products not in this build (MUON_USE_BLAS=OFF): skipping"
-                           : "bf16 products not in this build (MUON_USE_BF16=OFF) or the CPU "
-                             "lacks AVX512-BF16: skipping");
+                           : "the CPU lacks AVX512-BF16 (or this is not an x86-64 build): "
+                             "skipping");
   return 77;
 }

@@ -2,6 +2,9 @@
 // Gram Newton–Schulz against the standard iteration and the SVD polar
 // factor, and the threaded CPU products against the single-threaded ones.
 #include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -261,8 +264,7 @@ TEST_CASE("the BLAS product engine matches the Eigen engine", "[products][blas]"
 TEST_CASE("the bf16 product engine matches the Eigen engine", "[products][bf16]") {
   using muon::eigen::Products;
   if (!muon::eigen::products_available(Products::bf16))
-    MUON_SKIP(
-        "bf16 products are not in this build (MUON_USE_BF16=OFF) or the CPU lacks AVX512-BF16");
+    MUON_SKIP("the CPU lacks AVX512-BF16 (or this is not an x86-64 build)");
   check_engine_against_eigen(Products::bf16);
   // With bf16 products, automatic runs the standard iteration even where the
   // aspect ratio would pick the Gram form (see Workspace::gram_aspect_threshold).
@@ -294,3 +296,73 @@ TEST_CASE("the bf16 product engine matches the Eigen engine", "[products][bf16]"
     CHECK(message.find("products") != std::string::npos);
   }
 }
+
+namespace {
+
+// bf16 bits of a float, rounded to nearest even, written here from the
+// format's definition (not the kernel's instruction); finite inputs only.
+double bf16_round(float v) {
+  std::uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  float r;
+  std::memcpy(&r, &u, sizeof r);
+  return double(r);
+}
+Eigen::MatrixXd bf16_rounded(const Eigen::MatrixXf& M) {
+  return M.unaryExpr([](float v) { return float(bf16_round(v)); }).cast<double>();
+}
+
+}  // namespace
+
+#ifdef MUON_HAVE_BF16_KERNEL
+TEST_CASE("the bf16 kernel computes the fp32-accumulated products of bf16-rounded factors",
+          "[products][bf16]") {
+  if (!muon::detail::cpu_has_avx512_bf16()) MUON_SKIP("the CPU lacks AVX512-BF16");
+  // Partial strips (m, n not multiples of 32 or 8), odd depths, one row.
+  const std::vector<Case> shapes = {{1, 3}, {7, 9}, {33, 70}, {64, 64}, {45, 45}, {100, 257}};
+  for (const Case& c : shapes) {
+    const Index m = c.rows, n = c.cols;
+    const Eigen::MatrixXf X = mt::gaussian(m, n, 11).cast<float>();
+    const Eigen::MatrixXf L = mt::gaussian(m, m, 12).cast<float>();
+    Eigen::MatrixXf S = mt::gaussian(m, m, 13).cast<float>(), I = S;
+    S = (S + S.transpose()).eval();
+    I = (I * I.transpose()).eval();
+    const Eigen::MatrixXd Xb = bf16_rounded(X), Lb = bf16_rounded(L), Sb = bf16_rounded(S);
+    // Float64 products of the rounded factors; fp32 accumulation over depth
+    // k is within (k + 2) u sum |a||b| of them (u = 2^-24).
+    const double u = std::ldexp(1.0, -24);
+    const Eigen::MatrixXd gram = 0.5 * Xb * Xb.transpose() + 2.0 * I.cast<double>();
+    const Eigen::MatrixXd gram_bound =
+        double(n + 4) * u *
+        (0.5 * Xb.cwiseAbs() * Xb.cwiseAbs().transpose() + 2.0 * I.cast<double>().cwiseAbs());
+    const Eigen::MatrixXd square = 1.5 * Sb * Sb.transpose();
+    const Eigen::MatrixXd square_bound =
+        double(m + 3) * u * 1.5 * Sb.cwiseAbs() * Sb.cwiseAbs().transpose();
+    const Eigen::MatrixXd apply = 0.25 * X.cast<double>() + Lb * Xb;
+    const Eigen::MatrixXd apply_bound =
+        double(m + 3) * u * (0.25 * X.cast<double>().cwiseAbs() + Lb.cwiseAbs() * Xb.cwiseAbs());
+    Eigen::MatrixXf first_gram;
+    for (int threads : {1, 2, 3}) {
+      INFO(m << "x" << n << ", threads " << threads);
+      muon::detail::ThreadPool pool(threads);
+      muon::detail::Bf16Products products(m, n, threads > 1 ? &pool : nullptr);
+      Eigen::MatrixXf C(m, m), D(m, m), O(m, n);
+      products.gram(X.data(), 0.5f, I.data(), 2.0f, C.data());
+      products.square(S.data(), 1.5f, nullptr, 0.0f, D.data());
+      products.apply(L.data(), X.data(), 0.25f, O.data());
+      CHECK(((C.cast<double>() - gram).cwiseAbs().array() <= gram_bound.array()).all());
+      CHECK(((D.cast<double>() - square).cwiseAbs().array() <= square_bound.array()).all());
+      CHECK(((O.cast<double>() - apply).cwiseAbs().array() <= apply_bound.array()).all());
+      CHECK(C == C.transpose());  // exactly symmetric
+      CHECK(D == D.transpose());
+      // The same bits at any thread count.
+      if (threads == 1)
+        first_gram = C;
+      else
+        CHECK(C == first_gram);
+    }
+  }
+}
+#endif

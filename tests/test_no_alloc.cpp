@@ -201,13 +201,21 @@ TEST_CASE("after the first step, Optimizer::step and check allocate nothing") {
     for (std::size_t i = 0; i < v.size(); ++i)
       v[i] = float((i * 2654435761u + seed) % 97) / 97.0f - 0.5f;
   };
+  // Two small matrices with enough work between them to run one per thread
+  // at 2 threads.
   std::vector<float> w(6 * 10), gw(w.size()), b(6), gb(6), f(8 * 2 * 3 * 3), gf(f.size()),
-      qkv(8 * 12), gqkv(qkv.size()), bat(3 * 8 * 4), gbat(bat.size());
-  for (auto* v : {&w, &gw, &b, &gb, &f, &gf, &qkv, &gqkv, &bat, &gbat})
+      qkv(8 * 12), gqkv(qkv.size()), bat(3 * 8 * 4), gbat(bat.size()), h1(128 * 200),
+      gh1(h1.size()), h2(200 * 96), gh2(h2.size());
+  for (auto* v : {&w, &gw, &b, &gb, &f, &gf, &qkv, &gqkv, &bat, &gbat, &h1, &gh1, &h2, &gh2})
     fill(*v, unsigned(v->size()));
   const bool metrics = GENERATE(false, true);
-  INFO("metrics " << metrics);
+  const int threads = GENERATE(1, 2);
+  INFO("metrics " << metrics << ", threads " << threads);
   muon::Optimizer<float> opt;
+  opt.set_ns_threads(threads);
+  opt.add_param("h1", {h1.data(), {128, 200}}, {gh1.data(), {128, 200}});
+  opt.add_param("h2", {h2.data(), {200, 96}}, {gh2.data(), {200, 96}});
+  REQUIRE(opt.threads_used_for_small() == threads);
   opt.add_param("w", {w.data(), {6, 10}}, {gw.data(), {6, 10}});
   opt.add_param("b", {b.data(), {6}}, {gb.data(), {6}});
   opt.add_param("f", {f.data(), {8, 2, 3, 3}}, {gf.data(), {8, 2, 3, 3}});
@@ -223,4 +231,38 @@ TEST_CASE("after the first step, Optimizer::step and check allocate nothing") {
     opt.check();
   }));
   CHECK(w != w0);  // the steps did step
+}
+
+// Run as the ctest entry test_no_alloc_bf16, behind a probe that reports it
+// skipped on CPUs without AVX512-BF16.
+TEST_CASE("the bf16 engine allocates nothing after the first call", "[bf16]") {
+  using muon::eigen::Products;
+  if (!muon::eigen::products_available(Products::bf16))
+    MUON_SKIP("the CPU lacks AVX512-BF16 (or this is not an x86-64 build)");
+  const int threads = GENERATE(1, 2);
+  INFO("threads " << threads);
+  // A workspace, standard and Gram forms, large enough for the pool.
+  const muon::Matrix<float> G = mt::gaussian(256, 520, 7).cast<float>();
+  muon::Matrix<float> out(256, 520);
+  muon::Workspace<float> ws(256, 520, threads, Products::bf16);
+  muon::NewtonSchulzOptions standard, gram;
+  standard.with_method(muon::NsMethod::standard);
+  gram.with_method(muon::NsMethod::gram);
+  muon::orthogonalize_into(G, out, ws, standard);
+  muon::orthogonalize_into(G, out, ws, gram);
+  require_no_heap_activity(heap_activity_of([&] {
+    muon::orthogonalize_into(G, out, ws, standard);
+    muon::orthogonalize_into(G, out, ws, gram);
+  }));
+  // The optimizer's step with bf16 products: small matrices side by side.
+  std::vector<float> a(128 * 200, 0.01f), ga(a.size(), 0.02f), b(200 * 96, 0.01f),
+      gb(b.size(), -0.02f);
+  muon::Optimizer<float> opt;
+  opt.set_ns_threads(threads);
+  opt.set_ns_products(Products::bf16);
+  opt.add_param("a", {a.data(), {128, 200}}, {ga.data(), {128, 200}});
+  opt.add_param("b", {b.data(), {200, 96}}, {gb.data(), {200, 96}});
+  REQUIRE(opt.threads_used_for_small() == threads);
+  opt.step();
+  require_no_heap_activity(heap_activity_of([&] { opt.step(); }));
 }

@@ -59,10 +59,13 @@ TEMPLATE_TEST_CASE("shared workspaces compute bitwise what workspaces of their o
 
 TEST_CASE("the optimizer's workspaces share one arena sized for the largest shape") {
   // GPT-2-like block shapes at 1/12 scale: c_attn, c_proj, c_fc, mlp c_proj.
+  // All are small (m^2 n < 3.2e7): at 2 threads they run one per thread.
   const std::vector<Shape> shapes = {{64, 192}, {64, 64}, {64, 256}, {256, 64}};
+  const int threads = GENERATE(1, 2);
+  INFO("threads " << threads);
   std::vector<std::vector<float>> w, g;
   muon::Optimizer<float> opt;
-  opt.set_ns_threads(2);
+  opt.set_ns_threads(threads);
   for (std::size_t k = 0; k < shapes.size(); ++k) {
     const Shape s = shapes[k];
     w.emplace_back(std::size_t(s.rows * s.cols), 0.01f);
@@ -71,20 +74,23 @@ TEST_CASE("the optimizer's workspaces share one arena sized for the largest shap
                   {g[k].data(), {s.rows, s.cols}});
   }
   REQUIRE(opt.workspace_count() == 4);
+  REQUIRE(opt.threads_used_for_small() == threads);
   // The largest workspace alone (64 x 256, m = 64, n = 256) holds its matrices
   // X, Y (m x n) and A, B, Q, T (m x m), 64-byte aligned each, plus packing.
   const std::size_t arena = (2 * 64 * 256 + 4 * 64 * 64) * sizeof(float);
-  muon::Workspace<float> largest(64, 256, 2);
+  muon::Workspace<float> largest(64, 256, 1);
   const std::size_t largest_bytes = largest.resources()->bytes();
   CHECK(largest_bytes >= arena);
   // Sharing: the four shapes together hold what the largest holds alone
   // (their packing slots are sized for the largest product each), where four
-  // workspaces of their own would hold about three times as much.
-  CHECK(opt.workspace_bytes() == largest_bytes);
+  // workspaces of their own would hold about three times as much. At 2
+  // threads each thread holds that for the matrices it runs: by cost, the
+  // two 64 x 256 / 256 x 64 matrices go to different threads.
+  CHECK(opt.workspace_bytes() == std::size_t(threads) * largest_bytes);
   std::size_t separate = 0;
   for (const Shape& s : shapes)
-    separate += muon::Workspace<float>(s.rows, s.cols, 2).resources()->bytes();
-  CHECK(separate > 2 * opt.workspace_bytes());
+    separate += muon::Workspace<float>(s.rows, s.cols, 1).resources()->bytes();
+  CHECK(separate > 2 * largest_bytes);
   // The state: one momentum per Muon weight.
   std::size_t weights = 0;
   for (const auto& v : w) weights += v.size() * sizeof(float);
@@ -162,4 +168,128 @@ TEST_CASE("a parameter's first problem in row order decides, whichever thread fo
   CHECK(m.emb == before.emb);
   CHECK(m.w != before.w);
   CHECK(m.b != before.b);
+}
+
+namespace {
+
+// Small Muon matrices (each below the threads threshold, m^2 n < 3.2e7):
+// wide, tall, square, a fused split and a 3-D batch, in three distinct
+// shapes and enough work in all (>= 1e6) to be spread across threads.
+struct SmallMatrices {
+  struct P {
+    std::string name;
+    std::vector<std::ptrdiff_t> shape;
+    std::vector<float> w, g, w0;
+    muon::ParamOptions options;
+  };
+  std::vector<P> params;
+  SmallMatrices() {
+    auto add = [this](std::string name, std::vector<std::ptrdiff_t> shape,
+                      std::vector<std::ptrdiff_t> split = {}) {
+      P p;
+      p.name = std::move(name);
+      p.shape = std::move(shape);
+      std::int64_t n = 1;
+      for (auto d : p.shape) n *= d;
+      const auto seed = std::uint64_t(params.size());
+      const Eigen::MatrixXd w = gaussian(n, 1, 70 + seed), g = gaussian(n, 1, 90 + seed);
+      for (std::int64_t e = 0; e < n; ++e) {
+        p.w.push_back(float(w(e)));
+        p.g.push_back(float(g(e)));
+      }
+      p.w0 = p.w;
+      p.options.split = std::move(split);
+      params.push_back(std::move(p));
+    };
+    add("fc1", {128, 200});
+    add("fc2", {200, 128});
+    add("fc3", {96, 96});
+    add("fc4", {128, 200});
+    add("qkv", {192, 96}, {96, 96});
+    add("heads", {3, 96, 96});
+  }
+  void attach(muon::Optimizer<float>& opt) {
+    auto view = [](float* data, const std::vector<std::ptrdiff_t>& d) {
+      return d.size() == 2 ? muon::ParamView<float>(data, {d[0], d[1]})
+                           : muon::ParamView<float>(data, {d[0], d[1], d[2]});
+    };
+    for (P& p : params)
+      opt.add_param(p.name, view(p.w.data(), p.shape), view(p.g.data(), p.shape), p.options);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("small matrices run one per thread and give bitwise what one thread gives") {
+  muon::MuonGroupOptions mo;
+  mo.with_lr(0.1).with_weight_decay(0.1);
+  SmallMatrices one, side;
+  muon::Optimizer<float> a(mo), b(mo);
+  a.set_ns_threads(1);
+  b.set_ns_threads(2);
+  a.enable_metrics();
+  b.enable_metrics();
+  one.attach(a);
+  side.attach(b);
+  CHECK(a.threads_used_for_small() == 1);
+  CHECK(b.threads_used_for_small() == 2);
+  // Each extra thread holds its own arena: the 2-thread optimizer holds more.
+  CHECK(b.workspace_bytes() > a.workspace_bytes());
+  a.step();
+  b.step();
+  // First step from zero momentum (EMA, Nesterov): the Newton–Schulz input
+  // is a multiple of the gradient, so W1 = W0 (1 - lr wd) - lr s NS(G) with
+  // s = sqrt(max(1, rows/cols)) per block: the double reference.
+  const double lr = 0.1, wd = 0.1;
+  for (const auto& p : side.params) {
+    INFO(p.name);
+    const std::int64_t cols = p.shape.back(), rows = std::int64_t(p.w.size()) / cols;
+    std::vector<std::ptrdiff_t> blocks = p.options.split;
+    if (p.shape.size() == 3) blocks.assign(std::size_t(p.shape[0]), p.shape[1]);
+    if (blocks.empty()) blocks = {rows};
+    Eigen::Index r0 = 0;
+    double worst = 0;
+    for (std::ptrdiff_t br : blocks) {
+      Eigen::MatrixXd G(br, cols), W0(br, cols), W1(br, cols);
+      for (Eigen::Index r = 0; r < br; ++r)
+        for (Eigen::Index c = 0; c < cols; ++c) {
+          const std::size_t e = std::size_t((r0 + r) * cols + c);
+          G(r, c) = p.g[e];
+          W0(r, c) = p.w0[e];
+          W1(r, c) = p.w[e];
+        }
+      const Eigen::MatrixXd O =
+          muon_test::plain_newton_schulz(G, muon_test::paper_jordan(), 5, 1e-7, true);
+      const double s = std::sqrt(std::max(1.0, double(br) / double(cols)));
+      worst = std::max(worst, (W1 - (W0 * (1 - lr * wd) - lr * s * O)).cwiseAbs().maxCoeff());
+      r0 += br;
+    }
+    CHECK(worst < 1e-4);  // O's entries are ~0.1; float Newton–Schulz agrees to ~1e-4 of them
+  }
+  for (int k = 0; k < 2; ++k) {
+    a.step();
+    b.step();
+  }
+  for (std::size_t j = 0; j < one.params.size(); ++j) {
+    INFO(one.params[j].name);
+    CHECK(one.params[j].w == side.params[j].w);
+    CHECK(bitwise_equal(a.momentum_buffer(one.params[j].name),
+                        b.momentum_buffer(one.params[j].name)));
+    const auto& ma = a.metrics().params[j];
+    const auto& mb = b.metrics().params[j];
+    CHECK(ma.orthogonality_error == mb.orthogonality_error);
+    CHECK(ma.update_rms == mb.update_rms);
+  }
+}
+
+TEST_CASE("matrices are dealt to threads longest first, ties to the lowest") {
+  // Hand-worked: in decreasing cost 5 (job 0) -> w0, 4 (job 2) -> w1,
+  // 3 (job 4) -> w1 (load 4 < 5), 2 (job 3) -> w0 (5 < 7), 1 (job 1) -> w0
+  // (7 = 7: the lowest worker).
+  CHECK(muon::optim::assign_longest_first({5, 1, 4, 2, 3}, 2) == std::vector<int>{0, 0, 1, 0, 1});
+  // Equal costs go in job order, round the workers.
+  CHECK(muon::optim::assign_longest_first({2, 2, 2}, 2) == std::vector<int>{0, 1, 0});
+  CHECK(muon::optim::assign_longest_first({1, 2}, 0) == std::vector<int>{0, 0});
+  CHECK(muon::optim::newton_schulz_cost(768, 3072) == 768.0 * 768.0 * 3072.0);
+  CHECK(muon::optim::newton_schulz_cost(3072, 768) == 768.0 * 768.0 * 3072.0);
 }

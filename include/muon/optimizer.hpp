@@ -27,9 +27,16 @@
 /// one after another and share one thread pool, one pair of packing buffers
 /// per thread and one matrix arena, sized for the largest shape
 /// (2 m n + 4 m^2 compute scalars for its m x n, m <= n; see
-/// docs/optimizer.md, "Memory"). All of it is made when a parameter is
-/// registered: step() performs no heap allocation (metrics, when first
-/// switched on, allocate their scratch once).
+/// docs/optimizer.md, "Memory").
+///
+/// Threads: a matrix large enough to gain from threads is orthogonalized by
+/// all of them, one matrix after another; smaller ones (below m^2 n = 3.2e7,
+/// Workspace::gains_from_threads) run one per thread, side by side, each
+/// thread with its own small arena and workspaces, the matrices dealt to the
+/// threads by cost (optim/balance.hpp). Both give bitwise the same result.
+/// All of it is made when a parameter is registered: step() performs no heap
+/// allocation (metrics, when first switched on, allocate their scratch
+/// once).
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -59,6 +66,7 @@
 #include "error.hpp"
 #include "lr_schedule.hpp"
 #include "newton_schulz.hpp"
+#include "optim/balance.hpp"
 #include "optim/core.hpp"
 #include "optim/rules.hpp"
 #include "scalar.hpp"
@@ -288,9 +296,9 @@ class Optimizer {
   /// The product engine of the Newton–Schulz workspaces made afterwards (at
   /// registration of a new shape): eigen::Products::automatic (the default:
   /// BLAS in MUON_USE_BLAS builds, else Eigen), eigen, blas, or bf16 (bf16
-  /// factors with fp32 accumulation, MUON_USE_BF16 builds on CPUs with
-  /// AVX512-BF16, float compute only). Throws muon::Error for an engine this
-  /// build, CPU or scalar cannot use.
+  /// factors with fp32 accumulation, the library's kernel on x86-64 CPUs
+  /// with AVX512-BF16, float compute only). Throws muon::Error for an engine
+  /// this build, CPU or scalar cannot use.
   void set_ns_products(eigen::Products products) {
     if (!eigen::products_available(products))
       detail::fail("ns_products",
@@ -346,11 +354,13 @@ class Optimizer {
       if (p.muon())
         for (std::int64_t rows : p.blocks) slot.block_ws.push_back(workspace_for(rows, p.cols));
       resources();
+      LanePlan plan = plan_lanes();
       chunks_.reserve(chunks_.size() + std::size_t(p.rows));
       chunk_checks_.reserve(chunks_.capacity());
       metrics_.params.resize(slots_.size() + 1);
       slots_.push_back(std::move(slot));
       add_chunks(i);  // cannot throw: reserved above
+      commit(std::move(plan));
     } catch (...) {
       core_.remove_last_param();  // out of memory: leave the optimizer as it was
       throw;
@@ -428,18 +438,29 @@ class Optimizer {
   /// The backend-neutral core (options, registry, counters).
   const optim::Core& core() const { return core_; }
 
-  /// Newton–Schulz workspaces held (one per distinct block shape).
+  /// Distinct Newton–Schulz block shapes, each with its workspace (small
+  /// shapes have one more per extra thread; see threads_used_for_small()).
   std::size_t workspace_count() const { return workspaces_.size(); }
+  /// Threads that orthogonalize the small matrices side by side (1: they
+  /// run one after another).
+  int threads_used_for_small() const { return int(lanes_.params.size()); }
   /// Bytes the workspaces hold: their shared matrix arena and packing
-  /// buffers (the optional bf16 engine's copies not included).
+  /// buffers, each extra thread's arena for the small shapes, and the bf16
+  /// engine's packed operands (per workspace) when it is in use.
   std::size_t workspace_bytes() const {
     std::size_t bytes = 0;
     const typename WS::Resources* last = nullptr;
-    for (const auto& ws : workspaces_)  // resources are shared by consecutive workspaces
+    for (const auto& ws : workspaces_) {  // resources are shared by consecutive workspaces
       if (ws->resources().get() != last) {
         last = ws->resources().get();
         bytes += last->bytes();
       }
+      bytes += ws->engine_bytes();
+    }
+    for (const auto& r : lanes_.resources) bytes += r->bytes();
+    for (const auto& lane : lanes_.ws)
+      for (const auto& ws : lane)
+        if (ws) bytes += ws->engine_bytes();
     return bytes;
   }
   /// Bytes of the optimizer state: every momentum and AdamW moment buffer.
@@ -487,7 +508,9 @@ class Optimizer {
     core_.begin_step();
     run_checks();  // phase 1: read only
     // Phase 2: write. The elementwise rules (momentum, AdamW) in parallel
-    // chunks, then Newton–Schulz and the update, one Muon parameter at a time.
+    // chunks; then Newton–Schulz and the update: the small Muon matrices one
+    // per thread, side by side, then the large ones one at a time, each on
+    // every thread.
     for_chunks([this](std::size_t c) {
       const Chunk& ch = chunks_[c];
       if (!core_.updates(ch.param)) return;
@@ -496,8 +519,9 @@ class Optimizer {
       else
         adamw_rows(ch.param, ch.row0, ch.row1);
     });
-    for (std::size_t i = 0; i < slots_.size(); ++i)
-      if (core_.updates(i) && core_.param(i).muon()) muon_update(i);
+    run_small_muon();
+    for (std::size_t i : lanes_.large)
+      if (core_.updates(i)) muon_update(i, 0);
     const StepReport& report = core_.finish_step();
     if (metrics_on_) {
       metrics_.step = report.step;
@@ -625,6 +649,110 @@ class Optimizer {
       resources_->pool();  // started now, never inside a step
     }
     return resources_;
+  }
+
+  // ---- small matrices side by side -------------------------------------------------
+
+  // Which thread ("lane") orthogonalizes which small Muon parameter, and the
+  // workspaces of lanes 1.. (lane 0, the calling thread, uses workspaces_:
+  // the large matrices do not run at the same time). Built whole at
+  // registration, then swapped in, so a failed registration changes nothing.
+  struct LanePlan {
+    std::vector<std::shared_ptr<typename WS::Resources>> resources;  // lanes 1..
+    std::vector<std::vector<std::shared_ptr<WS>>> ws;  // [lane - 1][shape]; null: large shape
+    std::vector<std::vector<std::size_t>> params;      // [lane]: small Muon parameters
+    std::vector<std::size_t> large;                    // every other Muon parameter, in order
+  };
+
+  // Small: every block of the parameter runs on one thread anyway
+  // (Workspace::gains_from_threads) with the library's own products (BLAS
+  // brings threads of its own: its matrices run one at a time).
+  bool runs_in_lane(const optim::ParamRecord& p) const {
+    for (std::int64_t rows : p.blocks) {
+      const WS& ws = *workspaces_[ws_index_.at({Index(rows), Index(p.cols)})];
+      if (WS::gains_from_threads(ws.rows(), ws.cols()) || ws.products() == eigen::Products::blas)
+        return false;
+    }
+    return true;
+  }
+
+  LanePlan plan_lanes() const {
+    LanePlan plan;
+    std::vector<std::size_t> small;
+    std::vector<double> cost;
+    for (std::size_t i = 0; i < core_.size(); ++i) {
+      const optim::ParamRecord& p = core_.param(i);
+      if (!p.muon()) continue;
+      if (!runs_in_lane(p)) {
+        plan.large.push_back(i);
+        continue;
+      }
+      small.push_back(i);
+      double c = 0;
+      for (std::int64_t rows : p.blocks)
+        c += optim::newton_schulz_cost(double(rows), double(p.cols));
+      cost.push_back(c);
+    }
+    // Side by side only when there is more than one matrix's worth of work
+    // to share: a wake-up costs microseconds, a 64 x 64 iteration about as much.
+    const int threads = resources_->threads();
+    double total = 0;
+    for (double c : cost) total += c;
+    const int lanes =
+        (small.size() > 1 && total >= 1e6) ? std::min<int>(threads, int(small.size())) : 1;
+    plan.params.resize(std::size_t(lanes));
+    const std::vector<int> lane = optim::assign_longest_first(cost, lanes);
+    for (std::size_t j = 0; j < small.size(); ++j)
+      plan.params[std::size_t(lane[j])].push_back(small[j]);
+    // Lanes 1.. keep the resources and workspaces they had where they can.
+    plan.resources.resize(std::size_t(lanes - 1));
+    plan.ws.resize(std::size_t(lanes - 1));
+    for (std::size_t k = 0; k + 1 < std::size_t(lanes); ++k) {
+      const bool had = k < lanes_.resources.size();
+      plan.resources[k] = had ? lanes_.resources[k] : std::make_shared<typename WS::Resources>(1);
+      plan.ws[k].resize(workspaces_.size());
+      for (std::size_t i : small)
+        for (std::int64_t rows : core_.param(i).blocks) {
+          const std::size_t w = ws_index_.at({Index(rows), Index(core_.param(i).cols)});
+          if (plan.ws[k][w]) continue;
+          if (had && w < lanes_.ws[k].size() && lanes_.ws[k][w])
+            plan.ws[k][w] = lanes_.ws[k][w];
+          else
+            plan.ws[k][w] = std::make_shared<WS>(workspaces_[w]->rows(), workspaces_[w]->cols(),
+                                                 plan.resources[k], workspaces_[w]->products());
+        }
+    }
+    return plan;
+  }
+
+  void commit(LanePlan&& plan) noexcept {
+    lanes_ = std::move(plan);
+    // The metrics' product objects were bound to a lane's packing buffers.
+    for (Slot& s : slots_) {
+      s.syrk.clear();
+      s.gram.clear();
+    }
+  }
+
+  // The small Muon parameters of this step, each lane's on its own thread.
+  void run_small_muon() {
+    const int lanes = int(lanes_.params.size());
+    detail::ThreadPool* pool = lanes > 1 ? resources_->pool() : nullptr;
+    if (!pool) {
+      for (const auto& list : lanes_.params)
+        for (std::size_t i : list)
+          if (core_.updates(i)) muon_update(i, 0);
+      return;
+    }
+    auto task = [this](int lane) {
+      for (std::size_t i : lanes_.params[std::size_t(lane)])
+        if (core_.updates(i)) muon_update(i, lane);
+    };
+    pool->parallel(lanes, task);
+  }
+
+  WS& lane_workspace(std::size_t w, int lane) {
+    return lane == 0 ? *workspaces_[w] : *lanes_.ws[std::size_t(lane - 1)][w];
   }
 
   std::size_t workspace_for(std::int64_t rows, std::int64_t cols) {
@@ -796,8 +924,8 @@ class Optimizer {
   }
 
   // Newton–Schulz of the NS input made from the (already updated) momentum,
-  // and the parameter update.
-  void muon_update(std::size_t i) {
+  // and the parameter update, on the workspaces of `lane`.
+  void muon_update(std::size_t i, int lane) {
     Slot& s = slots_[i];
     const optim::ParamRecord& p = core_.param(i);
     const auto k = core_.momentum_coefficients<C>(p.group);
@@ -809,7 +937,7 @@ class Optimizer {
     Index r0 = 0;
     for (std::size_t b = 0; b < p.blocks.size(); ++b) {
       const Index rows = p.blocks[b];
-      WS& ws = *workspaces_[s.block_ws[b]];
+      WS& ws = lane_workspace(s.block_ws[b], lane);
       // The Newton–Schulz input, computed from the stored buffer as it is loaded.
       const auto& m = s.first;
       ws.load_generated([&m, &G, &k, r0](Index r, Index c) {
@@ -825,7 +953,7 @@ class Optimizer {
       const auto X = ws.iterate();  // for the metrics
       if (metrics_on_) {
         s.update_sumsq += static_cast<double>(X.template cast<double>().squaredNorm());
-        s.orth_error = std::max(s.orth_error, orthogonality_error(s, b, X));
+        s.orth_error = std::max(s.orth_error, orthogonality_error(s, b, X, lane));
       }
       r0 += rows;
     }
@@ -854,12 +982,13 @@ class Optimizer {
 
   // ||X X^T - I||_F of a block's result (wide X): a symmetric rank-k product
   // into the lower triangle.
-  double orthogonality_error(Slot& s, std::size_t b, const Eigen::Map<const Matrix<C>>& X) {
+  double orthogonality_error(Slot& s, std::size_t b, const Eigen::Map<const Matrix<C>>& X,
+                             int lane) {
     if (s.syrk.size() != s.block_ws.size()) {
       s.syrk.clear();
       s.gram.clear();
       for (std::size_t w : s.block_ws) {
-        const WS& ws = *workspaces_[w];
+        const WS& ws = lane_workspace(w, lane);
         const Index m = std::min(ws.rows(), ws.cols()), n = std::max(ws.rows(), ws.cols());
         s.syrk.push_back(std::make_unique<detail::Syrk<C>>(m, n, ws.resources()->packing(), 0));
         s.gram.emplace_back(m, m);
@@ -969,6 +1098,7 @@ class Optimizer {
   // for later workspaces only.
   std::shared_ptr<typename WS::Resources> resources_;
   std::vector<std::unique_ptr<WS>> workspaces_;
+  LanePlan lanes_;
   std::vector<Chunk> chunks_;
   std::vector<RowsCheck> chunk_checks_;  // per chunk, written by run_checks
   Index total_elements_ = 0;

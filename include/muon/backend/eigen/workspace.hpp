@@ -26,6 +26,7 @@
 #include "../../error.hpp"
 #include "../../newton_schulz.hpp"
 #include "../../scalar.hpp"
+#include "bf16_kernel.hpp"
 #include "eigen_products.hpp"
 #include "optional_products.hpp"
 #include "parallel_products.hpp"
@@ -40,8 +41,8 @@ enum class Products {
   automatic,  ///< BLAS when built with MUON_USE_BLAS, else eigen (never bf16: it rounds)
   eigen,      ///< Eigen's kernels, threaded by this library (always available)
   blas,       ///< CBLAS ?syrk/?gemm (MUON_USE_BLAS builds)
-  bf16        ///< oneDNN bf16 x bf16 -> fp32 matmul (MUON_USE_BF16 builds, float
-              ///< compute only, CPUs with AVX512-BF16 only)
+  bf16        ///< bf16 factors, fp32 accumulation: the library's AVX512-BF16 kernel
+              ///< (bf16_kernel.hpp; float compute only, x86-64 CPUs with AVX512-BF16)
 };
 
 /// True when `p` can be used in this build on this CPU (bf16: for float
@@ -58,11 +59,7 @@ inline bool products_available(Products p) {
       return false;
 #endif
     case Products::bf16:
-#ifdef MUON_USE_BF16
       return detail::cpu_has_avx512_bf16();
-#else
-      return false;
-#endif
   }
   return false;
 }
@@ -122,33 +119,40 @@ class Workspace {
     offset_[1] = wide;
     for (int k = 2; k < 6; ++k) offset_[k] = 2 * wide + std::size_t(k - 2) * square;
     shared_->reserve_matrices(2 * wide + 4 * square);
-    // Threads pay off once one product is worth a few wake-ups; below ~320^3
-    // (measured on a shared 2-core machine) one thread is as fast.
-    if (shared_->threads() > 1 && double(m_) * double(m_) * double(n_) >= 3.2e7)
-      pool_ = shared_->pool();
+    if (shared_->threads() > 1 && gains_from_threads(rows, cols)) pool_ = shared_->pool();
     detail::Packing<S>& packing = shared_->packing();
     gram_ = std::make_unique<detail::ParallelSyrk<S>>(m_, n_, pool_, packing);
     square_ = std::make_unique<detail::ParallelSyrk<S>>(m_, m_, pool_, packing);
     apply_ = std::make_unique<detail::ParallelGemm<S>>(m_, n_, m_, pool_, packing);
     small_ = std::make_unique<detail::ParallelGemm<S>>(m_, m_, m_, pool_, packing);
-#ifdef MUON_USE_BF16
-    if (products_ == Products::bf16) {
-      dnnl_ = std::make_unique<detail::DnnlContext>();
-      Xt_.resize(static_cast<std::size_t>(m_ * n_));
-      Lb_.resize(static_cast<std::size_t>(m_ * m_));
-      bf_gram_ = std::make_unique<detail::Bf16Syrk>(*dnnl_, m_, n_);
-      bf_square_ = std::make_unique<detail::Bf16Syrk>(*dnnl_, m_, m_);
-      // out^T (n x m) = X^T L^T: X^T is Xt_ read column-major, L^T is the
-      // column-major L's storage read row-major.
-      bf_apply_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, n_, m_, m_, true, false, false);
-      bf_apply_acc_ = std::make_unique<detail::Bf16Matmul>(*dnnl_, n_, m_, m_, true, false, true);
-    }
+#ifdef MUON_HAVE_BF16_KERNEL
+    if (products_ == Products::bf16) bf16_ = std::make_unique<detail::Bf16Products>(m_, n_, pool_);
 #endif
     bind();
   }
 
   /// The product engine in use (never automatic).
   Products products() const { return products_; }
+
+  /// True when Newton–Schulz on a rows x cols input gains from splitting
+  /// its products across threads: once one product is worth a few
+  /// wake-ups. Below m^2 n = 3.2e7 (about 320^3; measured on a shared
+  /// 2-core machine) one thread is as fast, and a workspace of that shape
+  /// runs on the calling thread only.
+  static bool gains_from_threads(Index rows, Index cols) {
+    const double m = double(std::min(rows, cols)), n = double(std::max(rows, cols));
+    return m * m * n >= 3.2e7;
+  }
+
+  /// Bytes the product engine holds beyond the shared resources: the bf16
+  /// engine's packed bf16 operands (2 m n + 2 m n + 2 m^2 bytes, rounded up to
+  /// whole 32-row strips), else 0.
+  std::size_t engine_bytes() const {
+#ifdef MUON_HAVE_BF16_KERNEL
+    if (bf16_) return bf16_->bytes();
+#endif
+    return 0;
+  }
 
   /// Threads the products use (1 when the shape is too small to split).
   int threads() const { return pool_ ? pool_->size() : 1; }
@@ -341,15 +345,13 @@ class Workspace {
       return;
     }
 #endif
-#ifdef MUON_USE_BF16
+#ifdef MUON_HAVE_BF16_KERNEL
     if constexpr (std::is_same<S, float>::value) {
       if (products_ == Products::bf16 && !fp32) {
-        if (M == x_) {  // the Gram X X^T from the row-major bf16 copy of X
-          bf_gram_->run(x_bf16(), C, alpha, init, init_scale);
-        } else {  // M symmetric m x m: its storage is its own row-major copy
-          detail::to_bf16(M, Lb_.data(), m * m);
-          bf_square_->run(Lb_.data(), C, alpha, init, init_scale);
-        }
+        if (M == x_)  // the Gram X X^T (X's packed copy is kept for the apply step)
+          bf16_->gram(fresh_bf16_x(), alpha, init, init_scale, C);
+        else  // M symmetric m x m
+          bf16_->square(M, alpha, init, init_scale, C);
         return;
       }
     }
@@ -377,15 +379,13 @@ class Workspace {
       return;
     }
 #endif
-#ifdef MUON_USE_BF16
+#ifdef MUON_HAVE_BF16_KERNEL
     if constexpr (std::is_same<S, float>::value) {
       if (products_ == Products::bf16 && !fp32) {
         // Every bf16 multiply_into has the m x n iterate as its right factor
         // (apply_polynomial, gram_apply_q); the m x m ones ask for fp32.
         if (R != x_) detail::fail("products", "bf16 product of an unexpected shape");
-        detail::to_bf16(L, Lb_.data(), rows * rows);
-        if (alpha != S(0)) MatrixMap(out, rows, cols) = alpha * X();
-        (alpha != S(0) ? *bf_apply_acc_ : *bf_apply_).run(x_bf16(), Lb_.data(), out);
+        bf16_->apply(L, fresh_bf16_x(), alpha, out);
         return;
       }
     }
@@ -400,29 +400,17 @@ class Workspace {
     product.run(L, rows, R, rows, out, rows, S(1), init);
   }
 
-#ifdef MUON_USE_BF16
-  /// The iterate as row-major bf16 (m x n), converted at most once per value
-  /// of X: the Gram product and the apply step that follows share it.
-  const std::uint16_t* x_bf16() {
+#ifdef MUON_HAVE_BF16_KERNEL
+  /// X, after telling the bf16 engine whether its packed copies of X are
+  /// still current (packed at most once per value of X: the Gram product and
+  /// the apply step that follows share them).
+  const float* fresh_bf16_x() {
     if constexpr (!std::is_same_v<S, float>) {
       return nullptr;  // bf16 products need float compute (refused at construction)
     } else {
-      if (!xt_current_) {
-        // Rows split among the pool's threads at multiples of 16 (whole tiles).
-        const int tasks = pool_ ? pool_->size() : 1;
-        auto boundary = [this, tasks](int t) {
-          return t == tasks ? m_ : (m_ * t / tasks) / 16 * 16;
-        };
-        auto rows = [&](int t) {
-          detail::to_bf16_transposed(x_, Xt_.data(), m_, n_, boundary(t), boundary(t + 1));
-        };
-        if (tasks > 1)
-          pool_->parallel(tasks, rows);
-        else
-          rows(0);
-        xt_current_ = true;
-      }
-      return Xt_.data();
+      if (!xt_current_) bf16_->invalidate();
+      xt_current_ = true;
+      return x_;
     }
   }
 #endif
@@ -444,14 +432,11 @@ class Workspace {
   std::unique_ptr<detail::ParallelSyrk<S>> gram_, square_;
   std::unique_ptr<detail::ParallelGemm<S>> apply_, small_;
   Products products_ = Products::eigen;
-  // The bf16 engine's copy Xt_ holds bf16(X); every change of X clears it
-  // (kept in every build so those writes need no #ifdef).
+  // The bf16 engine's packed copies hold bf16(X); every change of X clears
+  // this (kept in every build so those writes need no #ifdef).
   bool xt_current_ = false;
-#ifdef MUON_USE_BF16
-  std::unique_ptr<detail::DnnlContext> dnnl_;
-  std::vector<std::uint16_t> Xt_, Lb_;  // bf16 factors (bit patterns): X row-major, L
-  std::unique_ptr<detail::Bf16Syrk> bf_gram_, bf_square_;
-  std::unique_ptr<detail::Bf16Matmul> bf_apply_, bf_apply_acc_;
+#ifdef MUON_HAVE_BF16_KERNEL
+  std::unique_ptr<detail::Bf16Products> bf16_;
 #endif
 };
 
