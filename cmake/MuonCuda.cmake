@@ -37,6 +37,20 @@ if(NOT TARGET muon_cuda_project_warnings)
     $<$<AND:$<COMPILE_LANGUAGE:CUDA>,$<BOOL:${MUON_WARNINGS_AS_ERRORS}>>:-Werror=all-warnings>)
 endif()
 
+# NCCL (shipped with the CUDA toolkit here; or a separate install): the
+# target muon::nccl for dist/nccl.hpp, when found.
+find_path(MUON_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+find_library(MUON_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+if(MUON_NCCL_INCLUDE_DIR AND MUON_NCCL_LIBRARY)
+  add_library(muon_nccl INTERFACE)
+  add_library(muon::nccl ALIAS muon_nccl)
+  target_include_directories(muon_nccl SYSTEM INTERFACE ${MUON_NCCL_INCLUDE_DIR})
+  target_link_libraries(muon_nccl INTERFACE muon::muon CUDA::cudart ${MUON_NCCL_LIBRARY})
+  message(STATUS "muon: NCCL found (${MUON_NCCL_LIBRARY}): muon::nccl")
+else()
+  message(STATUS "muon: NCCL not found: muon::nccl not built")
+endif()
+
 # compute-sanitizer, for the memcheck test (tests/cuda); optional.
 find_program(MUON_COMPUTE_SANITIZER compute-sanitizer
   HINTS ${CUDAToolkit_BIN_DIR} ${CUDAToolkit_BIN_DIR}/../compute-sanitizer)

@@ -7,8 +7,9 @@
 #   3. the optional CPU product engine (OpenBLAS) where installed (the bf16
 #      engine is the library's own kernel: stages 1 and 2 test it on CPUs with
 #      AVX512-BF16)
-#   4. libFuzzer on the checkpoint loader (clang, 30 s)
-#   5. install to a prefix and build/run the consumer project against it
+#   4. the distributed optimizer under MPI at 1-4 ranks, where Open MPI is installed
+#   5. libFuzzer on the checkpoint loader (clang, 30 s)
+#   6. install to a prefix and build/run the consumer project against it
 #      (find_package, and pkg-config) and against the source tree (add_subdirectory)
 # Skipped tests are listed with the reason. Environment: MUON_TEST_QUICK=1 runs
 # stage 1 only; JOBS sets build parallelism.
@@ -67,6 +68,19 @@ if ((${#optional[@]})); then
   run_ctest build/optional -R '^test_(gram_ns|newton_schulz|products_.*)$'
 else
   echo "no optional product packages installed; stage skipped"
+fi
+
+stage "MPI: the distributed optimizer at 1, 2, 3 and 4 ranks (MUON_ENABLE_MPI)"
+# Only where Open MPI is installed (scripts/deps.sh tries to); oversubscribed
+# on a small machine.
+if dpkg-query -W -f='${Status}' libopenmpi-dev 2>/dev/null | grep -q "install ok installed" &&
+  command -v mpiexec >/dev/null; then
+  cmake -S . -B build/mpi -G Ninja -DCMAKE_BUILD_TYPE=Release -DMUON_WARNINGS_AS_ERRORS=ON \
+    -DMUON_BUILD_BENCHMARKS=OFF -DMUON_BUILD_EXAMPLES=OFF -DMUON_ENABLE_CUDA=OFF -DMUON_ENABLE_MPI=ON
+  cmake --build build/mpi -j "$jobs" --target test_dist
+  run_ctest build/mpi -R '^test_dist_np'
+else
+  echo "Open MPI (libopenmpi-dev, mpiexec) not installed; stage skipped"
 fi
 
 stage "libFuzzer: checkpoint loader (clang, 30 s)"

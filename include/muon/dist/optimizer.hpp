@@ -1,0 +1,729 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file dist/optimizer.hpp
+/// \brief muon::dist::Optimizer<T>: the hybrid Muon + AdamW optimizer for
+/// data-parallel training over a dist::Communicator (MPI: dist/mpi.hpp),
+/// with optimizer state sharded ZeRO-1 style and every Newton–Schulz run
+/// once, on one rank.
+///
+///     muon::dist::MpiCommunicator comm(MPI_COMM_WORLD);
+///     muon::dist::Optimizer<float> opt(comm);           // on every rank
+///     opt.add_param("fc.weight", {W, {64, 32}}, {dW, {64, 32}});  // same order everywhere
+///     opt.set_grad_mode(muon::dist::GradMode::mean);     // dW: this rank's own gradient
+///     ... backward ...
+///     opt.step();                                        // collective
+///
+/// Every rank registers the same parameters (names, shapes, options, in the
+/// same order) over its own full copy of the weights. The routing is the
+/// single-process optimizer's. Each Muon matrix — each block of a split, each
+/// entry of a 3-D batch — gets one home rank, dealt out by Newton–Schulz cost
+/// (longest first, optim/balance.hpp); each AdamW parameter is cut into one
+/// contiguous range per rank. A rank holds the momentum and moments of what
+/// it is home for only (about 1/P of the state), and runs that part of the
+/// step with an ordinary muon::Optimizer over views of the weights. A step:
+///   1. gradients: GradMode::reduced reads this rank's (already all-reduced)
+///      gradient where it is home; sum/mean move every rank's gradient to the
+///      homes and add them there in rank order (deterministic, in windows);
+///   2. checks on every home, agreed by all ranks: a step applies to every
+///      parameter or none (raise), or leaves out the same parameters on
+///      every rank (skip);
+///   3. momentum, Newton–Schulz and updates on the homes;
+///   4. the new weights go from each home to every rank (all-gather, in
+///      windows of bounded size).
+/// With the same inputs the result is bitwise that of one muon::Optimizer
+/// fed the gradient summed in rank order (docs/distributed.md), at any rank
+/// count. Checkpoints are written by rank 0 in the single-process format and
+/// load on any number of ranks (and into muon::Optimizer).
+///
+/// Only contiguous row-major parameters and gradients (PyTorch's layout).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <istream>
+#include <iterator>
+#include <limits>
+#include <memory>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../detail/atomic_file.hpp"
+#include "../error.hpp"
+#include "../optim/balance.hpp"
+#include "../optim/core.hpp"
+#include "../optimizer.hpp"
+#include "communicator.hpp"
+
+namespace muon {
+namespace dist {
+
+/// What the gradients handed to the optimizer are.
+enum class GradMode {
+  reduced,  ///< already all-reduced by the user: identical on every rank
+  sum,      ///< this rank's own; the step uses their sum over ranks
+  mean      ///< this rank's own; the step uses their sum over ranks / size()
+};
+
+template <class T>
+constexpr DType dtype_of() {
+  if constexpr (std::is_same_v<T, float>)
+    return DType::f32;
+  else if constexpr (std::is_same_v<T, double>)
+    return DType::f64;
+  else if constexpr (std::is_same_v<T, Eigen::bfloat16>)
+    return DType::bf16;
+  else
+    return DType::f16;
+}
+
+template <class T, class B = compute_t<T>>
+class Optimizer {
+ public:
+  using View = ParamView<T>;
+  using Local = muon::Optimizer<T, B>;
+
+  /// Group 0 gets `muon` for Muon-routed and `adamw` for AdamW-routed
+  /// parameters. `comm` must outlive the optimizer.
+  explicit Optimizer(Communicator& comm, MuonGroupOptions muon = {}, AdamWOptions adamw = {})
+      : comm_(comm), plan_(muon, adamw), local_(muon, adamw) {}
+
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+
+  // ---- options (the same on every rank) ---------------------------------------------
+
+  std::size_t add_group(MuonGroupOptions muon, AdamWOptions adamw = {}) {
+    plan_.add_group(muon, adamw);
+    return local_.add_group(std::move(muon), std::move(adamw));
+  }
+  void set_muon_options(const MuonGroupOptions& o, std::size_t group = 0) {
+    plan_.set_muon_options(o, group);
+    local_.set_muon_options(o, group);
+  }
+  void set_adamw_options(const AdamWOptions& o, std::size_t group = 0) {
+    plan_.set_adamw_options(o, group);
+    local_.set_adamw_options(o, group);
+  }
+  void set_option(std::string_view key, double value, std::size_t group = 0) {
+    plan_.set_option(key, value, group);
+    local_.set_option(key, value, group);
+  }
+  void set_option(std::string_view key, std::string_view value, std::size_t group = 0) {
+    plan_.set_option(key, value, group);
+    local_.set_option(key, value, group);
+  }
+  void set_lr_schedule(const LrSchedule& s) { local_.set_lr_schedule(s); }
+  void set_momentum_warmup(const MomentumWarmup& w) { local_.set_momentum_warmup(w); }
+  /// Before the first add_param.
+  void set_routing_rules(RoutingRules rules) { plan_.set_routing_rules(std::move(rules)); }
+  void set_non_finite_policy(NonFinitePolicy p) { policy_ = p; }
+  void set_ns_threads(int threads) { local_.set_ns_threads(threads); }
+  void set_grad_mode(GradMode mode) { mode_ = mode; }
+  GradMode grad_mode() const { return mode_; }
+  /// Elements each rank moves per round of the gradient and weight exchanges
+  /// (default 2^22 / size()): the staging buffers hold 2 x size() x this
+  /// many elements. Before the first step.
+  void set_window(std::size_t elements) {
+    if (built_) detail::fail("window", "must be set before the first step");
+    if (elements == 0) detail::fail("window", "must be positive");
+    window_ = elements;
+  }
+
+  // ---- parameters -------------------------------------------------------------------
+
+  /// Registers a parameter, on every rank in the same order. Throws
+  /// muon::Error for what muon::Optimizer refuses, for a strided or
+  /// column-major view, and after the first step (or save/load).
+  void add_param(const std::string& name, View param, View grad,
+                 const ParamOptions& options = ParamOptions()) {
+    if (built_)
+      detail::fail("add_param", "'" + name + "': every parameter must be added before the " +
+                                    "first step, save or load");
+    check_layout(param, name, "param");
+    if (param.data == nullptr) detail::fail("param", "'" + name + "' has a null data pointer");
+    if (grad.present()) {
+      check_layout(grad, name, "grad");
+      if (param.tensor_shape() != grad.tensor_shape())
+        detail::fail("grad", "'" + name + "' has shape " + grad.shape_string() +
+                                 ", the parameter " + param.shape_string());
+    }
+    plan_.add_param(name, param.tensor_shape(), options);
+    params_.push_back({param, grad});
+  }
+  void set_grad(const std::string& name, View grad) {
+    const std::size_t i = plan_.index(name);
+    check_layout(grad, name, "grad");
+    if (plan_.param(i).shape != grad.tensor_shape())
+      detail::fail("grad", "'" + name + "' has shape " + grad.shape_string());
+    params_[i].grad = grad;
+    if (built_) bind_grads(i);
+  }
+  void clear_grad(const std::string& name) {
+    const std::size_t i = plan_.index(name);
+    params_[i].grad = View();
+    if (built_) bind_grads(i);
+  }
+
+  std::size_t param_count() const { return plan_.size(); }
+  Route route(const std::string& name) const { return plan_.param(plan_.index(name)).route; }
+  /// The rank that runs block `block` of Muon parameter `name` (AdamW
+  /// parameters are spread over every rank: -1).
+  int home(const std::string& name, std::size_t block = 0) {
+    build();
+    const std::size_t i = plan_.index(name);
+    if (!plan_.param(i).muon()) return -1;
+    return jobs_[first_job_[i] + block].home;
+  }
+  /// The single-process optimizer that runs this rank's share.
+  const Local& local() {
+    build();
+    return local_;
+  }
+  /// Bytes of this rank's optimizer state (its momentum and moments).
+  std::size_t state_bytes() const { return local_.state_bytes(); }
+  std::int64_t step_count() const { return local_.step_count(); }
+
+  /// Makes the plan (homes, shards, the local optimizer, staging buffers);
+  /// the first step, save or load calls it. Collective only in that every
+  /// rank must call it with the same parameters.
+  void build() {
+    if (built_) return;
+    check_same_everywhere();
+    make_plan();
+    built_ = true;
+  }
+
+  // ---- the step ---------------------------------------------------------------------
+
+  /// One step over every parameter with a gradient: collective. Updates
+  /// every parameter on every rank, or none (NonFinitePolicy::raise: throws
+  /// muon::Error naming the parameter, on every rank), or leaves out the
+  /// same parameters on every rank (skip). Allocates nothing after the first.
+  const StepReport& step() {
+    build();
+    if (mode_ != GradMode::reduced) reduce_grads();
+    // Phase 1: every home checks its share; the ranks agree on the outcome.
+    const StepReport& local = local_.check();
+    agree_on_skips(local);
+    if (!skipped_.empty() && policy_ == NonFinitePolicy::raise) {
+      const std::size_t i = std::size_t(skipped_[0]);
+      detail::fail("step", "'" + plan_.param(i).name +
+                               "': " + skip_reason_name(SkipReason(skipped_[1])) + " (on rank " +
+                               std::to_string(skipped_[2]) + "; nothing was updated)");
+    }
+    // A parameter left out on one home is left out on all of its homes.
+    for (std::size_t k = 0; k < skipped_.size(); k += 3)
+      for (std::size_t j : my_jobs_) {
+        if (jobs_[j].param != std::size_t(skipped_[k])) continue;
+        local_.clear_grad(jobs_[j].name);
+      }
+    // Phase 2: the share's writes, then the new weights to every rank.
+    local_.step();
+    for (std::size_t k = 0; k < skipped_.size(); k += 3) bind_grads(std::size_t(skipped_[k]));
+    gather_params();
+    return make_report();
+  }
+
+  const StepReport& last_report() const { return report_; }
+
+  // ---- checkpoints ------------------------------------------------------------------
+
+  /// Collective. Rank 0 gathers the state and writes it to `os` in the
+  /// single-process checkpoint format (muon::Optimizer loads it, and this
+  /// class on any number of ranks); the other ranks' `os` is not touched.
+  /// Rank 0 holds the whole state while writing.
+  void save(std::ostream& os) {
+    build();
+    std::vector<B> mine;
+    std::vector<std::int64_t> steps;
+    for (std::size_t j : my_jobs_) {
+      const Job& job = jobs_[j];
+      steps.push_back(local_.param_steps(job.name));
+      if (job.muon) {
+        const auto& m = local_.momentum_buffer(job.name);
+        mine.insert(mine.end(), m.data(), m.data() + m.size());
+      } else {
+        const auto& a = local_.exp_avg(job.name);
+        const auto& v = local_.exp_avg_sq(job.name);
+        mine.insert(mine.end(), a.data(), a.data() + a.size());
+        mine.insert(mine.end(), v.data(), v.data() + v.size());
+      }
+    }
+    std::vector<B> all = gather_to_root(mine);
+    std::vector<std::int64_t> all_steps = gather_to_root(steps);
+    if (comm_.rank() != 0) return;
+    // Jobs in rank order, each rank's in job order: where each job's state is.
+    std::vector<std::size_t> at(jobs_.size());
+    std::vector<std::int64_t> param_steps(plan_.size(), 0);
+    std::size_t offset = 0, s = 0;
+    for (int r = 0; r < comm_.size(); ++r)
+      for (std::size_t j : rank_jobs_[std::size_t(r)]) {
+        at[j] = offset;
+        offset += std::size_t(jobs_[j].count) * (jobs_[j].muon ? 1 : 2);
+        param_steps[jobs_[j].param] = all_steps[s++];
+      }
+    plan_.set_counters(local_.step_count(), param_steps);
+    plan_.save(os, checkpoint::dtype_of<B>(), checkpoint::dtype_of<T>(),
+               [&](std::size_t i, checkpoint::Writer& w) {
+                 const optim::ParamRecord& p = plan_.param(i);
+                 const auto& names = optim::buffer_names(p.route);
+                 for (std::size_t b = 0; b < names.size(); ++b) {
+                   whole_.resize(std::size_t(p.numel()));
+                   for (std::size_t j = first_job_[i]; j < first_job_[i] + job_count_[i]; ++j) {
+                     const Job& job = jobs_[j];
+                     const B* from = all.data() + at[j] + std::size_t(job.count) * b;
+                     std::copy(from, from + job.count, whole_.begin() + job.offset);
+                   }
+                   optim::state_io::write_buffer(w, names[b], checkpoint::dtype_of<B>(),
+                                                 std::uint64_t(whole_.size()), whole_.data());
+                 }
+               });
+  }
+
+  /// Collective. Rank 0 reads `is` (the other ranks' is not touched) and
+  /// sends the bytes to every rank; each rank takes its share. Accepts what
+  /// save() or muon::Optimizer::save wrote, from any number of ranks. Throws
+  /// muon::Error on every rank (nothing changed) for a checkpoint that does
+  /// not match.
+  void load(std::istream& is, const LoadOptions& options = LoadOptions()) {
+    load_bytes(comm_.rank() == 0 ? read_all(is) : std::string(), options, "stream");
+  }
+  void save_file(const std::string& path) {
+    if (comm_.rank() == 0)
+      detail::write_file_atomically(path, [this](std::ostream& os) { save(os); });
+    else {
+      std::ostringstream unused;
+      save(unused);
+    }
+  }
+  void load_file(const std::string& path, const LoadOptions& options = LoadOptions()) {
+    std::string bytes;
+    std::int64_t ok = 1;
+    if (comm_.rank() == 0) {
+      std::ifstream f(path, std::ios::binary);
+      ok = f ? 1 : 0;
+      if (f) bytes = read_all(f);
+    }
+    comm_.broadcast(&ok, 1, DType::i64, 0);
+    if (!ok) detail::fail("path", "cannot open '" + path + "' for reading (on rank 0)");
+    load_bytes(std::move(bytes), options, "'" + path + "'");
+  }
+
+ private:
+  using C = compute_t<T>;
+  struct Param {
+    View param, grad;
+  };
+  // A unit of work with one home: a Muon block (rows x cols, contiguous) or
+  // an AdamW range; `offset`/`count` in elements of the parameter.
+  struct Job {
+    std::size_t param;
+    bool muon;
+    std::int64_t offset, count, rows, cols;
+    int home;
+    std::string name;  // in the local optimizer
+  };
+
+  static void check_layout(const View& v, const std::string& name, const char* what) {
+    if (v.column_major || (v.stride != 0 && !(v.ndim == 2 && v.stride == v.shape[1])))
+      detail::fail(what,
+                   "'" + name + "': the distributed optimizer needs contiguous row-major tensors");
+  }
+
+  // Ranks that registered different parameters or options would exchange
+  // mismatched buffers (or hang): a fingerprint of the registration and the
+  // group options, compared across ranks once, refuses that on every rank.
+  void check_same_everywhere() {
+    std::uint64_t h = 1469598103934665603ull;  // FNV-1a
+    auto mix = [&h](const void* data, std::size_t n) {
+      const unsigned char* b = static_cast<const unsigned char*>(data);
+      for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+    };
+    auto mix_value = [&mix](auto v) { mix(&v, sizeof v); };
+    mix_value(std::uint64_t(plan_.size()));
+    mix_value(int(mode_));
+    for (std::size_t i = 0; i < plan_.size(); ++i) {
+      const optim::ParamRecord& p = plan_.param(i);
+      mix(p.name.data(), p.name.size());
+      mix_value(int(p.route));
+      mix_value(std::uint64_t(p.group));
+      mix_value(p.shape.ndim);
+      for (std::int64_t d : p.shape.dims) mix_value(d);
+      for (std::int64_t b : p.blocks) mix_value(b);
+    }
+    for (std::size_t g = 0; g < plan_.group_count(); ++g) {
+      const GroupOptions& o = plan_.group(g);
+      for (double v : {o.muon.lr, o.muon.weight_decay, o.muon.momentum, o.adamw.lr, o.adamw.beta1,
+                       o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay})
+        mix_value(v);
+      mix_value(o.muon.nesterov);
+      mix_value(int(o.muon.adjust_lr));
+      mix_value(o.muon.ns.steps);
+    }
+    const int P = comm_.size();
+    std::vector<std::int64_t> all(static_cast<std::size_t>(P));
+    const std::int64_t mine = std::int64_t(h & 0x7fffffffffffffffull);
+    comm_.all_gather(&mine, all.data(), 1, DType::i64);
+    std::string differ;
+    for (int r = 1; r < P; ++r)
+      if (all[std::size_t(r)] != all[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
+    if (!differ.empty())
+      detail::fail("add_param", "rank(s) " + differ +
+                                    " registered other parameters or options than rank 0 " +
+                                    "(names, shapes, order, routes, groups, splits, group " +
+                                    "options and grad mode must match on every rank)");
+  }
+
+  void make_plan() {
+    const int P = comm_.size();
+    std::vector<std::size_t> muon_jobs;
+    std::vector<double> cost;
+    first_job_.assign(plan_.size(), 0);
+    job_count_.assign(plan_.size(), 0);
+    for (std::size_t i = 0; i < plan_.size(); ++i) {
+      const optim::ParamRecord& p = plan_.param(i);
+      first_job_[i] = jobs_.size();
+      if (p.muon()) {
+        std::int64_t offset = 0;
+        for (std::size_t b = 0; b < p.blocks.size(); ++b) {
+          const std::int64_t rows = p.blocks[b];
+          const std::string name = p.blocks.size() == 1 ? p.name : p.name + "#" + std::to_string(b);
+          muon_jobs.push_back(jobs_.size());
+          cost.push_back(optim::newton_schulz_cost(double(rows), double(p.cols)));
+          jobs_.push_back({i, true, offset, rows * p.cols, rows, p.cols, 0, name});
+          offset += rows * p.cols;
+        }
+      } else {  // one contiguous range per rank
+        const std::int64_t n = p.numel();
+        for (int r = 0; r < P; ++r) {
+          const std::int64_t b = n * r / P, e = n * (r + 1) / P;
+          if (b == e) continue;
+          jobs_.push_back({i, false, b, e - b, 1, e - b, r, p.name + "@" + std::to_string(b)});
+        }
+      }
+      job_count_[i] = jobs_.size() - first_job_[i];
+    }
+    const std::vector<int> home = optim::assign_longest_first(cost, P);
+    for (std::size_t k = 0; k < muon_jobs.size(); ++k) jobs_[muon_jobs[k]].home = home[k];
+    // Each rank's share: its jobs in job order, as one virtual concatenation.
+    rank_jobs_.assign(std::size_t(P), {});
+    shares_.assign(std::size_t(P), 0);
+    for (std::size_t j = 0; j < jobs_.size(); ++j) {
+      rank_jobs_[std::size_t(jobs_[j].home)].push_back(j);
+      shares_[std::size_t(jobs_[j].home)] += std::size_t(jobs_[j].count);
+    }
+    my_jobs_ = rank_jobs_[std::size_t(comm_.rank())];
+    reduced_.assign(mode_ == GradMode::reduced ? 0 : shares_[std::size_t(comm_.rank())], T(0));
+    my_offset_.assign(jobs_.size(), 0);
+    for (int r = 0; r < P; ++r) {
+      std::size_t o = 0;
+      for (std::size_t j : rank_jobs_[std::size_t(r)]) {
+        my_offset_[j] = o;
+        o += std::size_t(jobs_[j].count);
+      }
+    }
+    // The local optimizer over views of this rank's share.
+    local_.set_non_finite_policy(NonFinitePolicy::skip);
+    for (std::size_t j : my_jobs_) {
+      const Job& job = jobs_[j];
+      ParamOptions o;
+      o.route = job.muon ? Route::muon : Route::adamw;
+      o.group = plan_.param(job.param).group;
+      T* w = params_[job.param].param.data + job.offset;
+      const View pv =
+          job.muon ? View(w, {Index(job.rows), Index(job.cols)}) : View(w, {Index(job.count)});
+      local_.add_param(job.name, pv, View(), o);
+    }
+    for (std::size_t i = 0; i < plan_.size(); ++i) bind_grads(i);
+    if (window_ == 0) window_ = std::max<std::size_t>(1, (std::size_t(1) << 22) / std::size_t(P));
+    std::size_t largest = 0;
+    for (std::size_t s : shares_) largest = std::max(largest, s);
+    window_ = std::min(window_, std::max<std::size_t>(1, largest));
+    send_.assign(std::size_t(P) * window_, T(0));
+    recv_.assign(std::size_t(P) * window_, T(0));
+    counts_.assign(std::size_t(P), 0);
+    displs_.assign(std::size_t(P), 0);
+    recv_counts_.assign(std::size_t(P), 0);
+    for (int r = 0; r < P; ++r) displs_[std::size_t(r)] = std::size_t(r) * window_;
+    // What agreeing on skips needs, at most: three numbers per job.
+    skipped_.reserve(3 * plan_.size());
+    mine_.reserve(3 * jobs_.size());
+    all_.reserve(3 * jobs_.size());
+    sizes_.assign(std::size_t(P), 0);
+    skip_counts_.assign(std::size_t(P), 0);
+    skip_displs_.assign(std::size_t(P), 0);
+    report_.skipped.reserve(plan_.size());
+  }
+
+  // Points param i's local jobs at their gradient (or marks it absent).
+  void bind_grads(std::size_t i) {
+    const View& g = params_[i].grad;
+    for (std::size_t j = first_job_[i]; j < first_job_[i] + job_count_[i]; ++j) {
+      const Job& job = jobs_[j];
+      if (job.home != comm_.rank()) continue;
+      if (!g.present()) {
+        local_.clear_grad(job.name);
+        continue;
+      }
+      T* data = mode_ == GradMode::reduced ? g.data + job.offset : reduced_.data() + my_offset_[j];
+      local_.set_grad(job.name, job.muon ? View(data, {Index(job.rows), Index(job.cols)})
+                                         : View(data, {Index(job.count)}));
+    }
+  }
+
+  // f(job, element offset in the job, count, offset in the window) for the
+  // elements [begin, end) of rank r's share.
+  template <class F>
+  void for_share(int r, std::size_t begin, std::size_t end, F&& f) const {
+    for (std::size_t j : rank_jobs_[std::size_t(r)]) {
+      const std::size_t b = my_offset_[j], e = b + std::size_t(jobs_[j].count);
+      if (e <= begin || b >= end) continue;
+      const std::size_t lo = std::max(b, begin), hi = std::min(e, end);
+      f(jobs_[j], lo - b, hi - lo, lo - begin);
+    }
+  }
+  std::size_t window_count(int r, std::size_t round) const {
+    const std::size_t share = shares_[std::size_t(r)], begin = round * window_;
+    return begin >= share ? 0 : std::min(window_, share - begin);
+  }
+  std::size_t rounds() const {
+    std::size_t largest = 0;
+    for (std::size_t s : shares_) largest = std::max(largest, s);
+    return (largest + window_ - 1) / window_;
+  }
+
+  // Every rank's gradient to the homes, added there in rank order.
+  void reduce_grads() {
+    const int P = comm_.size(), me = comm_.rank();
+    const C scale = mode_ == GradMode::mean ? C(1) / C(P) : C(1);
+    for (std::size_t k = 0; k < rounds(); ++k) {
+      for (int h = 0; h < P; ++h) {
+        counts_[std::size_t(h)] = window_count(h, k);
+        T* out = send_.data() + std::size_t(h) * window_;
+        for_share(h, k * window_, k * window_ + counts_[std::size_t(h)],
+                  [&](const Job& job, std::size_t at, std::size_t n, std::size_t to) {
+                    const T* g = params_[job.param].grad.data;
+                    if (g)
+                      std::copy(g + job.offset + std::int64_t(at),
+                                g + job.offset + std::int64_t(at + n), out + to);
+                    else
+                      std::fill(out + to, out + to + n, T(0));
+                  });
+      }
+      const std::size_t n = window_count(me, k);
+      std::fill(recv_counts_.begin(), recv_counts_.end(), n);
+      comm_.all_to_allv(send_.data(), counts_, displs_, recv_.data(), recv_counts_, displs_,
+                        dtype_of<T>());
+      T* out = reduced_.data() + k * window_;
+      for (std::size_t e = 0; e < n; ++e) {
+        C sum = static_cast<C>(recv_[e]);
+        for (int r = 1; r < P; ++r) sum += static_cast<C>(recv_[std::size_t(r) * window_ + e]);
+        out[e] = static_cast<T>(mode_ == GradMode::mean ? sum * scale : sum);
+      }
+    }
+  }
+
+  // Each home's new weights to every rank.
+  void gather_params() {
+    const int P = comm_.size(), me = comm_.rank();
+    for (std::size_t k = 0; k < rounds(); ++k) {
+      for (int r = 0; r < P; ++r) counts_[std::size_t(r)] = window_count(r, k);
+      const std::size_t n = counts_[std::size_t(me)];
+      for_share(me, k * window_, k * window_ + n,
+                [&](const Job& job, std::size_t at, std::size_t c, std::size_t to) {
+                  const T* w = params_[job.param].param.data + job.offset + std::int64_t(at);
+                  std::copy(w, w + c, send_.data() + to);
+                });
+      comm_.all_gatherv(send_.data(), n, recv_.data(), counts_, displs_, dtype_of<T>());
+      for (int r = 0; r < P; ++r) {
+        if (r == me) continue;
+        const T* from = recv_.data() + std::size_t(r) * window_;
+        for_share(r, k * window_, k * window_ + counts_[std::size_t(r)],
+                  [&](const Job& job, std::size_t at, std::size_t c, std::size_t to) {
+                    T* w = params_[job.param].param.data + job.offset + std::int64_t(at);
+                    std::copy(from + to, from + to + c, w);
+                  });
+      }
+    }
+  }
+
+  // Every rank learns the parameters some home left out this step (skipped_:
+  // param, reason, rank triples, the first problem of each parameter, in
+  // parameter order).
+  void agree_on_skips(const StepReport& local) {
+    mine_.clear();
+    for (const SkippedParam& s : local.skipped) {
+      if (s.reason == SkipReason::no_grad) continue;
+      const std::size_t j = job_index(s.name);
+      mine_.push_back(std::int64_t(jobs_[j].param));
+      mine_.push_back(std::int64_t(s.reason));
+      mine_.push_back(std::int64_t(j));
+    }
+    const int P = comm_.size();
+    std::int64_t n = std::int64_t(mine_.size());
+    comm_.all_gather(&n, sizes_.data(), 1, DType::i64);
+    std::size_t total = 0;
+    for (int r = 0; r < P; ++r) {
+      skip_counts_[std::size_t(r)] = std::size_t(sizes_[std::size_t(r)]);
+      skip_displs_[std::size_t(r)] = total;
+      total += skip_counts_[std::size_t(r)];
+    }
+    all_.resize(total);  // within the capacity reserved at build
+    comm_.all_gatherv(mine_.data(), mine_.size(), all_.data(), skip_counts_, skip_displs_,
+                      DType::i64);
+    // The first problem of each parameter: its lowest job (block order).
+    skipped_.clear();
+    for (std::size_t i = 0; i < plan_.size(); ++i) {
+      std::int64_t best_job = -1, reason = 0;
+      for (std::size_t k = 0; k < all_.size(); k += 3)
+        if (std::size_t(all_[k]) == i && (best_job < 0 || all_[k + 2] < best_job)) {
+          best_job = all_[k + 2];
+          reason = all_[k + 1];
+        }
+      if (best_job < 0) continue;
+      skipped_.push_back(std::int64_t(i));
+      skipped_.push_back(reason);
+      skipped_.push_back(jobs_[std::size_t(best_job)].home);
+    }
+  }
+
+  std::size_t job_index(std::string_view name) const {
+    for (std::size_t j : my_jobs_)
+      if (jobs_[j].name == name) return j;
+    detail::fail("step", "internal: unknown job '" + std::string(name) + "'");
+  }
+
+  const StepReport& make_report() {
+    report_.skipped.clear();
+    report_.updated = 0;
+    std::size_t k = 0;
+    for (std::size_t i = 0; i < plan_.size(); ++i) {
+      if (k < skipped_.size() && std::size_t(skipped_[k]) == i) {
+        report_.skipped.push_back({plan_.param(i).name, SkipReason(skipped_[k + 1])});
+        k += 3;
+      } else if (!params_[i].grad.present()) {
+        report_.skipped.push_back({plan_.param(i).name, SkipReason::no_grad});
+      } else {
+        ++report_.updated;
+      }
+    }
+    report_.step = local_.step_count();
+    report_.status = report_.skipped.empty()
+                         ? (report_.updated > 0 ? StepStatus::ok : StepStatus::nothing)
+                         : (report_.updated > 0 ? StepStatus::partial : StepStatus::nothing);
+    return report_;
+  }
+
+  // Rank 0 receives every rank's `mine` (in rank order); others get {}.
+  template <class V>
+  std::vector<V> gather_to_root(const std::vector<V>& mine) {
+    const int P = comm_.size();
+    std::int64_t n = std::int64_t(mine.size());
+    std::vector<std::int64_t> sizes(static_cast<std::size_t>(P));
+    comm_.all_gather(&n, sizes.data(), 1, DType::i64);
+    std::vector<std::size_t> send_counts(std::size_t(P), 0), send_displs(std::size_t(P), 0),
+        recv_counts(std::size_t(P), 0), recv_displs(std::size_t(P), 0);
+    send_counts[0] = mine.size();
+    std::size_t total = 0;
+    if (comm_.rank() == 0)
+      for (int r = 0; r < P; ++r) {
+        recv_counts[std::size_t(r)] = std::size_t(sizes[std::size_t(r)]);
+        recv_displs[std::size_t(r)] = total;
+        total += std::size_t(sizes[std::size_t(r)]);
+      }
+    std::vector<V> all(total);
+    comm_.all_to_allv(mine.data(), send_counts, send_displs, all.data(), recv_counts, recv_displs,
+                      element_type<V>());
+    return all;
+  }
+  template <class V>
+  static constexpr DType element_type() {
+    if constexpr (std::is_same_v<V, std::int64_t>)
+      return DType::i64;
+    else if constexpr (std::is_same_v<V, char>)
+      return DType::u8;
+    else
+      return dtype_of<V>();
+  }
+
+  static std::string read_all(std::istream& is) {
+    return std::string(std::istreambuf_iterator<char>(is), std::istreambuf_iterator<char>());
+  }
+
+  // Every rank gets rank 0's bytes, matches them against the plan, and loads
+  // its share into the local optimizer through an in-memory checkpoint of
+  // its jobs.
+  void load_bytes(std::string bytes, const LoadOptions& options, const std::string& origin) {
+    build();
+    std::int64_t n = std::int64_t(bytes.size());
+    comm_.broadcast(&n, 1, DType::i64, 0);
+    bytes.resize(std::size_t(n));
+    if (n > 0) comm_.broadcast(&bytes[0], std::size_t(n), DType::u8, 0);
+    std::istringstream is(bytes);
+    optim::Core::Matched m = plan_.match(is, checkpoint::dtype_of<B>(), options, origin);
+    // The share as a checkpoint of the local optimizer's own parameters.
+    optim::Core share(m.groups[0].muon, m.groups[0].adamw);
+    for (std::size_t g = 1; g < m.groups.size(); ++g)
+      share.add_group(m.groups[g].muon, m.groups[g].adamw);
+    std::vector<std::int64_t> steps;
+    for (std::size_t j : my_jobs_) {
+      const Job& job = jobs_[j];
+      ParamOptions o;
+      o.route = job.muon ? Route::muon : Route::adamw;
+      o.group = plan_.param(job.param).group;
+      optim::TensorShape shape;
+      if (job.muon) {
+        shape.ndim = 2;
+        shape.dims = {{job.rows, job.cols, 0, 0}};
+      } else {
+        shape.ndim = 1;
+        shape.dims = {{job.count, 0, 0, 0}};
+      }
+      share.add_param(job.name, shape, o);
+      steps.push_back(m.params[job.param]->steps);
+    }
+    share.set_counters(m.state.step_count, steps);
+    std::stringstream ss;
+    share.save(ss, checkpoint::dtype_of<B>(), checkpoint::dtype_of<T>(),
+               [&](std::size_t k, checkpoint::Writer& w) {
+                 const Job& job = jobs_[my_jobs_[k]];
+                 const optim::StoredParam& sp = *m.params[job.param];
+                 const auto& names = optim::buffer_names(job.muon ? Route::muon : Route::adamw);
+                 for (std::size_t b = 0; b < names.size(); ++b) {
+                   whole_.resize(std::size_t(job.count));
+                   for (std::int64_t e = 0; e < job.count; ++e)
+                     whole_[std::size_t(e)] =
+                         static_cast<B>(sp.buffers[b].at(std::uint64_t(job.offset + e)));
+                   optim::state_io::write_buffer(w, names[b], checkpoint::dtype_of<B>(),
+                                                 std::uint64_t(job.count), whole_.data());
+                 }
+               });
+    local_.load(ss);
+    plan_.commit(m);
+  }
+
+  using Index = typename View::Index;
+
+  Communicator& comm_;
+  optim::Core plan_;  // every parameter, as the single-process optimizer registers it
+  Local local_;       // this rank's share
+  std::vector<Param> params_;
+  NonFinitePolicy policy_ = NonFinitePolicy::raise;
+  GradMode mode_ = GradMode::reduced;
+  bool built_ = false;
+  std::vector<Job> jobs_;
+  std::vector<std::size_t> first_job_, job_count_, my_jobs_, my_offset_, shares_;
+  std::vector<std::vector<std::size_t>> rank_jobs_;
+  std::vector<T> reduced_, send_, recv_;
+  std::vector<B> whole_;
+  std::size_t window_ = 0;
+  std::vector<std::size_t> counts_, displs_, recv_counts_, skip_counts_, skip_displs_;
+  std::vector<std::int64_t> mine_, all_, sizes_, skipped_;
+  StepReport report_;
+};
+
+}  // namespace dist
+}  // namespace muon
