@@ -66,6 +66,7 @@ stage build 240 bash -c "
     -DCMAKE_CUDA_ARCHITECTURES='$arch' -DMUON_BUILD_TESTS=ON -DMUON_BUILD_BENCHMARKS=ON \
     -DMUON_BUILD_EXAMPLES=ON &&
   cmake --build '$build' -j $jobs --target test_cuda muon_cuda_probe cuda_quickstart &&
+  { cmake --build '$build' -j $jobs --target test_nccl || echo 'test_nccl not built (no NCCL?)'; } &&
   { cmake --build '$build' -j $jobs --target bench_cuda || echo 'bench_cuda not built (Google Benchmark missing?)'; }"
 built=$?
 
@@ -84,6 +85,11 @@ else
       "$build/tests/cuda/test_cuda" "[device]"
   else
     note "memcheck    skipped          compute-sanitizer not found"
+  fi
+  if [[ -x $build/tests/cuda/test_nccl ]]; then  # one-rank NCCL communicator
+    stage nccl 60 "$build/tests/cuda/test_nccl"
+  else
+    note "nccl        skipped          test_nccl not built"
   fi
   stage quickstart 30 "$build/examples/cuda_quickstart"
   if [[ -x $build/bench/cuda/bench_cuda ]]; then
