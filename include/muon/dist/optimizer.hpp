@@ -170,14 +170,16 @@ class Optimizer {
   std::size_t param_count() const { return plan_.size(); }
   Route route(const std::string& name) const { return plan_.param(plan_.index(name)).route; }
   /// The rank that runs block `block` of Muon parameter `name` (AdamW
-  /// parameters are spread over every rank: -1).
+  /// parameters are spread over every rank: -1). The first call makes the
+  /// plan (see build(): collective).
   int home(const std::string& name, std::size_t block = 0) {
     build();
     const std::size_t i = plan_.index(name);
     if (!plan_.param(i).muon()) return -1;
     return jobs_[first_job_[i] + block].home;
   }
-  /// The single-process optimizer that runs this rank's share.
+  /// The single-process optimizer that runs this rank's share (the first
+  /// call makes the plan: collective).
   const Local& local() {
     build();
     return local_;
@@ -186,9 +188,10 @@ class Optimizer {
   std::size_t state_bytes() const { return local_.state_bytes(); }
   std::int64_t step_count() const { return local_.step_count(); }
 
-  /// Makes the plan (homes, shards, the local optimizer, staging buffers);
-  /// the first step, save or load calls it. Collective only in that every
-  /// rank must call it with the same parameters.
+  /// Makes the plan (homes, shards, the local optimizer, staging buffers)
+  /// after comparing every rank's registration (one small all-gather): a
+  /// collective call, made by the first step, save, load, home() or local()
+  /// — every rank must reach it.
   void build() {
     if (built_) return;
     check_same_everywhere();
