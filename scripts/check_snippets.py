@@ -9,7 +9,10 @@ program; any other becomes a function in a shared translation unit: its
 declarations (a function definition, a using-declaration) at namespace scope,
 so write snippets as whole functions. Snippets that include muon/cuda.hpp go
 into a .cu file compiled by nvcc (skipped, with a message, when --nvcc is not
-given). Extra arguments are passed to the compilers (include paths, -std).
+given). Snippets that include muon/torch.hpp go into a unit of their own,
+compiled with libtorch's include directories (--torch-isystem DIR, repeated;
+skipped, with a message, without them). Extra arguments are passed to the
+compilers (include paths, -std).
 Exit status: 0 when everything compiled.
 """
 import argparse
@@ -65,14 +68,18 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--cxx", default="c++")
     ap.add_argument("--nvcc")
+    ap.add_argument("--torch-isystem", action="append", default=[],
+                    help="a libtorch include directory (the muon/torch.hpp snippets need them)")
     ap.add_argument("--syntax-only", action="store_true",
                     help="check without generating code (C++: -fsyntax-only; CUDA: -c)")
     args, flags = ap.parse_known_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cpu, cuda, programs = [], [], []
+    cpu, cuda, torch, programs = [], [], [], []
     for s in snippets():
-        if re.search(r"\bint main\s*\(", s[2]):
+        if "muon/torch.hpp" in s[2]:
+            torch.append(s)
+        elif re.search(r"\bint main\s*\(", s[2]):
             programs.append(s)
         elif "muon/cuda.hpp" in s[2]:
             cuda.append(s)
@@ -89,11 +96,24 @@ def main():
             units.append(("cuda_snippets.cu", args.nvcc, translation_unit(cuda)))
         else:
             print(f"check_snippets: {len(cuda)} CUDA snippet(s) not compiled (no --nvcc)")
+    if torch:
+        if args.torch_isystem:
+            units.append(("torch_snippets.cpp", args.cxx, translation_unit(torch)))
+        else:
+            print(f"check_snippets: {len(torch)} libtorch snippet(s) not compiled (no --torch-isystem)")
     for name, compiler, code in units:
         (out / name).write_text(code, encoding="utf-8")
         cuda_unit = name.endswith(".cu")
+        if name.startswith("torch"):
+            # The compiler's own directories stay out: -isystem /usr/include
+            # would break its #include_next chain.
+            dirs = dict.fromkeys(str(pathlib.Path(d).resolve()) for d in args.torch_isystem)
+            flags_here = flags + [f"-isystem{d}" for d in dirs
+                                  if d not in ("/usr/include", "/usr/local/include")]
+        else:
+            flags_here = flags
         # nvcc takes the include paths; host-only options go through -Xcompiler.
-        unit_flags = [f for f in flags
+        unit_flags = [f for f in flags_here
                       if not (cuda_unit and (f.startswith("-W") or f in ("-pthread", "-march=native")))]
         if cuda_unit:
             # nvcc wants "-isystem <dir>" as two arguments.
@@ -105,7 +125,8 @@ def main():
                 unit_flags.append("-lcublas")
         ok = compile_unit(compiler, str(out / name), str(out / (name + ".bin")), unit_flags,
                           args.syntax_only) and ok
-    total = len(cpu) + len(programs) + (len(cuda) if args.nvcc else 0)
+    total = (len(cpu) + len(programs) + (len(cuda) if args.nvcc else 0) +
+             (len(torch) if args.torch_isystem else 0))
     print(f"check_snippets: {total} snippet(s) in {len(units)} unit(s): "
           f"{'all compiled' if ok else 'FAILED'}")
     return 0 if ok else 1

@@ -573,6 +573,46 @@ TEST_CASE("a non-finite gradient: raise updates nothing, skip updates the others
   REQUIRE(opt.param_steps("f") == 2);
 }
 
+TEST_CASE("set_param moves a parameter to new memory and keeps its state",
+          "[optimizer][set_param]") {
+  // Two identical runs; in one the parameter is moved to a copy after the
+  // first step (a framework replacing a tensor's storage). The moved run
+  // must update the copy, leave the old memory alone and end bitwise equal.
+  const Index r = 6, c = 9;
+  auto a = gaussian(r * c, 171), g = gaussian(r * c, 172);
+  auto b = a;
+  muon::Optimizer<double> moved, still;
+  moved.add_param("w", {a.data(), {r, c}}, {g.data(), {r, c}});
+  still.add_param("w", {b.data(), {r, c}}, {g.data(), {r, c}});
+  moved.step();
+  still.step();
+  std::vector<double> copy = a;
+  const std::vector<double> old = a;
+  moved.set_param("w", {copy.data(), {r, c}});
+  for (int k = 0; k < 2; ++k) {
+    refill(g, gaussian(g.size(), 173 + std::uint64_t(k)));
+    moved.step();
+    still.step();
+  }
+  REQUIRE(bitwise_equal(copy, b));
+  REQUIRE(bitwise_equal(a, old));
+
+  std::vector<double> small(10);
+  REQUIRE(contains(error_of([&] {
+                     moved.set_param("w", {small.data(), {2, 5}});
+                   }),
+                   "'w' has shape (2, 5), registered as (6, 9)"));
+  REQUIRE(contains(error_of([&] { moved.set_param("w", {nullptr, {r, c}}); }), "null"));
+  REQUIRE(contains(error_of([&] {
+                     moved.set_param("w", muon::ParamView<double>::col_major(copy.data(), r, c));
+                   }),
+                   "registered as"));
+  refill(g, gaussian(g.size(), 180));
+  moved.step();
+  still.step();
+  REQUIRE(bitwise_equal(copy, b));  // the refused calls changed nothing
+}
+
 TEST_CASE("bad registrations and options throw, naming the problem, and change nothing",
           "[optimizer]") {
   std::vector<double> w(12), g(12), g_bad(10);

@@ -395,6 +395,20 @@ class Optimizer {
   void set_grad(const std::string& name, DG&& grad) {
     set_grad(name, View::from(grad));
   }
+  /// Points a registered parameter at other memory holding a tensor of the
+  /// same shape and layout (a model whose storage was replaced, as
+  /// libtorch's set_data does); its optimizer state stays. Throws
+  /// muon::Error naming "param" for a null pointer, a different shape or
+  /// layout; the optimizer is then unchanged.
+  void set_param(const std::string& name, View param) {
+    Slot& s = slots_[core_.index(name)];
+    check_view(param, name, "param");
+    if (param.data == nullptr) detail::fail("param", "'" + name + "' has a null data pointer");
+    if (param.tensor_shape() != s.param.tensor_shape())
+      detail::fail("param", "'" + name + "' has shape " + param.shape_string() +
+                                ", registered as " + s.param.shape_string());
+    s.param = param;
+  }
   /// Marks a parameter's gradient absent: step() skips it entirely.
   void clear_grad(const std::string& name) { slots_[core_.index(name)].grad = View(); }
   void clear_grads() {

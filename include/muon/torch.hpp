@@ -1,0 +1,743 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file torch.hpp
+/// \brief muon::torch::Muon: the library's optimizer as a libtorch
+/// torch::optim::Optimizer (CMake target muon::torch). One object steps the
+/// Muon-routed and the AdamW-routed parameters of a model together.
+///
+///     auto opt = muon::torch::make_hybrid(model->named_parameters(),
+///                                         muon::torch::MuonOptions(0.02).adamw_lr(3e-3));
+///     for (auto& batch : *loader) {
+///       opt.zero_grad();
+///       auto loss = torch::nll_loss(model->forward(batch.data), batch.target);
+///       loss.backward();
+///       opt.step();
+///     }
+///     torch::save(opt, "opt.pt");   // torch::load(opt, "opt.pt") restores it
+///
+/// What it is: an adapter. The options, routing, Newton–Schulz, momentum,
+/// AdamW, the all-or-nothing step and the checkpoint format are
+/// muon::Optimizer's (optimizer.hpp); this file views libtorch's tensors as
+/// that optimizer's ParamViews and maps libtorch's conventions onto it:
+///  - parameter groups are libtorch's (param_groups(), per-group
+///    MuonOptions); the options are read again at every step, so libtorch's
+///    LR schedulers and hand edits take effect at the next step;
+///  - contiguous CPU tensors of float, double, bfloat16 and half are used in
+///    place (no copy); a 2-D parameter with a row or column stride (a slice
+///    or a transpose) too; a gradient whose layout differs from its
+///    parameter's is copied into the parameter's layout for the step;
+///    anything else (more than 4 dimensions, other strides, integer or
+///    complex dtypes, sparse gradients, CUDA or other devices, mixed dtypes
+///    or devices between a parameter and its gradient) is refused with
+///    muon::Error naming the parameter;
+///  - one muon::Optimizer per dtype present (a bf16 model with fp32 norms
+///    has two), stepped all-or-nothing together: every parameter is checked
+///    before any is written;
+///  - state lives in those optimizers (state() of the libtorch base stays
+///    empty); save()/load() (torch::save / torch::load) store the library's
+///    own checkpoint bytes, so save_checkpoint() and muon::Optimizer read
+///    the same format.
+/// A parameter with no gradient (undefined grad()) is skipped, as in
+/// libtorch. See docs/torch.md.
+
+#include <ATen/ATen.h>
+#include <torch/arg.h>
+#include <torch/optim/optimizer.h>
+#include <torch/ordered_dict.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "optimizer.hpp"
+
+namespace muon {
+namespace torch {
+
+/// The options of one libtorch parameter group, in libtorch's style
+/// (chainable setters, as torch::optim::AdamWOptions): Muon's for the
+/// group's Muon-routed parameters, the adamw_* fields for its AdamW-routed
+/// ones. Defaults are torch.optim.Muon's and torch.optim.AdamW's. Values are
+/// checked when the optimizer reads them (construction and every step):
+/// muon::Error names the field.
+class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions> {
+ public:
+  using betas_t = std::tuple<double, double>;
+
+  MuonOptions(double lr = 1e-3) : lr_(lr) {}  // NOLINT: implicit, as libtorch's options
+
+  /// Muon learning rate before the shape adjustment.
+  TORCH_ARG(double, lr) = 1e-3;
+  TORCH_ARG(double, momentum) = 0.95;
+  TORCH_ARG(bool, nesterov) = true;
+  /// Decoupled weight decay of the Muon parameters (times the unadjusted lr).
+  TORCH_ARG(double, weight_decay) = 0.1;
+  /// ema: torch.optim.Muon's lerp; sum: Moonlight's mu m + g.
+  TORCH_ARG(MomentumKind, momentum_kind) = MomentumKind::ema;
+  TORCH_ARG(std::int64_t, ns_steps) = 5;
+  /// The Newton–Schulz schedule (Schedule::jordan(), cubic(),
+  /// polar_express(), by_name(...) or your own rows).
+  TORCH_ARG(Schedule, ns_coefficients) = Schedule::jordan();
+  TORCH_ARG(double, ns_eps) = 1e-7;
+  /// max: X / max(||X||, eps) (torch.optim.Muon); add: X / (||X|| + eps).
+  TORCH_ARG(EpsMode, ns_eps_mode) = EpsMode::max;
+  /// Unset: the schedule's own (1.01 for Polar Express, else 1).
+  TORCH_ARG(std::optional<double>, ns_norm_divisor) = std::nullopt;
+  TORCH_ARG(NsMethod, ns_method) = NsMethod::automatic;
+  /// torch.optim.Muon's adjust_lr_fn: original (its default), match_rms_adamw, ...
+  TORCH_ARG(LrAdjust, adjust_lr) = LrAdjust::original;
+  TORCH_ARG(bool, cautious_weight_decay) = false;
+  TORCH_ARG(double, adamw_lr) = 1e-3;
+  TORCH_ARG(betas_t, adamw_betas) = std::make_tuple(0.9, 0.999);
+  TORCH_ARG(double, adamw_eps) = 1e-8;
+  TORCH_ARG(double, adamw_weight_decay) = 0.01;
+  /// automatic: the routing rules (>= 2-D weights to Muon; vectors,
+  /// embeddings and heads to AdamW); muon or adamw: every parameter of the
+  /// group. Read when a parameter is registered.
+  TORCH_ARG(Route, route) = Route::automatic;
+
+ public:
+  /// libtorch's LR schedulers scale the group's lr through these. set_lr
+  /// scales adamw_lr by the same factor (when lr was > 0), so one scheduler
+  /// drives both halves of the hybrid and keeps their ratio.
+  double get_lr() const override { return lr(); }
+  void set_lr(const double new_lr) override {
+    if (lr_ > 0) adamw_lr_ *= new_lr / lr_;
+    lr_ = new_lr;
+  }
+
+  /// The library's group options these stand for (checked: muon::Error
+  /// naming the field).
+  GroupOptions group_options() const {
+    GroupOptions g;
+    MuonGroupOptions& m = g.muon;
+    m.lr = lr_;
+    m.weight_decay = weight_decay_;
+    m.momentum = momentum_;
+    m.nesterov = nesterov_;
+    m.momentum_kind = momentum_kind_;
+    if (!(ns_steps_ >= 0 && ns_steps_ < 100))
+      detail::fail("ns_steps", "must be in [0, 100), got " + std::to_string(ns_steps_));
+    m.ns = NewtonSchulzOptions(ns_coefficients_, static_cast<int>(ns_steps_));
+    m.ns.eps = ns_eps_;
+    m.ns.eps_mode = ns_eps_mode_;
+    m.ns.norm_divisor = ns_norm_divisor_;
+    m.ns.method = ns_method_;
+    m.adjust_lr = adjust_lr_;
+    m.cautious_weight_decay = cautious_weight_decay_;
+    AdamWOptions& a = g.adamw;
+    a.lr = adamw_lr_;
+    a.beta1 = std::get<0>(adamw_betas_);
+    a.beta2 = std::get<1>(adamw_betas_);
+    a.eps = adamw_eps_;
+    a.weight_decay = adamw_weight_decay_;
+    g.validate();
+    if (!is_valid(route_)) detail::fail("route", "is not a Route value");
+    return g;
+  }
+
+  /// Sets every field but route from the library's group options (a
+  /// checkpoint's, after load).
+  MuonOptions& set_group_options(const GroupOptions& g) {
+    const MuonGroupOptions& m = g.muon;
+    lr_ = m.lr;
+    weight_decay_ = m.weight_decay;
+    momentum_ = m.momentum;
+    nesterov_ = m.nesterov;
+    momentum_kind_ = m.momentum_kind;
+    ns_steps_ = m.ns.steps;
+    ns_coefficients_ = m.ns.schedule;
+    ns_eps_ = m.ns.eps;
+    ns_eps_mode_ = m.ns.eps_mode;
+    ns_norm_divisor_ = m.ns.norm_divisor;
+    ns_method_ = m.ns.method;
+    adjust_lr_ = m.adjust_lr;
+    cautious_weight_decay_ = m.cautious_weight_decay;
+    adamw_lr_ = g.adamw.lr;
+    adamw_betas_ = std::make_tuple(g.adamw.beta1, g.adamw.beta2);
+    adamw_eps_ = g.adamw.eps;
+    adamw_weight_decay_ = g.adamw.weight_decay;
+    return *this;
+  }
+};
+
+/// How the optimizer names, routes and runs its parameters (read once, at
+/// construction).
+struct HybridOptions {
+  /// The name patterns that send >= 2-D tensors to AdamW (embeddings, heads).
+  RoutingRules rules;
+  /// Row blocks orthogonalized separately, by parameter name (a fused QKV
+  /// weight of 3*d rows: {d, d, d}).
+  std::map<std::string, std::vector<std::ptrdiff_t>> splits;
+  /// Newton–Schulz and elementwise threads (0: muon::default_threads()).
+  int threads = 0;
+  NonFinitePolicy non_finite_policy = NonFinitePolicy::raise;
+  /// Where make_hybrid (and the named constructor) print the routing table;
+  /// nullptr: silent.
+  std::ostream* log = &std::cout;
+};
+
+/// muon::Optimizer over libtorch tensors, as a torch::optim::Optimizer.
+class Muon : public ::torch::optim::Optimizer {
+ public:
+  using Tensor = at::Tensor;
+  using ParamGroup = ::torch::optim::OptimizerParamGroup;
+  using NamedTensors = ::torch::OrderedDict<std::string, Tensor>;
+
+  /// One group of unnamed parameters, as torch.optim.Muon(params, ...): they
+  /// are named "group0.param<i>" and routed by shape.
+  explicit Muon(std::vector<Tensor> params, MuonOptions defaults = MuonOptions())
+      : Muon(std::vector<ParamGroup>{ParamGroup(std::move(params))}, std::move(defaults)) {}
+
+  /// Several groups, each with its own MuonOptions or the defaults. Every
+  /// parameter is checked and registered now (muon::Error naming the first
+  /// bad one; parameters added later with add_param_group are registered at
+  /// the next step()). Names: `hybrid` has none, so "group<g>.param<i>".
+  explicit Muon(std::vector<ParamGroup> groups, MuonOptions defaults = MuonOptions(),
+                HybridOptions hybrid = quiet())
+      : Optimizer(std::move(groups), std::make_unique<MuonOptions>(std::move(defaults))),
+        hybrid_(std::move(hybrid)) {
+    register_new_params();
+  }
+
+  /// The named parameters of a model in one group: routed by name and shape
+  /// (the library's rules), the routing table printed to hybrid.log.
+  Muon(const NamedTensors& named, MuonOptions options, HybridOptions hybrid = HybridOptions())
+      : Optimizer(std::vector<ParamGroup>{ParamGroup(named.values())},
+                  std::make_unique<MuonOptions>(std::move(options))),
+        hybrid_(std::move(hybrid)) {
+    for (const auto& item : named) names_[item.value().unsafeGetTensorImpl()] = item.key();
+    register_new_params();
+    if (hybrid_.log) *hybrid_.log << routing();
+  }
+
+  Muon(Muon&&) = default;
+
+  /// One step over every parameter with a gradient, all-or-nothing (see
+  /// muon::Optimizer::step). `closure`, if given, is called first with
+  /// gradients enabled and its loss returned.
+  Tensor step(LossClosure closure = nullptr) override {
+    Tensor loss;
+    if (closure) {
+      at::AutoGradMode enable(true);
+      loss = closure();
+    }
+    at::NoGradGuard no_grad;
+    register_new_params();
+    push_options();
+    bind_tensors();
+    report_ = StepReport();
+    if (engine_count() > 1)  // every engine checks before any writes
+      for_each_engine([](auto& e) { e.check(); });
+    for_each_engine([this](auto& e) { merge(e.step()); });
+    return loss;
+  }
+
+  /// The last step's outcome, over every dtype.
+  const StepReport& report() const { return report_; }
+
+  /// The routing table of every parameter, in registration order.
+  RoutingReport routing() const {
+    RoutingReport all;
+    std::map<at::ScalarType, RoutingReport> by_dtype;
+    for_each_engine([&by_dtype](const auto& e, at::ScalarType t) { by_dtype[t] = e.routing(); });
+    for (const Binding& b : bindings_) all.entries.push_back(by_dtype[b.dtype].at(b.name));
+    return all;
+  }
+
+  /// The name a parameter was registered under (muon::Error if it is not one).
+  const std::string& name_of(const Tensor& param) const { return binding(param).name; }
+  Route route_of(const Tensor& param) const {
+    const Binding& b = binding(param);
+    Route r = Route::automatic;
+    visit(b.dtype, [&](const auto& e) { r = e.route(b.name); });
+    return r;
+  }
+  /// Steps the optimizer has taken (with or without updates).
+  std::int64_t step_count() const {
+    std::int64_t n = 0;
+    for_each_engine([&n](const auto& e) { n = std::max(n, e.step_count()); });
+    return n;
+  }
+
+  /// The engine over the parameters of dtype T (float, double,
+  /// Eigen::bfloat16, Eigen::half): its buffers, metrics, checkpoint.
+  /// muon::Error if there are none.
+  template <class T>
+  const ::muon::Optimizer<T>& engine() const {
+    const auto& e = std::get<std::unique_ptr<::muon::Optimizer<T>>>(engines_);
+    if (!e)
+      detail::fail("engine", std::string("there are no ") + scalar_traits<T>::name + " parameters");
+    return *e;
+  }
+
+  // ---- checkpoints -----------------------------------------------------------------
+
+  /// torch::save(optimizer, ...): the library checkpoint of each dtype's
+  /// engine, as a byte tensor under "muon_checkpoint_<dtype>".
+  void save(::torch::serialize::OutputArchive& archive) const override {
+    synchronize();
+    archive.write("muon_format", c10::IValue(std::int64_t(1)));
+    for_each_engine([&archive](const auto& e, at::ScalarType t) {
+      std::ostringstream os(std::ios::binary);
+      e.save(os);
+      const std::string bytes = os.str();
+      Tensor blob = at::empty({std::int64_t(bytes.size())}, at::kByte);
+      if (!bytes.empty()) std::memcpy(blob.data_ptr<std::uint8_t>(), bytes.data(), bytes.size());
+      archive.write(key_of(t), blob);
+    });
+  }
+
+  /// torch::load(optimizer, ...): restores what save() wrote into an
+  /// optimizer over the same parameters, with every group's options (the
+  /// route excepted). Throws muon::Error listing the mismatches; the
+  /// optimizer is then as before.
+  void load(::torch::serialize::InputArchive& archive) override {
+    c10::IValue format;
+    if (!archive.try_read("muon_format", format))
+      detail::fail("archive", "has no muon::torch::Muon state (saved by another optimizer?)");
+    if (!(format.isInt() && format.toInt() == 1))
+      detail::fail("archive", "has a muon::torch::Muon state of an unknown format");
+    register_new_params();
+    std::vector<std::pair<at::ScalarType, std::string>> streams;
+    for (at::ScalarType t : {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}) {
+      bool here = false;
+      for_each_engine([&](const auto&, at::ScalarType u) { here = here || u == t; });
+      c10::IValue value;
+      const bool stored = archive.try_read(key_of(t), value) && value.isTensor();
+      if (stored != here)
+        detail::fail("archive", std::string(stored ? "holds" : "has no") + " state for " +
+                                    dtype_name(t) + " parameters, and this optimizer " +
+                                    (here ? "has" : "has none") +
+                                    " (saved with other parameters or dtypes?)");
+      if (!stored) continue;
+      const Tensor blob = value.toTensor().contiguous();
+      if (blob.scalar_type() != at::kByte)
+        detail::fail("archive", "'" + key_of(t) + "' is not a byte tensor");
+      streams.emplace_back(t,
+                           std::string(reinterpret_cast<const char*>(blob.data_ptr<std::uint8_t>()),
+                                       std::size_t(blob.numel())));
+    }
+    load_streams(streams, LoadOptions());
+  }
+
+  /// The library's checkpoint format (muon::Optimizer<T>::load reads it):
+  /// needs the parameters to share one dtype (engine<T>().save otherwise).
+  void save_checkpoint(std::ostream& os) const {
+    synchronize();
+    visit(single_dtype("save_checkpoint"), [&os](const auto& e) { e.save(os); });
+  }
+  void load_checkpoint(std::istream& is, const LoadOptions& options = LoadOptions()) {
+    const at::ScalarType t = single_dtype("load_checkpoint");
+    std::string bytes{std::istreambuf_iterator<char>(is), std::istreambuf_iterator<char>()};
+    load_streams({{t, std::move(bytes)}}, options);
+  }
+
+ private:
+  template <class T>
+  using EnginePtr = std::unique_ptr<::muon::Optimizer<T>>;
+  // The parameter scalar of an engine (the argument of a generic lambda).
+  template <class E>
+  struct scalar_of;
+  template <class T, class B>
+  struct scalar_of<::muon::Optimizer<T, B>> {
+    using type = T;
+  };
+  template <class E>
+  using scalar_t = typename scalar_of<std::decay_t<E>>::type;
+
+  // A registered parameter: where it sits in param_groups_ and the memory
+  // it was last bound to.
+  struct Binding {
+    std::size_t group = 0, index = 0;
+    const c10::TensorImpl* impl = nullptr;
+    std::string name;
+    at::ScalarType dtype = at::kFloat;
+    void* data = nullptr;
+  };
+
+  static HybridOptions quiet() {
+    HybridOptions h;
+    h.log = nullptr;
+    return h;
+  }
+
+  static const char* dtype_name(at::ScalarType t) {
+    switch (t) {
+      case at::kFloat:
+        return "float";
+      case at::kDouble:
+        return "double";
+      case at::kBFloat16:
+        return "bfloat16";
+      case at::kHalf:
+        return "half";
+      default:
+        return c10::toString(t);
+    }
+  }
+  static std::string key_of(at::ScalarType t) {
+    return std::string("muon_checkpoint_") + dtype_name(t);
+  }
+
+  // Calls f(engine) or f(engine, dtype) for each engine that exists, in a
+  // fixed dtype order (float, double, bfloat16, half).
+  template <class F>
+  void for_each_engine(F&& f) {
+    each_engine(*this, std::forward<F>(f));
+  }
+  template <class F>
+  void for_each_engine(F&& f) const {
+    each_engine(*this, std::forward<F>(f));
+  }
+  template <class Self, class F>
+  static void each_engine(Self& self, F&& f) {
+    call(std::get<EnginePtr<float>>(self.engines_), at::kFloat, f);
+    call(std::get<EnginePtr<double>>(self.engines_), at::kDouble, f);
+    call(std::get<EnginePtr<Eigen::bfloat16>>(self.engines_), at::kBFloat16, f);
+    call(std::get<EnginePtr<Eigen::half>>(self.engines_), at::kHalf, f);
+  }
+  template <class E, class F>
+  static void call(E& engine, at::ScalarType t, F& f) {
+    if (!engine) return;
+    if constexpr (std::is_invocable_v<F&, decltype(*engine), at::ScalarType>)
+      f(*engine, t);
+    else
+      f(*engine);
+  }
+  std::size_t engine_count() const {
+    std::size_t n = 0;
+    for_each_engine([&n](const auto&) { ++n; });
+    return n;
+  }
+
+  // f(engine of dtype t), creating it when `create`.
+  template <class F>
+  void visit(at::ScalarType t, F&& f, bool create = false) {
+    switch (t) {
+      case at::kFloat:
+        return f(engine_of<float>(create));
+      case at::kDouble:
+        return f(engine_of<double>(create));
+      case at::kBFloat16:
+        return f(engine_of<Eigen::bfloat16>(create));
+      case at::kHalf:
+        return f(engine_of<Eigen::half>(create));
+      default:
+        detail::fail("dtype", std::string(c10::toString(t)) + " is not supported");
+    }
+  }
+  template <class F>
+  void visit(at::ScalarType t, F&& f) const {
+    const_cast<Muon*>(this)->visit(t, [&f](const auto& e) { f(e); });
+  }
+  template <class T>
+  ::muon::Optimizer<T>& engine_of(bool create) {
+    EnginePtr<T>& e = std::get<EnginePtr<T>>(engines_);
+    if (!e) {
+      if (!create)
+        detail::fail("engine", std::string("no ") + scalar_traits<T>::name + " parameters");
+      const GroupOptions first = options_of(0).group_options();
+      auto made = std::make_unique<::muon::Optimizer<T>>(first.muon, first.adamw);
+      made->set_ns_threads(hybrid_.threads);
+      made->set_routing_rules(hybrid_.rules);
+      made->set_non_finite_policy(hybrid_.non_finite_policy);
+      add_groups(*made);
+      e = std::move(made);
+    }
+    return *e;
+  }
+
+  // Gives an engine the groups of param_groups_ it does not have yet.
+  template <class E>
+  void add_groups(E& e) {
+    for (std::size_t g = e.group_count(); g < param_groups_.size(); ++g) {
+      const GroupOptions o = options_of(g).group_options();
+      e.add_group(o.muon, o.adamw);
+    }
+  }
+
+  MuonOptions& options_of(std::size_t g) {
+    auto* o = dynamic_cast<MuonOptions*>(&param_groups_[g].options());
+    if (!o)
+      detail::fail("param_groups", "group " + std::to_string(g) +
+                                       " has options that are not muon::torch::MuonOptions");
+    return *o;
+  }
+
+  const Binding& binding(const Tensor& param) const {
+    for (const Binding& b : bindings_)
+      if (b.impl == param.unsafeGetTensorImpl()) return b;
+    detail::fail("param", "is not a parameter of this optimizer");
+  }
+
+  // ---- tensors as views --------------------------------------------------------------
+
+  static std::string describe(const Tensor& t) {
+    std::ostringstream os;
+    os << "sizes " << t.sizes() << ", strides " << t.strides();
+    return os.str();
+  }
+
+  // The tensor's memory as a ParamView<T>, without a copy; fails naming
+  // `what` ("param" or "grad") and the parameter when it cannot be one.
+  template <class T>
+  static ParamView<T> view_of(const Tensor& t, const std::string& name, const char* what) {
+    if (t.dim() > 4)
+      detail::fail(what, "'" + name + "' has " + std::to_string(t.dim()) +
+                             " dimensions; at most 4 are supported");
+    T* data = static_cast<T*>(t.data_ptr());
+    if (t.is_contiguous()) {
+      ParamView<T> v;
+      v.data = data;
+      v.ndim = int(t.dim());
+      for (int i = 0; i < v.ndim; ++i) v.shape[std::size_t(i)] = t.size(i);
+      return v;
+    }
+    if (t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= t.size(1))
+      return ParamView<T>::matrix(data, t.size(0), t.size(1), t.stride(0));
+    if (t.dim() == 2 && t.stride(0) == 1 && t.stride(1) >= t.size(0))
+      return ParamView<T>::col_major(data, t.size(0), t.size(1), t.stride(1));
+    detail::fail(what, "'" + name + "' is not contiguous (" + describe(t) +
+                           "): only dense tensors and 2-D row or column slices are used in place");
+  }
+
+  static void check_param(const Tensor& p, const std::string& name) {
+    if (!p.defined()) detail::fail("param", "'" + name + "' is an undefined tensor");
+    if (!p.is_cpu())
+      detail::fail("param", "'" + name + "' is on " + p.device().str() +
+                                ": muon::torch::Muon updates CPU tensors (CUDA tensors: "
+                                "muon::cuda::Optimizer, docs/torch.md)");
+    if (p.is_sparse()) detail::fail("param", "'" + name + "' is sparse");
+    if (p.is_complex())
+      detail::fail("param", "'" + name + "' is complex (" + c10::toString(p.scalar_type()) +
+                                "): Muon needs real tensors");
+    const at::ScalarType t = p.scalar_type();
+    if (!(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf))
+      detail::fail("param", "'" + name + "' has dtype " + c10::toString(t) +
+                                " (supported: float, double, bfloat16, half)");
+  }
+
+  // ---- registration ------------------------------------------------------------------
+
+  // Registers every parameter of param_groups_ not registered yet (new
+  // groups from add_param_group included), all-or-nothing per call.
+  void register_new_params() {
+    std::vector<Binding> added;
+    for (std::size_t g = 0; g < param_groups_.size(); ++g) {
+      options_of(g).group_options();  // checked before anything changes
+      const auto& params = param_groups_[g].params();
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        if (g < registered_.size() && i < registered_[g]) continue;
+        const Tensor& p = params[i];
+        const auto named = names_.find(p.unsafeGetTensorImpl());
+        Binding b;
+        b.group = g;
+        b.index = i;
+        b.impl = p.unsafeGetTensorImpl();
+        b.name = named != names_.end() ? named->second
+                                       : "group" + std::to_string(g) + ".param" + std::to_string(i);
+        check_param(p, b.name);
+        b.dtype = p.scalar_type();
+        b.data = p.data_ptr();
+        added.push_back(std::move(b));
+      }
+    }
+    if (added.empty() && registered_.size() == param_groups_.size()) return;
+    // Groups first (every engine has every group), then the parameters. A
+    // failure part-way leaves earlier additions registered: they are valid,
+    // and the error names the one that is not.
+    for_each_engine([this](auto& e) { add_groups(e); });
+    registered_.resize(param_groups_.size(), 0);
+    for (Binding& b : added) {
+      const Tensor& p = param_groups_[b.group].params()[b.index];
+      ParamOptions po;
+      po.group = b.group;
+      po.route = options_of(b.group).route();
+      const auto split = hybrid_.splits.find(b.name);
+      if (split != hybrid_.splits.end()) po.split = split->second;
+      visit(
+          b.dtype,
+          [&](auto& e) {
+            using T = scalar_t<decltype(e)>;
+            e.add_param(b.name, view_of<T>(p, b.name, "param"), ParamView<T>::absent(), po);
+          },
+          true);
+      bindings_.push_back(b);
+      registered_[b.group] = b.index + 1;
+    }
+  }
+
+  // libtorch-side options -> every engine's groups (cheap: validation and
+  // copies of shared data; no allocation).
+  void push_options() {
+    for (std::size_t g = 0; g < param_groups_.size(); ++g) {
+      const GroupOptions o = options_of(g).group_options();
+      for_each_engine([&](auto& e) {
+        e.set_muon_options(o.muon, g);
+        e.set_adamw_options(o.adamw, g);
+      });
+    }
+  }
+
+  // Points every engine at this step's tensors: the parameter where it is
+  // now (libtorch's set_data may have moved it), the gradient or none.
+  void bind_tensors() {
+    grad_copies_.clear();
+    for (Binding& b : bindings_) {
+      const Tensor& p = param_groups_[b.group].params()[b.index];
+      if (p.unsafeGetTensorImpl() != b.impl)
+        detail::fail("param_groups", "parameter " + std::to_string(b.index) + " of group " +
+                                         std::to_string(b.group) + " ('" + b.name +
+                                         "') was replaced by another tensor");
+      check_param(p, b.name);
+      if (p.scalar_type() != b.dtype)
+        detail::fail("param", "'" + b.name + "' changed dtype from " + dtype_name(b.dtype) +
+                                  " to " + dtype_name(p.scalar_type()));
+      const Tensor& grad = p.grad();
+      visit(b.dtype, [&](auto& e) {
+        using T = scalar_t<decltype(e)>;
+        const ParamView<T> pv = view_of<T>(p, b.name, "param");
+        if (p.data_ptr() != b.data) {
+          e.set_param(b.name, pv);
+          b.data = p.data_ptr();
+        }
+        if (!grad.defined()) {
+          e.clear_grad(b.name);
+          return;
+        }
+        check_grad(p, grad, b.name);
+        e.set_grad(b.name, grad_view<T>(p, grad, b.name));
+      });
+    }
+  }
+
+  static void check_grad(const Tensor& p, const Tensor& g, const std::string& name) {
+    if (g.is_sparse()) detail::fail("grad", "'" + name + "' is sparse: Muon needs dense gradients");
+    if (g.device() != p.device())
+      detail::fail("grad", "'" + name + "' is on " + g.device().str() + ", the parameter on " +
+                               p.device().str());
+    if (g.scalar_type() != p.scalar_type())
+      detail::fail("grad", "'" + name + "' has dtype " + c10::toString(g.scalar_type()) +
+                               ", the parameter " + c10::toString(p.scalar_type()));
+    if (g.sizes() != p.sizes()) {
+      std::ostringstream os;
+      os << "'" << name << "' has sizes " << g.sizes() << ", the parameter " << p.sizes();
+      detail::fail("grad", os.str());
+    }
+  }
+
+  // The gradient in its own memory when its layout is the parameter's, else
+  // a copy in the parameter's layout kept until the end of the step.
+  template <class T>
+  ParamView<T> grad_view(const Tensor& p, const Tensor& g, const std::string& name) {
+    if (g.strides() == p.strides() || (g.is_contiguous() && p.is_contiguous()))
+      return view_of<T>(g, name, "grad");  // same sizes, same layout
+    Tensor copy = at::empty_strided(p.sizes(), p.strides(), g.options());
+    copy.copy_(g);
+    grad_copies_.push_back(copy);
+    return view_of<T>(copy, name, "grad");
+  }
+
+  // ---- checkpoint helpers ------------------------------------------------------------
+
+  // Before a save: parameters added since the last step registered, the
+  // engines given the libtorch-side options as they are now (a save must
+  // hold what the next step would use). libtorch's save() is const; this
+  // changes what the engines mirror, not what the optimizer is.
+  void synchronize() const {
+    Muon& self = const_cast<Muon&>(*this);
+    self.register_new_params();
+    self.push_options();
+  }
+
+  at::ScalarType single_dtype(const char* what) const {
+    if (engine_count() != 1)
+      detail::fail(what, "needs parameters of one dtype (this optimizer has " +
+                             std::to_string(engine_count()) +
+                             " dtypes: use engine<T>() for each, or torch::save)");
+    at::ScalarType only = at::kFloat;
+    for_each_engine([&only](const auto&, at::ScalarType t) { only = t; });
+    return only;
+  }
+  // Loads each engine's stream; a failure restores the engines loaded
+  // before it, so the whole optimizer is as before.
+  void load_streams(const std::vector<std::pair<at::ScalarType, std::string>>& streams,
+                    const LoadOptions& options) {
+    register_new_params();
+    if (streams.empty()) return;
+    std::vector<std::pair<at::ScalarType, std::string>> backups;
+    try {
+      for (const auto& s : streams) {
+        std::string backup;
+        visit(s.first, [&](auto& e) {
+          std::ostringstream os(std::ios::binary);
+          e.save(os);
+          backup = os.str();
+          std::istringstream is(s.second, std::ios::binary);
+          e.load(is, options);
+        });
+        backups.emplace_back(s.first, std::move(backup));
+      }
+    } catch (...) {
+      for (const auto& b : backups)
+        visit(b.first, [&](auto& e) {
+          std::istringstream is(b.second, std::ios::binary);
+          e.load(is);
+        });
+      throw;
+    }
+    // The libtorch side follows the checkpoint's options.
+    for (std::size_t g = 0; g < param_groups_.size(); ++g)
+      visit(streams.front().first, [&](const auto& e) {
+        GroupOptions o;
+        o.muon = e.muon_options(g);
+        o.adamw = e.adamw_options(g);
+        options_of(g).set_group_options(o);
+      });
+  }
+
+  void merge(const StepReport& r) {
+    report_.step = std::max(report_.step, r.step);
+    report_.updated += r.updated;
+    report_.skipped.insert(report_.skipped.end(), r.skipped.begin(), r.skipped.end());
+    report_.status = report_.updated == 0
+                         ? StepStatus::nothing
+                         : (report_.skipped.empty() ? StepStatus::ok : StepStatus::partial);
+  }
+
+  HybridOptions hybrid_;
+  std::unordered_map<const c10::TensorImpl*, std::string> names_;
+  std::tuple<EnginePtr<float>, EnginePtr<double>, EnginePtr<Eigen::bfloat16>,
+             EnginePtr<Eigen::half>>
+      engines_;
+  std::vector<Binding> bindings_;        // registration order
+  std::vector<std::size_t> registered_;  // per group: parameters registered
+  std::vector<Tensor> grad_copies_;      // this step's re-laid-out gradients
+  StepReport report_;
+};
+
+/// The hybrid in one line: the model's >= 2-D weights to Muon, embeddings,
+/// heads, biases and norms to AdamW (the library's routing rules, by name
+/// and shape), the routing table printed to hybrid.log, one optimizer for
+/// the training loop to step.
+inline Muon make_hybrid(const Muon::NamedTensors& named_parameters,
+                        MuonOptions options = MuonOptions(),
+                        HybridOptions hybrid = HybridOptions()) {
+  return Muon(named_parameters, std::move(options), std::move(hybrid));
+}
+
+}  // namespace torch
+}  // namespace muon

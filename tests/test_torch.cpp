@@ -1,0 +1,534 @@
+// SPDX-License-Identifier: MIT
+// muon::torch::Muon (include/muon/torch.hpp) against independent references:
+// muon::Optimizer over copies of the same data (the adapter must add no
+// arithmetic: bitwise), a float64 model of torch.optim.Muon's update written
+// here, and libtorch's own torch::optim::AdamW for the AdamW half.
+
+#include <torch/torch.h>
+
+#include <Eigen/Dense>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "muon/torch.hpp"
+
+namespace {
+
+using muon::torch::HybridOptions;
+using muon::torch::Muon;
+using muon::torch::MuonOptions;
+
+HybridOptions silent() {
+  HybridOptions h;
+  h.log = nullptr;
+  return h;
+}
+
+// A small model's parameters by name: two conv layers (4-D -> Muon), a
+// classifier (-> AdamW by name), biases and a norm gain (-> AdamW), a 2-D
+// hidden weight (-> Muon), an embedding (-> AdamW by name).
+torch::OrderedDict<std::string, torch::Tensor> model_params(torch::Dtype dtype, int seed = 1) {
+  torch::manual_seed(seed);
+  const auto o = torch::TensorOptions().dtype(dtype);
+  torch::OrderedDict<std::string, torch::Tensor> p;
+  p.insert("conv1.weight", torch::randn({8, 1, 3, 3}, o).mul_(0.3).requires_grad_());
+  p.insert("conv1.bias", torch::randn({8}, o).mul_(0.1).requires_grad_());
+  p.insert("conv2.weight", torch::randn({16, 8, 3, 3}, o).mul_(0.1).requires_grad_());
+  p.insert("hidden.weight", torch::randn({24, 40}, o).mul_(0.2).requires_grad_());
+  p.insert("tall.weight", torch::randn({40, 12}, o).mul_(0.2).requires_grad_());
+  p.insert("norm.weight", torch::ones({24}, o).requires_grad_());
+  p.insert("tok_embedding.weight", torch::randn({30, 6}, o).requires_grad_());
+  p.insert("classifier.weight", torch::randn({10, 24}, o).mul_(0.2).requires_grad_());
+  return p;
+}
+
+// Fresh random gradients for every parameter (the same for the same seed).
+std::vector<torch::Tensor> random_grads(const torch::OrderedDict<std::string, torch::Tensor>& p,
+                                        int seed) {
+  torch::manual_seed(1000 + seed);
+  std::vector<torch::Tensor> g;
+  for (const auto& item : p) g.push_back(torch::randn_like(item.value()));
+  return g;
+}
+void set_grads(const torch::OrderedDict<std::string, torch::Tensor>& p,
+               const std::vector<torch::Tensor>& g) {
+  std::size_t i = 0;
+  for (const auto& item : p) item.value().mutable_grad() = g[i++].clone();
+}
+
+torch::OrderedDict<std::string, torch::Tensor> clone_params(
+    const torch::OrderedDict<std::string, torch::Tensor>& p) {
+  torch::OrderedDict<std::string, torch::Tensor> c;
+  for (const auto& item : p) c.insert(item.key(), item.value().detach().clone().requires_grad_());
+  return c;
+}
+
+// The reference: muon::Optimizer<T> over its own copies of the tensors.
+template <class T>
+struct Reference {
+  std::map<std::string, std::vector<T>> param, grad;
+  muon::Optimizer<T> opt;
+  std::vector<std::string> names;
+
+  Reference(const torch::OrderedDict<std::string, torch::Tensor>& p, const muon::GroupOptions& o)
+      : opt(o.muon, o.adamw) {
+    for (const auto& item : p) {
+      const torch::Tensor t = item.value().detach().contiguous();
+      auto& w = param[item.key()];
+      w.resize(std::size_t(t.numel()));
+      std::memcpy(w.data(), t.data_ptr(), w.size() * sizeof(T));
+      grad[item.key()].resize(w.size());
+      muon::ParamView<T> v;
+      v.data = w.data();
+      v.ndim = int(t.dim());
+      for (int i = 0; i < v.ndim; ++i) v.shape[std::size_t(i)] = t.size(i);
+      muon::ParamView<T> gv = v;
+      gv.data = grad[item.key()].data();
+      opt.add_param(item.key(), v, gv);
+      names.push_back(item.key());
+    }
+  }
+  void step(const std::vector<torch::Tensor>& g) {
+    for (std::size_t i = 0; i < names.size(); ++i)
+      std::memcpy(grad[names[i]].data(), g[i].contiguous().data_ptr(),
+                  grad[names[i]].size() * sizeof(T));
+    opt.step();
+  }
+  bool same_bits(const std::string& name, const torch::Tensor& t) const {
+    const torch::Tensor c = t.detach().contiguous();
+    return std::memcmp(param.at(name).data(), c.data_ptr(), param.at(name).size() * sizeof(T)) == 0;
+  }
+};
+
+template <class T>
+void check_bitwise(torch::Dtype dtype) {
+  auto params = model_params(dtype);
+  const MuonOptions options = MuonOptions(0.02).weight_decay(0.05).adamw_lr(3e-3);
+  Reference<T> ref(params, options.group_options());
+  Muon opt = muon::torch::make_hybrid(params, options, silent());
+  for (int s = 0; s < 3; ++s) {
+    const auto g = random_grads(params, s);
+    set_grads(params, g);
+    opt.step();
+    ref.step(g);
+  }
+  for (const auto& item : params) {
+    INFO(item.key());
+    CHECK(ref.same_bits(item.key(), item.value()));
+  }
+  CHECK(opt.step_count() == 3);
+  CHECK(opt.report().updated == params.size());
+}
+
+// ---- a float64 model of torch.optim.Muon (torch/optim/_muon.py, 2.9+) ----------
+//   buf.lerp_(grad, 1 - momentum)
+//   update = grad.lerp(buf, momentum) if nesterov else buf
+//   update = zeropower_via_newtonschulz(update): X = G / max(||G||_F, eps),
+//            transposed when rows > cols, 5 steps X <- aX + (bA + cA^2)X, A = XX^T
+//   param *= 1 - lr * weight_decay
+//   param -= lr * sqrt(max(1, rows / cols)) * update        ("original")
+Eigen::MatrixXd newton_schulz_model(Eigen::MatrixXd g, int steps, double eps) {
+  const bool tall = g.rows() > g.cols();
+  if (tall) g.transposeInPlace();
+  Eigen::MatrixXd x = g / std::max(g.norm(), eps);
+  const double a = 3.4445, b = -4.7750, c = 2.0315;
+  for (int k = 0; k < steps; ++k) {
+    const Eigen::MatrixXd A = x * x.transpose();
+    const Eigen::MatrixXd B = b * A + c * A * A;
+    x = (a * x + B * x).eval();
+  }
+  if (tall) x.transposeInPlace();
+  return x;
+}
+
+// The message of the muon::Error a step throws ("" if it does not throw).
+std::string step_error(Muon& opt) {
+  try {
+    opt.step();
+  } catch (const muon::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+Eigen::MatrixXd as_matrix(const torch::Tensor& t) {  // (out, in...) row-major -> out x rest
+  const torch::Tensor c = t.detach().to(torch::kDouble).contiguous();
+  const Eigen::Index rows = c.size(0), cols = c.numel() / c.size(0);
+  return Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+      c.data_ptr<double>(), rows, cols);
+}
+
+}  // namespace
+
+TEST_CASE("make_hybrid routes by the library's rules and prints the table", "[torch]") {
+  auto params = model_params(torch::kFloat);
+  std::ostringstream log;
+  HybridOptions h;
+  h.log = &log;
+  Muon opt = muon::torch::make_hybrid(params, MuonOptions(0.02), h);
+  const std::map<std::string, muon::Route> expected = {
+      {"conv1.weight", muon::Route::muon},          {"conv1.bias", muon::Route::adamw},
+      {"conv2.weight", muon::Route::muon},          {"hidden.weight", muon::Route::muon},
+      {"tall.weight", muon::Route::muon},           {"norm.weight", muon::Route::adamw},
+      {"tok_embedding.weight", muon::Route::adamw}, {"classifier.weight", muon::Route::adamw}};
+  for (const auto& item : params) {
+    INFO(item.key());
+    CHECK(opt.name_of(item.value()) == item.key());
+    CHECK(opt.route_of(item.value()) == expected.at(item.key()));
+    CHECK(log.str().find(item.key()) != std::string::npos);
+  }
+  // The 4-D filter is the (out, in*kh*kw) matrix, and its lr scale comes from that shape.
+  const muon::RoutingReport report = opt.routing();
+  const muon::RoutingEntry& conv = report.at("conv2.weight");
+  CHECK(conv.rows == 16);
+  CHECK(conv.cols == 72);
+  CHECK(std::abs(conv.lr_scale - 1.0) < 1e-12);
+  CHECK(std::abs(opt.routing().at("tall.weight").lr_scale - std::sqrt(40.0 / 12.0)) < 1e-12);
+  CHECK(log.str() == opt.routing().table());
+}
+
+TEST_CASE("muon::torch::Muon gives muon::Optimizer's bits on the same data", "[torch]") {
+  SECTION("float") { check_bitwise<float>(torch::kFloat); }
+  SECTION("double") { check_bitwise<double>(torch::kDouble); }
+  SECTION("bfloat16") { check_bitwise<Eigen::bfloat16>(torch::kBFloat16); }
+  SECTION("half") { check_bitwise<Eigen::half>(torch::kHalf); }
+}
+
+TEST_CASE("muon::torch::Muon follows a float64 model of torch.optim.Muon", "[torch]") {
+  const bool nesterov = GENERATE(true, false);
+  INFO("nesterov " << nesterov);
+  torch::manual_seed(7);
+  const auto o = torch::TensorOptions().dtype(torch::kDouble);
+  // wide, tall, square and a conv filter: Muon(params) as torch.optim.Muon(params)
+  std::vector<torch::Tensor> params = {torch::randn({6, 20}, o), torch::randn({20, 6}, o),
+                                       torch::randn({9, 9}, o), torch::randn({4, 3, 2, 2}, o)};
+  std::vector<Eigen::MatrixXd> model, buf;
+  for (auto& p : params) {
+    p.requires_grad_();
+    model.push_back(as_matrix(p));
+    buf.push_back(Eigen::MatrixXd::Zero(model.back().rows(), model.back().cols()));
+  }
+  const double lr = 0.03, wd = 0.1, mu = 0.9;
+  Muon opt(params, MuonOptions(lr).weight_decay(wd).momentum(mu).nesterov(nesterov));
+  for (int s = 0; s < 4; ++s) {
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      params[i].mutable_grad() = torch::randn_like(params[i]);
+      const Eigen::MatrixXd g = as_matrix(params[i].grad());
+      buf[i] += (1 - mu) * (g - buf[i]);
+      const Eigen::MatrixXd in = nesterov ? Eigen::MatrixXd(g + mu * (buf[i] - g)) : buf[i];
+      const Eigen::MatrixXd update = newton_schulz_model(in, 5, 1e-7);
+      const double rows = double(in.rows()), cols = double(in.cols());
+      model[i] = model[i] * (1 - lr * wd) - lr * std::sqrt(std::max(1.0, rows / cols)) * update;
+    }
+    opt.step();
+  }
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    INFO("parameter " << i);
+    const double err = (as_matrix(params[i]) - model[i]).cwiseAbs().maxCoeff();
+    CHECK(err < 1e-12);
+  }
+}
+
+TEST_CASE("the AdamW half matches libtorch's torch::optim::AdamW", "[torch]") {
+  auto params = model_params(torch::kDouble);
+  auto twin = clone_params(params);
+  const double lr = 2e-3, wd = 0.02;
+  Muon opt = muon::torch::make_hybrid(params,
+                                      MuonOptions(0.02)
+                                          .adamw_lr(lr)
+                                          .adamw_betas({0.85, 0.98})
+                                          .adamw_eps(1e-7)
+                                          .adamw_weight_decay(wd),
+                                      silent());
+  std::vector<torch::Tensor> adamw_twins;
+  for (const auto& item : twin)
+    if (opt.route_of(params[item.key()]) == muon::Route::adamw) adamw_twins.push_back(item.value());
+  REQUIRE(adamw_twins.size() == 4);
+  torch::optim::AdamW reference(
+      adamw_twins, torch::optim::AdamWOptions(lr).betas({0.85, 0.98}).eps(1e-7).weight_decay(wd));
+  for (int s = 0; s < 5; ++s) {
+    const auto g = random_grads(params, s);
+    set_grads(params, g);
+    set_grads(twin, g);
+    opt.step();
+    reference.step();
+  }
+  for (const auto& item : params) {
+    if (opt.route_of(item.value()) != muon::Route::adamw) continue;
+    INFO(item.key());
+    const double err = (item.value() - twin[item.key()]).abs().max().item<double>();
+    CHECK(err < 1e-14);
+    CHECK(!torch::equal(item.value(), model_params(torch::kDouble)[item.key()]));  // it moved
+  }
+}
+
+TEST_CASE("torch::save / torch::load continue a run bitwise", "[torch]") {
+  auto params = model_params(torch::kFloat);
+  Muon opt = muon::torch::make_hybrid(params, MuonOptions(0.02).adamw_lr(1e-3), silent());
+  for (int s = 0; s < 2; ++s) {
+    set_grads(params, random_grads(params, s));
+    opt.step();
+  }
+  static_cast<MuonOptions&>(opt.param_groups()[0].options()).lr(0.015).adamw_lr(7e-4);
+  const std::string path = "test_torch_optimizer.pt";
+  torch::save(opt, path);
+
+  auto resumed_params = clone_params(params);
+  Muon resumed = muon::torch::make_hybrid(resumed_params, MuonOptions(0.5).adamw_lr(0.5), silent());
+  torch::load(resumed, path);
+  std::remove(path.c_str());
+  const auto& restored = static_cast<const MuonOptions&>(resumed.param_groups()[0].options());
+  CHECK(restored.lr() == 0.015);
+  CHECK(restored.adamw_lr() == 7e-4);
+  CHECK(resumed.step_count() == 2);
+
+  for (int s = 2; s < 4; ++s) {
+    const auto g = random_grads(params, s);
+    set_grads(params, g);
+    set_grads(resumed_params, g);
+    opt.step();
+    resumed.step();
+  }
+  for (const auto& item : params) {
+    INFO(item.key());
+    CHECK(torch::equal(item.value(), resumed_params[item.key()]));
+  }
+
+  SECTION("the library's own checkpoint is the same state, readable by muon::Optimizer") {
+    std::stringstream ss;
+    opt.save_checkpoint(ss);
+    Reference<float> ref(params, MuonOptions().group_options());
+    ref.opt.load(ss);
+    CHECK(ref.opt.step_count() == 4);
+    CHECK(ref.opt.muon_options().lr == 0.015);
+    const torch::Tensor m = torch::from_blob(
+        const_cast<float*>(ref.opt.momentum_buffer("hidden.weight").data()), {24, 40});
+    const auto& own = opt.engine<float>().momentum_buffer("hidden.weight");
+    CHECK(torch::equal(m, torch::from_blob(const_cast<float*>(own.data()), {24, 40})));
+  }
+  SECTION("an archive of other parameters is refused and changes nothing") {
+    torch::save(opt, path);
+    std::vector<torch::Tensor> other = {torch::randn({5, 5}).requires_grad_()};
+    Muon stranger(other, MuonOptions(0.1));
+    std::stringstream before, after;
+    stranger.save_checkpoint(before);
+    CHECK_THROWS_AS(torch::load(stranger, path), muon::Error);
+    std::remove(path.c_str());
+    stranger.save_checkpoint(after);
+    CHECK(before.str() == after.str());
+    CHECK(static_cast<const MuonOptions&>(stranger.param_groups()[0].options()).lr() == 0.1);
+  }
+}
+
+TEST_CASE("options edited between steps and libtorch's LR schedulers take effect", "[torch]") {
+  auto params = model_params(torch::kFloat);
+  Muon opt = muon::torch::make_hybrid(params, MuonOptions(0.02).adamw_lr(4e-3), silent());
+  torch::optim::StepLR scheduler(opt, /*step_size=*/1, /*gamma=*/0.5);
+  scheduler.step();  // libtorch 1.13 counts this first call as epoch 0: no change
+  scheduler.step();
+  auto& o = static_cast<MuonOptions&>(opt.param_groups()[0].options());
+  CHECK(std::abs(o.lr() - 0.01) < 1e-15);
+  CHECK(std::abs(o.adamw_lr() - 2e-3) < 1e-15);  // the ratio is kept
+
+  // lr 0 for both halves: decay 1 - 0 * wd = 1, step 0: nothing moves.
+  o.lr(0).adamw_lr(0);
+  const auto before = clone_params(params);
+  set_grads(params, random_grads(params, 0));
+  opt.step();
+  for (const auto& item : params) CHECK(torch::equal(item.value(), before[item.key()]));
+
+  // An invalid value is refused at the step, naming the field, and changes nothing.
+  o.lr(0.02).momentum(1.5);
+  try {
+    opt.step();
+    FAIL("a momentum of 1.5 was accepted");
+  } catch (const muon::Error& e) {
+    CHECK(std::string(e.what()).find("momentum") != std::string::npos);
+  }
+  for (const auto& item : params) CHECK(torch::equal(item.value(), before[item.key()]));
+}
+
+TEST_CASE("parameters are updated in place, strided ones too", "[torch]") {
+  torch::manual_seed(3);
+  // A 2-D slice of a larger tensor (row stride 20) and a transposed weight
+  // (column-major): both used in place; the rest of the storage untouched.
+  torch::Tensor storage = torch::randn({12, 20});
+  torch::Tensor slice = storage.narrow(1, 2, 8);  // 12 x 8, stride (20, 1)
+  torch::Tensor base = torch::randn({8, 12});
+  torch::Tensor transposed = base.t();  // 12 x 8, stride (1, 12)
+  slice.requires_grad_();
+  transposed.requires_grad_();
+  REQUIRE(!slice.is_contiguous());
+  REQUIRE(!transposed.is_contiguous());
+  const torch::Tensor slice0 = slice.detach().clone(), t0 = transposed.detach().clone();
+  const torch::Tensor outside =
+      torch::cat({storage.narrow(1, 0, 2), storage.narrow(1, 10, 10)}, 1).detach().clone();
+  const void* slice_ptr = slice.data_ptr();
+  const void* t_ptr = transposed.data_ptr();
+
+  std::vector<torch::Tensor> contiguous = {slice0.clone().requires_grad_(),
+                                           t0.clone().requires_grad_()};
+  Muon strided_opt({slice, transposed}, MuonOptions(0.05));
+  Muon dense_opt(contiguous, MuonOptions(0.05));
+  for (int s = 0; s < 2; ++s) {
+    const torch::Tensor g1 = torch::randn({12, 8}), g2 = torch::randn({12, 8});
+    slice.mutable_grad() = g1.clone();
+    transposed.mutable_grad() = g2.t().contiguous().t();  // the parameter's layout
+    contiguous[0].mutable_grad() = g1.clone();
+    contiguous[1].mutable_grad() = g2.clone();
+    strided_opt.step();
+    dense_opt.step();
+  }
+  CHECK(slice.data_ptr() == slice_ptr);
+  CHECK(transposed.data_ptr() == t_ptr);
+  CHECK(!torch::equal(slice, slice0));
+  CHECK(torch::allclose(slice, contiguous[0], 1e-6, 1e-6));
+  CHECK(torch::allclose(transposed, contiguous[1], 1e-6, 1e-6));
+  const torch::Tensor outside_now =
+      torch::cat({storage.narrow(1, 0, 2), storage.narrow(1, 10, 10)}, 1);
+  CHECK(torch::equal(outside_now, outside));
+}
+
+TEST_CASE("a gradient in another layout is copied into the parameter's", "[torch]") {
+  torch::manual_seed(4);
+  torch::Tensor a = torch::randn({10, 6}).requires_grad_();
+  torch::Tensor b = a.detach().clone().requires_grad_();
+  Muon opt_a({a}, MuonOptions(0.05)), opt_b({b}, MuonOptions(0.05));
+  const torch::Tensor g = torch::randn({10, 6});
+  a.mutable_grad() = g.t().contiguous().t();  // column-major gradient of a row-major parameter
+  b.mutable_grad() = g.clone();
+  opt_a.step();
+  opt_b.step();
+  CHECK(torch::equal(a, b));
+}
+
+TEST_CASE("storage replaced by set_data: the state follows the parameter", "[torch]") {
+  auto params = model_params(torch::kFloat);
+  auto twin = clone_params(params);
+  Muon opt = muon::torch::make_hybrid(params, MuonOptions(0.02), silent());
+  Muon ref = muon::torch::make_hybrid(twin, MuonOptions(0.02), silent());
+  for (int s = 0; s < 3; ++s) {
+    if (s == 1)
+      for (const auto& item : params) item.value().set_data(item.value().detach().clone());
+    const auto g = random_grads(params, s);
+    set_grads(params, g);
+    set_grads(twin, g);
+    opt.step();
+    ref.step();
+  }
+  for (const auto& item : params) CHECK(torch::equal(item.value(), twin[item.key()]));
+}
+
+TEST_CASE("parameters of several dtypes step together, all or nothing", "[torch]") {
+  torch::manual_seed(5);
+  torch::Tensor w = torch::randn({16, 8}, torch::kBFloat16).requires_grad_();
+  torch::Tensor gain = torch::ones({16}, torch::kFloat).requires_grad_();
+  torch::Tensor bias = torch::zeros({16}, torch::kDouble).requires_grad_();
+  Muon opt({w, gain, bias}, MuonOptions(0.02));
+  CHECK(opt.routing().entries.size() == 3);
+  CHECK(opt.routing().entries[0].name == "group0.param0");
+  CHECK(opt.route_of(w) == muon::Route::muon);
+  CHECK(opt.route_of(gain) == muon::Route::adamw);
+
+  const torch::Tensor w0 = w.detach().clone(), gain0 = gain.detach().clone(),
+                      bias0 = bias.detach().clone();
+  w.mutable_grad() = torch::randn({16, 8}, torch::kBFloat16);
+  gain.mutable_grad() = torch::randn({16});
+  bias.mutable_grad() = torch::randn({16}, torch::kDouble);
+  bias.mutable_grad()[3] = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_AS(opt.step(), muon::Error);  // the double engine refuses: nothing moves
+  CHECK(torch::equal(w, w0));
+  CHECK(torch::equal(gain, gain0));
+  CHECK(torch::equal(bias, bias0));
+  CHECK(opt.step_count() == 0);
+
+  bias.mutable_grad()[3] = 0.5;
+  opt.step();
+  CHECK(!torch::equal(w, w0));
+  CHECK(!torch::equal(gain, gain0));
+  CHECK(!torch::equal(bias, bias0));
+  CHECK(opt.report().updated == 3);
+
+  std::stringstream ss;
+  CHECK_THROWS_AS(opt.save_checkpoint(ss), muon::Error);  // one format per dtype: engine<T>()
+  CHECK(opt.engine<Eigen::bfloat16>().param_count() == 1);
+}
+
+TEST_CASE("parameters without a gradient are skipped; closures are called", "[torch]") {
+  torch::manual_seed(6);
+  torch::Tensor w = torch::randn({6, 4}).requires_grad_();
+  torch::Tensor v = torch::randn({6, 4}).requires_grad_();
+  const torch::Tensor v0 = v.detach().clone(), w0 = w.detach().clone();
+  Muon opt({w, v}, MuonOptions(0.05));
+  const torch::Tensor x = torch::randn({4});
+  const torch::Tensor loss = opt.step([&] {
+    opt.zero_grad();
+    torch::Tensor l = torch::matmul(w, x).pow(2).sum();
+    l.backward();
+    return l;
+  });
+  CHECK(loss.defined());
+  CHECK(loss.item<float>() == torch::matmul(w0, x).pow(2).sum().item<float>());
+  CHECK(!torch::equal(w, w0));
+  CHECK(torch::equal(v, v0));  // no gradient: skipped, as libtorch's optimizers do
+  CHECK(opt.report().skipped.size() == 1);
+}
+
+TEST_CASE("groups added with add_param_group are registered at the next step", "[torch]") {
+  torch::manual_seed(8);
+  torch::Tensor a = torch::randn({8, 8}).requires_grad_();
+  torch::Tensor b = torch::randn({8, 8}).requires_grad_();
+  const torch::Tensor b0 = b.detach().clone();
+  Muon opt({a}, MuonOptions(0.05));
+  opt.add_param_group(torch::optim::OptimizerParamGroup(
+      {b}, std::make_unique<MuonOptions>(MuonOptions(0.0).weight_decay(0))));
+  a.mutable_grad() = torch::randn({8, 8});
+  b.mutable_grad() = torch::randn({8, 8});
+  opt.step();
+  CHECK(opt.name_of(b) == "group1.param0");
+  CHECK(torch::equal(b, b0));  // its group's lr 0 and no decay
+  CHECK(opt.engine<float>().group_count() == 2);
+}
+
+TEST_CASE("bad tensors are refused with the parameter's name; nothing changes", "[torch]") {
+  const auto refuses = [](std::vector<torch::Tensor> params, const std::string& field) {
+    try {
+      Muon opt(std::move(params), MuonOptions(0.02));
+      FAIL("accepted");
+    } catch (const muon::Error& e) {
+      INFO(e.what());
+      CHECK(std::string(e.what()).find(field) != std::string::npos);
+      CHECK(std::string(e.what()).find("group0.param1") != std::string::npos);
+    }
+  };
+  const torch::Tensor ok = torch::randn({4, 4});
+  refuses({ok, torch::zeros({4, 4}, torch::kLong)}, "dtype");
+  refuses({ok, torch::zeros({4, 4}, torch::kComplexFloat)}, "complex");
+  refuses({ok, torch::zeros({2, 2, 2, 2, 2})}, "5 dimensions");
+  refuses({ok, torch::zeros({4, 5, 6}).permute({2, 0, 1})}, "not contiguous");
+  refuses({ok, torch::zeros({4, 4}).to_sparse()}, "sparse");
+
+  SECTION("a bad gradient at step time") {
+    torch::Tensor w = torch::randn({4, 6}).requires_grad_();
+    torch::Tensor u = torch::randn({4, 6}).requires_grad_();
+    const torch::Tensor w0 = w.detach().clone(), u0 = u.detach().clone();
+    Muon opt({w, u}, MuonOptions(0.02));
+    w.mutable_grad() = torch::randn({4, 6});
+    u.mutable_grad() = torch::randn({4, 6}, torch::kDouble);
+    CHECK(step_error(opt).find("'group0.param1' has dtype Double") != std::string::npos);
+    u.mutable_grad() = torch::randn({4, 6}).to_sparse();
+    CHECK(step_error(opt).find("'group0.param1' is sparse") != std::string::npos);
+    u.mutable_grad() = torch::full({4, 6}, std::numeric_limits<float>::infinity());
+    CHECK_THROWS_AS(opt.step(), muon::Error);
+    CHECK(torch::equal(w, w0));
+    CHECK(torch::equal(u, u0));
+  }
+}
