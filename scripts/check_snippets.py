@@ -70,6 +70,8 @@ def main():
     ap.add_argument("--nvcc")
     ap.add_argument("--torch-isystem", action="append", default=[],
                     help="a libtorch include directory (the muon/torch.hpp snippets need them)")
+    ap.add_argument("--only-torch", action="store_true",
+                    help="compile the muon/torch.hpp snippets only (the others: a run without libtorch)")
     ap.add_argument("--syntax-only", action="store_true",
                     help="check without generating code (C++: -fsyntax-only; CUDA: -c)")
     args, flags = ap.parse_known_args()
@@ -85,6 +87,8 @@ def main():
             cuda.append(s)
         else:
             cpu.append(s)
+    if args.only_torch:
+        cpu, cuda, programs = [], [], []
     ok = True
     units = []
     if cpu:
