@@ -241,6 +241,51 @@ TEST_CASE("weight decay uses the unadjusted lr and precedes the update", "[optim
   REQUIRE((decay_adjusted - want).cwiseAbs().maxCoeff() > 1e-3);
 }
 
+TEST_CASE("each weight-decay form and the extra lr factor follow their equations",
+          "[optimizer][decay_form]") {
+  // lambda = 0.3, eta = 0.2, a 6 x 4 tall matrix (original scale sqrt(6/4)),
+  // lr_scale 0.7: W1 = W0 * multiplier - eta * sqrt(1.5) * 0.7 * polar(G).
+  const Index r = 6, c = 4;
+  const double eta = 0.2, lambda = 0.3, factor = 0.7;
+  const struct {
+    muon::WeightDecayForm form;
+    double multiplier;  // written from the definitions
+  } cases[] = {{muon::WeightDecayForm::decoupled, 1 - eta * lambda},
+               {muon::WeightDecayForm::independent, 1 - lambda},
+               {muon::WeightDecayForm::palm, 1 - eta * eta * lambda}};
+  for (const auto& k : cases) {
+    INFO(muon::weight_decay_form_name(k.form));
+    auto w = gaussian(r * c, 41), g = gaussian(r * c, 42);
+    const RowMat W0 = to_rowmat(w, r, c), G = to_rowmat(g, r, c);
+    muon::MuonGroupOptions mo;
+    mo.with_lr(eta).with_weight_decay(lambda).with_weight_decay_form(k.form).with_lr_scale(factor);
+    mo.with_momentum(0).with_nesterov(false);
+    mo.with_ns(muon::NewtonSchulzOptions(muon::Schedule::quintic(), 40));
+    muon::Optimizer<double> opt(mo);
+    opt.add_param("w", {w.data(), {r, c}}, {g.data(), {r, c}});
+    opt.step();
+    const Eigen::MatrixXd O = muon::reference::polar_svd(Eigen::MatrixXd(G));
+    const RowMat want = W0 * k.multiplier - eta * std::sqrt(1.5) * factor * O;
+    REQUIRE(max_abs_diff(w, want) < 1e-9);
+    REQUIRE(std::abs(opt.routing().at("w").lr_scale - std::sqrt(1.5) * factor) < 1e-12);
+
+    // The form and the factor survive a checkpoint (and a default group
+    // writes neither key, so older readers still read it).
+    std::stringstream ss;
+    opt.save(ss);
+    muon::Optimizer<double> back;
+    back.add_param("w", {w.data(), {r, c}}, {g.data(), {r, c}});
+    back.load(ss);
+    REQUIRE(back.muon_options().weight_decay_form == k.form);
+    REQUIRE(back.muon_options().lr_scale == factor);
+  }
+  REQUIRE_THROWS_AS(muon::MuonGroupOptions().with_lr_scale(0).validate(), muon::Error);
+  REQUIRE_THROWS_AS(muon::MuonGroupOptions()
+                        .with_weight_decay_form(static_cast<muon::WeightDecayForm>(7))
+                        .validate(),
+                    muon::Error);
+}
+
 TEST_CASE("cautious weight decay decays only where update and parameter agree in sign",
           "[optimizer]") {
   const Index r = 5, c = 8;
@@ -699,6 +744,7 @@ TEST_CASE("set_option: every key lands in its field; wrong types and ranges are 
       {"ns_eps", 1e-5, [](const G& g, const A&) { return g.ns.eps; }, 0.0},
       {"cautious_weight_decay", 1.0,
        [](const G& g, const A&) { return g.cautious_weight_decay ? 1.0 : 0.0; }, 2.0},
+      {"lr_scale", 1.5, [](const G& g, const A&) { return g.lr_scale; }, 0.0},
       {"adamw_lr", 0.03, [](const G&, const A& a) { return a.lr; }, NAN},
       {"adamw_beta1", 0.8, [](const G&, const A& a) { return a.beta1; }, 1.0},
       {"adamw_beta2", 0.95, [](const G&, const A& a) { return a.beta2; }, -0.1},
@@ -729,6 +775,11 @@ TEST_CASE("set_option: every key lands in its field; wrong types and ranges are 
       {"momentum_kind", "sum",
        [](const G& g) { return g.momentum_kind == muon::MomentumKind::sum; }, "nesterov"},
       {"ns_eps_mode", "add", [](const G& g) { return g.ns.eps_mode == muon::EpsMode::add; }, "min"},
+      {"weight_decay_form", "independent",
+       [](const G& g) { return g.weight_decay_form == muon::WeightDecayForm::independent; },
+       "coupled"},
+      {"weight_decay_form", "palm",
+       [](const G& g) { return g.weight_decay_form == muon::WeightDecayForm::palm; }, "PaLM"},
   };
   std::vector<double> w(12), g(12);
   for (const Numeric& n : numeric) {

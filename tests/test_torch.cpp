@@ -530,5 +530,70 @@ TEST_CASE("bad tensors are refused with the parameter's name; nothing changes", 
     CHECK_THROWS_AS(opt.step(), muon::Error);
     CHECK(torch::equal(w, w0));
     CHECK(torch::equal(u, u0));
+    // A parameter taken out of its group, or replaced by another tensor.
+    u.mutable_grad() = torch::randn({4, 6});
+    opt.param_groups()[0].params()[1] = torch::randn({4, 6});
+    CHECK(step_error(opt).find("'group0.param1') was replaced") != std::string::npos);
+    opt.param_groups()[0].params().pop_back();
+    CHECK(step_error(opt).find("'group0.param1' was removed") != std::string::npos);
+    CHECK(torch::equal(w, w0));
   }
+}
+
+TEST_CASE("MuonOptions map onto the library's group options, field by field", "[torch]") {
+  const MuonOptions o = MuonOptions(0.03)
+                            .momentum(0.8)
+                            .nesterov(false)
+                            .weight_decay(0.2)
+                            .weight_decay_form(muon::WeightDecayForm::palm)
+                            .momentum_kind(muon::MomentumKind::sum)
+                            .ns_steps(7)
+                            .ns_coefficients(muon::Schedule::polar_express())
+                            .ns_eps(1e-6)
+                            .ns_eps_mode(muon::EpsMode::add)
+                            .ns_norm_divisor(1.05)
+                            .ns_method(muon::NsMethod::standard)
+                            .adjust_lr(muon::LrAdjust::match_rms_adamw)
+                            .cautious_weight_decay(true)
+                            .lr_scale(0.5)
+                            .adamw_lr(4e-4)
+                            .adamw_betas({0.8, 0.95})
+                            .adamw_eps(1e-10)
+                            .adamw_weight_decay(0.03);
+  const muon::GroupOptions g = o.group_options();
+  CHECK(g.muon.lr == 0.03);
+  CHECK(g.muon.momentum == 0.8);
+  CHECK(!g.muon.nesterov);
+  CHECK(g.muon.weight_decay == 0.2);
+  CHECK(g.muon.weight_decay_form == muon::WeightDecayForm::palm);
+  CHECK(g.muon.momentum_kind == muon::MomentumKind::sum);
+  CHECK(g.muon.ns.steps == 7);
+  CHECK(g.muon.ns.schedule.name() == "polar_express");
+  CHECK(g.muon.ns.eps == 1e-6);
+  CHECK(g.muon.ns.eps_mode == muon::EpsMode::add);
+  CHECK(g.muon.ns.norm_divisor == 1.05);
+  CHECK(g.muon.ns.method == muon::NsMethod::standard);
+  CHECK(g.muon.adjust_lr == muon::LrAdjust::match_rms_adamw);
+  CHECK(g.muon.cautious_weight_decay);
+  CHECK(g.muon.lr_scale == 0.5);
+  CHECK(g.adamw.lr == 4e-4);
+  CHECK(g.adamw.beta1 == 0.8);
+  CHECK(g.adamw.beta2 == 0.95);
+  CHECK(g.adamw.eps == 1e-10);
+  CHECK(g.adamw.weight_decay == 0.03);
+
+  // Back from the library's options (what a load does): the same fields.
+  MuonOptions back;
+  back.set_group_options(g);
+  const muon::GroupOptions again = back.group_options();
+  CHECK(again.muon.weight_decay_form == muon::WeightDecayForm::palm);
+  CHECK(again.muon.ns.schedule.name() == "polar_express");
+  CHECK(again.muon.lr_scale == 0.5);
+  CHECK(again.adamw.beta2 == 0.95);
+  CHECK(back.momentum() == 0.8);
+  CHECK(!back.nesterov());
+
+  // Out of range: refused naming the field.
+  CHECK_THROWS_AS(MuonOptions().ns_steps(100).group_options(), muon::Error);
+  CHECK_THROWS_AS(MuonOptions().adamw_betas({1.0, 0.9}).group_options(), muon::Error);
 }

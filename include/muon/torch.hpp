@@ -82,8 +82,10 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
   TORCH_ARG(double, lr) = 1e-3;
   TORCH_ARG(double, momentum) = 0.95;
   TORCH_ARG(bool, nesterov) = true;
-  /// Decoupled weight decay of the Muon parameters (times the unadjusted lr).
+  /// Weight decay of the Muon parameters (decoupled: times the unadjusted lr).
   TORCH_ARG(double, weight_decay) = 0.1;
+  /// decoupled W(1 - lr wd); independent W(1 - wd); palm W(1 - lr^2 wd).
+  TORCH_ARG(WeightDecayForm, weight_decay_form) = WeightDecayForm::decoupled;
   /// ema: torch.optim.Muon's lerp; sum: Moonlight's mu m + g.
   TORCH_ARG(MomentumKind, momentum_kind) = MomentumKind::ema;
   TORCH_ARG(std::int64_t, ns_steps) = 5;
@@ -99,6 +101,8 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
   /// torch.optim.Muon's adjust_lr_fn: original (its default), match_rms_adamw, ...
   TORCH_ARG(LrAdjust, adjust_lr) = LrAdjust::original;
   TORCH_ARG(bool, cautious_weight_decay) = false;
+  /// An extra factor on every Muon block's shape-adjusted lr.
+  TORCH_ARG(double, lr_scale) = 1.0;
   TORCH_ARG(double, adamw_lr) = 1e-3;
   TORCH_ARG(betas_t, adamw_betas) = std::make_tuple(0.9, 0.999);
   TORCH_ARG(double, adamw_eps) = 1e-8;
@@ -125,6 +129,8 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
     MuonGroupOptions& m = g.muon;
     m.lr = lr_;
     m.weight_decay = weight_decay_;
+    m.weight_decay_form = weight_decay_form_;
+    m.lr_scale = lr_scale_;
     m.momentum = momentum_;
     m.nesterov = nesterov_;
     m.momentum_kind = momentum_kind_;
@@ -154,6 +160,8 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
     const MuonGroupOptions& m = g.muon;
     lr_ = m.lr;
     weight_decay_ = m.weight_decay;
+    weight_decay_form_ = m.weight_decay_form;
+    lr_scale_ = m.lr_scale;
     momentum_ = m.momentum;
     nesterov_ = m.nesterov;
     momentum_kind_ = m.momentum_kind;
@@ -204,7 +212,8 @@ class Muon : public ::torch::optim::Optimizer {
   /// Several groups, each with its own MuonOptions or the defaults. Every
   /// parameter is checked and registered now (muon::Error naming the first
   /// bad one; parameters added later with add_param_group are registered at
-  /// the next step()). Names: `hybrid` has none, so "group<g>.param<i>".
+  /// the next step()). The parameters have no names here: they are called
+  /// "group<g>.param<i>" and routed by shape.
   explicit Muon(std::vector<ParamGroup> groups, MuonOptions defaults = MuonOptions(),
                 HybridOptions hybrid = quiet())
       : Optimizer(std::move(groups), std::make_unique<MuonOptions>(std::move(defaults))),
@@ -597,6 +606,10 @@ class Muon : public ::torch::optim::Optimizer {
   void bind_tensors() {
     grad_copies_.clear();
     for (Binding& b : bindings_) {
+      if (b.group >= param_groups_.size() || b.index >= param_groups_[b.group].params().size())
+        detail::fail("param_groups", "parameter '" + b.name + "' was removed from group " +
+                                         std::to_string(b.group) +
+                                         " (an optimizer's parameters cannot be removed)");
       const Tensor& p = param_groups_[b.group].params()[b.index];
       if (p.unsafeGetTensorImpl() != b.impl)
         detail::fail("param_groups", "parameter " + std::to_string(b.index) + " of group " +

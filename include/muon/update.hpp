@@ -51,7 +51,8 @@ void apply_muon_update(const Eigen::DenseBase<DP>& param, const Eigen::DenseBase
   detail::require_same_shape(param, "param", update, "update");
 
   auto& p_out = detail::writable(param);
-  const auto k = optim::rules::muon_update_coefficients<C>(lr, lr_adjusted, weight_decay, cautious);
+  const auto k = optim::rules::muon_update_coefficients<C>(
+      weight_decay_multiplier(WeightDecayForm::decoupled, lr, weight_decay), lr_adjusted, cautious);
   for (Eigen::Index j = 0; j < param.cols(); ++j)
     for (Eigen::Index i = 0; i < param.rows(); ++i)
       detail::write(p_out, i, j,

@@ -359,9 +359,10 @@ class Optimizer {
     }
     for (std::size_t g = 0; g < plan_.group_count(); ++g) {
       const GroupOptions& o = plan_.group(g);
-      for (double v : {o.muon.lr, o.muon.weight_decay, o.muon.momentum, o.adamw.lr, o.adamw.beta1,
-                       o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay})
+      for (double v : {o.muon.lr, o.muon.weight_decay, o.muon.momentum, o.muon.lr_scale, o.adamw.lr,
+                       o.adamw.beta1, o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay})
         mix_value(v);
+      mix_value(int(o.muon.weight_decay_form));
       mix_value(o.muon.nesterov);
       mix_value(int(o.muon.adjust_lr));
       mix_value(o.muon.ns.steps);

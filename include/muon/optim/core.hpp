@@ -347,8 +347,8 @@ class Core {
   rules::MuonUpdateCoefficients<C> muon_update_coefficients(std::size_t i, std::size_t b) const {
     const ParamRecord& p = registry_[i];
     const MuonGroupOptions& g = groups_[p.group].muon;
-    return rules::muon_update_coefficients<C>(plan_.groups[p.group].muon_lr, plan_.block_lr[i][b],
-                                              g.weight_decay, g.cautious_weight_decay);
+    return rules::muon_update_coefficients<C>(g.decay_multiplier(plan_.groups[p.group].muon_lr),
+                                              plan_.block_lr[i][b], g.cautious_weight_decay);
   }
 
   /// The largest |p| for which every update of Muon parameter i this step,

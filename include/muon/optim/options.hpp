@@ -138,6 +138,55 @@ inline const char* momentum_kind_name(MomentumKind k) {
   return k == MomentumKind::ema ? "ema" : "sum";
 }
 
+// ---- weight decay -----------------------------------------------------------------
+
+/// How weight decay enters a Muon step (lambda = weight_decay, eta = the
+/// UNadjusted lr). Each form multiplies W by one number before the update.
+enum class WeightDecayForm {
+  /// W <- W (1 - eta lambda): decoupled decay, torch.optim.Muon's and
+  /// AdamW's form (Loshchilov & Hutter, arXiv 1711.05101). The default.
+  decoupled,
+  /// W <- W (1 - lambda): independent of the lr, so a schedule does not
+  /// change the decay (Wortsman et al., arXiv 2309.14322). lambda is then a
+  /// per-step rate: 1e-4-ish, not the 0.1 of the decoupled form.
+  independent,
+  /// W <- W (1 - eta^2 lambda): PaLM's decay tied to the square of the lr
+  /// (Chowdhery et al., arXiv 2204.02311, section 5).
+  palm
+};
+
+/// True for the three named WeightDecayForm values.
+constexpr bool is_valid(WeightDecayForm f) {
+  return f == WeightDecayForm::decoupled || f == WeightDecayForm::independent ||
+         f == WeightDecayForm::palm;
+}
+
+inline const char* weight_decay_form_name(WeightDecayForm f) {
+  switch (f) {
+    case WeightDecayForm::decoupled:
+      return "decoupled";
+    case WeightDecayForm::independent:
+      return "independent";
+    case WeightDecayForm::palm:
+      return "palm";
+  }
+  return "invalid";
+}
+
+/// The number a Muon step multiplies W by under `form` at (unadjusted)
+/// learning rate `lr` and decay `weight_decay`, computed in double.
+inline double weight_decay_multiplier(WeightDecayForm form, double lr, double weight_decay) {
+  switch (form) {
+    case WeightDecayForm::independent:
+      return 1.0 - weight_decay;
+    case WeightDecayForm::palm:
+      return 1.0 - lr * lr * weight_decay;
+    case WeightDecayForm::decoupled:
+      break;
+  }
+  return 1.0 - lr * weight_decay;
+}
+
 // ---- group options ----------------------------------------------------------------
 
 /// Options of the Muon parameters of one group. Defaults are torch.optim.Muon's.
@@ -145,8 +194,11 @@ inline const char* momentum_kind_name(MomentumKind k) {
 struct MuonGroupOptions {
   /// Learning rate (before the shape adjustment). Default 1e-3. Finite, >= 0.
   double lr = 1e-3;
-  /// Decoupled weight decay, multiplied by the UNadjusted lr. Default 0.1. Finite, >= 0.
+  /// Weight decay lambda, applied in `weight_decay_form` (default decoupled:
+  /// multiplied by the UNadjusted lr). Default 0.1. Finite, >= 0.
   double weight_decay = 0.1;
+  /// How the decay enters the step (see WeightDecayForm). Default decoupled.
+  WeightDecayForm weight_decay_form = WeightDecayForm::decoupled;
   /// Momentum mu. Default 0.95. In [0, 1).
   double momentum = 0.95;
   /// Nesterov look-ahead as the Newton–Schulz input. Default true.
@@ -163,6 +215,9 @@ struct MuonGroupOptions {
   LrAdjustFn adjust_lr_fn;
   /// Decay only where update and parameter share a sign. Default false.
   bool cautious_weight_decay = false;
+  /// An extra factor on the shape-adjusted lr of every block (the decay
+  /// keeps the unadjusted lr). Default 1. Finite, > 0.
+  double lr_scale = 1.0;
 
   MuonGroupOptions& with_lr(double v) {
     lr = v;
@@ -170,6 +225,14 @@ struct MuonGroupOptions {
   }
   MuonGroupOptions& with_weight_decay(double v) {
     weight_decay = v;
+    return *this;
+  }
+  MuonGroupOptions& with_weight_decay_form(WeightDecayForm f) {
+    weight_decay_form = f;
+    return *this;
+  }
+  MuonGroupOptions& with_lr_scale(double v) {
+    lr_scale = v;
     return *this;
   }
   MuonGroupOptions& with_momentum(double v) {
@@ -206,10 +269,14 @@ struct MuonGroupOptions {
     return *this;
   }
 
-  /// The adjusted lr of an out x in block under this group's rule.
+  /// The adjusted lr of an out x in block under this group's rule, times lr_scale.
   double adjusted(double rate, std::ptrdiff_t out, std::ptrdiff_t in) const {
-    return adjust_lr_fn ? adjusted_lr(rate, out, in, adjust_lr_fn)
-                        : adjusted_lr(rate, out, in, adjust_lr);
+    return lr_scale * (adjust_lr_fn ? adjusted_lr(rate, out, in, adjust_lr_fn)
+                                    : adjusted_lr(rate, out, in, adjust_lr));
+  }
+  /// What a step at (unadjusted) lr `rate` multiplies W by.
+  double decay_multiplier(double rate) const {
+    return weight_decay_multiplier(weight_decay_form, rate, weight_decay);
   }
 
   /// Throws muon::Error naming the field (lr, weight_decay, momentum,
@@ -222,6 +289,10 @@ struct MuonGroupOptions {
     if (!(std::isfinite(momentum) && momentum >= 0.0 && momentum < 1.0))
       detail::fail("momentum", "must be in [0, 1), got " + std::to_string(momentum));
     if (!is_valid(momentum_kind)) detail::fail("momentum_kind", "is not a MomentumKind value");
+    if (!is_valid(weight_decay_form))
+      detail::fail("weight_decay_form", "is not a WeightDecayForm value");
+    if (!(std::isfinite(lr_scale) && lr_scale > 0.0))
+      detail::fail("lr_scale", "must be finite and > 0");
     if (!is_valid(adjust_lr)) detail::fail("adjust_lr", "is not an LrAdjust value");
     ns.validate("ns_");
   }
@@ -323,6 +394,7 @@ inline const std::vector<OptionKey>& option_keys() {
       {"ns_eps", OptionType::number, "finite, > 0"},
       {"ns_norm_divisor", OptionType::number, "finite, >= 1e-3"},
       {"cautious_weight_decay", OptionType::flag, "0 or 1"},
+      {"lr_scale", OptionType::number, "finite, > 0"},
       {"adamw_lr", OptionType::number, "finite, >= 0"},
       {"adamw_beta1", OptionType::number, "in [0, 1)"},
       {"adamw_beta2", OptionType::number, "in [0, 1)"},
@@ -334,6 +406,7 @@ inline const std::vector<OptionKey>& option_keys() {
       {"ns_eps_mode", OptionType::name, "add or max"},
       {"ns_method", OptionType::name, "automatic, standard or gram"},
       {"momentum_kind", OptionType::name, "ema or sum"},
+      {"weight_decay_form", OptionType::name, "decoupled, independent or palm"},
   };
   return keys;
 }
@@ -435,6 +508,7 @@ inline void set_option(GroupOptions& g, std::string_view key, double value) {
   if (key == "ns_eps") m.ns.eps = value;
   if (key == "ns_norm_divisor") m.ns.norm_divisor = value;
   if (key == "cautious_weight_decay") m.cautious_weight_decay = value == 1.0;
+  if (key == "lr_scale") m.lr_scale = value;
   if (key == "adamw_lr") a.lr = value;
   if (key == "adamw_beta1") a.beta1 = value;
   if (key == "adamw_beta2") a.beta2 = value;
@@ -476,6 +550,15 @@ inline void set_option(GroupOptions& g, std::string_view key, std::string_view v
   } else if (key == "momentum_kind") {
     if (value != "ema" && value != "sum") bad();
     m.momentum_kind = value == "ema" ? MomentumKind::ema : MomentumKind::sum;
+  } else if (key == "weight_decay_form") {
+    if (value == "decoupled")
+      m.weight_decay_form = WeightDecayForm::decoupled;
+    else if (value == "independent")
+      m.weight_decay_form = WeightDecayForm::independent;
+    else if (value == "palm")
+      m.weight_decay_form = WeightDecayForm::palm;
+    else
+      bad();
   }
   next.validate();
   g = std::move(next);

@@ -99,21 +99,23 @@ struct MuonUpdateCoefficients {
   bool cautious = false;
 };
 
-/// The update scalars: the decay uses the UNadjusted lr (torch.optim.Muon;
-/// a decay by the adjusted lr is a known defect of some ports).
+/// The update scalars from the decay multiplier (computed on the host from
+/// the UNadjusted lr, MuonGroupOptions::decay_multiplier: 1 - lr wd in
+/// torch.optim.Muon's decoupled form; a decay by the adjusted lr is a known
+/// defect of some ports) and the adjusted lr.
 template <class C>
-MUON_HOST_DEVICE MuonUpdateCoefficients<C> muon_update_coefficients(double lr, double lr_adjusted,
-                                                                    double weight_decay,
+MUON_HOST_DEVICE MuonUpdateCoefficients<C> muon_update_coefficients(double decay,
+                                                                    double lr_adjusted,
                                                                     bool cautious) {
   MuonUpdateCoefficients<C> k;
-  k.decay = static_cast<C>(1.0 - lr * weight_decay);
+  k.decay = static_cast<C>(decay);
   k.step = static_cast<C>(lr_adjusted);
   k.cautious = cautious;
   return k;
 }
 
-/// Decoupled weight decay, then the step, in torch.optim.Muon's order:
-///   p <- p (1 - lr wd)  [cautious: only where o p > 0]
+/// Weight decay, then the step, in torch.optim.Muon's order:
+///   p <- p decay        [decay = 1 - lr wd (decoupled); cautious: only where o p > 0]
 ///   p <- p - lr_adjusted o
 /// Cautious weight decay: Chen et al. 2025, arXiv 2510.12402.
 template <class C>

@@ -24,7 +24,9 @@
 ///            str name | u8 dtype | u64 count | count elements (little-endian)
 ///
 /// Group options are keyed by their set_option names (lr, ns_steps,
-/// adamw_eps, ...; plus ns_schedule, ns_norm_divisor when set, and
+/// adamw_eps, ...; plus ns_schedule, ns_norm_divisor when set,
+/// weight_decay_form and lr_scale when not the defaults, so that files of
+/// default groups stay readable by muon 0.2, and
 /// adjust_lr_fn = 1 when the group had a user rule, which a checkpoint cannot
 /// hold). A reader starts from the defaults and applies each key, so options
 /// added later stay readable; an unknown key is refused. Version 1 files
@@ -145,7 +147,10 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
                         {"momentum_kind", momentum_kind_name(m.momentum_kind)},
                         {"ns_eps_mode", eps_mode_name(m.ns.eps_mode)},
                         {"ns_method", ns_method_name(m.ns.method)}};
-  const std::size_t count = std::size(numbers) + std::size(names) + 1 + (m.ns.norm_divisor ? 1 : 0);
+  const bool other_form = m.weight_decay_form != WeightDecayForm::decoupled;
+  const bool scaled = m.lr_scale != 1.0;
+  const std::size_t count = std::size(numbers) + std::size(names) + 1 +
+                            (m.ns.norm_divisor ? 1 : 0) + (other_form ? 1 : 0) + (scaled ? 1 : 0);
   w.u32(static_cast<std::uint32_t>(count));
   for (const Number& n : numbers) {
     w.str(n.key);
@@ -156,6 +161,16 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
     w.str("ns_norm_divisor");
     w.u8(0);
     w.f64(*m.ns.norm_divisor);
+  }
+  if (scaled) {
+    w.str("lr_scale");
+    w.u8(0);
+    w.f64(m.lr_scale);
+  }
+  if (other_form) {
+    w.str("weight_decay_form");
+    w.u8(1);
+    w.str(weight_decay_form_name(m.weight_decay_form));
   }
   for (const Name& n : names) {
     w.str(n.key);
@@ -270,6 +285,8 @@ inline void apply_group_option(checkpoint::Reader& r, GroupOptions& g, bool& use
       m.ns.eps = v;
     else if (key == "ns_norm_divisor")
       m.ns.norm_divisor = v;
+    else if (key == "lr_scale")
+      m.lr_scale = v;
     else if (key == "adamw_lr")
       a.lr = v;
     else if (key == "adamw_beta1")
@@ -303,6 +320,15 @@ inline void apply_group_option(checkpoint::Reader& r, GroupOptions& g, bool& use
         m.momentum_kind = MomentumKind::ema;
       else if (v == "sum")
         m.momentum_kind = MomentumKind::sum;
+      else
+        bad();
+    } else if (key == "weight_decay_form") {
+      if (v == "decoupled")
+        m.weight_decay_form = WeightDecayForm::decoupled;
+      else if (v == "independent")
+        m.weight_decay_form = WeightDecayForm::independent;
+      else if (v == "palm")
+        m.weight_decay_form = WeightDecayForm::palm;
       else
         bad();
     } else if (key == "ns_eps_mode") {

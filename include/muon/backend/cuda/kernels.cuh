@@ -282,7 +282,7 @@ enum StepFlag : int { kNoGrad = 1, kNonFiniteGrad = 2, kNonFiniteState = 4, kNon
 /// The scalars of one parameter group for one step, from the host.
 struct GroupStep {
   optim::rules::MomentumCoefficients<float> momentum;
-  float decay = 1.0f;  ///< 1 - lr * weight_decay (Muon, unadjusted lr)
+  float decay = 1.0f;  ///< MuonGroupOptions::decay_multiplier (1 - lr * wd when decoupled)
   int cautious = 0;
   double adamw_lr = 0, adamw_beta1 = 0, adamw_beta2 = 0, adamw_eps = 0, adamw_weight_decay = 0;
 };

@@ -456,8 +456,8 @@ class Optimizer {
       const GroupOptions& o = core_.group(g);
       kernels::GroupStep& v = host_groups_[g];
       v.momentum = core_.momentum_coefficients<float>(g);
-      v.decay = optim::rules::muon_update_coefficients<float>(plan.groups[g].muon_lr, 0.0,
-                                                              o.muon.weight_decay, false)
+      v.decay = optim::rules::muon_update_coefficients<float>(
+                    o.muon.decay_multiplier(plan.groups[g].muon_lr), 0.0, false)
                     .decay;
       v.cautious = o.muon.cautious_weight_decay ? 1 : 0;
       v.adamw_lr = plan.groups[g].adamw_lr;
