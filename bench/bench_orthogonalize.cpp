@@ -168,9 +168,15 @@ void configure(Registration* b) {
 }
 
 void register_all() {
-  const std::vector<muon::Schedule> schedules = {muon::Schedule::jordan(), muon::Schedule::cubic(),
-                                                 muon::Schedule::quintic(),
-                                                 muon::Schedule::polar_express()};
+  // cubic5 twice: as published (c = 0: no A^2 product) and with c = 1e-300,
+  // which rounds to 0 in float (the same result) but makes the backend
+  // compute A^2: the pair measures what skipping the product saves.
+  std::vector<muon::Coefficients> forced = muon::Schedule::cubic5().rows();
+  for (auto& row : forced) row.c = 1e-300;
+  const std::vector<muon::Schedule> schedules = {
+      muon::Schedule::jordan(),  muon::Schedule::cubic(),
+      muon::Schedule::quintic(), muon::Schedule::polar_express(),
+      muon::Schedule::cubic5(),  muon::Schedule(forced, 1.0, "cubic5_with_square")};
   for (const Shape& s : shapes()) {
     for (const auto& schedule : schedules) {
       const std::string name = "NS_" + schedule.name() + "/" + s.name();

@@ -25,6 +25,7 @@ namespace {
 using Eigen::Index;
 using Eigen::MatrixXd;
 using Eigen::VectorXd;
+using muon::Coefficients;
 using muon::EpsMode;
 using muon::NewtonSchulzOptions;
 using muon::Schedule;
@@ -58,16 +59,21 @@ MatrixXd expected_via_svd(const MatrixXd& G, const NewtonSchulzOptions& opt) {
 }
 
 std::vector<NewtonSchulzOptions> every_schedule() {
-  return {NewtonSchulzOptions(Schedule::jordan(), 5), NewtonSchulzOptions(Schedule::cubic(), 8),
+  return {NewtonSchulzOptions(Schedule::jordan(), 5),
+          NewtonSchulzOptions(Schedule::cubic(), 8),
           NewtonSchulzOptions(Schedule::quintic(), 6),
           NewtonSchulzOptions(Schedule::polar_express(), 6),
-          NewtonSchulzOptions(Schedule::polar_express(), 10)};  // past the list: last row repeats
+          NewtonSchulzOptions(Schedule::polar_express(), 10),  // past the list: last row repeats
+          NewtonSchulzOptions(Schedule::deepseek_v4(), 10),
+          NewtonSchulzOptions(Schedule::cubic5(), 5),
+          NewtonSchulzOptions(Schedule::cubic5(), 7)};
 }
 
 }  // namespace
 
 TEST_CASE("the built-in schedules are the published coefficients, last row repeating") {
-  for (const char* name : {"jordan", "cubic", "quintic", "polar_express"}) {
+  for (const char* name :
+       {"jordan", "cubic", "quintic", "polar_express", "deepseek_v4", "cubic5"}) {
     INFO(name);
     const Schedule s = Schedule::by_name(name);
     const mt::PaperSchedule want = mt::paper(name);
@@ -91,6 +97,68 @@ TEST_CASE("the built-in schedules are the published coefficients, last row repea
     INFO("x " << x);
     CHECK(std::abs(Schedule::polar_express().apply(x, 10) - pe.apply(x, 10)) < 1e-14);
   }
+}
+
+TEST_CASE("a cycling schedule restarts from its first row past the end", "[schedule]") {
+  const Schedule repeat({{2.0, -1.0, 0.0}, {1.5, -0.5, 0.0}, {1.875, -1.25, 0.375}});
+  const Schedule cycle = repeat.with_past_end(Schedule::PastEnd::cycle);
+  CHECK(repeat.past_end() == Schedule::PastEnd::repeat_last);
+  CHECK(cycle.past_end() == Schedule::PastEnd::cycle);
+  CHECK(cycle.name() == repeat.name());
+  for (std::size_t k = 0; k < 3; ++k) CHECK(cycle.at(k).a == repeat.at(k).a);
+  CHECK(cycle.at(3).a == 2.0);  // row 0 again
+  CHECK(cycle.at(4).a == 1.5);
+  CHECK(cycle.at(8).a == 1.875);
+  CHECK(repeat.at(3).a == 1.875);
+  CHECK(repeat.at(8).a == 1.875);
+  // The iteration follows it: 7 steps of the cycle are rows 0 1 2 0 1 2 0.
+  const mt::PaperSchedule unrolled{{{2.0, -1.0, 0.0},
+                                    {1.5, -0.5, 0.0},
+                                    {1.875, -1.25, 0.375},
+                                    {2.0, -1.0, 0.0},
+                                    {1.5, -0.5, 0.0},
+                                    {1.875, -1.25, 0.375},
+                                    {2.0, -1.0, 0.0}},
+                                   1.0};
+  const MatrixXd G = mt::gaussian(12, 30, 77);
+  const MatrixXd O = muon::orthogonalize(G, NewtonSchulzOptions(cycle, 7));
+  CHECK(relative_distance(O, mt::plain_newton_schulz(G, unrolled, 7)) < 1e-12);
+  CHECK_THROWS_AS(repeat.with_past_end(static_cast<Schedule::PastEnd>(5)), muon::Error);
+}
+
+TEST_CASE("DeepSeek-V4 x10 is orthogonal to 1e-3; its last rows fix 1 to second order",
+          "[schedule]") {
+  // The polishing quintic p(s) = 2s - 1.5s^3 + 0.5s^5: p(1) = 1 and
+  // p'(1) = 2 - 4.5 + 2.5 = 0, so 1 + e maps to 1 + O(e^2).
+  const Coefficients polish = Schedule::deepseek_v4().at(9);
+  CHECK(polish(1.0) == 1.0);
+  CHECK(polish.a + 3 * polish.b + 5 * polish.c == 0.0);
+  const Index m = 32, n = 96;
+  VectorXd s(m);
+  s(0) = 1.0;
+  s.tail(m - 1) = mt::geometric(m - 1, 0.05, 1.05e-3);
+  const mt::KnownSvd g = mt::with_singular_values(m, n, s, 41);
+  INFO("seed 41");
+  const MatrixXd O = muon::orthogonalize(g.G, NewtonSchulzOptions(Schedule::deepseek_v4(), 10));
+  const auto range = muon::reference::singular_value_range(O);
+  CHECK(range.min > 1 - 1e-3);
+  CHECK(range.max < 1 + 1e-3);
+  // Jordan alone (its first 8 rows) stays in a band far wider than that.
+  const auto jordan8 = muon::reference::singular_value_range(
+      muon::orthogonalize(g.G, NewtonSchulzOptions(Schedule::jordan(), 8)));
+  CHECK(jordan8.max - jordan8.min > 0.2);
+}
+
+TEST_CASE("cubic5 x5 sends s/||G||_F >= 0.01 into [0.77, 1.30]", "[schedule]") {
+  const mt::PaperSchedule table = mt::paper_cubic5();
+  for (int i = 0; i <= 20000; ++i) {
+    const double x = 0.01 * std::pow(100.0, i / 20000.0);
+    const double y = table.apply(x, 5);
+    INFO("x = " << x << ", p^5(x) = " << y);
+    REQUIRE(y >= 0.77);
+    REQUIRE(y <= 1.30);
+  }
+  for (const Coefficients& r : Schedule::cubic5().rows()) CHECK(r.c == 0.0);
 }
 
 TEST_CASE("NS keeps G's singular vectors and maps each singular value through p^k") {

@@ -279,6 +279,23 @@ TEST_CASE("each weight-decay form and the extra lr factor follow their equations
     REQUIRE(back.muon_options().weight_decay_form == k.form);
     REQUIRE(back.muon_options().lr_scale == factor);
   }
+  // A cycling schedule keeps cycling through a checkpoint.
+  {
+    auto w = gaussian(r * c, 43), g = gaussian(r * c, 44);
+    muon::MuonGroupOptions mo;
+    mo.with_ns(muon::NewtonSchulzOptions(
+        muon::Schedule::cubic5().with_past_end(muon::Schedule::PastEnd::cycle), 7));
+    muon::Optimizer<double> opt(mo);
+    opt.add_param("w", {w.data(), {r, c}}, {g.data(), {r, c}});
+    std::stringstream ss;
+    opt.save(ss);
+    muon::Optimizer<double> back;
+    back.add_param("w", {w.data(), {r, c}}, {g.data(), {r, c}});
+    back.load(ss);
+    REQUIRE(back.muon_options().ns.schedule.past_end() == muon::Schedule::PastEnd::cycle);
+    REQUIRE(back.muon_options().ns.schedule.name() == "cubic5");
+    REQUIRE(back.muon_options().ns.schedule.at(5).a == 3.3656576);
+  }
   REQUIRE_THROWS_AS(muon::MuonGroupOptions().with_lr_scale(0).validate(), muon::Error);
   REQUIRE_THROWS_AS(muon::MuonGroupOptions()
                         .with_weight_decay_form(static_cast<muon::WeightDecayForm>(7))
@@ -772,6 +789,10 @@ TEST_CASE("set_option: every key lands in its field; wrong types and ranges are 
        "cube"},
       {"ns_coefficients", "quintic", [](const G& g) { return g.ns.schedule.name() == "quintic"; },
        "5"},
+      {"ns_coefficients", "deepseek_v4",
+       [](const G& g) { return g.ns.schedule.name() == "deepseek_v4"; }, "deepseek"},
+      {"ns_coefficients", "cubic5", [](const G& g) { return g.ns.schedule.name() == "cubic5"; },
+       "cubic_5"},
       {"momentum_kind", "sum",
        [](const G& g) { return g.momentum_kind == muon::MomentumKind::sum; }, "nesterov"},
       {"ns_eps_mode", "add", [](const G& g) { return g.ns.eps_mode == muon::EpsMode::add; }, "min"},

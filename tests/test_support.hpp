@@ -209,12 +209,32 @@ inline PaperSchedule paper_polar_express() {
   return s;
 }
 
+/// DeepSeek-V4's schedule: Jordan's quintic for 8 steps, then 2 steps of
+/// (2, -1.5, 0.5).
+inline PaperSchedule paper_deepseek_v4() {
+  PaperSchedule s{std::vector<std::array<double, 3>>(8, {3.4445, -4.7750, 2.0315}), 1.0};
+  s.rows.push_back({2.0, -1.5, 0.5});
+  s.rows.push_back({2.0, -1.5, 0.5});
+  return s;
+}
+/// The 5-step cubic schedule of arXiv 2606.00371 (c = 0 every step).
+inline PaperSchedule paper_cubic5() {
+  return {{{3.3656576, -3.3420992, 0.0},
+           {2.5744352, -1.4957376, 0.0},
+           {2.5368962, -1.4312570, 0.0},
+           {2.4418906, -1.2764040, 0.0},
+           {2.2230472, -0.9630650, 0.0}},
+          1.0};
+}
+
 /// The published schedule of a built-in schedule's name.
 inline PaperSchedule paper(const std::string& name) {
   if (name == "jordan") return paper_jordan();
   if (name == "cubic") return paper_cubic();
   if (name == "quintic") return paper_quintic();
   if (name == "polar_express") return paper_polar_express();
+  if (name == "deepseek_v4") return paper_deepseek_v4();
+  if (name == "cubic5") return paper_cubic5();
   throw std::logic_error("test_support: no published table for schedule '" + name + "'");
 }
 

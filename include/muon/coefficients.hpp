@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <memory>
 #include <string>
@@ -33,14 +34,24 @@ struct Coefficients {
 /// built-in schedules are created once per process.
 class Schedule {
  public:
+  /// What the steps past the last row use: part of a schedule's definition.
+  enum class PastEnd : std::uint8_t {
+    repeat_last,  ///< the last row again (a polishing step; the default)
+    cycle         ///< the rows again from the first
+  };
+
   /// Jordan's quintic, the default of reference Muon and torch.optim.Muon.
   Schedule() : Schedule(jordan()) {}
 
   /// A user schedule. Throws muon::Error when `rows` is empty, a coefficient is
-  /// not finite, or `norm_divisor` is not a finite value >= 1e-3.
+  /// not finite, `norm_divisor` is not a finite value >= 1e-3, or `past_end`
+  /// is not a PastEnd value.
   explicit Schedule(std::vector<Coefficients> rows, double norm_divisor = 1.0,
-                    std::string name = "custom")
-      : data_(std::make_shared<const Data>(Data{std::move(rows), norm_divisor, std::move(name)})) {
+                    std::string name = "custom", PastEnd past_end = PastEnd::repeat_last)
+      : data_(std::make_shared<const Data>(
+            Data{std::move(rows), norm_divisor, std::move(name), past_end})) {
+    if (!(past_end == PastEnd::repeat_last || past_end == PastEnd::cycle))
+      detail::fail("schedule.past_end", "is not a Schedule::PastEnd value");
     if (data_->rows.empty()) detail::fail("schedule", "needs at least one (a, b, c) row");
     for (const auto& r : data_->rows)
       if (!(finite(r.a) && finite(r.b) && finite(r.c)))
@@ -79,20 +90,53 @@ class Schedule {
     return s;
   }
 
+  /// DeepSeek-V4's schedule: 8 steps of Jordan's quintic, then 2 of
+  /// (2, -1.5, 0.5), a quintic with p(1) = 1 and p'(1) = 0 that pulls the
+  /// singular values Jordan's steps leave in about [0.7, 1.2] to 1. Meant for
+  /// 10 steps (ns_steps = 10); past them the last row repeats.
+  static Schedule deepseek_v4() {
+    static const Schedule s = make_deepseek_v4();
+    return s;
+  }
+
+  /// A tuned 5-step cubic schedule, p(s) = a s + b s^3 (c = 0, so each step
+  /// costs one product fewer: the A^2 product is skipped on every backend),
+  /// from arXiv 2606.00371. Meant for 5 steps; past them the last row repeats.
+  static Schedule cubic5() {
+    static const Schedule s({{3.3656576, -3.3420992, 0.0},
+                             {2.5744352, -1.4957376, 0.0},
+                             {2.5368962, -1.4312570, 0.0},
+                             {2.4418906, -1.2764040, 0.0},
+                             {2.2230472, -0.9630650, 0.0}},
+                            1.0, "cubic5");
+    return s;
+  }
+
   /// Looks a built-in schedule up by name: "jordan", "cubic", "quintic",
-  /// "polar_express". Throws muon::Error for any other name.
+  /// "polar_express", "deepseek_v4", "cubic5". Throws muon::Error for any
+  /// other name.
   static Schedule by_name(const std::string& name) {
     if (name == "jordan") return jordan();
     if (name == "cubic") return cubic();
     if (name == "quintic") return quintic();
     if (name == "polar_express") return polar_express();
+    if (name == "deepseek_v4") return deepseek_v4();
+    if (name == "cubic5") return cubic5();
     throw Error("schedule: unknown name '" + name +
-                "' (expected jordan, cubic, quintic or polar_express)");
+                "' (expected jordan, cubic, quintic, polar_express, deepseek_v4 or cubic5)");
   }
 
-  /// Coefficients of step `k` (0-based); steps past the list repeat the last row.
+  /// The same rows, divisor and name, with other steps past the end.
+  Schedule with_past_end(PastEnd p) const {
+    return Schedule(data_->rows, data_->norm_divisor, data_->name, p);
+  }
+  PastEnd past_end() const { return data_->past_end; }
+
+  /// Coefficients of step `k` (0-based); past the list: the last row again
+  /// (PastEnd::repeat_last) or the rows from the first (PastEnd::cycle).
   const Coefficients& at(std::size_t k) const {
     const auto& r = data_->rows;
+    if (data_->past_end == PastEnd::cycle) return r[k % r.size()];
     return r[k < r.size() ? k : r.size() - 1];
   }
   const std::vector<Coefficients>& rows() const { return data_->rows; }
@@ -152,7 +196,15 @@ class Schedule {
     std::vector<Coefficients> rows;
     double norm_divisor;
     std::string name;
+    PastEnd past_end;
   };
+
+  static Schedule make_deepseek_v4() {
+    std::vector<Coefficients> rows(8, Coefficients{3.4445, -4.7750, 2.0315});
+    rows.push_back({2.0, -1.5, 0.5});
+    rows.push_back({2.0, -1.5, 0.5});
+    return Schedule(std::move(rows), 1.0, "deepseek_v4");
+  }
 
   static Schedule make_polar_express() {
     std::vector<Coefficients> raw = {{8.28721201814563, -23.595886519098837, 17.300387312530933},

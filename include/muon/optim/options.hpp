@@ -402,7 +402,8 @@ inline const std::vector<OptionKey>& option_keys() {
       {"adamw_weight_decay", OptionType::number, "finite, >= 0"},
       {"adjust_lr", OptionType::name,
        "original, match_rms_adamw, spectral, spectral_unclamped or none"},
-      {"ns_coefficients", OptionType::name, "jordan, cubic, quintic or polar_express"},
+      {"ns_coefficients", OptionType::name,
+       "jordan, cubic, quintic, polar_express, deepseek_v4 or cubic5"},
       {"ns_eps_mode", OptionType::name, "add or max"},
       {"ns_method", OptionType::name, "automatic, standard or gram"},
       {"momentum_kind", OptionType::name, "ema or sum"},
@@ -536,7 +537,8 @@ inline void set_option(GroupOptions& g, std::string_view key, std::string_view v
     m.adjust_lr = lr_adjust_from_name(value);
     m.adjust_lr_fn = nullptr;
   } else if (key == "ns_coefficients") {
-    if (!(value == "jordan" || value == "cubic" || value == "quintic" || value == "polar_express"))
+    if (!(value == "jordan" || value == "cubic" || value == "quintic" || value == "polar_express" ||
+          value == "deepseek_v4" || value == "cubic5"))
       bad();
     m.ns.schedule = Schedule::by_name(std::string(value));
   } else if (key == "ns_eps_mode") {

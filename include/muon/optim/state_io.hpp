@@ -25,8 +25,9 @@
 ///
 /// Group options are keyed by their set_option names (lr, ns_steps,
 /// adamw_eps, ...; plus ns_schedule, ns_norm_divisor when set,
-/// weight_decay_form and lr_scale when not the defaults, so that files of
-/// default groups stay readable by muon 0.2, and
+/// weight_decay_form, lr_scale and ns_schedule_cycle (after ns_schedule)
+/// when not the defaults, so that files of default groups stay readable by
+/// muon 0.2, and
 /// adjust_lr_fn = 1 when the group had a user rule, which a checkpoint cannot
 /// hold). A reader starts from the defaults and applies each key, so options
 /// added later stay readable; an unknown key is refused. Version 1 files
@@ -149,8 +150,10 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
                         {"ns_method", ns_method_name(m.ns.method)}};
   const bool other_form = m.weight_decay_form != WeightDecayForm::decoupled;
   const bool scaled = m.lr_scale != 1.0;
+  const bool cycles = m.ns.schedule.past_end() == Schedule::PastEnd::cycle;
   const std::size_t count = std::size(numbers) + std::size(names) + 1 +
-                            (m.ns.norm_divisor ? 1 : 0) + (other_form ? 1 : 0) + (scaled ? 1 : 0);
+                            (m.ns.norm_divisor ? 1 : 0) + (other_form ? 1 : 0) + (scaled ? 1 : 0) +
+                            (cycles ? 1 : 0);
   w.u32(static_cast<std::uint32_t>(count));
   for (const Number& n : numbers) {
     w.str(n.key);
@@ -180,6 +183,11 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
   w.str("ns_schedule");
   w.u8(2);
   write_schedule(w, m.ns.schedule);
+  if (cycles) {  // after ns_schedule: the reader applies it to the schedule just read
+    w.str("ns_schedule_cycle");
+    w.u8(0);
+    w.f64(1.0);
+  }
 }
 
 /// The record of one parameter, up to its buffer count.
@@ -287,7 +295,10 @@ inline void apply_group_option(checkpoint::Reader& r, GroupOptions& g, bool& use
       m.ns.norm_divisor = v;
     else if (key == "lr_scale")
       m.lr_scale = v;
-    else if (key == "adamw_lr")
+    else if (key == "ns_schedule_cycle") {
+      if (v != 1.0) r.fail(where + "option 'ns_schedule_cycle' is not 1");
+      m.ns.schedule = m.ns.schedule.with_past_end(Schedule::PastEnd::cycle);
+    } else if (key == "adamw_lr")
       a.lr = v;
     else if (key == "adamw_beta1")
       a.beta1 = v;
