@@ -373,6 +373,55 @@ TEMPLATE_TEST_CASE("3-D batch: each matrix orthogonalized and scaled on its own"
   }
 }
 
+TEST_CASE("per-head orthogonalization: heads equal row blocks, each with its own lr scale",
+          "[optimizer][heads]") {
+  // A (4 heads * 3) x 8 projection: 4 blocks of 3 x 8 (scale 1 each), against
+  // the reference Muon on those blocks; a 4-D filter per head too.
+  const Index heads = 4, d_head = 3, d = 8;
+  auto p = gaussian(heads * d_head * d, 91);
+  std::vector<double> g(p.size());
+  RowMat R = to_rowmat(p, heads * d_head, d);
+  muon::Optimizer<double> opt(muon::MuonGroupOptions().with_lr(0.03));
+  muon::ParamOptions po;
+  po.heads = heads;
+  opt.add_param("attn.q_proj.weight", {p.data(), {heads * d_head, d}},
+                {g.data(), {heads * d_head, d}}, po);
+  CHECK(contains(opt.routing().at("attn.q_proj.weight").reason, "per head: 4 blocks of 3 rows"));
+  CHECK(opt.core().param(0).blocks == std::vector<std::int64_t>(4, 3));
+  RefMuon ref;
+  ref.lr = 0.03;
+  for (int k = 0; k < 2; ++k) {
+    refill(g, gaussian(g.size(), 95 + k));
+    opt.step();
+    ref.step(R, to_rowmat(g, heads * d_head, d), std::vector<Index>(heads, d_head));
+    REQUIRE(max_abs_diff(p, R) < 1e-11);
+  }
+  std::vector<double> w(30), gw(30), f(2 * 6 * 3 * 3), gf(f.size());
+  muon::ParamOptions bad = po;
+  bad.heads = 4;  // 30 rows
+  CHECK(contains(error_of([&] {
+                   opt.add_param("x", {w.data(), {30, 1}}, {gw.data(), {30, 1}}, bad);
+                 }),
+                 "not a multiple of 4 heads"));
+  bad.heads = 3;
+  bad.split = {10, 20};
+  CHECK(contains(error_of([&] {
+                   opt.add_param("x", {w.data(), {30, 1}}, {gw.data(), {30, 1}}, bad);
+                 }),
+                 "split or heads"));
+  bad.split.clear();
+  bad.heads = -1;
+  CHECK(contains(error_of([&] {
+                   opt.add_param("x", {w.data(), {30, 1}}, {gw.data(), {30, 1}}, bad);
+                 }),
+                 "heads"));
+  muon::ParamOptions conv;
+  conv.heads = 2;
+  opt.add_param("conv", {f.data(), {2, 6, 3, 3}}, {gf.data(), {2, 6, 3, 3}}, conv);
+  CHECK(opt.core().param(1).blocks == std::vector<std::int64_t>(2, 1));
+  CHECK(opt.param_count() == 2);
+}
+
 TEST_CASE("split rows (fused QKV): each block orthogonalized with its own lr scale",
           "[optimizer]") {
   const Index rows = 12, cols = 3;

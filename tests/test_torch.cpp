@@ -185,6 +185,14 @@ TEST_CASE("make_hybrid routes by the library's rules and prints the table", "[to
     CHECK(opt.route_of(item.value()) == expected.at(item.key()));
     CHECK(log.str().find(item.key()) != std::string::npos);
   }
+  // Per-head blocks by name.
+  {
+    auto p2 = model_params(torch::kFloat);
+    HybridOptions per_head = silent();
+    per_head.heads["hidden.weight"] = 4;
+    Muon heads = muon::torch::make_hybrid(p2, MuonOptions(0.02), per_head);
+    CHECK(heads.engine<float>().core().param(3).blocks == std::vector<std::int64_t>(4, 6));
+  }
   // The 4-D filter is the (out, in*kh*kw) matrix, and its lr scale comes from that shape.
   const muon::RoutingReport report = opt.routing();
   const muon::RoutingEntry& conv = report.at("conv2.weight");
@@ -337,6 +345,12 @@ TEST_CASE("options edited between steps and libtorch's LR schedulers take effect
   auto& o = static_cast<MuonOptions&>(opt.param_groups()[0].options());
   CHECK(std::abs(o.lr() - 0.01) < 1e-15);
   CHECK(std::abs(o.adamw_lr() - 2e-3) < 1e-15);  // the ratio is kept
+  // Through 0 and back (a warmup from 0, a decay to 0): the ratio survives.
+  o.set_lr(0.0);
+  CHECK(o.adamw_lr() == 0.0);
+  o.set_lr(0.005);
+  CHECK(std::abs(o.adamw_lr() - 1e-3) < 1e-15);
+  o.lr(0.01).adamw_lr(2e-3);
 
   // lr 0 for both halves: decay 1 - 0 * wd = 1, step 0: nothing moves.
   o.lr(0).adamw_lr(0);

@@ -114,11 +114,13 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
 
  public:
   /// libtorch's LR schedulers scale the group's lr through these. set_lr
-  /// scales adamw_lr by the same factor (when lr was > 0), so one scheduler
-  /// drives both halves of the hybrid and keeps their ratio.
+  /// moves adamw_lr with it, keeping the ratio adamw_lr / lr they had (at
+  /// the last call where lr was > 0), so one scheduler drives both halves of
+  /// the hybrid, through 0 and back (a warmup from 0, a decay to 0).
   double get_lr() const override { return lr(); }
   void set_lr(const double new_lr) override {
-    if (lr_ > 0) adamw_lr_ *= new_lr / lr_;
+    if (lr_ > 0) adamw_ratio_ = adamw_lr_ / lr_;
+    if (adamw_ratio_) adamw_lr_ = *adamw_ratio_ * new_lr;
     lr_ = new_lr;
   }
 
@@ -177,8 +179,12 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
     adamw_betas_ = std::make_tuple(g.adamw.beta1, g.adamw.beta2);
     adamw_eps_ = g.adamw.eps;
     adamw_weight_decay_ = g.adamw.weight_decay;
+    adamw_ratio_.reset();
     return *this;
   }
+
+ private:
+  std::optional<double> adamw_ratio_;  // adamw_lr / lr at the last set_lr with lr > 0
 };
 
 /// How the optimizer names, routes and runs its parameters (read once, at
@@ -189,7 +195,11 @@ struct HybridOptions {
   /// Row blocks orthogonalized separately, by parameter name (a fused QKV
   /// weight of 3*d rows: {d, d, d}).
   std::map<std::string, std::vector<std::ptrdiff_t>> splits;
-  /// Newton–Schulz and elementwise threads (0: muon::default_threads()).
+  /// Per-head orthogonalization, by parameter name: that many equal row
+  /// blocks (an attention projection's heads; 3*heads for fused QKV).
+  std::map<std::string, std::int64_t> heads;
+  /// Newton–Schulz and elementwise threads (0: libtorch's
+  /// at::get_num_threads(), so torch::set_num_threads governs both).
   int threads = 0;
   NonFinitePolicy non_finite_policy = NonFinitePolicy::raise;
   /// Where make_hybrid (and the named constructor) print the routing table;
@@ -460,7 +470,7 @@ class Muon : public ::torch::optim::Optimizer {
         detail::fail("engine", std::string("no ") + scalar_traits<T>::name + " parameters");
       const GroupOptions first = options_of(0).group_options();
       auto made = std::make_unique<::muon::Optimizer<T>>(first.muon, first.adamw);
-      made->set_ns_threads(hybrid_.threads);
+      made->set_ns_threads(hybrid_.threads > 0 ? hybrid_.threads : at::get_num_threads());
       made->set_routing_rules(hybrid_.rules);
       made->set_non_finite_policy(hybrid_.non_finite_policy);
       add_groups(*made);
@@ -577,6 +587,8 @@ class Muon : public ::torch::optim::Optimizer {
       po.route = options_of(b.group).route();
       const auto split = hybrid_.splits.find(b.name);
       if (split != hybrid_.splits.end()) po.split = split->second;
+      const auto heads = hybrid_.heads.find(b.name);
+      if (heads != hybrid_.heads.end()) po.heads = heads->second;
       visit(
           b.dtype,
           [&](auto& e) {

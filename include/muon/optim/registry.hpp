@@ -170,6 +170,11 @@ struct ParamOptions {
   /// separately (e.g. {d, d, d} for fused QKV rows). Must sum to the out
   /// dimension. Each block's lr is adjusted by its own (block rows, in) shape.
   std::vector<std::ptrdiff_t> split;
+  /// Muon only, row-major 2-D or 4-D: per-head orthogonalization, the
+  /// shorthand for `heads` equal row blocks (a (heads*d_head) x d attention
+  /// projection as heads d_head x d blocks; a fused QKV weight: 3*heads).
+  /// 0: none. The out dimension must divide evenly; not with `split`.
+  std::int64_t heads = 0;
 };
 
 namespace optim {
@@ -284,7 +289,18 @@ class Registry {
         p.cols = d[1] * d[2] * d[3];
         break;
     }
-    if (!options.split.empty()) {
+    std::vector<std::ptrdiff_t> split = options.split;
+    if (options.heads != 0) {
+      if (options.heads < 0) detail::fail("heads", "must be >= 0");
+      if (!split.empty()) detail::fail("heads", "'" + name + "': give split or heads, not both");
+      if (p.rows % options.heads != 0)
+        detail::fail("heads", "'" + name + "' has " + std::to_string(p.rows) +
+                                  " rows, not a multiple of " + std::to_string(options.heads) +
+                                  " heads");
+      split.assign(static_cast<std::size_t>(options.heads),
+                   static_cast<std::ptrdiff_t>(p.rows / options.heads));
+    }
+    if (!split.empty()) {
       if (p.route != Route::muon) detail::fail("split", "applies to Muon-routed parameters only");
       if (!(shape.ndim == 2 || shape.ndim == 4))
         detail::fail("split", "applies to 2-D matrices and 4-D filters only");
@@ -293,15 +309,18 @@ class Registry {
                                   "' is column-major: its row blocks are not contiguous; "
                                   "register the row-major (transposed) storage instead");
       std::int64_t total = 0;
-      for (std::ptrdiff_t s : options.split) {
+      for (std::ptrdiff_t s : split) {
         if (s <= 0) detail::fail("split", "block sizes must be positive");
         total += s;
       }
       if (total != p.rows)
         detail::fail("split", "block sizes sum to " + std::to_string(total) + ", not the " +
                                   std::to_string(p.rows) + " rows of '" + name + "'");
-      p.blocks.assign(options.split.begin(), options.split.end());
-      p.reason += ", split into " + std::to_string(options.split.size()) + " row blocks";
+      p.blocks.assign(split.begin(), split.end());
+      p.reason += options.heads != 0
+                      ? ", per head: " + std::to_string(options.heads) + " blocks of " +
+                            std::to_string(p.rows / options.heads) + " rows"
+                      : ", split into " + std::to_string(split.size()) + " row blocks";
     } else if (p.route == Route::muon && shape.ndim == 3) {
       p.blocks.assign(static_cast<std::size_t>(d[0]), d[1]);
     } else {
