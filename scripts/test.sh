@@ -8,8 +8,12 @@
 #      engine is the library's own kernel: stages 1 and 2 test it on CPUs with
 #      AVX512-BF16)
 #   4. the distributed optimizer under MPI at 1-4 ranks, where Open MPI is installed
-#   5. libFuzzer on the checkpoint loader (clang, 30 s)
-#   6. install to a prefix and build/run the consumer project against it
+#   5. the libtorch adapter (muon::torch) where libtorch-dev is installed: its
+#      tests (g++, and clang++ with ASan + UBSan), the README/docs snippets that use
+#      it, a short run of the CNN example, and a find_package(muon COMPONENTS
+#      Torch) consumer
+#   6. libFuzzer on the checkpoint loader (clang, 30 s)
+#   7. install to a prefix and build/run the consumer project against it
 #      (find_package, and pkg-config) and against the source tree (add_subdirectory)
 # Skipped tests are listed with the reason. Environment: MUON_TEST_QUICK=1 runs
 # stage 1 only; JOBS sets build parallelism.
@@ -46,7 +50,9 @@ stage "g++: build and test"
 # CUDA code for one architecture here (sm_90): the compile check; the default
 # list (sm_80 to sm_90) multiplies nvcc's device passes, and gpu_check.sh
 # builds for the GPU at hand.
-build_and_test build/gcc -DCMAKE_CXX_COMPILER=g++ -DMUON_CUDA_ARCHITECTURES=90
+# libtorch's headers compile slowly: its adapter has a stage of its own (5).
+build_and_test build/gcc -DCMAKE_CXX_COMPILER=g++ -DMUON_CUDA_ARCHITECTURES=90 \
+  -DMUON_ENABLE_TORCH=OFF
 [[ ${MUON_TEST_QUICK:-0} == 1 ]] && exit 0
 
 stage "clang++ -O1, ASan + UBSan: build and test"
@@ -56,7 +62,7 @@ stage "clang++ -O1, ASan + UBSan: build and test"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   build_and_test build/clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only -DNDEBUG" -DMUON_SANITIZE=ON \
-  -DMUON_ENABLE_CUDA=OFF
+  -DMUON_ENABLE_CUDA=OFF -DMUON_ENABLE_TORCH=OFF
 
 stage "optional CPU products (MUON_USE_BLAS): backend tests"
 # Only where the package is installed (scripts/deps.sh tries to).
@@ -83,6 +89,39 @@ if dpkg-query -W -f='${Status}' libopenmpi-dev 2>/dev/null | grep -q "install ok
   run_ctest build/mpi -R '^test_dist_np'
 else
   echo "Open MPI (libopenmpi-dev, mpiexec) not installed; stage skipped"
+fi
+
+stage "libtorch: muon::torch tests (g++; clang++ ASan + UBSan), CNN example (short), package consumer"
+# Only where Debian's libtorch-dev is installed (scripts/deps.sh tries to).
+if dpkg-query -W -f='${Status}' libtorch-dev 2>/dev/null | grep -q "install ok installed"; then
+  torch_cmake=(-G Ninja -DMUON_WARNINGS_AS_ERRORS=ON -DMUON_ENABLE_TORCH=ON -DMUON_ENABLE_CUDA=OFF
+               -DMUON_BUILD_BENCHMARKS=OFF)
+  cmake -S . -B build/torch -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++ "${torch_cmake[@]}"
+  # clang++ with ASan + UBSan as in stage 2 (libtorch itself is not instrumented).
+  cmake -S . -B build/torch-clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only -DNDEBUG" -DMUON_SANITIZE=ON \
+    -DMUON_BUILD_EXAMPLES=OFF "${torch_cmake[@]}"
+  # The two compilers side by side (one job each): about as long as one.
+  cmake --build build/torch -j 1 --target test_torch libtorch_fashion_mnist &
+  torch_gcc=$!
+  cmake --build build/torch-clang -j 1 --target test_torch
+  wait "$torch_gcc"
+  run_ctest build/torch -j "$jobs" -R '^test_(torch|doc_snippets_torch)$'
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 run_ctest build/torch-clang -R '^test_torch$'
+  if [[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]]; then
+    ./build/torch/examples/libtorch_fashion_mnist/libtorch_fashion_mnist --quick \
+      --out build/torch/example_out
+  else
+    echo "dataset-fashion-mnist not installed: the example's short run skipped"
+  fi
+  rm -rf build/torch-prefix
+  cmake --install build/torch --prefix build/torch-prefix >/dev/null
+  cmake -S tests/consumer_torch -B build/consumer-torch -G Ninja \
+    -DCMAKE_PREFIX_PATH="$root/build/torch-prefix"
+  cmake --build build/consumer-torch
+  ./build/consumer-torch/muon_torch_consumer
+else
+  echo "libtorch-dev not installed; stage skipped"
 fi
 
 stage "libFuzzer: checkpoint loader (clang, 30 s)"
