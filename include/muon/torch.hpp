@@ -41,6 +41,7 @@
 /// libtorch. See docs/torch.md.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
 #include <torch/ordered_dict.h>
