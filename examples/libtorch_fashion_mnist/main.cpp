@@ -418,10 +418,10 @@ Evaluation evaluate(lfm::Cnn& model, const Split& s) {
     const auto end = std::min<std::int64_t>(at + 250, s.size());
     const auto logits = model->forward(s.x.slice(0, at, end));
     const auto y = s.y.slice(0, at, end);
-    loss_sum += torch::nn::functional::cross_entropy(
-                    logits, y,
-                    torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                    .item<double>();
+    loss_sum +=
+        torch::nn::functional::cross_entropy(
+            logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+            .item<double>();
     correct += logits.argmax(1).eq(y).sum().item<std::int64_t>();
   }
   model->train();
@@ -435,7 +435,7 @@ struct EpochLog {
   double train_seconds = 0;          ///< cumulative wall time of the training steps
   double train_cpu_seconds = 0;      ///< their CPU time (all threads of the process)
   double optimizer_cpu_seconds = 0;  ///< the part of it spent in optimizer.step()
-  std::int64_t steps = 0;        ///< cumulative
+  std::int64_t steps = 0;            ///< cumulative
 };
 
 /// Trains a fresh model seeded with spec.seed (init and shuffling) with a
@@ -460,9 +460,9 @@ std::vector<EpochLog> train(const RunSpec& spec, const Config& c, const Data& d,
   EpochLog log;
   for (int epoch = 1; epoch <= spec.epochs; ++epoch) {
     const auto order = torch::randperm(n, torch::kInt64);
-    fm::ProgressBar bar(label + " epoch " + std::to_string(epoch) + "/" +
-                            std::to_string(spec.epochs),
-                        static_cast<long>(steps_per_epoch));
+    fm::ProgressBar bar(
+        label + " epoch " + std::to_string(epoch) + "/" + std::to_string(spec.epochs),
+        static_cast<long>(steps_per_epoch));
     double loss_sum = 0;
     for (std::int64_t s = 0; s < steps_per_epoch; ++s) {
       const auto index = order.slice(0, s * batch, (s + 1) * batch);
@@ -553,9 +553,9 @@ std::map<std::string, double> choose_lrs(const Config& c, const Data& d) {
                         [](const std::string& n) { return n == "adamw"; });
   for (const auto& name : order) {
     best[name] = c.lr.count(name) ? c.lr.at(name) : default_lr(name);
-    const bool needed = std::find(c.optimizers.begin(), c.optimizers.end(), name) !=
-                            c.optimizers.end() ||
-                        name == "adamw";
+    const bool needed =
+        std::find(c.optimizers.begin(), c.optimizers.end(), name) != c.optimizers.end() ||
+        name == "adamw";
     if (!c.sweep || c.lr.count(name) || !needed) continue;
     const double adamw_lr = best.at("adamw");
     double best_loss = std::numeric_limits<double>::infinity();
@@ -567,7 +567,8 @@ std::map<std::string, double> choose_lrs(const Config& c, const Data& d) {
       s.seed = 1;
       s.epochs = 1;
       s.train_samples = c.sweep_subset;
-      const EpochLog log = train(s, c, d, false, "sweep " + name + " lr " + format_double(lr)).back();
+      const EpochLog log =
+          train(s, c, d, false, "sweep " + name + " lr " + format_double(lr)).back();
       std::cout << "  sweep " << name << " lr " << format_double(lr)
                 << (name == "muon" ? " (AdamW part " + format_double(adamw_lr) + ")" : "")
                 << ": val loss " << format_double(log.val_loss) << ", val accuracy "
@@ -684,9 +685,10 @@ void print_summary(const Config& c, const std::vector<Result>& results) {
       adamw_opt = stats(final_values(r, opt_per_step)).mean;
     }
 
-  std::printf("\n%d seed(s) x %d epoch(s); final test accuracy and loss: mean +- std [min..max];\n"
-              "CPU time per training step and per optimizer step(), mean over the seeds\n",
-              c.seeds, c.epochs);
+  std::printf(
+      "\n%d seed(s) x %d epoch(s); final test accuracy and loss: mean +- std [min..max];\n"
+      "CPU time per training step and per optimizer step(), mean over the seeds\n",
+      c.seeds, c.epochs);
   std::printf("%-6s %8s %30s %30s %9s %8s %9s %8s\n", "optim", "lr", "test accuracy (%)",
               "test loss", "ms/step", "vs AdamW", "step() us", "vs AdamW");
   std::ofstream summary(std::filesystem::path(c.out_dir) / "summary.csv");
@@ -702,17 +704,17 @@ void print_summary(const Config& c, const std::vector<Result>& results) {
     char acc_text[64], loss_text[64], step_ratio[16] = "-", opt_ratio[16] = "-";
     std::snprintf(acc_text, sizeof acc_text, "%.2f +- %.2f [%.2f..%.2f]", 100 * acc.mean,
                   100 * acc.stddev, 100 * acc.min, 100 * acc.max);
-    std::snprintf(loss_text, sizeof loss_text, "%.4f +- %.4f [%.4f..%.4f]", loss.mean,
-                  loss.stddev, loss.min, loss.max);
+    std::snprintf(loss_text, sizeof loss_text, "%.4f +- %.4f [%.4f..%.4f]", loss.mean, loss.stddev,
+                  loss.min, loss.max);
     if (adamw_step > 0) std::snprintf(step_ratio, sizeof step_ratio, "%.2fx", step / adamw_step);
     if (adamw_opt > 0) std::snprintf(opt_ratio, sizeof opt_ratio, "%.2fx", opt / adamw_opt);
-    std::printf("%-6s %8.3g %30s %30s %9.2f %8s %9.0f %8s\n", r.optimizer.c_str(), r.lr,
-                acc_text, loss_text, 1e3 * step, step_ratio, 1e6 * opt, opt_ratio);
+    std::printf("%-6s %8.3g %30s %30s %9.2f %8s %9.0f %8s\n", r.optimizer.c_str(), r.lr, acc_text,
+                loss_text, 1e3 * step, step_ratio, 1e6 * opt, opt_ratio);
     summary << r.optimizer << ',' << r.lr << ',' << r.adamw_lr << ',' << r.seeds.size() << ','
-            << c.epochs << ',' << acc.mean << ',' << acc.stddev << ',' << acc.min << ','
-            << acc.max << ',' << loss.mean << ',' << loss.stddev << ',' << loss.min << ','
-            << loss.max << ',' << 1e3 * step << ',' << (adamw_step > 0 ? step / adamw_step : 0)
-            << ',' << 1e6 * opt << ',' << (adamw_opt > 0 ? opt / adamw_opt : 0) << '\n';
+            << c.epochs << ',' << acc.mean << ',' << acc.stddev << ',' << acc.min << ',' << acc.max
+            << ',' << loss.mean << ',' << loss.stddev << ',' << loss.min << ',' << loss.max << ','
+            << 1e3 * step << ',' << (adamw_step > 0 ? step / adamw_step : 0) << ',' << 1e6 * opt
+            << ',' << (adamw_opt > 0 ? opt / adamw_opt : 0) << '\n';
   }
   for (const auto& r : results)
     if (r.optimizer == "muon")
@@ -760,9 +762,9 @@ int run(const Config& c) {
   const auto start = std::chrono::steady_clock::now();
   const Data d = load_data(c);
   std::filesystem::create_directories(c.out_dir);
-  std::cout << "Fashion-MNIST: " << d.train.size() << " train, " << d.val.size()
-            << " validation, " << d.test.size() << " test images; libtorch " << TORCH_VERSION
-            << ", " << torch::get_num_threads() << " thread(s)\n";
+  std::cout << "Fashion-MNIST: " << d.train.size() << " train, " << d.val.size() << " validation, "
+            << d.test.size() << " test images; libtorch " << TORCH_VERSION << ", "
+            << torch::get_num_threads() << " thread(s)\n";
 
   // The routing table, once: which tensor goes to Muon and which to AdamW.
   if (std::find(c.optimizers.begin(), c.optimizers.end(), "muon") != c.optimizers.end()) {
