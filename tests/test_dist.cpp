@@ -134,11 +134,16 @@ void reduced_grads(Model& m, int k, int ranks, GradMode mode) {
       m.t[j].g[i] = mode == GradMode::mean ? sum[j][i] * (1.0f / float(ranks)) : sum[j][i];
 }
 
-muon::MuonGroupOptions muon_options() {
+// The Muon family's variants run through the same share and checkpoint
+// machinery (AdaMuon with the l2 form, which reads the weights at home).
+muon::MuonGroupOptions muon_options(muon::MuonVariant variant = muon::MuonVariant::muon) {
   muon::MuonGroupOptions o;
-  o.with_lr(0.05).with_weight_decay(0.1);
+  o.with_lr(0.05).with_weight_decay(0.1).with_variant(variant);
+  if (variant == muon::MuonVariant::adamuon) o.with_weight_decay_form(muon::WeightDecayForm::l2);
   return o;
 }
+const muon::MuonVariant kVariants[] = {muon::MuonVariant::muon, muon::MuonVariant::normuon,
+                                       muon::MuonVariant::adamuon};
 muon::AdamWOptions adamw_options() {
   muon::AdamWOptions a;
   a.lr = 0.01;
@@ -165,36 +170,37 @@ bool everywhere(bool ok) {
 
 }  // namespace
 
-TEST_CASE("bitwise the single-process optimizer, for every gradient mode") {
+TEST_CASE("bitwise the single-process optimizer, for every gradient mode and variant") {
   const int P = world_size();
-  for (GradMode mode : {GradMode::reduced, GradMode::sum, GradMode::mean}) {
-    INFO("ranks " << P << ", mode " << int(mode));
-    muon::dist::MpiCommunicator comm(MPI_COMM_WORLD);
-    Model dist_model, ref_model;
-    muon::dist::Optimizer<float> opt(comm, muon_options(), adamw_options());
-    opt.set_ns_threads(1);
-    opt.set_grad_mode(mode);
-    opt.set_window(100);  // several rounds per exchange
-    dist_model.attach(opt);
-    muon::Optimizer<float> ref(muon_options(), adamw_options());
-    ref.set_ns_threads(1);
-    ref_model.attach(ref);
-    for (int k = 0; k < 3; ++k) {
-      dist_model.fill_grads(k, mode == GradMode::reduced ? -1 : world_rank());
-      reduced_grads(ref_model, k, P, mode);
-      const muon::StepReport& r = opt.step();
-      ref.step();
-      CHECK(r.status == muon::StepStatus::ok);
-      CHECK(r.updated == dist_model.t.size());
+  for (muon::MuonVariant variant : kVariants)
+    for (GradMode mode : {GradMode::reduced, GradMode::sum, GradMode::mean}) {
+      INFO("ranks " << P << ", mode " << int(mode) << ", " << muon::muon_variant_name(variant));
+      muon::dist::MpiCommunicator comm(MPI_COMM_WORLD);
+      Model dist_model, ref_model;
+      muon::dist::Optimizer<float> opt(comm, muon_options(variant), adamw_options());
+      opt.set_ns_threads(1);
+      opt.set_grad_mode(mode);
+      opt.set_window(100);  // several rounds per exchange
+      dist_model.attach(opt);
+      muon::Optimizer<float> ref(muon_options(variant), adamw_options());
+      ref.set_ns_threads(1);
+      ref_model.attach(ref);
+      for (int k = 0; k < 3; ++k) {
+        dist_model.fill_grads(k, mode == GradMode::reduced ? -1 : world_rank());
+        reduced_grads(ref_model, k, P, mode);
+        const muon::StepReport& r = opt.step();
+        ref.step();
+        CHECK(r.status == muon::StepStatus::ok);
+        CHECK(r.updated == dist_model.t.size());
+      }
+      CHECK(everywhere(same_weights(dist_model, ref_model)));
+      CHECK(dist_model.t[1].w != Model().t[1].w);  // it did step
+      CHECK(opt.step_count() == 3);
+      // ZeRO-1: each rank holds a share of the state, all of it together.
+      std::uint64_t bytes = opt.state_bytes(), total = 0;
+      MPI_Allreduce(&bytes, &total, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+      CHECK(total == ref.state_bytes());
     }
-    CHECK(everywhere(same_weights(dist_model, ref_model)));
-    CHECK(dist_model.t[1].w != Model().t[1].w);  // it did step
-    CHECK(opt.step_count() == 3);
-    // ZeRO-1: each rank holds a share of the state, all of it together.
-    std::uint64_t bytes = opt.state_bytes(), total = 0;
-    MPI_Allreduce(&bytes, &total, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
-    CHECK(total == ref.state_bytes());
-  }
 }
 
 TEST_CASE("Muon matrices get homes by Newton-Schulz cost, the same on every rank") {
@@ -267,62 +273,108 @@ TEST_CASE("a non-finite gradient: raise refuses on every rank, skip leaves it ou
 
 TEST_CASE("checkpoints load on any number of ranks and continue bitwise") {
   const int P = world_size();
-  const std::string path = "test_dist_checkpoint_np" + std::to_string(P) + ".muon";
-  muon::dist::MpiCommunicator comm(MPI_COMM_WORLD);
-  Model saved_model, ref_model;
-  muon::dist::Optimizer<float> opt(comm, muon_options(), adamw_options());
-  opt.set_ns_threads(1);
-  opt.set_grad_mode(GradMode::sum);
-  saved_model.attach(opt);
-  muon::Optimizer<float> ref(muon_options(), adamw_options());
-  ref.set_ns_threads(1);
-  ref_model.attach(ref);
-  for (int k = 0; k < 2; ++k) {
-    saved_model.fill_grads(k, world_rank());
-    reduced_grads(ref_model, k, P, GradMode::sum);
-    opt.step();
+  for (muon::MuonVariant variant : kVariants) {
+    INFO(muon::muon_variant_name(variant));
+    const std::string path = "test_dist_checkpoint_np" + std::to_string(P) + ".muon";
+    muon::dist::MpiCommunicator comm(MPI_COMM_WORLD);
+    Model saved_model, ref_model;
+    muon::dist::Optimizer<float> opt(comm, muon_options(variant), adamw_options());
+    opt.set_ns_threads(1);
+    opt.set_grad_mode(GradMode::sum);
+    saved_model.attach(opt);
+    muon::Optimizer<float> ref(muon_options(variant), adamw_options());
+    ref.set_ns_threads(1);
+    ref_model.attach(ref);
+    for (int k = 0; k < 2; ++k) {
+      saved_model.fill_grads(k, world_rank());
+      reduced_grads(ref_model, k, P, GradMode::sum);
+      opt.step();
+      ref.step();
+    }
+    opt.save_file(path);
+    MPI_Barrier(MPI_COMM_WORLD);
+    // The reference continues one step.
+    reduced_grads(ref_model, 2, P, GradMode::sum);
     ref.step();
-  }
-  opt.save_file(path);
-  MPI_Barrier(MPI_COMM_WORLD);
-  // The reference continues one step.
-  reduced_grads(ref_model, 2, P, GradMode::sum);
-  ref.step();
-  // Reload into fresh optimizers over the saved weights, on every split of
-  // the world: all of it, halves, single ranks; each continues one step with
-  // the same summed gradient (reduced mode: the sum is given).
-  for (int parts : {1, 2, P}) {
-    if (parts > P) continue;
-    INFO("ranks " << P << ", groups of " << (P + parts - 1) / parts);
-    MPI_Comm sub;
-    MPI_Comm_split(MPI_COMM_WORLD, world_rank() % parts, world_rank(), &sub);
+    // Reload into fresh optimizers over the saved weights, on every split of
+    // the world: all of it, halves, single ranks; each continues one step with
+    // the same summed gradient (reduced mode: the sum is given).
+    for (int parts : {1, 2, P}) {
+      if (parts > P) continue;
+      INFO("ranks " << P << ", groups of " << (P + parts - 1) / parts);
+      MPI_Comm sub;
+      MPI_Comm_split(MPI_COMM_WORLD, world_rank() % parts, world_rank(), &sub);
+      {
+        muon::dist::MpiCommunicator sub_comm(sub);
+        Model m = saved_model;
+        muon::dist::Optimizer<float> again(sub_comm, muon_options(), adamw_options());
+        again.set_ns_threads(1);
+        m.attach(again);
+        again.load_file(path);
+        CHECK(again.step_count() == 2);
+        reduced_grads(m, 2, P, GradMode::sum);
+        again.step();
+        CHECK(everywhere(same_weights(m, ref_model)));
+      }
+      MPI_Comm_free(&sub);
+    }
+    // And the single-process optimizer reads the same file.
     {
-      muon::dist::MpiCommunicator sub_comm(sub);
       Model m = saved_model;
-      muon::dist::Optimizer<float> again(sub_comm, muon_options(), adamw_options());
-      again.set_ns_threads(1);
-      m.attach(again);
-      again.load_file(path);
-      CHECK(again.step_count() == 2);
+      muon::Optimizer<float> single(muon_options(), adamw_options());
+      single.set_ns_threads(1);
+      m.attach(single);
+      single.load_file(path);
       reduced_grads(m, 2, P, GradMode::sum);
-      again.step();
+      single.step();
       CHECK(everywhere(same_weights(m, ref_model)));
     }
-    MPI_Comm_free(&sub);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (world_rank() == 0) std::remove(path.c_str());
   }
-  // And the single-process optimizer reads the same file.
-  {
-    Model m = saved_model;
-    muon::Optimizer<float> single(muon_options(), adamw_options());
-    single.set_ns_threads(1);
-    m.attach(single);
-    single.load_file(path);
-    reduced_grads(m, 2, P, GradMode::sum);
-    single.step();
-    CHECK(everywhere(same_weights(m, ref_model)));
+}
+
+TEST_CASE("QK-Clip takes the largest maxima of all ranks and keeps the copies equal") {
+  const int P = world_size(), rank = world_rank();
+  muon::dist::MpiCommunicator comm(MPI_COMM_WORLD);
+  const std::ptrdiff_t heads = 3, d = 2, width = 4;
+  std::vector<float> q(std::size_t(heads * d * width)), k(q.size()), gq(q.size()), gk(q.size());
+  for (std::size_t i = 0; i < q.size(); ++i) {
+    q[i] = std::sin(float(i) + 1.0f);
+    k[i] = std::cos(float(i) + 2.0f);
   }
-  MPI_Barrier(MPI_COMM_WORLD);
-  if (world_rank() == 0) std::remove(path.c_str());
+  std::vector<float> q_single = q, k_single = k;
+  muon::dist::Optimizer<float> opt(comm);
+  opt.add_param("q", view(q.data(), {heads * d, width}), view(gq.data(), {heads * d, width}));
+  opt.add_param("k", view(k.data(), {heads * d, width}), view(gk.data(), {heads * d, width}));
+  muon::QkClipHeads h;
+  h.query = "q";
+  h.key = "k";
+  h.heads = heads;
+  // Each rank saw other sequences: head 1's maximum is above tau on the
+  // last rank only; the single process sees the maxima over all ranks.
+  std::vector<double> mine = {10.0 + rank, rank == P - 1 ? 400.0 : 20.0, 120.0 - rank};
+  std::vector<double> all = {10.0 + (P - 1), 400.0, 120.0};
+  const muon::QkClipReport r = opt.qk_clip(h, mine);
+  CHECK(r.clipped == 2);
+  muon::Optimizer<float> single;
+  single.add_param("q", view(q_single.data(), {heads * d, width}),
+                   view(gq.data(), {heads * d, width}));
+  single.add_param("k", view(k_single.data(), {heads * d, width}),
+                   view(gk.data(), {heads * d, width}));
+  single.qk_clip(h, all);
+  CHECK(everywhere(q == q_single && k == k_single));
+  // A NaN on one rank: every rank throws, naming the head; nothing written.
+  std::vector<double> bad = mine;
+  if (rank == 0) bad[2] = std::nan("");
+  bool threw = false;
+  try {
+    opt.qk_clip(h, bad);
+  } catch (const muon::Error& e) {
+    threw = std::string(e.what()).find("max_logits[2]") != std::string::npos;
+  }
+  CHECK(everywhere(threw));
+  CHECK(everywhere(q == q_single && k == k_single));
 }
 
 TEST_CASE("bad input names the parameter and the problem") {

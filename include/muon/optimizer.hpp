@@ -68,6 +68,7 @@
 #include "newton_schulz.hpp"
 #include "optim/balance.hpp"
 #include "optim/core.hpp"
+#include "optim/qk_clip.hpp"
 #include "optim/rules.hpp"
 #include "scalar.hpp"
 
@@ -256,8 +257,12 @@ class Optimizer {
   const AdamWOptions& adamw_options(std::size_t group = 0) const {
     return core_.group(group).adamw;
   }
+  /// Replaces a group's Muon options. A change of variant gives the
+  /// group's parameters the new variant's state, zeroed (made here, so a
+  /// step allocates nothing).
   void set_muon_options(const MuonGroupOptions& o, std::size_t group = 0) {
     core_.set_muon_options(o, group);
+    shape_variant_state();
   }
   void set_adamw_options(const AdamWOptions& o, std::size_t group = 0) {
     core_.set_adamw_options(o, group);
@@ -273,12 +278,13 @@ class Optimizer {
   }
   void set_option(std::string_view key, std::string_view value, std::size_t group = 0) {
     core_.set_option(key, value, group);
+    shape_variant_state();  // "variant" changes the state a parameter keeps
   }
   void set_option(std::string_view key, const char* value, std::size_t group = 0) {
-    core_.set_option(key, std::string_view(value), group);
+    set_option(key, std::string_view(value), group);
   }
   void set_option(std::string_view key, const std::string& value, std::size_t group = 0) {
-    core_.set_option(key, std::string_view(value), group);
+    set_option(key, std::string_view(value), group);
   }
 
   void set_non_finite_policy(NonFinitePolicy p) { core_.set_non_finite_policy(p); }
@@ -351,6 +357,7 @@ class Optimizer {
       slot.grad = grad;
       slot.first = Buffer::Zero(p.rows, p.cols);
       if (!p.muon()) slot.second = Buffer::Zero(p.rows, p.cols);
+      shape_variant_state(i, slot);
       if (p.muon())
         for (std::int64_t rows : p.blocks) slot.block_ws.push_back(workspace_for(rows, p.cols));
       resources();
@@ -433,6 +440,17 @@ class Optimizer {
     const std::size_t i = core_.index(name);
     if (!core_.param(i).muon()) detail::fail("name", "'" + name + "' is not Muon-routed");
     return slots_[i].first;
+  }
+  /// The second moment of a Muon parameter under NorMuon (max(rows, cols)
+  /// numbers per block, blocks in order: docs/muon_family.md) or AdaMuon
+  /// (the parameter's layout, like the momentum). Throws for AdamW
+  /// parameters and for plain Muon (which keeps none).
+  const Buffer& second_moment(const std::string& name) const {
+    const std::size_t i = core_.index(name);
+    if (!core_.param(i).muon() || core_.variant(i) == MuonVariant::muon)
+      detail::fail("name", "'" + name + "' keeps no Muon second moment (variant " +
+                               (core_.param(i).muon() ? "muon" : "AdamW route") + ")");
+    return slots_[i].second;
   }
   /// AdamW's first and second moments. Throw for Muon parameters.
   const Buffer& exp_avg(const std::string& name) const {
@@ -557,6 +575,27 @@ class Optimizer {
     return core_.end_report(false);
   }
 
+  // ---- QK-Clip ----------------------------------------------------------------------
+
+  /// QK-Clip after a step (optim/qk_clip.hpp; Kimi K2's MuonClip): scales
+  /// the query and key rows of every head whose largest attention logit,
+  /// `max_logits[h]` as the caller measured it, is above options.tau.
+  /// Everything is checked before anything is written: a NaN or infinite
+  /// maximum (muon::Error naming the head), an unknown or non-2-D
+  /// parameter, rows out of range leave the weights untouched. Only the
+  /// weights change (not the optimizer state). Allocates the plan (a few
+  /// entries per clipped head).
+  QkClipReport qk_clip(const QkClipHeads& heads, const double* max_logits, std::size_t count,
+                       const QkClipOptions& options = QkClipOptions()) {
+    const optim::QkClipPlan plan = optim::plan_qk_clip(core_, heads, max_logits, count, options);
+    for (const optim::RowScaling& r : plan.scalings) scale_rows(r);
+    return plan.report;
+  }
+  QkClipReport qk_clip(const QkClipHeads& heads, const std::vector<double>& max_logits,
+                       const QkClipOptions& options = QkClipOptions()) {
+    return qk_clip(heads, max_logits.data(), max_logits.size(), options);
+  }
+
   // ---- checkpoints -------------------------------------------------------------------
 
   /// Writes group options, step counts and every buffer (by parameter name,
@@ -567,7 +606,7 @@ class Optimizer {
     core_.save(os, checkpoint::dtype_of<B>(), checkpoint::dtype_of<T>(),
                [this](std::size_t i, checkpoint::Writer& w) {
                  const Slot& s = slots_[i];
-                 const auto& names = optim::buffer_names(core_.param(i).route);
+                 const auto& names = core_.buffer_names(i);
                  optim::state_io::write_buffer(w, names[0], checkpoint::dtype_of<B>(),
                                                std::uint64_t(s.first.size()), s.first.data());
                  if (names.size() > 1)
@@ -609,8 +648,13 @@ class Optimizer {
 
   struct Slot {
     View param, grad;
-    Buffer first, second;               // Muon: momentum. AdamW: exp_avg, exp_avg_sq.
-    std::vector<std::size_t> block_ws;  // block -> index into workspaces_
+    // Muon: momentum, and the variant's second moment (NorMuon: a column
+    // of max(rows, cols) per block; AdaMuon: like the momentum; muon: empty).
+    // AdamW: exp_avg, exp_avg_sq.
+    Buffer first, second;
+    MuonVariant variant = MuonVariant::muon;  // what `second` was made for
+    std::vector<double> sums;                 // NorMuon: per row (or column) sums of O^2
+    std::vector<std::size_t> block_ws;        // block -> index into workspaces_
     // Metrics scratch and results of the last step, made on first use.
     std::vector<std::unique_ptr<detail::Syrk<C>>> syrk;
     std::vector<Matrix<C>> gram;
@@ -663,6 +707,50 @@ class Optimizer {
       resources_->pool();  // started now, never inside a step
     }
     return resources_;
+  }
+
+  // Rows of the (out, in) matrix: memory rows, or memory columns of a
+  // column-major view.
+  void scale_rows(const optim::RowScaling& r) {
+    auto W = slots_[r.param].param.matrix();
+    const bool columns = core_.param(r.param).shape.column_major;
+    const C f = static_cast<C>(r.factor);
+    for (Index j = Index(r.row); j < Index(r.row + r.rows); ++j) {
+      const Index n = columns ? W.rows() : W.cols();
+      for (Index e = 0; e < n; ++e) {
+        T& w = columns ? W(e, j) : W(j, e);
+        w = static_cast<T>(static_cast<C>(w) * f);
+      }
+    }
+  }
+
+  // ---- the variants' state ------------------------------------------------------------
+
+  // Gives Muon parameter i's slot the state its group's variant keeps,
+  // zeroed, unless it has it already.
+  void shape_variant_state(std::size_t i, Slot& s) {
+    const optim::ParamRecord& p = core_.param(i);
+    const MuonVariant v = core_.variant(i);
+    if (!p.muon() || (s.variant == v && (v == MuonVariant::muon || s.second.size() > 0))) return;
+    Buffer second;
+    std::vector<double> sums;
+    if (v == MuonVariant::adamuon) second = Buffer::Zero(p.rows, p.cols);
+    if (v == MuonVariant::normuon) {
+      second = Buffer::Zero(optim::buffer_elements(p, v, 1), 1);
+      sums.assign(longest_side(p), 0.0);
+    }
+    s.second.swap(second);
+    s.sums.swap(sums);
+    s.variant = v;
+  }
+  // NorMuon's scratch: one sum per row or column of the largest block.
+  static std::size_t longest_side(const optim::ParamRecord& p) {
+    std::int64_t longest = 0;
+    for (std::int64_t rows : p.blocks) longest = std::max({longest, rows, p.cols});
+    return std::size_t(longest);
+  }
+  void shape_variant_state() {
+    for (std::size_t i = 0; i < slots_.size(); ++i) shape_variant_state(i, slots_[i]);
   }
 
   // ---- small matrices side by side -------------------------------------------------
@@ -807,8 +895,9 @@ class Optimizer {
     RowsCheck out;
     for (Index r = r0; r < r1; ++r) {
       for (Index c = 0; c < p.cols; ++c) {
-        const C g = static_cast<C>(G(r, c));
-        if (!optim::rules::finite(g)) return {SkipReason::non_finite_grad, out.max_p};
+        const C raw = static_cast<C>(G(r, c));
+        if (!optim::rules::finite(raw)) return {SkipReason::non_finite_grad, out.max_p};
+        const C g = optim::rules::regularized_grad(raw, static_cast<C>(W(r, c)), k);
         const B m =
             static_cast<B>(optim::rules::momentum_buffer(static_cast<C>(s.first(r, c)), g, k));
         if (!optim::rules::finite(m) ||
@@ -931,10 +1020,14 @@ class Optimizer {
     Slot& s = slots_[i];
     const auto k = core_.momentum_coefficients<C>(core_.param(i).group);
     const auto G = s.grad.matrix();
+    const auto W = s.param.matrix();  // read only: updated after Newton–Schulz
     for (Index r = r0; r < r1; ++r)
-      for (Index c = 0; c < s.first.cols(); ++c)
-        s.first(r, c) = static_cast<B>(optim::rules::momentum_buffer(static_cast<C>(s.first(r, c)),
-                                                                     static_cast<C>(G(r, c)), k));
+      for (Index c = 0; c < s.first.cols(); ++c) {
+        const C g =
+            optim::rules::regularized_grad(static_cast<C>(G(r, c)), static_cast<C>(W(r, c)), k);
+        s.first(r, c) =
+            static_cast<B>(optim::rules::momentum_buffer(static_cast<C>(s.first(r, c)), g, k));
+      }
   }
 
   // Newton–Schulz of the NS input made from the (already updated) momentum,
@@ -948,29 +1041,120 @@ class Optimizer {
     const NewtonSchulzOptions& ns = core_.group(p.group).muon.ns;
     s.update_sumsq = 0;
     s.orth_error = 0;
-    Index r0 = 0;
+    Index r0 = 0, v0 = 0;  // first row of the block; (NorMuon) its first entry of V
     for (std::size_t b = 0; b < p.blocks.size(); ++b) {
       const Index rows = p.blocks[b];
       WS& ws = lane_workspace(s.block_ws[b], lane);
-      // The Newton–Schulz input, computed from the stored buffer as it is loaded.
+      // The Newton–Schulz input, computed from the stored buffer as it is
+      // loaded (W not yet written: the l2 form reads it).
       const auto& m = s.first;
-      ws.load_generated([&m, &G, &k, r0](Index r, Index c) {
-        return optim::rules::ns_input(static_cast<C>(m(r0 + r, c)), static_cast<C>(G(r0 + r, c)),
-                                      k);
+      ws.load_generated([&m, &G, &W, &k, r0](Index r, Index c) {
+        const C g = optim::rules::regularized_grad(static_cast<C>(G(r0 + r, c)),
+                                                   static_cast<C>(W(r0 + r, c)), k);
+        return optim::rules::ns_input(static_cast<C>(m(r0 + r, c)), g, k);
       });
       detail::newton_schulz_iterate(ws, ns);
       const auto u = core_.muon_update_coefficients<C>(i, b);
-      ws.visit_result([&W, &u, r0](Index r, Index c, C o) {
-        W(r0 + r, c) =
-            static_cast<T>(optim::rules::muon_parameter(static_cast<C>(W(r0 + r, c)), o, u));
-      });
+      double update_sumsq = 0;
+      switch (s.variant) {
+        case MuonVariant::muon:
+          ws.visit_result([&W, &u, r0](Index r, Index c, C o) {
+            W(r0 + r, c) =
+                static_cast<T>(optim::rules::muon_parameter(static_cast<C>(W(r0 + r, c)), o, u));
+          });
+          break;
+        case MuonVariant::normuon:
+          update_sumsq = normuon_update(i, ws, r0, rows, v0, u);
+          break;
+        case MuonVariant::adamuon:
+          update_sumsq = adamuon_update(i, ws, r0, rows, u);
+          break;
+      }
       const auto X = ws.iterate();  // for the metrics
       if (metrics_on_) {
-        s.update_sumsq += static_cast<double>(X.template cast<double>().squaredNorm());
+        s.update_sumsq += s.variant == MuonVariant::muon
+                              ? static_cast<double>(X.template cast<double>().squaredNorm())
+                              : update_sumsq;
         s.orth_error = std::max(s.orth_error, orthogonality_error(s, b, X, lane));
       }
       r0 += rows;
+      v0 += std::max<Index>(rows, p.cols);
     }
+  }
+
+  // NorMuon on one block (rows x cols in memory, from row r0; its V from
+  // entry v0), after Newton–Schulz left O in `ws`: V <- beta2 V + (1-beta2)
+  // mean(O^2) per row of the (out, in) matrix when out >= in, per column
+  // otherwise; U = O / sqrt(max(V, eps)), times ||O||_F / ||U||_F. Returns
+  // ||U||_F^2. Two passes over O; the sums in double.
+  double normuon_update(std::size_t i, WS& ws, Index r0, Index rows, Index v0,
+                        const optim::rules::MuonUpdateCoefficients<C>& u) {
+    Slot& s = slots_[i];
+    const optim::ParamRecord& p = core_.param(i);
+    const Index cols = p.cols;
+    // The (out, in) matrix's rows are memory rows, or memory columns for a
+    // column-major view; V runs along the longer of out and in.
+    const bool out_longer = p.shape.column_major ? cols >= rows : rows >= cols;
+    const bool by_row = p.shape.column_major ? !out_longer : out_longer;
+    const Index length = by_row ? rows : cols;
+    const double averaged = static_cast<double>(by_row ? cols : rows);
+    double* sums = s.sums.data();
+    std::fill(sums, sums + length, 0.0);
+    double sumsq = 0;
+    ws.visit_result([sums, by_row, &sumsq](Index r, Index c, C o) {
+      const double o2 = static_cast<double>(o) * static_cast<double>(o);
+      sums[by_row ? r : c] += o2;
+      sumsq += o2;
+    });
+    const auto k = core_.second_moment_coefficients<C>(i);
+    double scaled_sumsq = 0;  // ||O / sqrt(V)||_F^2, from the sums
+    for (Index j = 0; j < length; ++j) {
+      B& v = s.second(v0 + j, 0);
+      v = static_cast<B>(
+          optim::rules::second_moment(static_cast<C>(v), static_cast<C>(sums[j] / averaged), k));
+      const double f = static_cast<double>(optim::rules::normuon_factor(static_cast<C>(v), k));
+      scaled_sumsq += sums[j] * f * f;
+      sums[j] = f;  // from here on: the factor of row (column) j
+    }
+    const C ratio = static_cast<C>(scaled_sumsq > 0 ? std::sqrt(sumsq / scaled_sumsq) : 0.0);
+    auto W = s.param.matrix();
+    double update_sumsq = 0;
+    ws.visit_result([&](Index r, Index c, C o) {
+      const C d = o * static_cast<C>(sums[by_row ? r : c]) * ratio;
+      update_sumsq += static_cast<double>(d) * static_cast<double>(d);
+      W(r0 + r, c) =
+          static_cast<T>(optim::rules::muon_parameter(static_cast<C>(W(r0 + r, c)), d, u));
+    });
+    return update_sumsq;
+  }
+
+  // AdaMuon on one block after Newton–Schulz: V <- beta2 V + (1-beta2) O^2
+  // (elementwise, in the momentum's layout); U = O / (sqrt(V_hat) + eps)
+  // from V as stored, times sqrt(min(m, n)) / ||U||_F. Returns ||U||_F^2.
+  double adamuon_update(std::size_t i, WS& ws, Index r0, Index rows,
+                        const optim::rules::MuonUpdateCoefficients<C>& u) {
+    Slot& s = slots_[i];
+    const optim::ParamRecord& p = core_.param(i);
+    const auto k = core_.second_moment_coefficients<C>(i);
+    Buffer& V = s.second;
+    double scaled_sumsq = 0;
+    ws.visit_result([&](Index r, Index c, C o) {
+      B& v = V(r0 + r, c);
+      v = static_cast<B>(optim::rules::second_moment(static_cast<C>(v), o * o, k));
+      const C d = optim::rules::adamuon_direction(o, static_cast<C>(v), k);
+      scaled_sumsq += static_cast<double>(d) * static_cast<double>(d);
+    });
+    const double target = static_cast<double>(std::min<Index>(rows, p.cols));
+    const C ratio = static_cast<C>(scaled_sumsq > 0 ? std::sqrt(target / scaled_sumsq) : 0.0);
+    auto W = s.param.matrix();
+    double update_sumsq = 0;
+    ws.visit_result([&](Index r, Index c, C o) {
+      const C d = optim::rules::adamuon_direction(o, static_cast<C>(V(r0 + r, c)), k) * ratio;
+      update_sumsq += static_cast<double>(d) * static_cast<double>(d);
+      W(r0 + r, c) =
+          static_cast<T>(optim::rules::muon_parameter(static_cast<C>(W(r0 + r, c)), d, u));
+    });
+    return update_sumsq;
   }
 
   void adamw_rows(std::size_t i, Index r0, Index r1) {
@@ -1086,21 +1270,39 @@ class Optimizer {
   void load_from(std::istream& is, const LoadOptions& options, const std::string& origin) {
     optim::Core::Matched m = core_.match(is, checkpoint::dtype_of<B>(), options, origin);
     // Decode every buffer aside, then commit: nothing below the copies throws.
-    std::vector<std::array<Buffer, 2>> loaded(slots_.size());
+    // The buffers follow the file's groups (their variants), which the core
+    // takes over: a NorMuon second moment is a column, the others the
+    // parameter's layout; a Muon parameter without one keeps an empty one.
+    struct Loaded {
+      std::array<Buffer, 2> buffers;
+      std::vector<double> sums;
+      MuonVariant variant = MuonVariant::muon;
+    };
+    std::vector<Loaded> loaded(slots_.size());
     for (std::size_t i = 0; i < slots_.size(); ++i) {
       const optim::ParamRecord& p = core_.param(i);
       const optim::StoredParam& sp = *m.params[i];
+      Loaded& l = loaded[i];
+      l.variant = m.groups[p.group].muon.variant;
       for (std::size_t b = 0; b < sp.buffers.size(); ++b) {
-        Buffer& out = loaded[i][b];
-        out.resize(p.rows, p.cols);
+        Buffer& out = l.buffers[b];
+        const bool column = p.muon() && l.variant == MuonVariant::normuon && b == 1;
+        if (column)
+          out.resize(optim::buffer_elements(p, l.variant, 1), 1);
+        else
+          out.resize(p.rows, p.cols);
         const optim::StoredBuffer& buf = sp.buffers[b];
         for (Index e = 0; e < out.size(); ++e)
           out.data()[e] = static_cast<B>(buf.at(std::uint64_t(e)));
       }
+      if (p.muon() && l.variant == MuonVariant::normuon) l.sums.assign(longest_side(p), 0.0);
     }
     for (std::size_t i = 0; i < slots_.size(); ++i) {
-      slots_[i].first.swap(loaded[i][0]);
-      if (!core_.param(i).muon()) slots_[i].second.swap(loaded[i][1]);
+      Slot& s = slots_[i];
+      s.first.swap(loaded[i].buffers[0]);
+      s.second.swap(loaded[i].buffers[1]);
+      s.sums.swap(loaded[i].sums);
+      s.variant = loaded[i].variant;
     }
     core_.commit(m);
   }

@@ -186,6 +186,39 @@ class Optimizer {
   }
   /// Bytes of this rank's optimizer state (its momentum and moments).
   std::size_t state_bytes() const { return local_.state_bytes(); }
+
+  /// Collective QK-Clip (optim/qk_clip.hpp) after a step: every rank passes
+  /// the same `heads` and its own per-head maxima (each rank saw other
+  /// sequences); they are combined with MAX, then every rank scales its
+  /// copy of the weights by the same factors, so the copies stay equal. A
+  /// NaN or infinite maximum on any rank throws muon::Error naming the head
+  /// on every rank, and no rank writes anything.
+  QkClipReport qk_clip(const QkClipHeads& heads, const double* max_logits, std::size_t count,
+                       const QkClipOptions& options = QkClipOptions()) {
+    // Agree on bad input before anything else: a rank that threw alone
+    // would leave the others waiting in the next collective.
+    std::int64_t first_bad = 0, any_bad = 0;  // 1 + the head's index
+    for (std::size_t j = 0; j < count && first_bad == 0; ++j)
+      if (!std::isfinite(max_logits[j])) first_bad = std::int64_t(j) + 1;
+    comm_.all_reduce(&first_bad, &any_bad, 1, DType::i64, ReduceOp::max);
+    if (any_bad > 0)
+      detail::fail("max_logits[" + std::to_string(any_bad - 1) + "]",
+                   "is not finite on some rank (head " + std::to_string(any_bad - 1) + ")");
+    std::vector<double> maxima(count);
+    comm_.all_reduce(max_logits, maxima.data(), count, DType::f64, ReduceOp::max);
+    const optim::QkClipPlan plan = optim::plan_qk_clip(plan_, heads, maxima.data(), count, options);
+    for (const optim::RowScaling& r : plan.scalings) {
+      auto W = params_[r.param].param.matrix();  // contiguous row-major (check_layout)
+      for (Index j = Index(r.row); j < Index(r.row + r.rows); ++j)
+        for (Index e = 0; e < W.cols(); ++e)
+          W(j, e) = static_cast<T>(static_cast<C>(W(j, e)) * static_cast<C>(r.factor));
+    }
+    return plan.report;
+  }
+  QkClipReport qk_clip(const QkClipHeads& heads, const std::vector<double>& max_logits,
+                       const QkClipOptions& options = QkClipOptions()) {
+    return qk_clip(heads, max_logits.data(), max_logits.size(), options);
+  }
   std::int64_t step_count() const { return local_.step_count(); }
 
   /// Makes the plan (homes, shards, the local optimizer, staging buffers)
@@ -248,6 +281,10 @@ class Optimizer {
       if (job.muon) {
         const auto& m = local_.momentum_buffer(job.name);
         mine.insert(mine.end(), m.data(), m.data() + m.size());
+        if (job_buffer_sizes(job, plan_).size() > 1) {
+          const auto& v = local_.second_moment(job.name);
+          mine.insert(mine.end(), v.data(), v.data() + v.size());
+        }
       } else {
         const auto& a = local_.exp_avg(job.name);
         const auto& v = local_.exp_avg_sq(job.name);
@@ -265,20 +302,22 @@ class Optimizer {
     for (int r = 0; r < comm_.size(); ++r)
       for (std::size_t j : rank_jobs_[std::size_t(r)]) {
         at[j] = offset;
-        offset += std::size_t(jobs_[j].count) * (jobs_[j].muon ? 1 : 2);
+        for (std::int64_t n : job_buffer_sizes(jobs_[j], plan_)) offset += std::size_t(n);
         param_steps[jobs_[j].param] = all_steps[s++];
       }
     plan_.set_counters(local_.step_count(), param_steps);
     plan_.save(os, checkpoint::dtype_of<B>(), checkpoint::dtype_of<T>(),
                [&](std::size_t i, checkpoint::Writer& w) {
                  const optim::ParamRecord& p = plan_.param(i);
-                 const auto& names = optim::buffer_names(p.route);
+                 const auto& names = plan_.buffer_names(i);
                  for (std::size_t b = 0; b < names.size(); ++b) {
-                   whole_.resize(std::size_t(p.numel()));
+                   whole_.resize(std::size_t(optim::buffer_elements(p, plan_.variant(i), b)));
                    for (std::size_t j = first_job_[i]; j < first_job_[i] + job_count_[i]; ++j) {
-                     const Job& job = jobs_[j];
-                     const B* from = all.data() + at[j] + std::size_t(job.count) * b;
-                     std::copy(from, from + job.count, whole_.begin() + job.offset);
+                     const std::vector<std::int64_t> sizes = job_buffer_sizes(jobs_[j], plan_);
+                     std::size_t from = at[j];
+                     for (std::size_t k = 0; k < b; ++k) from += std::size_t(sizes[k]);
+                     std::copy(all.data() + from, all.data() + from + sizes[b],
+                               whole_.begin() + job_buffer_offset(j, b, plan_));
                    }
                    optim::state_io::write_buffer(w, names[b], checkpoint::dtype_of<B>(),
                                                  std::uint64_t(whole_.size()), whole_.data());
@@ -330,6 +369,29 @@ class Optimizer {
     std::string name;  // in the local optimizer
   };
 
+  // The sizes of a job's buffers (checkpoint order) under `core`'s options
+  // for its parameter's group: the job's elements, except NorMuon's second
+  // moment, max(rows, cols) for the job's block.
+  std::vector<std::int64_t> job_buffer_sizes(const Job& job, const optim::Core& core) const {
+    const MuonVariant v = core.group(plan_.param(job.param).group).muon.variant;
+    const std::size_t n = optim::buffer_names(job.muon ? Route::muon : Route::adamw, v).size();
+    std::vector<std::int64_t> sizes(n, job.count);
+    if (job.muon && v == MuonVariant::normuon) sizes[1] = std::max(job.rows, job.cols);
+    return sizes;
+  }
+  // Where job j's part of buffer b starts in its parameter's whole buffer:
+  // its element offset, or (NorMuon's second moment) the sizes of the
+  // parameter's earlier blocks.
+  std::int64_t job_buffer_offset(std::size_t j, std::size_t b, const optim::Core& core) const {
+    const Job& job = jobs_[j];
+    const MuonVariant v = core.group(plan_.param(job.param).group).muon.variant;
+    if (!(job.muon && v == MuonVariant::normuon && b == 1)) return job.offset;
+    std::int64_t offset = 0;
+    for (std::size_t k = first_job_[job.param]; k < j; ++k)
+      offset += std::max(jobs_[k].rows, jobs_[k].cols);
+    return offset;
+  }
+
   static void check_layout(const View& v, const std::string& name, const char* what) {
     if (v.column_major || (v.stride != 0 && !(v.ndim == 2 && v.stride == v.shape[1])))
       detail::fail(what,
@@ -359,10 +421,13 @@ class Optimizer {
     }
     for (std::size_t g = 0; g < plan_.group_count(); ++g) {
       const GroupOptions& o = plan_.group(g);
-      for (double v : {o.muon.lr, o.muon.weight_decay, o.muon.momentum, o.muon.lr_scale, o.adamw.lr,
-                       o.adamw.beta1, o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay})
+      for (double v :
+           {o.muon.lr, o.muon.weight_decay, o.muon.momentum, o.muon.lr_scale, o.muon.normuon_beta2,
+            o.muon.normuon_eps, o.muon.adamuon_beta2, o.muon.adamuon_eps, o.adamw.lr, o.adamw.beta1,
+            o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay})
         mix_value(v);
       mix_value(int(o.muon.weight_decay_form));
+      mix_value(int(o.muon.variant));
       mix_value(o.muon.nesterov);
       mix_value(int(o.muon.adjust_lr));
       mix_value(o.muon.ns.steps);
@@ -693,16 +758,19 @@ class Optimizer {
     std::stringstream ss;
     share.save(ss, checkpoint::dtype_of<B>(), checkpoint::dtype_of<T>(),
                [&](std::size_t k, checkpoint::Writer& w) {
-                 const Job& job = jobs_[my_jobs_[k]];
+                 const std::size_t j = my_jobs_[k];
+                 const Job& job = jobs_[j];
                  const optim::StoredParam& sp = *m.params[job.param];
-                 const auto& names = optim::buffer_names(job.muon ? Route::muon : Route::adamw);
+                 const auto& names = share.buffer_names(k);
+                 const std::vector<std::int64_t> sizes = job_buffer_sizes(job, share);
                  for (std::size_t b = 0; b < names.size(); ++b) {
-                   whole_.resize(std::size_t(job.count));
-                   for (std::int64_t e = 0; e < job.count; ++e)
+                   const std::int64_t first = job_buffer_offset(j, b, share);
+                   whole_.resize(std::size_t(sizes[b]));
+                   for (std::int64_t e = 0; e < sizes[b]; ++e)
                      whole_[std::size_t(e)] =
-                         static_cast<B>(sp.buffers[b].at(std::uint64_t(job.offset + e)));
+                         static_cast<B>(sp.buffers[b].at(std::uint64_t(first + e)));
                    optim::state_io::write_buffer(w, names[b], checkpoint::dtype_of<B>(),
-                                                 std::uint64_t(job.count), whole_.data());
+                                                 std::uint64_t(sizes[b]), whole_.data());
                  }
                });
     local_.load(ss);

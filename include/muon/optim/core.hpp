@@ -106,11 +106,33 @@ struct LoadOptions {
 
 namespace optim {
 
-/// The buffers every backend keeps for a parameter, by route, in checkpoint order.
-inline const std::vector<const char*>& buffer_names(Route r) {
+/// The buffers every backend keeps for a parameter, by route and (Muon)
+/// variant, in checkpoint order.
+inline const std::vector<const char*>& buffer_names(Route r,
+                                                    MuonVariant variant = MuonVariant::muon) {
   static const std::vector<const char*> muon = {"momentum_buffer"};
+  static const std::vector<const char*> normuon = {"momentum_buffer", "second_momentum_buffer"};
+  static const std::vector<const char*> adamuon = {"momentum_buffer", "exp_avg_sq"};
   static const std::vector<const char*> adamw = {"exp_avg", "exp_avg_sq"};
-  return r == Route::muon ? muon : adamw;
+  if (r != Route::muon) return adamw;
+  return variant == MuonVariant::normuon   ? normuon
+         : variant == MuonVariant::adamuon ? adamuon
+                                           : muon;
+}
+
+/// Elements of buffer `b` of parameter p: numel, except NorMuon's second
+/// moment, which holds max(rows, cols) numbers per block (one per row of a
+/// block with rows >= cols, one per column otherwise), blocks in order.
+inline std::int64_t buffer_elements(const ParamRecord& p, MuonVariant variant, std::size_t b) {
+  if (!(p.muon() && variant == MuonVariant::normuon && b == 1)) return p.numel();
+  std::int64_t n = 0;
+  for (std::int64_t rows : p.blocks) n += std::max(rows, p.cols);
+  return n;
+}
+
+/// True for the buffers that hold second moments (>= 0 in a valid file).
+inline bool is_second_moment(std::string_view buffer_name) {
+  return buffer_name == "exp_avg_sq" || buffer_name == "second_momentum_buffer";
 }
 
 /// A step's decisions (see Core::begin_step).
@@ -339,7 +361,27 @@ class Core {
   rules::MomentumCoefficients<C> momentum_coefficients(std::size_t g) const {
     const MuonGroupOptions& o = groups_[g].muon;
     return rules::momentum_coefficients<C>(plan_.groups[g].mu, o.momentum_kind == MomentumKind::ema,
-                                           o.nesterov);
+                                           o.nesterov, o.l2_coefficient());
+  }
+
+  /// The variant of Muon parameter i's group.
+  MuonVariant variant(std::size_t i) const { return groups_[registry_[i].group].muon.variant; }
+  /// The buffer names of parameter i (its route and its group's variant).
+  const std::vector<const char*>& buffer_names(std::size_t i) const {
+    return optim::buffer_names(registry_[i].route, variant(i));
+  }
+
+  /// The second-moment scalars of Muon parameter i's variant at its next
+  /// step, in compute type C (AdaMuon's bias correction from the
+  /// parameter's own step count, like AdamW's).
+  template <class C>
+  rules::SecondMomentCoefficients<C> second_moment_coefficients(std::size_t i) const {
+    const ParamRecord& p = registry_[i];
+    const MuonGroupOptions& g = groups_[p.group].muon;
+    if (g.variant == MuonVariant::adamuon)
+      return rules::second_moment_coefficients<C>(g.adamuon_beta2, g.adamuon_eps,
+                                                  static_cast<double>(p.steps + 1));
+    return rules::second_moment_coefficients<C>(g.normuon_beta2, g.normuon_eps, 0.0);
   }
 
   /// The update scalars of block b of Muon parameter i, in compute type C.
@@ -352,21 +394,41 @@ class Core {
   }
 
   /// The largest |p| for which every update of Muon parameter i this step,
-  /// p (1 - lr wd) - lr_adj O, is sure to stay within +-storage_max: the
-  /// entries of O are bounded by the Newton–Schulz output bound
-  /// (NewtonSchulzOptions::output_bound), so |p_new| <= |p| |decay| +
-  /// |lr_adj| bound. Negative when no parameter value is safe.
+  /// p (1 - lr wd) - lr_adj U, is sure to stay within +-storage_max: the
+  /// entries of U are bounded (update_entry_bound), so |p_new| <= |p|
+  /// |decay| + |lr_adj| bound. Negative when no parameter value is safe.
   double update_limit(std::size_t i, double storage_max) const {
     const ParamRecord& p = registry_[i];
-    const double bound = groups_[p.group].muon.ns.output_bound();
     double limit = std::numeric_limits<double>::infinity();
     for (std::size_t b = 0; b < p.blocks.size(); ++b) {
       const auto k = muon_update_coefficients<double>(i, b);
+      const double bound = update_entry_bound(i, b);
       const double room = storage_max - std::abs(k.step) * bound;
       limit =
           std::min(limit, k.decay == 0.0 ? (room >= 0 ? limit : -1.0) : room / std::abs(k.decay));
     }
     return limit;
+  }
+
+  /// A bound on the entries of the update U of block b of Muon parameter i.
+  /// Muon: U = O, whose singular values (so entries) stay below the
+  /// Newton–Schulz output bound B. NorMuon: ||U||_F = ||O||_F <=
+  /// sqrt(min(m, n)) B. AdaMuon: ||U||_F = sqrt(min(m, n)). An entry is at
+  /// most the Frobenius norm.
+  double update_entry_bound(std::size_t i, std::size_t b) const {
+    const ParamRecord& p = registry_[i];
+    const MuonGroupOptions& g = groups_[p.group].muon;
+    const double short_side =
+        std::sqrt(static_cast<double>(std::min<std::int64_t>(p.block_out(b), p.block_in())));
+    switch (g.variant) {
+      case MuonVariant::normuon:
+        return short_side * g.ns.output_bound();
+      case MuonVariant::adamuon:
+        return short_side;
+      case MuonVariant::muon:
+        break;
+    }
+    return g.ns.output_bound();
   }
 
   /// The AdamW scalars of parameter i at its next step, in compute type C:
@@ -396,8 +458,7 @@ class Core {
       for (const GroupOptions& g : groups_) state_io::write_group(w, g);
       w.u32(static_cast<std::uint32_t>(registry_.size()));
       for (std::size_t i = 0; i < registry_.size(); ++i) {
-        const ParamRecord& p = registry_[i];
-        state_io::write_param(w, p, static_cast<std::uint32_t>(buffer_names(p.route).size()));
+        state_io::write_param(w, registry_[i], static_cast<std::uint32_t>(buffer_names(i).size()));
         emit(i, w);
       }
     });
@@ -456,7 +517,8 @@ class Core {
         continue;
       }
       m.params[*i] = &p;
-      const std::string problem = mismatch(registry_[*i], p, buffer_dtype);
+      const std::string problem =
+          mismatch(registry_[*i], m.groups[registry_[*i].group].muon.variant, p, buffer_dtype);
       if (!problem.empty()) problems.push_back("parameter '" + name + "': " + problem);
     }
     std::vector<std::string> missing;
@@ -500,7 +562,9 @@ class Core {
   }
 
   // "" when the stored record fits `p`, else what differs.
-  static std::string mismatch(const ParamRecord& p, const StoredParam& s,
+  // The buffers expected follow the variant of the group as stored (the
+  // file's options replace the optimizer's).
+  static std::string mismatch(const ParamRecord& p, MuonVariant variant, const StoredParam& s,
                               checkpoint::Dtype buffer_dtype) {
     if (s.route != p.route)
       return std::string("route differs (file: ") +
@@ -512,20 +576,24 @@ class Core {
     if (s.shape != p.shape)
       return "shape differs (file: " + s.shape.str() + ", optimizer: " + p.shape.str() + ")";
     if (s.blocks != p.blocks) return "split differs";
-    const auto& names = buffer_names(p.route);
-    if (s.buffers.size() != names.size()) return "wrong buffer count";
+    const auto& names = optim::buffer_names(p.route, variant);
+    if (s.buffers.size() != names.size())
+      return "holds " + std::to_string(s.buffers.size()) + " buffers, its group (" +
+             (p.muon() ? muon_variant_name(variant) : "AdamW") + ") keeps " +
+             std::to_string(names.size());
     for (std::size_t b = 0; b < names.size(); ++b) {
       const StoredBuffer& buf = s.buffers[b];
       if (buf.name != names[b]) return std::string("expected buffer '") + names[b] + "'";
       if (buf.dtype != buffer_dtype)
         return "buffer '" + buf.name + "' is " + checkpoint::dtype_name(buf.dtype) + ", expected " +
                checkpoint::dtype_name(buffer_dtype);
-      if (buf.count != static_cast<std::uint64_t>(p.numel()))
-        return "buffer '" + buf.name + "' holds " + std::to_string(buf.count) +
-               " elements, the parameter " + std::to_string(p.numel());
+      const auto expected = static_cast<std::uint64_t>(buffer_elements(p, variant, b));
+      if (buf.count != expected)
+        return "buffer '" + buf.name + "' holds " + std::to_string(buf.count) + " elements, " +
+               std::to_string(expected) + " expected";
       // Values a step could not survive (NaN/Inf, a negative second moment)
       // mean a corrupt or foreign file; refuse them here rather than mid-step.
-      const bool second_moment = buf.name == "exp_avg_sq";
+      const bool second_moment = is_second_moment(buf.name);
       for (std::uint64_t e = 0; e < buf.count; ++e) {
         const double v = buf.at(e);
         if (!(std::isfinite(v) && (!second_moment || v >= 0.0)))

@@ -18,14 +18,18 @@ namespace optim {
 
 class HostState {
  public:
-  /// Zeroed float buffers for every parameter of `core` (buffer_names(route) each).
+  /// Zeroed float buffers for every parameter of `core` (its route's and
+  /// variant's buffers, Core::buffer_names).
   explicit HostState(const Core& core) : buffers_(core.size()) {
-    for (std::size_t i = 0; i < core.size(); ++i)
-      buffers_[i].assign(buffer_names(core.param(i).route).size(),
-                         std::vector<float>(static_cast<std::size_t>(core.param(i).numel())));
+    for (std::size_t i = 0; i < core.size(); ++i) shape(core.param(i), core.variant(i), i);
   }
-  /// The buffers of a matched checkpoint (float32 buffers), decoded.
-  HostState(const Core& core, const Core::Matched& m) : HostState(core) {
+  /// The buffers of a matched checkpoint (float32 buffers), decoded; their
+  /// number and sizes follow the file's groups (which the core takes over).
+  HostState(const Core& core, const Core::Matched& m) : buffers_(core.size()) {
+    for (std::size_t i = 0; i < core.size(); ++i) {
+      const ParamRecord& p = core.param(i);
+      shape(p, m.groups[p.group].muon.variant, i);
+    }
     for (std::size_t i = 0; i < core.size(); ++i)
       for (std::size_t b = 0; b < buffers_[i].size(); ++b) {
         const StoredBuffer& stored = m.params[i]->buffers[b];
@@ -43,7 +47,7 @@ class HostState {
   void save(std::ostream& os, const Core& core, checkpoint::Dtype param_dtype) const {
     core.save(os, checkpoint::Dtype::float32, param_dtype,
               [this, &core](std::size_t i, checkpoint::Writer& w) {
-                const auto& names = buffer_names(core.param(i).route);
+                const auto& names = core.buffer_names(i);
                 for (std::size_t b = 0; b < names.size(); ++b)
                   state_io::write_buffer(w, names[b], checkpoint::Dtype::float32,
                                          std::uint64_t(buffers_[i][b].size()),
@@ -52,6 +56,13 @@ class HostState {
   }
 
  private:
+  void shape(const ParamRecord& p, MuonVariant variant, std::size_t i) {
+    const std::size_t n = optim::buffer_names(p.route, variant).size();
+    buffers_[i].resize(n);
+    for (std::size_t b = 0; b < n; ++b)
+      buffers_[i][b].assign(static_cast<std::size_t>(buffer_elements(p, variant, b)), 0.0f);
+  }
+
   std::vector<std::vector<std::vector<float>>> buffers_;
 };
 

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -152,13 +153,17 @@ enum class WeightDecayForm {
   independent,
   /// W <- W (1 - eta^2 lambda): PaLM's decay tied to the square of the lr
   /// (Chowdhery et al., arXiv 2204.02311, section 5).
-  palm
+  palm,
+  /// G <- G + lambda W before the momentum: classic L2 regularization, which
+  /// then goes through the momentum and Newton–Schulz (so it is not a decay
+  /// of W by a known factor; W itself is not multiplied).
+  l2
 };
 
-/// True for the three named WeightDecayForm values.
+/// True for the four named WeightDecayForm values.
 constexpr bool is_valid(WeightDecayForm f) {
   return f == WeightDecayForm::decoupled || f == WeightDecayForm::independent ||
-         f == WeightDecayForm::palm;
+         f == WeightDecayForm::palm || f == WeightDecayForm::l2;
 }
 
 inline const char* weight_decay_form_name(WeightDecayForm f) {
@@ -169,8 +174,18 @@ inline const char* weight_decay_form_name(WeightDecayForm f) {
       return "independent";
     case WeightDecayForm::palm:
       return "palm";
+    case WeightDecayForm::l2:
+      return "l2";
   }
   return "invalid";
+}
+
+/// The form named `name` (weight_decay_form_name's names); nullopt otherwise.
+inline std::optional<WeightDecayForm> weight_decay_form_from_name(std::string_view name) {
+  for (WeightDecayForm f : {WeightDecayForm::decoupled, WeightDecayForm::independent,
+                            WeightDecayForm::palm, WeightDecayForm::l2})
+    if (name == weight_decay_form_name(f)) return f;
+  return std::nullopt;
 }
 
 /// The number a Muon step multiplies W by under `form` at (unadjusted)
@@ -181,10 +196,57 @@ inline double weight_decay_multiplier(WeightDecayForm form, double lr, double we
       return 1.0 - weight_decay;
     case WeightDecayForm::palm:
       return 1.0 - lr * lr * weight_decay;
+    case WeightDecayForm::l2:  // the decay enters through the gradient instead
+      return 1.0;
     case WeightDecayForm::decoupled:
       break;
   }
   return 1.0 - lr * weight_decay;
+}
+
+// ---- the Muon family ---------------------------------------------------------------
+
+/// What a Muon step does with the Newton–Schulz output O of a block (m x n)
+/// before it updates W. Each adds one state buffer; docs/muon_family.md has
+/// the equations, costs and sources.
+enum class MuonVariant {
+  /// W <- decay(W) - lr_adj O: Muon itself (K. Jordan). The default.
+  muon,
+  /// NorMuon (Li et al., arXiv 2510.05491): a second moment V of O's rows
+  /// (m >= n; its columns otherwise), V <- beta2 V + (1-beta2) mean(O^2)
+  /// along the other dimension; O / sqrt(max(V, eps)) rescaled to O's
+  /// Frobenius norm. State: max(m, n) numbers per block.
+  normuon,
+  /// AdaMuon (Si et al., arXiv 2507.11005): an elementwise second moment
+  /// V <- beta2 V + (1-beta2) O^2, bias-corrected; O / (sqrt(V_hat) + eps)
+  /// rescaled to Frobenius norm sqrt(min(m, n)) (an orthogonal matrix's).
+  /// The paper's lr scale is 0.2 sqrt(max(m, n)): LrAdjust::match_rms_adamw
+  /// (MuonGroupOptions::adamuon() sets both). State: one number per entry.
+  adamuon
+};
+
+/// True for the three named MuonVariant values.
+constexpr bool is_valid(MuonVariant v) {
+  return v == MuonVariant::muon || v == MuonVariant::normuon || v == MuonVariant::adamuon;
+}
+
+inline const char* muon_variant_name(MuonVariant v) {
+  switch (v) {
+    case MuonVariant::muon:
+      return "muon";
+    case MuonVariant::normuon:
+      return "normuon";
+    case MuonVariant::adamuon:
+      return "adamuon";
+  }
+  return "invalid";
+}
+
+/// The variant named `name` (muon_variant_name's names); nullopt otherwise.
+inline std::optional<MuonVariant> muon_variant_from_name(std::string_view name) {
+  for (MuonVariant v : {MuonVariant::muon, MuonVariant::normuon, MuonVariant::adamuon})
+    if (name == muon_variant_name(v)) return v;
+  return std::nullopt;
 }
 
 // ---- group options ----------------------------------------------------------------
@@ -218,6 +280,16 @@ struct MuonGroupOptions {
   /// An extra factor on the shape-adjusted lr of every block (the decay
   /// keeps the unadjusted lr). Default 1. Finite, > 0.
   double lr_scale = 1.0;
+  /// What is done with the Newton–Schulz output (see MuonVariant). Default muon.
+  MuonVariant variant = MuonVariant::muon;
+  /// NorMuon's second-moment decay (paper: 0.95) and the floor of V under
+  /// the square root (1e-10). beta2 in [0, 1); eps finite, > 0.
+  double normuon_beta2 = 0.95;
+  double normuon_eps = 1e-10;
+  /// AdaMuon's second-moment decay (paper: 0.999) and the eps added to
+  /// sqrt(V_hat) (1e-8). beta2 in [0, 1); eps finite, > 0.
+  double adamuon_beta2 = 0.999;
+  double adamuon_eps = 1e-8;
 
   MuonGroupOptions& with_lr(double v) {
     lr = v;
@@ -268,6 +340,23 @@ struct MuonGroupOptions {
     cautious_weight_decay = v;
     return *this;
   }
+  MuonGroupOptions& with_variant(MuonVariant v) {
+    variant = v;
+    return *this;
+  }
+
+  /// NorMuon with the paper's constants (beta2 0.95, eps 1e-10) and the
+  /// other options at their defaults.
+  static MuonGroupOptions normuon() {
+    return MuonGroupOptions().with_variant(MuonVariant::normuon);
+  }
+  /// AdaMuon with the paper's constants (beta2 0.999, eps 1e-8) and its lr
+  /// scale 0.2 sqrt(max(m, n)) (LrAdjust::match_rms_adamw).
+  static MuonGroupOptions adamuon() {
+    return MuonGroupOptions()
+        .with_variant(MuonVariant::adamuon)
+        .with_adjust_lr(LrAdjust::match_rms_adamw);
+  }
 
   /// The adjusted lr of an out x in block under this group's rule, times lr_scale.
   double adjusted(double rate, std::ptrdiff_t out, std::ptrdiff_t in) const {
@@ -277,6 +366,10 @@ struct MuonGroupOptions {
   /// What a step at (unadjusted) lr `rate` multiplies W by.
   double decay_multiplier(double rate) const {
     return weight_decay_multiplier(weight_decay_form, rate, weight_decay);
+  }
+  /// The lambda added to the gradient as lambda W (WeightDecayForm::l2), else 0.
+  double l2_coefficient() const {
+    return weight_decay_form == WeightDecayForm::l2 ? weight_decay : 0.0;
   }
 
   /// Throws muon::Error naming the field (lr, weight_decay, momentum,
@@ -294,6 +387,18 @@ struct MuonGroupOptions {
     if (!(std::isfinite(lr_scale) && lr_scale > 0.0))
       detail::fail("lr_scale", "must be finite and > 0");
     if (!is_valid(adjust_lr)) detail::fail("adjust_lr", "is not an LrAdjust value");
+    if (!is_valid(variant)) detail::fail("variant", "is not a MuonVariant value");
+    const auto beta = [](double b, const char* key) {
+      if (!(std::isfinite(b) && b >= 0.0 && b < 1.0))
+        detail::fail(key, "must be in [0, 1), got " + std::to_string(b));
+    };
+    const auto positive = [](double e, const char* key) {
+      if (!(std::isfinite(e) && e > 0.0)) detail::fail(key, "must be finite and > 0");
+    };
+    beta(normuon_beta2, "normuon_beta2");
+    positive(normuon_eps, "normuon_eps");
+    beta(adamuon_beta2, "adamuon_beta2");
+    positive(adamuon_eps, "adamuon_eps");
     ns.validate("ns_");
   }
 
@@ -395,6 +500,10 @@ inline const std::vector<OptionKey>& option_keys() {
       {"ns_norm_divisor", OptionType::number, "finite, >= 1e-3"},
       {"cautious_weight_decay", OptionType::flag, "0 or 1"},
       {"lr_scale", OptionType::number, "finite, > 0"},
+      {"normuon_beta2", OptionType::number, "in [0, 1)"},
+      {"normuon_eps", OptionType::number, "finite, > 0"},
+      {"adamuon_beta2", OptionType::number, "in [0, 1)"},
+      {"adamuon_eps", OptionType::number, "finite, > 0"},
       {"adamw_lr", OptionType::number, "finite, >= 0"},
       {"adamw_beta1", OptionType::number, "in [0, 1)"},
       {"adamw_beta2", OptionType::number, "in [0, 1)"},
@@ -407,7 +516,8 @@ inline const std::vector<OptionKey>& option_keys() {
       {"ns_eps_mode", OptionType::name, "add or max"},
       {"ns_method", OptionType::name, "automatic, standard or gram"},
       {"momentum_kind", OptionType::name, "ema or sum"},
-      {"weight_decay_form", OptionType::name, "decoupled, independent or palm"},
+      {"weight_decay_form", OptionType::name, "decoupled, independent, palm or l2"},
+      {"variant", OptionType::name, "muon, normuon or adamuon"},
   };
   return keys;
 }
@@ -510,6 +620,10 @@ inline void set_option(GroupOptions& g, std::string_view key, double value) {
   if (key == "ns_norm_divisor") m.ns.norm_divisor = value;
   if (key == "cautious_weight_decay") m.cautious_weight_decay = value == 1.0;
   if (key == "lr_scale") m.lr_scale = value;
+  if (key == "normuon_beta2") m.normuon_beta2 = value;
+  if (key == "normuon_eps") m.normuon_eps = value;
+  if (key == "adamuon_beta2") m.adamuon_beta2 = value;
+  if (key == "adamuon_eps") m.adamuon_eps = value;
   if (key == "adamw_lr") a.lr = value;
   if (key == "adamw_beta1") a.beta1 = value;
   if (key == "adamw_beta2") a.beta2 = value;
@@ -553,14 +667,13 @@ inline void set_option(GroupOptions& g, std::string_view key, std::string_view v
     if (value != "ema" && value != "sum") bad();
     m.momentum_kind = value == "ema" ? MomentumKind::ema : MomentumKind::sum;
   } else if (key == "weight_decay_form") {
-    if (value == "decoupled")
-      m.weight_decay_form = WeightDecayForm::decoupled;
-    else if (value == "independent")
-      m.weight_decay_form = WeightDecayForm::independent;
-    else if (value == "palm")
-      m.weight_decay_form = WeightDecayForm::palm;
-    else
-      bad();
+    const auto form = weight_decay_form_from_name(value);
+    if (!form) bad();
+    m.weight_decay_form = *form;
+  } else if (key == "variant") {
+    const auto variant = muon_variant_from_name(value);
+    if (!variant) bad();
+    m.variant = *variant;
   }
   next.validate();
   g = std::move(next);

@@ -60,17 +60,29 @@ struct MomentumCoefficients {
   C mu = C(0), one_minus_mu = C(1);
   bool ema = true;       ///< m <- m + (1-mu)(g - m); else the sum form m <- mu m + g
   bool nesterov = true;  ///< feed Newton–Schulz the look-ahead instead of m
+  C l2 = C(0);           ///< lambda of WeightDecayForm::l2 (the gradient is g + lambda p)
 };
 
-/// The momentum scalars from mu (1 - mu computed in double).
+/// The momentum scalars from mu (1 - mu computed in double) and the L2
+/// coefficient (0 unless the group's weight decay is in the l2 form).
 template <class C>
-MUON_HOST_DEVICE MomentumCoefficients<C> momentum_coefficients(double mu, bool ema, bool nesterov) {
+MUON_HOST_DEVICE MomentumCoefficients<C> momentum_coefficients(double mu, bool ema, bool nesterov,
+                                                               double l2 = 0.0) {
   MomentumCoefficients<C> k;
   k.mu = static_cast<C>(mu);
   k.one_minus_mu = static_cast<C>(1.0 - mu);
   k.ema = ema;
   k.nesterov = nesterov;
+  k.l2 = static_cast<C>(l2);
   return k;
+}
+
+/// The gradient the momentum sees: g, or g + lambda p under the l2 form
+/// (never reads p otherwise, so a parameter's value cannot leak into a
+/// step that does not ask for it).
+template <class C>
+MUON_HOST_DEVICE C regularized_grad(C g, C p, const MomentumCoefficients<C>& k) {
+  return k.l2 == C(0) ? g : g + k.l2 * p;
 }
 
 /// The new momentum buffer.
@@ -122,6 +134,50 @@ template <class C>
 MUON_HOST_DEVICE C muon_parameter(C p, C o, const MuonUpdateCoefficients<C>& k) {
   if (!k.cautious || o * p > C(0)) p *= k.decay;
   return p - k.step * o;
+}
+
+// ---- the Muon family: what happens to the Newton–Schulz output O ------------------
+
+/// The scalars of a variant's second moment (NorMuon, AdaMuon) for one step.
+template <class C>
+struct SecondMomentCoefficients {
+  C beta2 = C(0), one_minus_beta2 = C(1);
+  C eps = C(0);  ///< NorMuon: the floor of V; AdaMuon: added to sqrt(V_hat). Never 0.
+  C sqrt_bias_correction2 = C(1);  ///< AdaMuon: sqrt(1 - beta2^t); NorMuon: 1
+};
+
+/// From beta2, eps and (AdaMuon) the step t, 1 on the first; t = 0: no
+/// bias correction (NorMuon). An eps that underflows C becomes C's smallest
+/// normal number.
+template <class C>
+MUON_HOST_DEVICE SecondMomentCoefficients<C> second_moment_coefficients(double beta2, double eps,
+                                                                        double t) {
+  SecondMomentCoefficients<C> k;
+  k.beta2 = static_cast<C>(beta2);
+  k.one_minus_beta2 = static_cast<C>(1.0 - beta2);
+  k.eps = static_cast<C>(eps);
+  if (!(k.eps > C(0))) k.eps = smallest_normal<C>();
+  if (t > 0) k.sqrt_bias_correction2 = static_cast<C>(square_root(1.0 - power(beta2, t)));
+  return k;
+}
+
+/// V <- beta2 V + (1-beta2) x: NorMuon's x is the mean of O^2 over a row
+/// (or column), AdaMuon's is o^2.
+template <class C>
+MUON_HOST_DEVICE C second_moment(C v, C x, const SecondMomentCoefficients<C>& k) {
+  return k.beta2 * v + k.one_minus_beta2 * x;
+}
+
+/// NorMuon: the factor 1 / sqrt(max(V, eps)) of a row's (or column's) entries.
+template <class C>
+MUON_HOST_DEVICE C normuon_factor(C v, const SecondMomentCoefficients<C>& k) {
+  return C(1) / square_root(v > k.eps ? v : k.eps);
+}
+
+/// AdaMuon: o / (sqrt(V) / sqrt(1 - beta2^t) + eps), from V as stored.
+template <class C>
+MUON_HOST_DEVICE C adamuon_direction(C o, C v, const SecondMomentCoefficients<C>& k) {
+  return o / (square_root(v) / k.sqrt_bias_correction2 + k.eps);
 }
 
 // ---- AdamW --------------------------------------------------------------------

@@ -25,11 +25,10 @@
 ///
 /// Group options are keyed by their set_option names (lr, ns_steps,
 /// adamw_eps, ...; plus ns_schedule, ns_norm_divisor when set,
-/// weight_decay_form, lr_scale and ns_schedule_cycle (after ns_schedule)
-/// when not the defaults, so that files of default groups stay readable by
-/// muon 0.2, and
-/// adjust_lr_fn = 1 when the group had a user rule, which a checkpoint cannot
-/// hold). A reader starts from the defaults and applies each key, so options
+/// weight_decay_form, lr_scale, ns_schedule_cycle (after ns_schedule),
+/// variant and the family's normuon_*/adamuon_* when not the defaults, so that files of default
+/// groups stay readable by muon 0.2, and adjust_lr_fn = 1 when the group had a user rule, which a
+/// checkpoint cannot hold). A reader starts from the defaults and applies each key, so options
 /// added later stay readable; an unknown key is refused. Version 1 files
 /// (muon 0.1) are read too.
 
@@ -151,14 +150,37 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
   const bool other_form = m.weight_decay_form != WeightDecayForm::decoupled;
   const bool scaled = m.lr_scale != 1.0;
   const bool cycles = m.ns.schedule.past_end() == Schedule::PastEnd::cycle;
+  // The family's options, written only when not the defaults (older readers).
+  const MuonGroupOptions defaults;
+  const Number family[] = {{"normuon_beta2", m.normuon_beta2},
+                           {"normuon_eps", m.normuon_eps},
+                           {"adamuon_beta2", m.adamuon_beta2},
+                           {"adamuon_eps", m.adamuon_eps}};
+  const double family_defaults[] = {defaults.normuon_beta2, defaults.normuon_eps,
+                                    defaults.adamuon_beta2, defaults.adamuon_eps};
+  std::size_t family_count = 0;
+  for (std::size_t k = 0; k < std::size(family); ++k)
+    family_count += family[k].value != family_defaults[k] ? 1 : 0;
+  const bool other_variant = m.variant != MuonVariant::muon;
   const std::size_t count = std::size(numbers) + std::size(names) + 1 +
                             (m.ns.norm_divisor ? 1 : 0) + (other_form ? 1 : 0) + (scaled ? 1 : 0) +
-                            (cycles ? 1 : 0);
+                            (cycles ? 1 : 0) + family_count + (other_variant ? 1 : 0);
   w.u32(static_cast<std::uint32_t>(count));
   for (const Number& n : numbers) {
     w.str(n.key);
     w.u8(0);
     w.f64(n.value);
+  }
+  for (std::size_t k = 0; k < std::size(family); ++k)
+    if (family[k].value != family_defaults[k]) {
+      w.str(family[k].key);
+      w.u8(0);
+      w.f64(family[k].value);
+    }
+  if (other_variant) {
+    w.str("variant");
+    w.u8(1);
+    w.str(muon_variant_name(m.variant));
   }
   if (m.ns.norm_divisor) {
     w.str("ns_norm_divisor");
@@ -295,6 +317,14 @@ inline void apply_group_option(checkpoint::Reader& r, GroupOptions& g, bool& use
       m.ns.norm_divisor = v;
     else if (key == "lr_scale")
       m.lr_scale = v;
+    else if (key == "normuon_beta2")
+      m.normuon_beta2 = v;
+    else if (key == "normuon_eps")
+      m.normuon_eps = v;
+    else if (key == "adamuon_beta2")
+      m.adamuon_beta2 = v;
+    else if (key == "adamuon_eps")
+      m.adamuon_eps = v;
     else if (key == "ns_schedule_cycle") {
       if (v != 1.0) r.fail(where + "option 'ns_schedule_cycle' is not 1");
       m.ns.schedule = m.ns.schedule.with_past_end(Schedule::PastEnd::cycle);
@@ -334,14 +364,13 @@ inline void apply_group_option(checkpoint::Reader& r, GroupOptions& g, bool& use
       else
         bad();
     } else if (key == "weight_decay_form") {
-      if (v == "decoupled")
-        m.weight_decay_form = WeightDecayForm::decoupled;
-      else if (v == "independent")
-        m.weight_decay_form = WeightDecayForm::independent;
-      else if (v == "palm")
-        m.weight_decay_form = WeightDecayForm::palm;
-      else
-        bad();
+      const auto form = weight_decay_form_from_name(v);
+      if (!form) bad();
+      m.weight_decay_form = *form;
+    } else if (key == "variant") {
+      const auto variant = muon_variant_from_name(v);
+      if (!variant) bad();
+      m.variant = *variant;
     } else if (key == "ns_eps_mode") {
       if (v == "add")
         m.ns.eps_mode = EpsMode::add;
