@@ -4,7 +4,9 @@
 
 #include <muon/cuda.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 
@@ -255,6 +257,200 @@ std::string emulate_tiled_kernels() {
   return {};
 }
 
+namespace {
+
+// ---- the variants' kernels, thread by thread ---------------------------------
+
+namespace r = muon::optim::rules;
+using SecondMoment = r::SecondMomentCoefficients<float>;
+constexpr int kThreads = k::kReduceThreads;
+
+// block_sum on the host: the same tree, level by level (within a level no
+// thread reads a share another writes, so the order of threads is free).
+template <class S>
+S tree_sum(std::vector<S>& shares) {
+  for (int width = kThreads / 2; width > 0; width >>= 1)
+    for (int t = 0; t < kThreads; ++t) k::add_tree_level(shares.data(), t, width);
+  return shares[0];
+}
+
+std::vector<float> uniform(std::size_t n, float lo, float hi, std::uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(gen);
+  return v;
+}
+
+bool near_relative(double a, double b, double relative) {
+  return std::abs(a - b) <= relative * std::max({std::abs(a), std::abs(b), 1e-30});
+}
+
+constexpr float kGuard = -7.0f;  // past the end of V: must stay untouched
+
+// NorMuon on one rows x cols block (by rows or by columns): the kernels'
+// functions against the CPU optimizer's formulas written as plain loops.
+std::string check_normuon(std::int64_t rows, std::int64_t cols, bool by_row, bool zero_o) {
+  const std::string where = "normuon " + std::to_string(rows) + "x" + std::to_string(cols) +
+                            (by_row ? " by row" : " by column") + (zero_o ? " O = 0" : "");
+  const std::size_t n = static_cast<std::size_t>(rows * cols);
+  const std::int64_t lines = by_row ? rows : cols;
+  const double averaged = static_cast<double>(by_row ? cols : rows);
+  std::vector<float> o = uniform(n, -1.0f, 1.0f, 11 + n), p0 = uniform(n, -0.5f, 0.5f, 12 + n);
+  if (zero_o) std::fill(o.begin(), o.end(), 0.0f);
+  std::vector<float> v0 = uniform(static_cast<std::size_t>(lines), 0.0f, 0.01f, 13 + n);
+  // Line 0 fresh and all zero: V stays 0, the factor comes from the eps floor.
+  v0[0] = 0.0f;
+  for (std::int64_t e = 0; e < (by_row ? cols : rows); ++e)
+    o[static_cast<std::size_t>(by_row ? e : e * cols)] = 0.0f;
+  const SecondMoment km = r::second_moment_coefficients<float>(0.95, 1e-10, 0.0);
+  r::MuonUpdateCoefficients<float> ku;
+  ku.decay = 0.99f;
+  ku.step = 0.05f;
+
+  // The kernels, launch by launch.
+  std::vector<float> v = v0, p = p0;
+  v.push_back(kGuard);
+  std::vector<double> sums(static_cast<std::size_t>(lines) + 1, -1.0);
+  if (by_row) {
+    for (std::int64_t row = 0; row < rows; ++row) {  // sumsq_per_row: a CUDA block per row
+      std::vector<double> shares(kThreads);
+      for (int t = 0; t < kThreads; ++t)
+        shares[t] = k::row_sumsq_share(o.data(), cols, row, t, kThreads);
+      sums[static_cast<std::size_t>(row)] = tree_sum(shares);
+    }
+  } else {
+    for (unsigned b = 0; b < k::column_sum_blocks(cols); ++b) {  // sumsq_per_column
+      double shares[k::kRowLanes][k::kColumnLanes];
+      for (int t = 0; t < kThreads; ++t) {
+        const int lane_c = t % k::kColumnLanes, lane_r = t / k::kColumnLanes;
+        shares[lane_r][lane_c] = k::column_sumsq_share(
+            o.data(), rows, cols, std::int64_t(b) * k::kColumnLanes + lane_c, lane_r);
+      }
+      for (int lane_c = 0; lane_c < k::kColumnLanes; ++lane_c) {
+        const std::int64_t c = std::int64_t(b) * k::kColumnLanes + lane_c;
+        if (c < cols) sums[static_cast<std::size_t>(c)] = k::column_total(shares, lane_c);
+      }
+    }
+  }
+  std::vector<k::NormuonNorms> norms(kThreads);  // normuon_factors: one CUDA block
+  for (int t = 0; t < kThreads; ++t)
+    norms[t] = k::normuon_line_share(v.data(), sums.data(), lines, averaged, km, t, kThreads);
+  const k::NormuonNorms total = tree_sum(norms);
+  const float ratio = k::norm_ratio(total.o_sq, total.scaled_sq);
+  for (std::size_t e = 0; e < n; ++e) {  // normuon_commit
+    const std::int64_t line = by_row ? std::int64_t(e) / cols : std::int64_t(e) % cols;
+    p[e] = r::muon_parameter(
+        p[e], k::normuon_update_entry(o[e], sums[static_cast<std::size_t>(line)], ratio), ku);
+  }
+
+  // The CPU optimizer's normuon_update, as plain loops.
+  std::vector<double> line_sq(static_cast<std::size_t>(lines), 0.0);
+  double o_sq = 0;
+  for (std::int64_t row = 0; row < rows; ++row)
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const double x = o[static_cast<std::size_t>(row * cols + c)];
+      line_sq[static_cast<std::size_t>(by_row ? row : c)] += x * x;
+      o_sq += x * x;
+    }
+  std::vector<float> v_ref = v0;
+  std::vector<double> f(static_cast<std::size_t>(lines));
+  double scaled_sq = 0;
+  for (std::size_t j = 0; j < f.size(); ++j) {
+    v_ref[j] = r::second_moment(v_ref[j], static_cast<float>(line_sq[j] / averaged), km);
+    f[j] = r::normuon_factor(v_ref[j], km);
+    scaled_sq += line_sq[j] * f[j] * f[j];
+  }
+  const float ratio_ref = static_cast<float>(scaled_sq > 0 ? std::sqrt(o_sq / scaled_sq) : 0.0);
+  if (!near_relative(ratio, ratio_ref, 1e-6) && !(ratio == 0.0f && ratio_ref == 0.0f))
+    return where + ": ratio " + std::to_string(ratio) + ", expected " + std::to_string(ratio_ref);
+  if (v[static_cast<std::size_t>(lines)] != kGuard) return where + ": wrote past the end of V";
+  for (std::size_t j = 0; j < f.size(); ++j)
+    if (!near_relative(v[j], v_ref[j], 1e-6))
+      return where + ": V wrong at line " + std::to_string(j);
+  for (std::size_t e = 0; e < n; ++e) {
+    const std::int64_t line = by_row ? std::int64_t(e) / cols : std::int64_t(e) % cols;
+    const float u = o[e] * static_cast<float>(f[static_cast<std::size_t>(line)]) * ratio_ref;
+    const float want = r::muon_parameter(p0[e], u, ku);
+    if (std::abs(p[e] - want) > 1e-6f) return where + ": p wrong at entry " + std::to_string(e);
+  }
+  return {};
+}
+
+// AdaMuon on one rows x cols block: the kernels' functions (partial sums
+// per CUDA block, then one block) against plain loops.
+std::string check_adamuon(std::int64_t rows, std::int64_t cols, bool zero_o) {
+  const std::string where =
+      "adamuon " + std::to_string(rows) + "x" + std::to_string(cols) + (zero_o ? " O = 0" : "");
+  const std::int64_t n = rows * cols;
+  const auto un = static_cast<std::size_t>(n);
+  std::vector<float> o = uniform(un, -1.0f, 1.0f, 21 + un), p0 = uniform(un, -0.5f, 0.5f, 22 + un);
+  if (zero_o) std::fill(o.begin(), o.end(), 0.0f);
+  const std::vector<float> v0 = uniform(un, 0.0f, 0.01f, 23 + un);
+  const SecondMoment km = r::second_moment_coefficients<float>(0.999, 1e-8, 3.0);  // step 3
+  r::MuonUpdateCoefficients<float> ku;
+  ku.decay = 0.99f;
+  ku.step = 0.05f;
+  const double target = static_cast<double>(std::min(rows, cols));
+
+  std::vector<float> v = v0, p = p0;
+  v.push_back(kGuard);
+  const unsigned blocks = k::elementwise_blocks(n, kThreads);  // adamuon_moment's grid
+  std::vector<double> partials(blocks);
+  for (unsigned b = 0; b < blocks; ++b) {
+    std::vector<double> shares(kThreads);
+    for (int t = 0; t < kThreads; ++t)
+      shares[t] = k::adamuon_moment_share(o.data(), v.data(), n, km, std::int64_t(b) * kThreads + t,
+                                          std::int64_t(blocks) * kThreads);
+    partials[b] = tree_sum(shares);
+  }
+  std::vector<double> shares(kThreads);  // adamuon_ratio: one CUDA block
+  for (int t = 0; t < kThreads; ++t)
+    shares[t] = k::partials_share(partials.data(), static_cast<int>(blocks), t, kThreads);
+  const float ratio = k::norm_ratio(target, tree_sum(shares));
+  for (std::size_t e = 0; e < un; ++e)  // adamuon_commit
+    p[e] = r::muon_parameter(p[e], r::adamuon_direction(o[e], v[e], km) * ratio, ku);
+
+  // The CPU optimizer's adamuon_update, as plain loops.
+  std::vector<float> v_ref = v0;
+  double d_sq = 0;
+  for (std::size_t e = 0; e < un; ++e) {
+    v_ref[e] = r::second_moment(v_ref[e], o[e] * o[e], km);
+    const double d = r::adamuon_direction(o[e], v_ref[e], km);
+    d_sq += d * d;
+  }
+  const float ratio_ref = static_cast<float>(d_sq > 0 ? std::sqrt(target / d_sq) : 0.0);
+  if (!near_relative(ratio, ratio_ref, 1e-6) && !(ratio == 0.0f && ratio_ref == 0.0f))
+    return where + ": ratio " + std::to_string(ratio) + ", expected " + std::to_string(ratio_ref);
+  if (v[un] != kGuard) return where + ": wrote past the end of V";
+  for (std::size_t e = 0; e < un; ++e) {
+    if (v[e] != v_ref[e]) return where + ": V wrong at entry " + std::to_string(e);
+    const float want =
+        r::muon_parameter(p0[e], r::adamuon_direction(o[e], v_ref[e], km) * ratio_ref, ku);
+    if (std::abs(p[e] - want) > 1e-6f) return where + ": p wrong at entry " + std::to_string(e);
+  }
+  return {};
+}
+
+}  // namespace
+
+std::string emulate_variant_kernels() {
+  // Rows and columns below, at and past one CUDA block's 256 threads and the
+  // column kernel's 32 lanes; a single entry; O = 0.
+  const std::int64_t shapes[][2] = {{1, 1},    {5, 7},    {7, 5},  {40, 300},
+                                    {300, 40}, {33, 257}, {64, 64}};
+  for (const auto& sh : shapes)
+    for (bool by_row : {true, false})
+      for (bool zero : {false, true})
+        if (auto e = check_normuon(sh[0], sh[1], by_row, zero); !e.empty()) return e;
+  for (const auto& sh : shapes)
+    for (bool zero : {false, true})
+      if (auto e = check_adamuon(sh[0], sh[1], zero); !e.empty()) return e;
+  // More entries than the elementwise grid's 4096 x 256 threads: the
+  // grid-stride loop comes round.
+  return check_adamuon(1100, 1000, false);
+}
+
 std::string cuda_error_message() {
   try {
     mc::check(cudaErrorInvalidValue, "cudaMemcpyAsync");
@@ -350,6 +546,15 @@ OptResult run_optimizer_typed(const std::vector<OptParam>& params, const OptRun&
       opt->load(buf, st.s);
       captured = false;
     }
+    if (run.switch_after == s + 1) {
+      for (std::size_t k = 0; k < run.groups; ++k) {
+        if (run.switch_by_key)
+          opt->set_option("variant", muon::muon_variant_name(run.switch_to.variant), k);
+        else
+          opt->set_muon_options(run.switch_to, k);
+      }
+      captured = false;  // the change of variant dropped the graph
+    }
   }
   for (std::size_t k = 0; k < params.size(); ++k) {
     result.params.emplace_back(params[k].value.size());
@@ -383,6 +588,19 @@ std::string optimizer_error(const std::string& what) {
     if (what == "shape") opt.add_param("v", fake, fake, {0, 4});
     if (what == "dims") opt.add_param("v", fake, fake, {1, 2, 3, 4, 5});
     if (what == "set_gram") opt.set_option("ns_method", "gram");
+    if (what == "variant_name") opt.set_option("variant", "nomuon");
+    if (what == "variant_options") {
+      muon::MuonGroupOptions bad = muon::MuonGroupOptions::normuon();
+      bad.normuon_beta2 = 1.0;
+      opt.set_muon_options(bad);
+    }
+    if (what == "variant") {  // before the first step: options only, no device memory
+      opt.set_option("variant", "normuon");
+      opt.set_muon_options(muon::MuonGroupOptions::adamuon());
+      opt.set_option("variant", std::string("muon"));
+      if (opt.muon_options().variant != muon::MuonVariant::muon)
+        return "the variant did not follow set_option";
+    }
     if (what == "bad_magic") {
       std::stringstream s("NOTMUON!");
       opt.load(s, nullptr);
@@ -391,6 +609,35 @@ std::string optimizer_error(const std::string& what) {
     return e.what();
   }
   return {};
+}
+
+std::string replay_after_variant_change() {
+  Stream st;
+  std::vector<float> host(8 * 12, 0.25f);
+  mc::DeviceMatrix<float> w(8, 12, st.s), gw(8, 12, st.s);
+  w.upload(host.data(), st.s);
+  for (std::size_t i = 0; i < host.size(); ++i) host[i] = 0.01f * float(i % 9) - 0.04f;
+  gw.upload(host.data(), st.s);
+  mc::Optimizer<float> opt;
+  opt.add_param("w", w.data(), gw.data(), {8, 12});
+  opt.capture(st.s);
+  opt.replay(st.s);
+  (void)opt.report(st.s);
+  opt.set_option("variant", "normuon");
+  std::string error;
+  try {
+    opt.replay(st.s);
+  } catch (const muon::Error& e) {
+    error = e.what();
+  }
+  try {
+    opt.capture(st.s);
+    opt.replay(st.s);
+    if (opt.report(st.s).updated != 1) return "recapture: the parameter was not updated";
+  } catch (const muon::Error& e) {
+    return std::string("recapture: ") + e.what();
+  }
+  return error;
 }
 
 DeviceRouting device_routing(const std::vector<OptParam>& params, const muon::MuonGroupOptions& o,

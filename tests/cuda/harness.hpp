@@ -50,6 +50,14 @@ std::string workspace_check(const std::string& broken);
 /// the first disagreement. No device needed.
 std::string emulate_tiled_kernels();
 
+/// Runs the per-thread functions of the Muon variants' kernels (NorMuon's
+/// row and column sums, factors and commit; AdaMuon's moment, ratio and
+/// commit) on the host, thread by thread with the kernels' launch shapes and
+/// reduction trees, on one block of O, against plain loops that follow the
+/// CPU optimizer's formulas. "" when all agree, else the first disagreement.
+/// No device needed.
+std::string emulate_variant_kernels();
+
 /// muon::cuda::check() on a failing CUDA / cuBLAS status: the message.
 std::string cuda_error_message();
 std::string cublas_error_message();
@@ -81,6 +89,14 @@ struct OptRun {
   int save_after = 0;
   /// A checkpoint (of any backend) to load before the first step.
   std::string load;
+  /// After `switch_after` steps (0: never) every group's Muon options become
+  /// `switch_to`, through set_muon_options, or, when `switch_by_key`,
+  /// through set_option("variant", name of switch_to.variant) (switch_to
+  /// must then differ from `muon` in the variant only). A graph run
+  /// captures again.
+  int switch_after = 0;
+  muon::MuonGroupOptions switch_to;
+  bool switch_by_key = false;
 };
 
 /// What report() said after one step.
@@ -101,8 +117,18 @@ struct OptResult {
 OptResult run_optimizer(const std::vector<OptParam>& params, const OptRun& run);
 
 /// The message of the muon::Error thrown by "duplicate", "null", "shape",
-/// "dims", "options", "gram", "set_gram", "bad_magic"; "" for none.
+/// "dims", "options", "gram", "set_gram", "bad_magic", "variant_name" (an
+/// unknown variant by key), "variant_options" (a bad normuon_beta2 through
+/// set_muon_options); "" for none. "variant" (a change of variant by key
+/// and by set_muon_options before the first step: no CUDA call) throws
+/// nothing.
 std::string optimizer_error(const std::string& what);
+
+/// Captures a step of a muon::cuda::Optimizer<float> (one Muon parameter),
+/// replays it, changes the variant to NorMuon and replays again: the
+/// error of that replay ("" if none). Then captures again and replays; a
+/// failure there is returned prefixed with "recapture: ". Needs a device.
+std::string replay_after_variant_change();
 
 // ---- host-side logic of the device optimizer (no device needed) -------------
 //

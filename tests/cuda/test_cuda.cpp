@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <iostream>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <string>
@@ -312,6 +313,62 @@ TEST_CASE("cuda: tiled kernels emulated on the host agree with plain loops (no d
   CHECK(muon_cuda_test::emulate_tiled_kernels() == "");
 }
 
+TEST_CASE(
+    "cuda: the NorMuon and AdaMuon kernels, emulated on the host, follow the CPU optimizer's "
+    "formulas (no device needed)",
+    "[cuda][host]") {
+  CHECK(muon_cuda_test::emulate_variant_kernels() == "");
+}
+
+TEST_CASE("cuda: variant options of the device optimizer (no device needed)", "[cuda][host]") {
+  using muon_cuda_test::optimizer_error;
+  // Before the first step a change of variant is options only: no CUDA call.
+  CHECK(optimizer_error("variant").empty());
+  CHECK(optimizer_error("variant_name").find("variant") != std::string::npos);
+  CHECK(optimizer_error("variant_options").find("normuon_beta2") != std::string::npos);
+}
+
+TEST_CASE(
+    "cuda: the device optimizer loads NorMuon and AdaMuon checkpoints, its buffers following the "
+    "file's variant (no device needed)",
+    "[cuda][host]") {
+  const std::vector<OptParam> specs = {param("w", {4, 3}),
+                                       param("qkv", {6, 3}, muon::Route::muon, 0, {2, 2, 2}),
+                                       param("x", {3, 5}), param("b", {4})};
+  for (muon::MuonVariant variant : {muon::MuonVariant::normuon, muon::MuonVariant::adamuon}) {
+    INFO(muon::muon_variant_name(variant));
+    std::vector<float> w(12, 0.5f), gw(12), qkv(18, 0.25f), gq(18), x(15, -0.5f), gx(15),
+        b(4, 0.5f), gb(4, 1.0f);
+    for (std::size_t i = 0; i < gw.size(); ++i) gw[i] = 0.1f * float(i % 5) - 0.2f;
+    for (std::size_t i = 0; i < gq.size(); ++i) gq[i] = 0.05f * float(i % 7) - 0.1f;
+    for (std::size_t i = 0; i < gx.size(); ++i) gx[i] = 0.03f * float(i % 4) - 0.05f;
+    muon::Optimizer<float> cpu(muon::MuonGroupOptions().with_lr(0.05).with_variant(variant));
+    cpu.add_param("w", {w.data(), {4, 3}}, {gw.data(), {4, 3}});
+    muon::ParamOptions po;
+    po.route = muon::Route::muon;
+    po.split = {2, 2, 2};
+    cpu.add_param("qkv", {qkv.data(), {6, 3}}, {gq.data(), {6, 3}}, po);
+    cpu.add_param("x", {x.data(), {3, 5}}, {gx.data(), {3, 5}});
+    cpu.add_param("b", {b.data(), {4}}, {gb.data(), {4}});
+    cpu.step();
+    cpu.step();
+    std::ostringstream os;
+    cpu.save(os);
+    // The device optimizer is plain Muon: the file's group makes it the variant.
+    const auto r = muon_cuda_test::device_load(os.str(), specs);
+    if (!muon_cuda_test::device_present()) {
+      INFO(r.error);
+      CHECK(r.error.find("allocation") != std::string::npos);  // matched, then no device
+      CHECK(r.unchanged);
+    } else {
+      CHECK(r.error.empty());
+      CHECK(r.lr == 0.05);
+      CHECK(r.steps == 2);
+      CHECK(r.resaved == os.str());  // the device writes what the CPU wrote
+    }
+  }
+}
+
 TEST_CASE("cuda: device Newton-Schulz matches the CPU backend for every schedule and shape",
           "[cuda][device]") {
   MUON_REQUIRE_DEVICE();
@@ -434,16 +491,19 @@ namespace {
 // The run on the CPU optimizer, the reference for the device's: same
 // registrations, options, gradients. The CPU optimizer is itself checked
 // against double references written in tests/ (test_optimizer.cpp).
-muon_cuda_test::OptResult cpu_run(const std::vector<OptParam>& ps,
-                                  const muon_cuda_test::OptRun& run) {
-  std::vector<std::vector<float>> p, g;
+// A CPU optimizer with the run's options and the registrations of `ps`,
+// over the host tensors p and g.
+std::unique_ptr<muon::Optimizer<float>> cpu_optimizer(const std::vector<OptParam>& ps,
+                                                      const muon_cuda_test::OptRun& run,
+                                                      std::vector<std::vector<float>>& p,
+                                                      std::vector<std::vector<float>>& g) {
   for (const auto& q : ps) {
     p.push_back(q.value);
     g.emplace_back(q.value.size());
   }
-  muon::Optimizer<float> opt(run.muon, run.adamw);
-  for (std::size_t k = 1; k < run.groups; ++k) opt.add_group(run.muon, run.adamw);
-  opt.set_non_finite_policy(run.policy);
+  auto opt = std::make_unique<muon::Optimizer<float>>(run.muon, run.adamw);
+  for (std::size_t k = 1; k < run.groups; ++k) opt->add_group(run.muon, run.adamw);
+  opt->set_non_finite_policy(run.policy);
   for (std::size_t k = 0; k < ps.size(); ++k) {
     muon::ParamView<float> pv, gv;
     pv.data = p[k].data();
@@ -455,8 +515,16 @@ muon_cuda_test::OptResult cpu_run(const std::vector<OptParam>& ps,
     po.route = ps[k].route;
     po.group = ps[k].group;
     po.split = ps[k].split;
-    opt.add_param(ps[k].name, pv, gv, po);
+    opt->add_param(ps[k].name, pv, gv, po);
   }
+  return opt;
+}
+
+muon_cuda_test::OptResult cpu_run(const std::vector<OptParam>& ps,
+                                  const muon_cuda_test::OptRun& run) {
+  std::vector<std::vector<float>> p, g;
+  const auto owner = cpu_optimizer(ps, run, p, g);
+  muon::Optimizer<float>& opt = *owner;
   if (!run.load.empty()) {
     std::istringstream in(run.load);
     opt.load(in);
@@ -473,6 +541,8 @@ muon_cuda_test::OptResult cpu_run(const std::vector<OptParam>& ps,
       o.error = e.what();
     }
     r.steps.push_back(o);
+    if (run.switch_after == s + 1)  // what set_option("variant", ...) does too
+      for (std::size_t k = 0; k < run.groups; ++k) opt.set_muon_options(run.switch_to, k);
   }
   r.params = p;
   r.step_count = opt.step_count();
@@ -616,4 +686,230 @@ TEST_CASE("cuda: a device step applies to every parameter or to none", "[cuda][d
   CHECK(dev_skip.steps[1].skipped[0].second == muon::SkipReason::non_finite_state);
   CHECK(dev_skip.steps[1].updated == ps.size() - 1);
   CHECK(worst_param_error(dev_skip.params, cpu_skip.params, ps) <= 1e-3);
+}
+
+// ---- the Muon variants and the l2 form on the device ---------------------------
+
+namespace {
+
+// mixed_params (tall, two groups, a batch of two, a split into square
+// blocks, a 3-D batch of wide blocks, a column-major matrix, AdamW
+// parameters) and a wide row-major matrix: NorMuon's V runs per row in some
+// blocks and per column in others.
+std::vector<OptParam> family_params(std::uint64_t seed) {
+  std::vector<OptParam> ps = mixed_params(seed);
+  OptParam wide = param("wide.weight", {24, 56});
+  const Eigen::MatrixXd v = 0.1 * gaussian(Eigen::Index(wide.value.size()), 1, seed + 99);
+  wide.value.assign(v.data(), v.data() + v.size());
+  ps.push_back(wide);
+  return ps;
+}
+
+// The options of a variant for the comparisons. AdaMuon's first step
+// divides O by sqrt(O^2) + eps, a sign function where eps is negligible:
+// an entry of O within rounding of 0 could take opposite signs on the two
+// backends. eps = 1e-3 keeps the direction continuous at the scale of the
+// two backends' differences (the paper's 1e-8 is tested on the host, with
+// the kernels' functions).
+muon::MuonGroupOptions variant_options(muon::MuonVariant v) {
+  muon::MuonGroupOptions o = v == muon::MuonVariant::adamuon ? muon::MuonGroupOptions::adamuon()
+                                                             : muon::MuonGroupOptions();
+  o.with_variant(v).with_lr(0.02).with_weight_decay(0.1);
+  o.adamuon_eps = 1e-3;
+  return o;
+}
+
+muon_cuda_test::OptRun variant_run(const std::vector<OptParam>& ps, int steps, std::uint64_t seed,
+                                   muon::MuonVariant v) {
+  muon_cuda_test::OptRun run = make_run(ps, steps, seed);
+  run.muon = variant_options(v);
+  return run;
+}
+
+// The worst relative Frobenius difference between the buffers of two
+// checkpoints of the registrations `ps` (momentum and the variant's second
+// moment of every Muon parameter, both AdamW moments), each loaded into a
+// CPU optimizer.
+double state_error(const std::vector<OptParam>& ps, const muon_cuda_test::OptRun& run,
+                   const std::string& a, const std::string& b) {
+  std::vector<std::vector<float>> pa, ga, pb, gb;
+  const auto oa = cpu_optimizer(ps, run, pa, ga), ob = cpu_optimizer(ps, run, pb, gb);
+  std::istringstream ia(a), ib(b);
+  oa->load(ia);
+  ob->load(ib);
+  double worst = 0;
+  const auto compare = [&worst](const Eigen::MatrixXf& x, const Eigen::MatrixXf& y) {
+    REQUIRE(x.size() == y.size());
+    const double norm = y.cast<double>().norm();
+    const double diff = (x - y).cast<double>().norm();
+    worst = std::max(worst, norm > 0 ? diff / norm : diff);
+  };
+  for (const auto& q : ps) {
+    INFO(q.name);
+    if (oa->route(q.name) == muon::Route::muon) {
+      compare(oa->momentum_buffer(q.name), ob->momentum_buffer(q.name));
+      if (oa->muon_options(q.group).variant != muon::MuonVariant::muon)
+        compare(oa->second_moment(q.name), ob->second_moment(q.name));
+    } else {
+      compare(oa->exp_avg(q.name), ob->exp_avg(q.name));
+      compare(oa->exp_avg_sq(q.name), ob->exp_avg_sq(q.name));
+    }
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "cuda: NorMuon and AdaMuon on the device follow the CPU optimizer (eager, graph, save/load "
+    "midway; wide, tall, split, 3-D batch, column-major)",
+    "[cuda][device]") {
+  MUON_REQUIRE_DEVICE();
+  const auto ps = family_params(61);
+  for (muon::MuonVariant v : {muon::MuonVariant::normuon, muon::MuonVariant::adamuon})
+    for (bool graph : {false, true}) {
+      auto run = variant_run(ps, 4, 6100, v);
+      run.graph = graph;
+      const auto cpu = cpu_run(ps, run);
+      const auto dev = muon_cuda_test::run_optimizer(ps, run);
+      const double err = worst_param_error(dev.params, cpu.params, ps);
+      const double state = state_error(ps, run, dev.saved, cpu.saved);
+      INFO(muon::muon_variant_name(v)
+           << " graph " << graph << ": parameters " << err << ", state " << state);
+      CHECK(err <= 1e-3);
+      CHECK(state <= 1e-3);
+      CHECK(dev.step_count == 4);
+      if (v == muon::MuonVariant::normuon) {
+        // bf16 Newton–Schulz: NorMuon's factors are smooth in O. (AdaMuon's
+        // direction is nearly sign(O) on the first step: bf16's rounding
+        // flips the signs of O's smallest entries, so it is compared in
+        // float only.)
+        run.ns_f32 = false;
+        const double err16 =
+            worst_param_error(muon_cuda_test::run_optimizer(ps, run).params, cpu.params, ps);
+        INFO("bf16 NS: " << err16);
+        CHECK(err16 <= 5e-2);
+      }
+    }
+  for (muon::MuonVariant v : {muon::MuonVariant::normuon, muon::MuonVariant::adamuon}) {
+    INFO(muon::muon_variant_name(v) << ": device save, load into a new device optimizer");
+    auto run = variant_run(ps, 4, 6700, v);
+    run.save_after = 2;
+    const auto cpu = cpu_run(ps, run);
+    CHECK(worst_param_error(muon_cuda_test::run_optimizer(ps, run).params, cpu.params, ps) <= 1e-3);
+  }
+}
+
+TEST_CASE("cuda: the l2 form of weight decay on the device follows the CPU optimizer",
+          "[cuda][device]") {
+  MUON_REQUIRE_DEVICE();
+  const auto ps = family_params(71);
+  for (muon::MuonVariant v :
+       {muon::MuonVariant::muon, muon::MuonVariant::normuon, muon::MuonVariant::adamuon})
+    for (bool graph : {false, true}) {
+      auto run = variant_run(ps, 3, 7100, v);
+      // A decay large enough for lambda p to weigh against the gradient.
+      run.muon.with_weight_decay(2.0).with_weight_decay_form(muon::WeightDecayForm::l2);
+      run.graph = graph;
+      const auto cpu = cpu_run(ps, run);
+      const auto dev = muon_cuda_test::run_optimizer(ps, run);
+      const double err = worst_param_error(dev.params, cpu.params, ps);
+      const double state = state_error(ps, run, dev.saved, cpu.saved);
+      INFO(muon::muon_variant_name(v)
+           << " graph " << graph << ": parameters " << err << ", state " << state);
+      CHECK(err <= 1e-3);
+      CHECK(state <= 1e-3);
+    }
+}
+
+TEST_CASE("cuda: a variant's checkpoint crosses backends: device to CPU and CPU to device",
+          "[cuda][device]") {
+  MUON_REQUIRE_DEVICE();
+  const auto ps = family_params(81);
+  for (muon::MuonVariant v : {muon::MuonVariant::normuon, muon::MuonVariant::adamuon}) {
+    INFO(muon::muon_variant_name(v));
+    const auto first = variant_run(ps, 2, 8100, v);
+    const auto dev_first = muon_cuda_test::run_optimizer(ps, first);
+    const auto cpu_first = cpu_run(ps, first);
+    // The two backends' files hold the same state.
+    CHECK(state_error(ps, first, dev_first.saved, cpu_first.saved) <= 1e-3);
+    // Two more steps from the device's file, on both backends, by optimizers
+    // made as plain Muon: the file's groups bring the variant and its buffers.
+    auto second = make_run(ps, 2, 8300);
+    second.load = dev_first.saved;
+    std::vector<OptParam> resumed = ps;
+    for (std::size_t k = 0; k < ps.size(); ++k) resumed[k].value = dev_first.params[k];
+    const auto cpu = cpu_run(resumed, second);
+    const auto dev = muon_cuda_test::run_optimizer(resumed, second);
+    CHECK(worst_param_error(dev.params, cpu.params, resumed) <= 1e-3);
+    CHECK(cpu.step_count == 4);
+    CHECK(dev.step_count == 4);
+    // And from the CPU's file on the device.
+    second.load = cpu_first.saved;
+    for (std::size_t k = 0; k < ps.size(); ++k) resumed[k].value = cpu_first.params[k];
+    CHECK(worst_param_error(muon_cuda_test::run_optimizer(resumed, second).params,
+                            cpu_run(resumed, second).params, resumed) <= 1e-3);
+  }
+}
+
+TEST_CASE(
+    "cuda: a change of variant gives the parameters the new variant's state, zeroed, and drops "
+    "the captured graph",
+    "[cuda][device]") {
+  MUON_REQUIRE_DEVICE();
+  const auto ps = family_params(91);
+  struct Switch {
+    muon::MuonVariant from, to;
+    bool by_key;
+  };
+  const Switch switches[] = {{muon::MuonVariant::muon, muon::MuonVariant::normuon, true},
+                             {muon::MuonVariant::normuon, muon::MuonVariant::adamuon, false},
+                             {muon::MuonVariant::adamuon, muon::MuonVariant::muon, true},
+                             {muon::MuonVariant::adamuon, muon::MuonVariant::normuon, true}};
+  for (const Switch& sw : switches)
+    for (bool graph : {false, true}) {
+      auto run = variant_run(ps, 4, 9100, sw.from);
+      run.graph = graph;
+      run.switch_after = 2;
+      run.switch_by_key = sw.by_key;
+      // By key only the variant changes; by set_muon_options the whole options.
+      run.switch_to = sw.by_key ? run.muon : variant_options(sw.to);
+      run.switch_to.with_variant(sw.to);
+      const auto cpu = cpu_run(ps, run);
+      const auto dev = muon_cuda_test::run_optimizer(ps, run);
+      const double err = worst_param_error(dev.params, cpu.params, ps);
+      INFO(muon::muon_variant_name(sw.from)
+           << " -> " << muon::muon_variant_name(sw.to) << (sw.by_key ? " by key" : " by options")
+           << ", graph " << graph << ": " << err);
+      CHECK(err <= 1e-3);
+      CHECK(state_error(ps, run, dev.saved, cpu.saved) <= 1e-3);
+    }
+  const std::string replay = muon_cuda_test::replay_after_variant_change();
+  INFO(replay);
+  CHECK(replay.find("capture") != std::string::npos);
+  CHECK(replay.rfind("recapture:", 0) == std::string::npos);
+}
+
+TEST_CASE("cuda: a refused device step leaves the variants' state as it was", "[cuda][device]") {
+  MUON_REQUIRE_DEVICE();
+  const auto ps = family_params(101);
+  for (muon::MuonVariant v : {muon::MuonVariant::normuon, muon::MuonVariant::adamuon})
+    for (auto policy : {muon::NonFinitePolicy::raise, muon::NonFinitePolicy::skip}) {
+      auto run = variant_run(ps, 3, 10100, v);
+      run.policy = policy;
+      // Step 2 overflows c.weight's momentum (+-FLT_MAX on successive steps).
+      const float big = std::numeric_limits<float>::max();
+      std::fill(run.grads[0][2].begin(), run.grads[0][2].end(), big);
+      std::fill(run.grads[1][2].begin(), run.grads[1][2].end(), -big);
+      const auto cpu = cpu_run(ps, run);
+      const auto dev = muon_cuda_test::run_optimizer(ps, run);
+      INFO(muon::muon_variant_name(v)
+           << (policy == muon::NonFinitePolicy::skip ? " skip" : " raise") << ": "
+           << dev.steps[1].error);
+      REQUIRE(dev.steps.size() == 3);
+      CHECK(dev.steps[1].error.empty() == (policy == muon::NonFinitePolicy::skip));
+      CHECK(dev.step_count == cpu.step_count);
+      CHECK(worst_param_error(dev.params, cpu.params, ps) <= 1e-3);
+      CHECK(state_error(ps, run, dev.saved, cpu.saved) <= 1e-3);
+    }
 }

@@ -13,6 +13,8 @@
 ///  - the optimizer's step: check kernels (read only), decide, commit
 ///    kernels (momentum, Muon update, AdamW) and finish_step, all calling
 ///    the per-element rules of optim/rules.hpp
+///  - the Muon variants (NorMuon, AdaMuon) between Newton–Schulz and the
+///    parameter commit, with their sums reduced in a fixed order
 ///
 /// Every kernel reads its per-step values from device memory or from launch
 /// arguments fixed for the shape, so a captured CUDA graph replays them.
@@ -285,6 +287,10 @@ struct GroupStep {
   float decay = 1.0f;  ///< MuonGroupOptions::decay_multiplier (1 - lr * wd when decoupled)
   int cautious = 0;
   double adamw_lr = 0, adamw_beta1 = 0, adamw_beta2 = 0, adamw_eps = 0, adamw_weight_decay = 0;
+  /// The variant's second moment (NorMuon's or AdaMuon's beta2 and eps;
+  /// unused by plain Muon). AdaMuon bias-corrects V by the parameter's step.
+  double second_moment_beta2 = 0, second_moment_eps = 0;
+  int second_moment_bias_correction = 0;
 };
 
 /// The scalars of one parameter for one step, from the host.
@@ -318,8 +324,9 @@ __device__ __forceinline__ void raise_flag(int* flag, int bit) {
 }
 
 /// Muon, reading only: gradient finite, new momentum and Newton–Schulz input
-/// finite in float, and max |p| (as float bits: non-negative floats order
-/// like their bit patterns) for the update bound.
+/// (from the regularized gradient) finite in float, and max |p| (as float
+/// bits: non-negative floats order like their bit patterns) for the update
+/// bound.
 template <class P>
 __global__ void muon_check(const P* __restrict__ grad, const float* __restrict__ m,
                            const P* __restrict__ p, std::int64_t n,
@@ -330,14 +337,16 @@ __global__ void muon_check(const P* __restrict__ grad, const float* __restrict__
   float local = 0.0f;
   for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
        e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const float g = to_float(grad[e]);
-    if (!r::finite(g)) {
+    const float raw = to_float(grad[e]);
+    if (!r::finite(raw)) {
       raise_flag(flag, kNonFiniteGrad);
       continue;
     }
+    const float w = to_float(p[e]);
+    const float g = r::regularized_grad(raw, w, k);  // + lambda p under the l2 form
     const float mn = r::momentum_buffer(m[e], g, k);
     if (!r::finite(mn) || !r::finite(r::ns_input(mn, g, k))) raise_flag(flag, kNonFiniteState);
-    local = fmaxf(local, fabsf(to_float(p[e])));
+    local = fmaxf(local, fabsf(w));
   }
   if (local > 0.0f) atomicMax(max_abs, __float_as_uint(local));
 }
@@ -355,6 +364,22 @@ __global__ void adamw_prepare(int n, const ParamStep* __restrict__ params,
       g.adamw_lr, g.adamw_beta1, g.adamw_beta2, g.adamw_eps, g.adamw_weight_decay,
       static_cast<double>(steps[i] + 1));
   out[i] = k;
+}
+
+/// The second-moment coefficients of every Muon parameter for this step:
+/// beta2 and eps of its group's variant, and for AdaMuon the bias
+/// correction from the device's own step counter (t = steps + 1, in double,
+/// like adamw_prepare), so a replayed graph stays right after a refused step.
+__global__ void second_moment_prepare(
+    int n, const ParamStep* __restrict__ params, const GroupStep* __restrict__ groups,
+    const long long* __restrict__ steps,
+    optim::rules::SecondMomentCoefficients<float>* __restrict__ out) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n || params[i].adamw) return;
+  const GroupStep& g = groups[params[i].group];
+  const double t = g.second_moment_bias_correction ? static_cast<double>(steps[i] + 1) : 0.0;
+  out[i] = optim::rules::second_moment_coefficients<float>(g.second_moment_beta2,
+                                                           g.second_moment_eps, t);
 }
 
 /// AdamW, reading only: gradient, new moments and new parameter finite.
@@ -407,10 +432,12 @@ __device__ __forceinline__ bool leaves(const StepState* state, const int* flag) 
 
 /// Muon: m <- rule(m, g); staging <- the Newton–Schulz input, in float (the
 /// workspace normalizes it before casting to its scalar, so a half
-/// workspace never sees an un-normalized value above 65504).
+/// workspace never sees an un-normalized value above 65504). g is the
+/// regularized gradient (g + lambda p under the l2 form): p is read here,
+/// before the parameter commit writes it.
 template <class P>
-__global__ void momentum_commit(const P* __restrict__ grad, float* __restrict__ m,
-                                float* __restrict__ staging, std::int64_t n,
+__global__ void momentum_commit(const P* __restrict__ grad, const P* __restrict__ p,
+                                float* __restrict__ m, float* __restrict__ staging, std::int64_t n,
                                 const GroupStep* __restrict__ group,
                                 const StepState* __restrict__ state, const int* __restrict__ flag) {
   if (leaves(state, flag)) return;
@@ -418,11 +445,22 @@ __global__ void momentum_commit(const P* __restrict__ grad, float* __restrict__ 
   const auto k = group->momentum;
   for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
        e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const float g = to_float(grad[e]);
+    const float g = r::regularized_grad(to_float(grad[e]), to_float(p[e]), k);
     const float mn = r::momentum_buffer(m[e], g, k);
     m[e] = mn;
     staging[e] = r::ns_input(mn, g, k);
   }
+}
+
+/// The update scalars of a Muon block: the group's decay, the block's
+/// adjusted lr (*block_lr).
+__device__ __forceinline__ optim::rules::MuonUpdateCoefficients<float> block_update(
+    const GroupStep* group, const float* block_lr) {
+  optim::rules::MuonUpdateCoefficients<float> k;
+  k.decay = group->decay;
+  k.step = *block_lr;
+  k.cautious = group->cautious != 0;
+  return k;
 }
 
 /// Muon: p <- rule(p, O) with the block's adjusted lr (*block_lr).
@@ -431,13 +469,282 @@ __global__ void muon_commit(P* __restrict__ p, const O* __restrict__ o, std::int
                             const GroupStep* __restrict__ group, const float* __restrict__ block_lr,
                             const StepState* __restrict__ state, const int* __restrict__ flag) {
   if (leaves(state, flag)) return;
-  optim::rules::MuonUpdateCoefficients<float> k;
-  k.decay = group->decay;
-  k.step = *block_lr;
-  k.cautious = group->cautious != 0;
+  const auto k = block_update(group, block_lr);
   for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
        e += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
     p[e] = from_float<P>(optim::rules::muon_parameter(to_float(p[e]), to_float(o[e]), k));
+}
+
+// ---- deterministic sums -------------------------------------------------------------
+//
+// The variants need sums over rows, columns and whole blocks of O. Float
+// atomics would make them depend on the order in which threads finish;
+// instead every thread adds a fixed set of elements into a share (in
+// double), the shares of a CUDA block are added in a fixed tree, and a
+// result per CUDA block goes to memory for a one-block kernel to add. The
+// sums then depend on the data and the launch shape only: two runs, and a
+// graph replay, agree bit for bit. The per-thread work is written as
+// __host__ __device__ functions so that the tests can run it on the host.
+
+/// One level of the tree: shares[t] += shares[t + width] for t < width.
+template <class S>
+__host__ __device__ inline void add_tree_level(S* shares, int t, int width) {
+  if (t < width) shares[t] += shares[t + width];
+}
+
+/// The sum of the kReduceThreads threads' `mine`, added in the tree order
+/// (width kReduceThreads/2, ..., 1); every thread gets it. blockDim.x must
+/// be kReduceThreads, and every thread of the block must call it.
+template <class S>
+__device__ S block_sum(S mine, S* shared) {
+  const int t = static_cast<int>(threadIdx.x);
+  shared[t] = mine;
+  __syncthreads();
+  for (int width = kReduceThreads / 2; width > 0; width >>= 1) {
+    add_tree_level(shared, t, width);
+    __syncthreads();
+  }
+  return shared[0];
+}
+
+/// The factor that rescales an update of squared Frobenius norm actual_sq
+/// to the squared norm target_sq: sqrt(target_sq / actual_sq), in double as
+/// the CPU optimizer computes it; 0 when actual_sq is 0 (a zero update
+/// stays zero).
+__host__ __device__ inline float norm_ratio(double target_sq, double actual_sq) {
+  return actual_sq > 0.0 ? static_cast<float>(optim::rules::square_root(target_sq / actual_sq))
+                         : 0.0f;
+}
+
+// ---- NorMuon ---------------------------------------------------------------------
+//
+// A block of O is row-major rows x cols in memory: o(r, c) at r * cols + c.
+// NorMuon's second moment V holds one number per "line" of the block: per
+// row (by_row) or per column, whichever runs along the longer side of the
+// (out, in) matrix (the host decides, as the CPU optimizer does). Three
+// kernels per block: the lines' sums of squares, the V update with the
+// factors f_j = 1 / sqrt(max(V_j, eps)) and the ratio ||O||_F / ||O f||_F,
+// then the commit with U = O f ratio, which has O's Frobenius norm.
+
+constexpr int kColumnLanes = 32;                          ///< columns per CUDA block
+constexpr int kRowLanes = kReduceThreads / kColumnLanes;  ///< threads sharing a column
+
+/// Thread t's share of sum_c o(r, c)^2: columns t, t + threads, ...
+template <class O>
+__host__ __device__ inline double row_sumsq_share(const O* o, std::int64_t cols, std::int64_t r,
+                                                  int t, int threads) {
+  double share = 0;
+  for (std::int64_t c = t; c < cols; c += threads) {
+    const double v = to_float(o[r * cols + c]);
+    share += v * v;
+  }
+  return share;
+}
+
+/// sums[r] = sum_c o(r, c)^2: CUDA block r (kReduceThreads threads) sums row r.
+template <class O>
+__global__ void sumsq_per_row(const O* __restrict__ o, std::int64_t cols, double* __restrict__ sums,
+                              const StepState* __restrict__ state, const int* __restrict__ flag) {
+  if (leaves(state, flag)) return;
+  __shared__ double shared[kReduceThreads];
+  const std::int64_t r = blockIdx.x;
+  const double total =
+      block_sum(row_sumsq_share(o, cols, r, static_cast<int>(threadIdx.x), kReduceThreads), shared);
+  if (threadIdx.x == 0) sums[r] = total;
+}
+
+/// The share of sum_r o(r, c)^2 of the thread in row lane `row_lane`: rows
+/// row_lane, row_lane + kRowLanes, ... (0 for a column past the end).
+template <class O>
+__host__ __device__ inline double column_sumsq_share(const O* o, std::int64_t rows,
+                                                     std::int64_t cols, std::int64_t c,
+                                                     int row_lane) {
+  double share = 0;
+  if (c < cols)
+    for (std::int64_t r = row_lane; r < rows; r += kRowLanes) {
+      const double v = to_float(o[r * cols + c]);
+      share += v * v;
+    }
+  return share;
+}
+
+/// A column's sum: its kRowLanes shares added in lane order.
+__host__ __device__ inline double column_total(const double (*shares)[kColumnLanes],
+                                               int column_lane) {
+  double total = 0;
+  for (int lane = 0; lane < kRowLanes; ++lane) total += shares[lane][column_lane];
+  return total;
+}
+
+/// sums[c] = sum_r o(r, c)^2: CUDA block b sums columns 32 b .. 32 b + 31,
+/// thread t reading column t % 32 in row lane t / 32 (a warp reads 32
+/// neighbouring entries of a row).
+template <class O>
+__global__ void sumsq_per_column(const O* __restrict__ o, std::int64_t rows, std::int64_t cols,
+                                 double* __restrict__ sums, const StepState* __restrict__ state,
+                                 const int* __restrict__ flag) {
+  if (leaves(state, flag)) return;
+  __shared__ double shares[kRowLanes][kColumnLanes];
+  const int column_lane = static_cast<int>(threadIdx.x) % kColumnLanes;
+  const int row_lane = static_cast<int>(threadIdx.x) / kColumnLanes;
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * kColumnLanes + column_lane;
+  shares[row_lane][column_lane] = column_sumsq_share(o, rows, cols, c, row_lane);
+  __syncthreads();
+  if (row_lane == 0 && c < cols) sums[c] = column_total(shares, column_lane);
+}
+
+/// CUDA blocks of sumsq_per_column for `cols` columns.
+inline unsigned column_sum_blocks(std::int64_t cols) {
+  return static_cast<unsigned>((cols + kColumnLanes - 1) / kColumnLanes);
+}
+
+/// The two squared norms of a NorMuon block: ||O||_F^2 = sum_j s_j and
+/// ||O f||_F^2 = sum_j s_j f_j^2 (s_j: line j's sum of squares).
+struct NormuonNorms {
+  double o_sq, scaled_sq;  // no initializers: lives in __shared__ memory
+  __host__ __device__ NormuonNorms& operator+=(const NormuonNorms& x) {
+    o_sq += x.o_sq;
+    scaled_sq += x.scaled_sq;
+    return *this;
+  }
+};
+
+/// Thread t's lines j = t, t + threads, ... of a block with `lines` lines of
+/// `averaged` entries: V_j <- beta2 V_j + (1 - beta2) s_j / averaged, and
+/// line_sums[j] <- f_j (its sum is not needed past here). Returns its share
+/// of the two norms.
+__host__ __device__ inline NormuonNorms normuon_line_share(
+    float* v, double* line_sums, std::int64_t lines, double averaged,
+    const optim::rules::SecondMomentCoefficients<float>& k, int t, int threads) {
+  namespace r = optim::rules;
+  NormuonNorms share{0.0, 0.0};
+  for (std::int64_t j = t; j < lines; j += threads) {
+    const double s = line_sums[j];
+    v[j] = r::second_moment(v[j], static_cast<float>(s / averaged), k);
+    const double f = r::normuon_factor(v[j], k);
+    share.o_sq += s;
+    share.scaled_sq += s * f * f;
+    line_sums[j] = f;
+  }
+  return share;
+}
+
+/// One CUDA block: the V update and factors of the block's `lines` lines
+/// (line_sums: their sums of squares in, their factors out), and *ratio =
+/// ||O||_F / ||O f||_F.
+__global__ void normuon_factors(
+    float* __restrict__ v, double* __restrict__ line_sums, std::int64_t lines, double averaged,
+    const optim::rules::SecondMomentCoefficients<float>* __restrict__ coef,
+    float* __restrict__ ratio, const StepState* __restrict__ state, const int* __restrict__ flag) {
+  if (leaves(state, flag)) return;
+  __shared__ NormuonNorms shared[kReduceThreads];
+  const NormuonNorms total =
+      block_sum(normuon_line_share(v, line_sums, lines, averaged, *coef,
+                                   static_cast<int>(threadIdx.x), kReduceThreads),
+                shared);
+  if (threadIdx.x == 0) *ratio = norm_ratio(total.o_sq, total.scaled_sq);
+}
+
+/// NorMuon's update entry: o f ratio, multiplied in the CPU optimizer's order.
+__host__ __device__ inline float normuon_update_entry(float o, double factor, float ratio) {
+  return o * static_cast<float>(factor) * ratio;
+}
+
+/// NorMuon: p <- rule(p, o f ratio), f the factor of the entry's line.
+template <class P, class O>
+__global__ void normuon_commit(P* __restrict__ p, const O* __restrict__ o, std::int64_t n,
+                               std::int64_t cols, bool by_row, const double* __restrict__ factors,
+                               const float* __restrict__ ratio, const GroupStep* __restrict__ group,
+                               const float* __restrict__ block_lr,
+                               const StepState* __restrict__ state, const int* __restrict__ flag) {
+  if (leaves(state, flag)) return;
+  const auto k = block_update(group, block_lr);
+  const float scale = *ratio;
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const double f = factors[by_row ? e / cols : e % cols];
+    p[e] = from_float<P>(optim::rules::muon_parameter(
+        to_float(p[e]), normuon_update_entry(to_float(o[e]), f, scale), k));
+  }
+}
+
+// ---- AdaMuon ---------------------------------------------------------------------
+//
+// V is elementwise, in the block's layout. Three kernels per block: the V
+// update with the partial sums of ||D||_F^2 (D = O / (sqrt(V_hat) + eps))
+// per CUDA block, the ratio sqrt(min(m, n)) / ||D||_F from them, then the
+// commit with U = D ratio (an orthogonal matrix's Frobenius norm).
+
+/// Thread t's elements e = t, t + threads, ... (t counts over the whole
+/// grid): V_e <- beta2 V_e + (1 - beta2) o_e^2. Returns its share of
+/// ||D||_F^2.
+template <class O>
+__host__ __device__ inline double adamuon_moment_share(
+    const O* o, float* v, std::int64_t n, const optim::rules::SecondMomentCoefficients<float>& k,
+    std::int64_t t, std::int64_t threads) {
+  namespace r = optim::rules;
+  double share = 0;
+  for (std::int64_t e = t; e < n; e += threads) {
+    const float x = to_float(o[e]);
+    v[e] = r::second_moment(v[e], x * x, k);
+    const double d = r::adamuon_direction(x, v[e], k);
+    share += d * d;
+  }
+  return share;
+}
+
+/// The V update of a block's n entries; partials[b] = CUDA block b's share
+/// of ||D||_F^2. blockDim.x = kReduceThreads.
+template <class O>
+__global__ void adamuon_moment(
+    const O* __restrict__ o, float* __restrict__ v, std::int64_t n,
+    const optim::rules::SecondMomentCoefficients<float>* __restrict__ coef,
+    double* __restrict__ partials, const StepState* __restrict__ state,
+    const int* __restrict__ flag) {
+  if (leaves(state, flag)) return;
+  __shared__ double shared[kReduceThreads];
+  const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * kReduceThreads + threadIdx.x;
+  const std::int64_t threads = static_cast<std::int64_t>(gridDim.x) * kReduceThreads;
+  const double total = block_sum(adamuon_moment_share(o, v, n, *coef, t, threads), shared);
+  if (threadIdx.x == 0) partials[blockIdx.x] = total;
+}
+
+/// Thread t's share of the sum of `count` partial sums: entries t, t + threads, ...
+__host__ __device__ inline double partials_share(const double* partials, int count, int t,
+                                                 int threads) {
+  double share = 0;
+  for (int j = t; j < count; j += threads) share += partials[j];
+  return share;
+}
+
+/// One CUDA block: *ratio = norm_ratio(target_sq, sum of the partials).
+__global__ void adamuon_ratio(const double* __restrict__ partials, int count, double target_sq,
+                              float* __restrict__ ratio, const StepState* __restrict__ state,
+                              const int* __restrict__ flag) {
+  if (leaves(state, flag)) return;
+  __shared__ double shared[kReduceThreads];
+  const double total = block_sum(
+      partials_share(partials, count, static_cast<int>(threadIdx.x), kReduceThreads), shared);
+  if (threadIdx.x == 0) *ratio = norm_ratio(target_sq, total);
+}
+
+/// AdaMuon: p <- rule(p, D ratio), D from V as updated by adamuon_moment.
+template <class P, class O>
+__global__ void adamuon_commit(
+    P* __restrict__ p, const O* __restrict__ o, const float* __restrict__ v, std::int64_t n,
+    const optim::rules::SecondMomentCoefficients<float>* __restrict__ coef,
+    const float* __restrict__ ratio, const GroupStep* __restrict__ group,
+    const float* __restrict__ block_lr, const StepState* __restrict__ state,
+    const int* __restrict__ flag) {
+  if (leaves(state, flag)) return;
+  const auto k = block_update(group, block_lr);
+  const auto km = *coef;
+  const float scale = *ratio;
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float d = optim::rules::adamuon_direction(to_float(o[e]), v[e], km) * scale;
+    p[e] = from_float<P>(optim::rules::muon_parameter(to_float(p[e]), d, k));
+  }
 }
 
 /// AdamW: moments and parameter, the parameter from the moments as stored.

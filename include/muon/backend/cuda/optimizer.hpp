@@ -20,6 +20,11 @@
 /// normalized as it is cast to C (default bf16), same-shape blocks of every
 /// parameter orthogonalized as one batch, the update with the block's
 /// adjusted lr. Per AdamW parameter: torch.optim.AdamW, fp32 moments.
+/// The Muon variants (MuonGroupOptions::variant: NorMuon, AdaMuon) keep
+/// their second moment in fp32 and work on each block's Newton–Schulz
+/// output before the update, with their sums reduced in a fixed order (no
+/// float atomics: a step gives the same bits on every run); the l2 form of
+/// weight decay adds lambda p to the gradient the momentum sees.
 ///
 /// A step applies to every parameter or to none: check kernels read
 /// gradients, state and parameters first; under NonFinitePolicy::raise any
@@ -30,7 +35,11 @@
 ///
 /// Construction, add_param, the routing queries and the option setters make
 /// no CUDA call; device memory is allocated at the first step(), capture(),
-/// save() or load(), after which parameters can no longer be added.
+/// save() or load(), after which parameters can no longer be added. After
+/// that, a change of variant (set_muon_options, set_option("variant", ...))
+/// allocates the new variant's state, zeroed, on the stream of that first
+/// call and waits for it, then drops the captured graph (capture() again);
+/// step() never allocates.
 /// Parameter and gradient pointers must stay valid (and, for graph replay,
 /// at the same addresses); set_grad/clear_grad after capture() need a new
 /// capture().
@@ -90,7 +99,12 @@ class Optimizer {
 
   // ---- groups and options (as muon::Optimizer) ----------------------------------
 
+  /// Adds a group (before the first step/capture/save/load, which size the
+  /// device's per-group values).
   std::size_t add_group(MuonGroupOptions muon, AdamWOptions adamw = {}) {
+    if (prepared_)
+      ::muon::detail::fail("add_group",
+                           "groups must be added before the first step/capture/save/load");
     check_ns(muon.ns);
     return core_.add_group(std::move(muon), std::move(adamw));
   }
@@ -101,9 +115,13 @@ class Optimizer {
   const AdamWOptions& adamw_options(std::size_t group = 0) const {
     return core_.group(group).adamw;
   }
+  /// Replaces a group's Muon options. A change of variant gives the group's
+  /// Muon parameters the new variant's state, zeroed (see the file comment).
   void set_muon_options(const MuonGroupOptions& o, std::size_t group = 0) {
     check_ns(o.ns);
-    core_.set_muon_options(o, group);
+    (void)core_.group(group);  // a bad index throws before anything is allocated
+    o.validate();
+    change_muon_options(group, o.variant, [&] { core_.set_muon_options(o, group); });
   }
   void set_adamw_options(const AdamWOptions& o, std::size_t group = 0) {
     core_.set_adamw_options(o, group);
@@ -111,11 +129,13 @@ class Optimizer {
   void set_option(std::string_view key, double value, std::size_t group = 0) {
     core_.set_option(key, value, group);
   }
+  /// A named option ("variant" changes the state a Muon parameter keeps,
+  /// as set_muon_options does).
   void set_option(std::string_view key, std::string_view value, std::size_t group = 0) {
     GroupOptions probe = core_.group(group);
-    optim::set_option(probe, key, value);
+    optim::set_option(probe, key, value);  // validates: throws before anything changes
     check_ns(probe.muon.ns);
-    core_.set_option(key, value, group);
+    change_muon_options(group, probe.muon.variant, [&] { core_.set_option(key, value, group); });
   }
   void set_option(std::string_view key, const char* value, std::size_t group = 0) {
     set_option(key, std::string_view(value), group);
@@ -225,12 +245,13 @@ class Optimizer {
     }
     MUON_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
     MUON_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+    no_graph_ = "capture() was not called";
   }
 
   /// One step through the captured graph: uploads this step's scalars, then
   /// one graph launch. Throws muon::Error when capture() was not called.
   void replay(cudaStream_t stream) {
-    if (exec_ == nullptr) ::muon::detail::fail("replay", "capture() was not called");
+    if (exec_ == nullptr) ::muon::detail::fail("replay", no_graph_);
     upload_step_values(stream);
     MUON_CUDA_CHECK(cudaGraphLaunch(exec_, stream));
     core_.finish_step();
@@ -262,14 +283,13 @@ class Optimizer {
   void save(std::ostream& os, cudaStream_t stream) {
     prepare(stream);
     sync_counters(stream);
-    optim::HostState host(core_);
+    optim::HostState host(core_);  // sized by route and variant (Core::buffer_names)
     for (std::size_t i = 0; i < core_.size(); ++i) {
       const Slot& s = slots_[i];
       host.buffer(i, 0) =
           detail::download_now(s.momentum, static_cast<std::size_t>(s.numel), stream);
-      if (!core_.param(i).muon())
-        host.buffer(i, 1) =
-            detail::download_now(s.second_moment, static_cast<std::size_t>(s.numel), stream);
+      if (core_.buffer_names(i).size() > 1)
+        host.buffer(i, 1) = detail::download_now(s.second_moment, host.buffer(i, 1).size(), stream);
     }
     host.save(os, core_, dtype_of_param());
   }
@@ -295,8 +315,15 @@ class Optimizer {
  private:
   struct Slot {
     std::int64_t numel = 0;
-    float* momentum = nullptr;             // Muon: momentum; AdamW: exp_avg (first moment)
-    float* second_moment = nullptr;        // AdamW: exp_avg_sq
+    float* momentum = nullptr;  // Muon: momentum; AdamW: exp_avg (first moment)
+    // AdamW: exp_avg_sq (in state_). Muon: the variant's second moment (in
+    // variant_state; null for plain Muon).
+    float* second_moment = nullptr;
+    // Muon: the variant variant_state was made for (the group's, kept in
+    // step by the setters and load) and its buffer: NorMuon's V per line
+    // (max(rows, cols) per block, blocks in order), AdaMuon's V per entry.
+    MuonVariant variant = MuonVariant::muon;
+    DeviceBuffer variant_state;
     std::vector<std::size_t> batch, slot;  // per block: its shape batch and place in it
     std::vector<std::size_t> block_value;  // per block: index into the block lr array
   };
@@ -366,6 +393,7 @@ class Optimizer {
     std::map<std::array<std::int64_t, 3>, std::size_t> by_shape;  // (rows, cols, group)
     float* cursor = static_cast<float*>(state.data());
     std::size_t block_value = 0;
+    std::int64_t scratch = 1;  // doubles of the variants' scratch (variant_sums_)
     for (std::size_t i = 0; i < n; ++i) {
       const optim::ParamRecord& p = core_.param(i);
       Slot& s = slots[i];
@@ -390,7 +418,11 @@ class Optimizer {
         s.batch.push_back(it->second);
         s.slot.push_back(batches[it->second].members++);
         s.block_value.push_back(block_value++);
+        scratch = std::max(scratch, variant_scratch(rows, p.cols));
       }
+      s.variant = core_.variant(i);
+      s.variant_state = make_variant_state(p, s.variant, stream);
+      s.second_moment = static_cast<float*>(s.variant_state.data());
     }
     for (auto& b : batches) {
       const std::size_t count = static_cast<std::size_t>(b.block_rows * b.cols) * b.members;
@@ -415,8 +447,13 @@ class Optimizer {
     const std::size_t coef_bytes =
         sizeof(optim::rules::AdamWCoefficients<float>) * std::max<std::size_t>(n, 1);
     const std::size_t steps_bytes = sizeof(long long) * std::max<std::size_t>(n, 1);
+    const std::size_t variant_coef_bytes =
+        sizeof(optim::rules::SecondMomentCoefficients<float>) * std::max<std::size_t>(n, 1);
+    const std::size_t variant_sums_bytes = sizeof(double) * static_cast<std::size_t>(scratch);
     DeviceBuffer machinery(align(flags_bytes) + align(maxabs_bytes) + align(coef_bytes) +
-                               align(steps_bytes) + align(sizeof(kernels::StepState)),
+                               align(steps_bytes) + align(sizeof(kernels::StepState)) +
+                               align(variant_coef_bytes) + align(variant_sums_bytes) +
+                               align(sizeof(float)),
                            stream, alloc_, "muon::cuda::Optimizer step machinery");
     MUON_CUDA_CHECK(cudaMemsetAsync(machinery.data(), 0, machinery.bytes(), stream));
 
@@ -440,6 +477,13 @@ class Optimizer {
     steps_ = reinterpret_cast<long long*>(q);
     q += align(steps_bytes);
     state_dev_ = reinterpret_cast<kernels::StepState*>(q);
+    q += align(sizeof(kernels::StepState));
+    variant_coef_ = reinterpret_cast<optim::rules::SecondMomentCoefficients<float>*>(q);
+    q += align(variant_coef_bytes);
+    variant_sums_ = reinterpret_cast<double*>(q);
+    q += align(variant_sums_bytes);
+    variant_ratio_ = reinterpret_cast<float*>(q);
+    home_ = stream;
     host_groups_.resize(core_.group_count());
     host_params_.resize(n);
     host_block_lr_.resize(blocks);
@@ -448,6 +492,68 @@ class Optimizer {
   }
 
   static std::size_t align(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+  // ---- the variants' state ------------------------------------------------------
+
+  // The doubles a rows x cols block needs in variant_sums_: NorMuon's sum
+  // (then factor) per line, AdaMuon's partial sum per CUDA block.
+  static std::int64_t variant_scratch(std::int64_t rows, std::int64_t cols) {
+    return std::max<std::int64_t>(
+        std::max(rows, cols), kernels::elementwise_blocks(rows * cols, kernels::kReduceThreads));
+  }
+
+  // The second moment Muon parameter p keeps under `variant`, zeroed on
+  // `stream` (empty for plain Muon). Throws muon::Error when the allocation
+  // fails.
+  DeviceBuffer make_variant_state(const optim::ParamRecord& p, MuonVariant variant,
+                                  cudaStream_t stream) const {
+    if (variant == MuonVariant::muon) return DeviceBuffer();
+    const auto count = static_cast<std::size_t>(optim::buffer_elements(p, variant, 1));
+    DeviceBuffer b(sizeof(float) * count, stream, alloc_, "muon::cuda::Optimizer variant state");
+    MUON_CUDA_CHECK(cudaMemsetAsync(b.data(), 0, b.bytes(), stream));
+    return b;
+  }
+
+  // Makes `state` (made for `variant`) the second moment of Muon slot s; its
+  // old buffer is released on its stream, after the work queued there.
+  static void adopt_variant_state(Slot& s, MuonVariant variant, DeviceBuffer state) {
+    s.variant_state = std::move(state);
+    s.second_moment = static_cast<float*>(s.variant_state.data());
+    s.variant = variant;
+  }
+
+  // Applies `change`, a change of group `group`'s Muon options already
+  // validated (so it does not throw), whose variant is `next`. Once the
+  // state exists, the group's Muon parameters made for another variant get
+  // `next`'s state, zeroed: allocated first (a failed allocation changes
+  // nothing) on the home stream, which is then waited for, so that a step
+  // on any stream finds them ready; the captured graph, which holds the old
+  // buffers and kernels, is dropped. Before the first step prepare() makes
+  // the state from the options.
+  template <class Change>
+  void change_muon_options(std::size_t group, MuonVariant next, Change&& change) {
+    std::vector<std::pair<std::size_t, DeviceBuffer>> made;
+    if (prepared_) {
+      for (std::size_t i = 0; i < core_.size(); ++i) {
+        const optim::ParamRecord& p = core_.param(i);
+        if (p.muon() && p.group == group && slots_[i].variant != next)
+          made.emplace_back(i, make_variant_state(p, next, home_));
+      }
+      if (!made.empty()) MUON_CUDA_CHECK(cudaStreamSynchronize(home_));
+    }
+    change();
+    for (auto& [i, state] : made) adopt_variant_state(slots_[i], next, std::move(state));
+    if (!made.empty()) drop_graph("a change of variant since capture() needs a new capture()");
+  }
+
+  // NorMuon's V of a rows x cols block (row-major in memory) runs along the
+  // longer side of its (out, in) matrix: per memory row, or per memory
+  // column. A column-major parameter's out is the memory column; ties go as
+  // on the CPU (by the out dimension's lines).
+  static bool normuon_by_row(const optim::ParamRecord& p, std::int64_t rows) {
+    const bool out_longer = p.shape.column_major ? p.cols >= rows : rows >= p.cols;
+    return p.shape.column_major ? !out_longer : out_longer;
+  }
 
   // This step's scalars, from the core's plan (host, in double), to the device.
   void upload_step_values(cudaStream_t stream) {
@@ -465,6 +571,10 @@ class Optimizer {
       v.adamw_beta2 = o.adamw.beta2;
       v.adamw_eps = o.adamw.eps;
       v.adamw_weight_decay = o.adamw.weight_decay;
+      const bool adamuon = o.muon.variant == MuonVariant::adamuon;
+      v.second_moment_beta2 = adamuon ? o.muon.adamuon_beta2 : o.muon.normuon_beta2;
+      v.second_moment_eps = adamuon ? o.muon.adamuon_eps : o.muon.normuon_eps;
+      v.second_moment_bias_correction = adamuon ? 1 : 0;
     }
     for (std::size_t i = 0; i < core_.size(); ++i) {
       const optim::ParamRecord& p = core_.param(i);
@@ -497,6 +607,11 @@ class Optimizer {
     kernels::adamw_prepare<<<per_param, one_block, 0, stream>>>(n, params_dev_, groups_dev_, steps_,
                                                                 coef_);
     check_launch("muon::cuda::kernels::adamw_prepare");
+    if (any_variant()) {
+      kernels::second_moment_prepare<<<per_param, one_block, 0, stream>>>(
+          n, params_dev_, groups_dev_, steps_, variant_coef_);
+      check_launch("muon::cuda::kernels::second_moment_prepare");
+    }
     // 1. checks (read only)
     for (std::size_t i = 0; i < core_.size(); ++i) {
       const optim::ParamRecord& p = core_.param(i);
@@ -532,8 +647,8 @@ class Optimizer {
         float* staging = static_cast<float*>(batch.staging.data()) +
                          static_cast<std::int64_t>(s.slot[b]) * count;
         kernels::momentum_commit<P><<<kernels::elementwise_blocks(count), 256, 0, stream>>>(
-            g + offset, s.momentum + offset, staging, count, groups_dev_ + p.group, state_dev_,
-            flags_ + i);
+            g + offset, param_ptrs_[i] + offset, s.momentum + offset, staging, count,
+            groups_dev_ + p.group, state_dev_, flags_ + i);
         check_launch("muon::cuda::kernels::momentum_commit");
         offset += count;
       }
@@ -559,22 +674,87 @@ class Optimizer {
         check_launch("muon::cuda::kernels::adamw_commit");
         continue;
       }
-      std::int64_t offset = 0;
+      std::int64_t offset = 0, line = 0;  // the block's first entry; (NorMuon) its first line
       for (std::size_t b = 0; b < p.blocks.size(); ++b) {
-        const ShapeBatch& batch = batches_[s.batch[b]];
-        const std::int64_t count = batch.block_rows * batch.cols;
-        const C* o = static_cast<const C*>(batch.output.data()) +
-                     static_cast<std::int64_t>(s.slot[b]) * count;
-        kernels::muon_commit<P, C><<<kernels::elementwise_blocks(count), 256, 0, stream>>>(
-            param_ptrs_[i] + offset, o, count, groups_dev_ + p.group,
-            block_lr_dev_ + s.block_value[b], state_dev_, flags_ + i);
-        check_launch("muon::cuda::kernels::muon_commit");
-        offset += count;
+        enqueue_block_update(i, b, offset, line, stream);
+        offset += p.blocks[b] * p.cols;
+        line += std::max(p.blocks[b], p.cols);
       }
     }
     // 4. counters
     kernels::finish_step<<<1, 256, 0, stream>>>(n, flags_, steps_, state_dev_);
     check_launch("muon::cuda::kernels::finish_step");
+  }
+
+  bool any_variant() const {
+    return std::any_of(slots_.begin(), slots_.end(),
+                       [](const Slot& s) { return s.variant != MuonVariant::muon; });
+  }
+
+  // The update of block b of Muon parameter i from its Newton–Schulz output
+  // O, by the parameter's variant. `offset`: the block's first entry in the
+  // parameter (and AdaMuon's V); `line`: its first line in NorMuon's V. The
+  // variants' kernels share variant_sums_ and variant_ratio_, which the
+  // stream order makes safe: one block is done before the next begins.
+  void enqueue_block_update(std::size_t i, std::size_t b, std::int64_t offset, std::int64_t line,
+                            cudaStream_t stream) {
+    const optim::ParamRecord& p = core_.param(i);
+    const Slot& s = slots_[i];
+    const ShapeBatch& batch = batches_[s.batch[b]];
+    const std::int64_t rows = batch.block_rows, cols = batch.cols, count = rows * cols;
+    const C* o =
+        static_cast<const C*>(batch.output.data()) + static_cast<std::int64_t>(s.slot[b]) * count;
+    P* w = param_ptrs_[i] + offset;
+    const kernels::GroupStep* group = groups_dev_ + p.group;
+    const float* lr = block_lr_dev_ + s.block_value[b];
+    const int* flag = flags_ + i;
+    const unsigned blocks = kernels::elementwise_blocks(count);
+    constexpr int reduce = kernels::kReduceThreads;
+    const unsigned reduce_blocks = kernels::elementwise_blocks(count, reduce);
+    switch (s.variant) {
+      case MuonVariant::muon:
+        kernels::muon_commit<P, C>
+            <<<blocks, 256, 0, stream>>>(w, o, count, group, lr, state_dev_, flag);
+        check_launch("muon::cuda::kernels::muon_commit");
+        return;
+      case MuonVariant::normuon: {
+        const bool by_row = normuon_by_row(p, rows);
+        if (by_row) {
+          kernels::sumsq_per_row<C><<<static_cast<unsigned>(rows), reduce, 0, stream>>>(
+              o, cols, variant_sums_, state_dev_, flag);
+          check_launch("muon::cuda::kernels::sumsq_per_row");
+        } else {
+          kernels::sumsq_per_column<C><<<kernels::column_sum_blocks(cols), reduce, 0, stream>>>(
+              o, rows, cols, variant_sums_, state_dev_, flag);
+          check_launch("muon::cuda::kernels::sumsq_per_column");
+        }
+        // A row's mean is over its cols entries, a column's over its rows.
+        kernels::normuon_factors<<<1, reduce, 0, stream>>>(
+            s.second_moment + line, variant_sums_, by_row ? rows : cols,
+            static_cast<double>(by_row ? cols : rows), variant_coef_ + i, variant_ratio_,
+            state_dev_, flag);
+        check_launch("muon::cuda::kernels::normuon_factors");
+        kernels::normuon_commit<P, C><<<blocks, 256, 0, stream>>>(
+            w, o, count, cols, by_row, variant_sums_, variant_ratio_, group, lr, state_dev_, flag);
+        check_launch("muon::cuda::kernels::normuon_commit");
+        return;
+      }
+      case MuonVariant::adamuon: {
+        float* v = s.second_moment + offset;
+        // One partial sum per CUDA block of kReduceThreads (variant_scratch).
+        kernels::adamuon_moment<C><<<reduce_blocks, reduce, 0, stream>>>(
+            o, v, count, variant_coef_ + i, variant_sums_, state_dev_, flag);
+        check_launch("muon::cuda::kernels::adamuon_moment");
+        kernels::adamuon_ratio<<<1, reduce, 0, stream>>>(
+            variant_sums_, static_cast<int>(reduce_blocks),
+            static_cast<double>(std::min(rows, cols)), variant_ratio_, state_dev_, flag);
+        check_launch("muon::cuda::kernels::adamuon_ratio");
+        kernels::adamuon_commit<P, C><<<blocks, 256, 0, stream>>>(
+            w, o, v, count, variant_coef_ + i, variant_ratio_, group, lr, state_dev_, flag);
+        check_launch("muon::cuda::kernels::adamuon_commit");
+        return;
+      }
+    }
   }
 
   // Reads the device's step counters back into the core (synchronizes).
@@ -601,17 +781,40 @@ class Optimizer {
   void load_from(std::istream& is, cudaStream_t stream, const LoadOptions& options,
                  const std::string& origin) {
     optim::Core::Matched m = core_.match(is, checkpoint::Dtype::float32, options, origin);
-    optim::HostState host(core_, m);  // every buffer decoded to float, aside
-    // Commit. prepare() changes nothing when it throws; past it only a CUDA
-    // runtime failure can stop the copies.
+    // Every buffer decoded to float, aside; their number and sizes follow the
+    // file's groups (their variants), which the core takes over.
+    optim::HostState host(core_, m);
+    // Commit. prepare() changes nothing when it throws, nor does a failed
+    // allocation of the file's variants' state (made aside here, for the
+    // Muon parameters whose variant the file changes); past them only a
+    // CUDA runtime failure can stop the copies.
     prepare(stream);
-    for (std::size_t i = 0; i < core_.size(); ++i) {
+    const std::size_t n = core_.size();
+    std::vector<MuonVariant> variants(n, MuonVariant::muon);
+    std::vector<DeviceBuffer> reshaped(n);
+    bool changed = false;
+    for (std::size_t i = 0; i < n; ++i) {
+      const optim::ParamRecord& p = core_.param(i);
+      if (!p.muon()) continue;
+      variants[i] = m.groups[p.group].muon.variant;
+      if (variants[i] == slots_[i].variant) continue;
+      reshaped[i] = make_variant_state(p, variants[i], stream);
+      changed = true;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
       const Slot& s = slots_[i];
       detail::upload(s.momentum, host.buffer(i, 0).data(), host.buffer(i, 0).size(), stream);
-      if (!core_.param(i).muon())
-        detail::upload(s.second_moment, host.buffer(i, 1).data(), host.buffer(i, 1).size(), stream);
+      const bool muon = core_.param(i).muon();
+      if (muon && variants[i] == MuonVariant::muon) continue;
+      float* second = muon && variants[i] != s.variant ? static_cast<float*>(reshaped[i].data())
+                                                       : s.second_moment;
+      detail::upload(second, host.buffer(i, 1).data(), host.buffer(i, 1).size(), stream);
     }
     core_.commit(m);
+    for (std::size_t i = 0; i < n; ++i)
+      if (core_.param(i).muon() && variants[i] != slots_[i].variant)
+        adopt_variant_state(slots_[i], variants[i], std::move(reshaped[i]));
+    if (changed) drop_graph("a load that changed a variant since capture() needs a new capture()");
     upload_counters(stream);
   }
 
@@ -620,6 +823,13 @@ class Optimizer {
     if (graph_) (void)cudaGraphDestroy(graph_);
     exec_ = nullptr;
     graph_ = nullptr;
+  }
+  // Releases a captured graph made stale by a change of state; replay()
+  // then says why.
+  void drop_graph(const char* why) {
+    if (exec_ == nullptr) return;
+    release_graph();
+    no_graph_ = why;
   }
 
   optim::Core core_;
@@ -637,6 +847,12 @@ class Optimizer {
   optim::rules::AdamWCoefficients<float>* coef_ = nullptr;
   long long* steps_ = nullptr;
   kernels::StepState* state_dev_ = nullptr;
+  // The variants' per-step coefficients (per parameter) and scratch: sums
+  // or partial sums in double, and the block's norm ratio.
+  optim::rules::SecondMomentCoefficients<float>* variant_coef_ = nullptr;
+  double* variant_sums_ = nullptr;
+  float* variant_ratio_ = nullptr;
+  cudaStream_t home_ = nullptr;  // the stream prepare() ran on: the state is allocated there
   // Host copies, members so the stream-ordered uploads' sources outlive them.
   std::vector<kernels::GroupStep> host_groups_;
   std::vector<kernels::ParamStep> host_params_;
@@ -645,6 +861,7 @@ class Optimizer {
   kernels::StepState state_host_{};
   cudaGraph_t graph_ = nullptr;
   cudaGraphExec_t exec_ = nullptr;
+  const char* no_graph_ = "capture() was not called";  // replay()'s error without a graph
   bool prepared_ = false;
 };
 
