@@ -84,10 +84,18 @@ count=${#ids[@]}
 
 # ---- scratch copies (tracked and untracked, not ignored files) ----------------
 mkdir -p "$work"
-sync_copy() {  # dst. Copies keep their mtimes, so an unchanged file does not rebuild.
-  local dst=$1
+sync_copy() {  # dst. Only files whose content changed are copied (with a new
+  # mtime), so unchanged files do not rebuild and changed ones always do (a
+  # copy keeping an older mtime than the last scratch build would be missed).
+  local dst=$1 f
   mkdir -p "$dst"
-  (cd "$root" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -p -t "$dst")
+  (cd "$root" && git ls-files -co --exclude-standard -z) |
+    while IFS= read -r -d '' f; do
+      [[ -f $root/$f ]] || continue
+      cmp -s "$root/$f" "$dst/$f" 2>/dev/null && continue
+      mkdir -p "$dst/$(dirname "$f")"
+      cp "$root/$f" "$dst/$f"
+    done
 }
 all_targets() {  # every program named in the selected entries
   local t
@@ -114,7 +122,9 @@ run_tests() {  # build dir, "prog[filter] prog ..."; returns nonzero when any fa
     local prog=${spec%%\[*} tag=""
     [[ $spec == *"["* ]] && tag="[${spec#*\[}"
     if [[ -n $tag ]]; then
-      (cd "$bld/tests" && timeout 300 "./$prog" "$tag") >/dev/null 2>&1 || failed=1
+      # NoTests: a filter that matches nothing fails (the baseline then stops
+      # the run) instead of passing and letting every mutant "survive".
+      (cd "$bld/tests" && timeout 300 "./$prog" --warn NoTests "$tag") >/dev/null 2>&1 || failed=1
     else
       (cd "$bld/tests" && timeout 300 "./$prog") >/dev/null 2>&1 || failed=1
     fi
