@@ -109,9 +109,9 @@ struct Reference {
 };
 
 template <class T>
-void check_bitwise(torch::Dtype dtype) {
+void check_bitwise(torch::Dtype dtype, const MuonOptions& options =
+                                           MuonOptions(0.02).weight_decay(0.05).adamw_lr(3e-3)) {
   auto params = model_params(dtype);
-  const MuonOptions options = MuonOptions(0.02).weight_decay(0.05).adamw_lr(3e-3);
   Reference<T> ref(params, options.group_options());
   Muon opt = muon::torch::make_hybrid(params, options, silent());
   for (int s = 0; s < 3; ++s) {
@@ -554,6 +554,47 @@ TEST_CASE("bad tensors are refused with the parameter's name; nothing changes", 
   }
 }
 
+TEST_CASE("the Muon family through libtorch: variants bitwise the library's, QK-Clip by name",
+          "[torch][family]") {
+  // NorMuon, and AdaMuon with the l2 form: the adapter adds no arithmetic.
+  check_bitwise<float>(torch::kFloat, MuonOptions(0.02).variant(muon::MuonVariant::normuon));
+  check_bitwise<double>(torch::kDouble, MuonOptions(0.02)
+                                            .variant(muon::MuonVariant::adamuon)
+                                            .weight_decay_form(muon::WeightDecayForm::l2)
+                                            .adjust_lr(muon::LrAdjust::match_rms_adamw));
+  // A variant switched between steps through param_groups() reaches the engine.
+  auto params = model_params(torch::kFloat);
+  Muon opt = muon::torch::make_hybrid(params, MuonOptions(0.02), silent());
+  set_grads(params, random_grads(params, 0));
+  opt.step();
+  static_cast<MuonOptions&>(opt.param_groups()[0].options()).variant(muon::MuonVariant::normuon);
+  opt.step();
+  CHECK(opt.engine<float>().muon_options().variant == muon::MuonVariant::normuon);
+  CHECK(opt.engine<float>().second_moment("hidden.weight").size() == 40);
+
+  // QK-Clip on named parameters: the engine's rows, scaled as the library does.
+  auto clipped = model_params(torch::kFloat);
+  Reference<float> ref(clipped, MuonOptions().group_options());
+  Muon clip = muon::torch::make_hybrid(clipped, MuonOptions(), silent());
+  muon::QkClipHeads h;
+  h.query = "hidden.weight";  // 4 heads of 6 rows
+  h.key = "tall.weight";      // its first 24 rows
+  h.heads = 4;
+  const std::vector<double> maxima = {90.0, 250.0, 100.0, 1e4};
+  CHECK(clip.qk_clip(h, maxima).clipped == 2);
+  ref.opt.qk_clip(h, maxima);
+  for (const auto& item : clipped) {
+    INFO(item.key());
+    CHECK(ref.same_bits(item.key(), item.value()));
+  }
+  const std::vector<double> with_nan = {90.0, std::nan(""), 100.0, 1.0};
+  CHECK_THROWS_AS(clip.qk_clip(h, with_nan), muon::Error);
+  for (const auto& item : clipped) CHECK(ref.same_bits(item.key(), item.value()));
+  muon::QkClipHeads mixed = h;
+  mixed.key = "no.such.weight";
+  CHECK_THROWS_AS(clip.qk_clip(mixed, maxima), muon::Error);
+}
+
 TEST_CASE("MuonOptions map onto the library's group options, field by field", "[torch]") {
   const MuonOptions o = MuonOptions(0.03)
                             .momentum(0.8)
@@ -570,6 +611,11 @@ TEST_CASE("MuonOptions map onto the library's group options, field by field", "[
                             .adjust_lr(muon::LrAdjust::match_rms_adamw)
                             .cautious_weight_decay(true)
                             .lr_scale(0.5)
+                            .variant(muon::MuonVariant::adamuon)
+                            .normuon_beta2(0.9)
+                            .normuon_eps(1e-9)
+                            .adamuon_beta2(0.99)
+                            .adamuon_eps(1e-7)
                             .adamw_lr(4e-4)
                             .adamw_betas({0.8, 0.95})
                             .adamw_eps(1e-10)
@@ -590,6 +636,11 @@ TEST_CASE("MuonOptions map onto the library's group options, field by field", "[
   CHECK(g.muon.adjust_lr == muon::LrAdjust::match_rms_adamw);
   CHECK(g.muon.cautious_weight_decay);
   CHECK(g.muon.lr_scale == 0.5);
+  CHECK(g.muon.variant == muon::MuonVariant::adamuon);
+  CHECK(g.muon.normuon_beta2 == 0.9);
+  CHECK(g.muon.normuon_eps == 1e-9);
+  CHECK(g.muon.adamuon_beta2 == 0.99);
+  CHECK(g.muon.adamuon_eps == 1e-7);
   CHECK(g.adamw.lr == 4e-4);
   CHECK(g.adamw.beta1 == 0.8);
   CHECK(g.adamw.beta2 == 0.95);
@@ -603,6 +654,8 @@ TEST_CASE("MuonOptions map onto the library's group options, field by field", "[
   CHECK(again.muon.weight_decay_form == muon::WeightDecayForm::palm);
   CHECK(again.muon.ns.schedule.name() == "polar_express");
   CHECK(again.muon.lr_scale == 0.5);
+  CHECK(again.muon.variant == muon::MuonVariant::adamuon);
+  CHECK(again.muon.adamuon_eps == 1e-7);
   CHECK(again.adamw.beta2 == 0.95);
   CHECK(back.momentum() == 0.8);
   CHECK(!back.nesterov());

@@ -85,7 +85,8 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
   TORCH_ARG(bool, nesterov) = true;
   /// Weight decay of the Muon parameters (decoupled: times the unadjusted lr).
   TORCH_ARG(double, weight_decay) = 0.1;
-  /// decoupled W(1 - lr wd); independent W(1 - wd); palm W(1 - lr^2 wd).
+  /// decoupled W(1 - lr wd); independent W(1 - wd); palm W(1 - lr^2 wd);
+  /// l2: wd W added to the gradient before the momentum.
   TORCH_ARG(WeightDecayForm, weight_decay_form) = WeightDecayForm::decoupled;
   /// ema: torch.optim.Muon's lerp; sum: Moonlight's mu m + g.
   TORCH_ARG(MomentumKind, momentum_kind) = MomentumKind::ema;
@@ -104,6 +105,12 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
   TORCH_ARG(bool, cautious_weight_decay) = false;
   /// An extra factor on every Muon block's shape-adjusted lr.
   TORCH_ARG(double, lr_scale) = 1.0;
+  /// muon, normuon or adamuon (docs/muon_family.md), with their constants.
+  TORCH_ARG(MuonVariant, variant) = MuonVariant::muon;
+  TORCH_ARG(double, normuon_beta2) = 0.95;
+  TORCH_ARG(double, normuon_eps) = 1e-10;
+  TORCH_ARG(double, adamuon_beta2) = 0.999;
+  TORCH_ARG(double, adamuon_eps) = 1e-8;
   TORCH_ARG(double, adamw_lr) = 1e-3;
   TORCH_ARG(betas_t, adamw_betas) = std::make_tuple(0.9, 0.999);
   TORCH_ARG(double, adamw_eps) = 1e-8;
@@ -134,6 +141,11 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
     m.weight_decay = weight_decay_;
     m.weight_decay_form = weight_decay_form_;
     m.lr_scale = lr_scale_;
+    m.variant = variant_;
+    m.normuon_beta2 = normuon_beta2_;
+    m.normuon_eps = normuon_eps_;
+    m.adamuon_beta2 = adamuon_beta2_;
+    m.adamuon_eps = adamuon_eps_;
     m.momentum = momentum_;
     m.nesterov = nesterov_;
     m.momentum_kind = momentum_kind_;
@@ -165,6 +177,11 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
     weight_decay_ = m.weight_decay;
     weight_decay_form_ = m.weight_decay_form;
     lr_scale_ = m.lr_scale;
+    variant_ = m.variant;
+    normuon_beta2_ = m.normuon_beta2;
+    normuon_eps_ = m.normuon_eps;
+    adamuon_beta2_ = m.adamuon_beta2;
+    adamuon_eps_ = m.adamuon_eps;
     momentum_ = m.momentum;
     nesterov_ = m.nesterov;
     momentum_kind_ = m.momentum_kind;
@@ -267,6 +284,27 @@ class Muon : public ::torch::optim::Optimizer {
 
   /// The last step's outcome, over every dtype.
   const StepReport& report() const { return report_; }
+
+  /// QK-Clip after a step (muon::Optimizer::qk_clip; docs/muon_family.md):
+  /// scales the query and key rows of the heads whose measured largest
+  /// logit is above options.tau. `heads` names the parameters as
+  /// registered (name_of); both must have the same dtype. Throws
+  /// muon::Error (nothing written) for NaN/Inf maxima, naming the head.
+  QkClipReport qk_clip(const QkClipHeads& heads, const std::vector<double>& max_logits,
+                       const QkClipOptions& options = QkClipOptions()) {
+    at::NoGradGuard no_grad;
+    register_new_params();
+    bind_tensors();  // the engines see the tensors' current storage
+    const Binding& q = binding(heads.query);
+    const Binding& k = binding(heads.key);
+    if (q.dtype != k.dtype)
+      detail::fail("qk_clip key", "'" + heads.key + "' is " + dtype_name(k.dtype) + ", '" +
+                                      heads.query + "' " + dtype_name(q.dtype) +
+                                      " (both must have one dtype)");
+    QkClipReport report;
+    visit(q.dtype, [&](auto& e) { report = e.qk_clip(heads, max_logits, options); });
+    return report;
+  }
 
   /// The routing table of every parameter, in registration order.
   RoutingReport routing() const {
@@ -501,6 +539,11 @@ class Muon : public ::torch::optim::Optimizer {
     for (const Binding& b : bindings_)
       if (b.impl == param.unsafeGetTensorImpl()) return b;
     detail::fail("param", "is not a parameter of this optimizer");
+  }
+  const Binding& binding(const std::string& name) const {
+    for (const Binding& b : bindings_)
+      if (b.name == name) return b;
+    detail::fail("name", "'" + name + "' is not a parameter of this optimizer");
   }
 
   // ---- tensors as views --------------------------------------------------------------
