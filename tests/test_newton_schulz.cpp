@@ -161,6 +161,59 @@ TEST_CASE("cubic5 x5 sends s/||G||_F >= 0.01 into [0.77, 1.30]", "[schedule]") {
   for (const Coefficients& r : Schedule::cubic5().rows()) CHECK(r.c == 0.0);
 }
 
+TEST_CASE("CANS: each row is the minimax odd cubic of its interval; x9 reaches 1 +- 2.2e-3",
+          "[schedule]") {
+  // Chebyshev's alternance theorem: an odd cubic a s + b s^3 (2 free
+  // coefficients) is the best approximation of 1 on [lo, hi] in the max
+  // norm iff 1 - p reaches its largest magnitude E at 3 points with
+  // alternating signs. Checked on a fine grid, for the intervals the rows
+  // themselves produce (the range of p on the previous interval), from
+  // [1e-3, 1].
+  const Schedule s = Schedule::cans(1e-3, 9);
+  REQUIRE(s.rows().size() == 9);
+  double lo = 1e-3, hi = 1.0;
+  for (std::size_t k = 0; k < 9; ++k) {
+    INFO("step " << k << ", interval [" << lo << ", " << hi << "]");
+    const Coefficients r = s.at(k);
+    CHECK(r.c == 0.0);
+    const auto p = [&r](double x) { return r.a * x + r.b * x * x * x; };
+    double worst = 0, lowest = 1e300, highest = -1e300, most_negative = 0;
+    const int points = 200000;
+    for (int i = 0; i <= points; ++i) {
+      const double x = lo + (hi - lo) * i / points;
+      const double e = 1.0 - p(x);
+      worst = std::max(worst, std::abs(e));
+      most_negative = std::min(most_negative, e);
+      lowest = std::min(lowest, p(x));
+      highest = std::max(highest, p(x));
+    }
+    const double tol = 1e-9 + 1e-7 * worst;
+    CHECK(std::abs((1.0 - p(lo)) - worst) < tol);  // +E at lo
+    CHECK(std::abs((1.0 - p(hi)) - worst) < tol);  // +E at hi
+    CHECK(std::abs(most_negative + worst) < tol);  // -E inside
+    lo = lowest;
+    hi = highest;
+  }
+  CHECK(hi - 1.0 < 2.2e-3);
+  CHECK(1.0 - lo < 2.2e-3);
+  // Singular values over [1e-3, 1] of the normalized input land there.
+  for (int i = 0; i <= 2000; ++i) {
+    const double x = 1e-3 * std::pow(1000.0, i / 2000.0);
+    REQUIRE(std::abs(s.apply(x, 9) - 1.0) < 2.2e-3);
+  }
+  // And on a matrix: every singular value of the result within 2.2e-3 of 1.
+  const Index m = 16, n = 40;
+  const mt::KnownSvd g = mt::with_singular_values(m, n, mt::geometric(m, 1.0, 0.02), 43);
+  INFO("seed 43");
+  const auto range =
+      muon::reference::singular_value_range(muon::orthogonalize(g.G, NewtonSchulzOptions(s, 9)));
+  CHECK(range.min > 1 - 2.2e-3);
+  CHECK(range.max < 1 + 2.2e-3);
+  CHECK(Schedule::by_name("cans").rows().size() == 9);
+  CHECK_THROWS_AS(Schedule::cans(0.0, 9), muon::Error);
+  CHECK_THROWS_AS(Schedule::cans(0.5, 0), muon::Error);
+}
+
 TEST_CASE("NS keeps G's singular vectors and maps each singular value through p^k") {
   struct Shape {
     Index rows, cols;

@@ -194,7 +194,7 @@ TEMPLATE_TEST_CASE("orthogonalize_batch (pointer overload) allocates nothing aft
   }
 }
 
-TEST_CASE("after the first step, Optimizer::step and check allocate nothing") {
+TEST_CASE("after the first step, Optimizer::step and check allocate nothing, any variant") {
   // Every kind of parameter: a matrix, a bias, a conv filter, split rows, a
   // 3-D batch; with and without metrics.
   auto fill = [](std::vector<float>& v, unsigned seed) {
@@ -210,8 +210,17 @@ TEST_CASE("after the first step, Optimizer::step and check allocate nothing") {
     fill(*v, unsigned(v->size()));
   const bool metrics = GENERATE(false, true);
   const int threads = GENERATE(1, 2);
-  INFO("metrics " << metrics << ", threads " << threads);
-  muon::Optimizer<float> opt;
+  // The Muon family's variants (their second moments, NorMuon's row sums)
+  // and the l2 form: their scratch is made at registration too.
+  const muon::MuonVariant variant =
+      GENERATE(muon::MuonVariant::muon, muon::MuonVariant::normuon, muon::MuonVariant::adamuon);
+  INFO("metrics " << metrics << ", threads " << threads << ", "
+                  << muon::muon_variant_name(variant));
+  muon::MuonGroupOptions options;
+  options.with_variant(variant);
+  if (variant == muon::MuonVariant::adamuon)
+    options.with_weight_decay_form(muon::WeightDecayForm::l2);
+  muon::Optimizer<float> opt(options);
   opt.set_ns_threads(threads);
   opt.add_param("h1", {h1.data(), {128, 200}}, {gh1.data(), {128, 200}});
   opt.add_param("h2", {h2.data(), {200, 96}}, {gh2.data(), {200, 96}});

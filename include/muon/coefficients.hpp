@@ -112,9 +112,42 @@ class Schedule {
     return s;
   }
 
+  /// CANS's Chebyshev-optimal third-order iteration (Grishina, Smirnov and
+  /// Rakhuba, arXiv 2506.10935, section 3): step k applies the odd cubic
+  /// p(s) = a s + b s^3 (c = 0: one product fewer per step) closest to 1
+  /// in the max norm on the interval [lo, hi] that holds the singular
+  /// values at that step. By Chebyshev's alternance theorem 1 - p reaches
+  /// its largest magnitude E at lo, at the critical point
+  /// m = sqrt((lo^2 + lo hi + hi^2) / 3) and at hi, with alternating signs,
+  /// which fixes a, b and E in closed form; the next interval is
+  /// [1 - E, 1 + E]. It starts from [lower, 1]: after the normalization by
+  /// ||X||_F every singular value is at most 1, and `lower` is the bound
+  /// assumed for sigma_min / ||X||_F (smaller ones still grow, by a factor
+  /// of about a per step). Unlike Jordan's rows it converges: from
+  /// lower = 1e-3, E is 5e-2 after 8 steps and 2e-3 after 9. Throws
+  /// muon::Error for lower outside (0, 1) or steps outside [1, 100).
+  static Schedule cans(double lower = 1e-3, int steps = 9) {
+    if (!(lower > 0.0 && lower < 1.0)) throw Error("cans: lower must be in (0, 1)");
+    if (!(steps >= 1 && steps < 100)) throw Error("cans: steps must be in [1, 100)");
+    std::vector<Coefficients> rows;
+    double lo = lower, hi = 1.0;
+    for (int k = 0; k < steps; ++k) {
+      const double q = lo * lo + lo * hi + hi * hi;  // 3 m^2
+      const double m = std::sqrt(q / 3.0);
+      // p(lo) = p(hi) gives a = -b q; p(lo) + p(m) = 2 (1 - E and 1 + E) gives b.
+      const double b = -2.0 / (lo * hi * (lo + hi) + 2.0 * q * m / 3.0);
+      const double a = -b * q;
+      rows.push_back({a, b, 0.0});
+      const double error = a * m + b * m * m * m - 1.0;  // E = p(m) - 1
+      lo = 1.0 - error;
+      hi = 1.0 + error;
+    }
+    return Schedule(std::move(rows), 1.0, "cans");
+  }
+
   /// Looks a built-in schedule up by name: "jordan", "cubic", "quintic",
-  /// "polar_express", "deepseek_v4", "cubic5". Throws muon::Error for any
-  /// other name.
+  /// "polar_express", "deepseek_v4", "cubic5", "cans" (cans() with its
+  /// defaults). Throws muon::Error for any other name.
   static Schedule by_name(const std::string& name) {
     if (name == "jordan") return jordan();
     if (name == "cubic") return cubic();
@@ -122,8 +155,10 @@ class Schedule {
     if (name == "polar_express") return polar_express();
     if (name == "deepseek_v4") return deepseek_v4();
     if (name == "cubic5") return cubic5();
+    if (name == "cans") return cans();
     throw Error("schedule: unknown name '" + name +
-                "' (expected jordan, cubic, quintic, polar_express, deepseek_v4 or cubic5)");
+                "' (expected jordan, cubic, quintic, polar_express, deepseek_v4, cubic5 or "
+                "cans)");
   }
 
   /// The same rows, divisor and name, with other steps past the end.

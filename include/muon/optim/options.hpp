@@ -512,7 +512,7 @@ inline const std::vector<OptionKey>& option_keys() {
       {"adjust_lr", OptionType::name,
        "original, match_rms_adamw, spectral, spectral_unclamped or none"},
       {"ns_coefficients", OptionType::name,
-       "jordan, cubic, quintic, polar_express, deepseek_v4 or cubic5"},
+       "jordan, cubic, quintic, polar_express, deepseek_v4, cubic5 or cans"},
       {"ns_eps_mode", OptionType::name, "add or max"},
       {"ns_method", OptionType::name, "automatic, standard or gram"},
       {"momentum_kind", OptionType::name, "ema or sum"},
@@ -652,7 +652,7 @@ inline void set_option(GroupOptions& g, std::string_view key, std::string_view v
     m.adjust_lr_fn = nullptr;
   } else if (key == "ns_coefficients") {
     if (!(value == "jordan" || value == "cubic" || value == "quintic" || value == "polar_express" ||
-          value == "deepseek_v4" || value == "cubic5"))
+          value == "deepseek_v4" || value == "cubic5" || value == "cans"))
       bad();
     m.ns.schedule = Schedule::by_name(std::string(value));
   } else if (key == "ns_eps_mode") {
