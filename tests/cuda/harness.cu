@@ -539,6 +539,8 @@ OptResult run_optimizer_typed(const std::vector<OptParam>& params, const OptRun&
       outcome.error = e.what();
     }
     result.steps.push_back(outcome);
+    if (run.clip_after == s + 1)
+      for (const ClipCall& c : run.clips) opt->qk_clip(c.heads, c.maxima, st.s, c.options);
     if (run.save_after == s + 1) {
       std::stringstream buf;
       opt->save(buf, st.s);
@@ -637,6 +639,163 @@ std::string replay_after_variant_change() {
   } catch (const muon::Error& e) {
     return std::string("recapture: ") + e.what();
   }
+  return error;
+}
+
+// ---- QK-Clip ------------------------------------------------------------------
+
+namespace {
+
+template <class P>
+std::vector<P> rounded(const std::vector<float>& v) {
+  std::vector<P> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = from_double<P>(v[i]);
+  return out;
+}
+
+template <class P>
+std::vector<float> widened(const std::vector<P>& v) {
+  std::vector<float> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<float>(to_double(v[i]));
+  return out;
+}
+
+mc::Layout layout_of(const ClipParam& q) {
+  return q.col_major ? mc::Layout::col_major : mc::Layout::row_major;
+}
+
+template <class P>
+ClipOutcome device_qk_clip_typed(const std::vector<ClipParam>& params, const ClipCall& call) {
+  Stream st;
+  std::vector<mc::DeviceMatrix<P>> memory;
+  memory.reserve(params.size());
+  mc::Optimizer<P> opt;
+  for (const ClipParam& q : params) {
+    memory.emplace_back(q.out * q.in, 1, st.s);
+    const std::vector<P> host = rounded<P>(q.value);
+    memory.back().upload(host.data(), st.s);
+    MUON_CUDA_CHECK(cudaStreamSynchronize(st.s));  // before `host` goes
+    opt.add_param(q.name, memory.back().data(), nullptr, q.out, q.in, layout_of(q));
+  }
+  ClipOutcome r;
+  try {
+    r.report = opt.qk_clip(call.heads, call.maxima, st.s, call.options);
+  } catch (const muon::Error& e) {
+    r.error = e.what();
+  }
+  for (const auto& m : memory)
+    r.params.push_back(
+        widened(mc::detail::download_now(m.data(), static_cast<std::size_t>(m.size()), st.s)));
+  return r;
+}
+
+}  // namespace
+
+ClipOutcome device_qk_clip(const std::vector<ClipParam>& params, Dtype dtype,
+                           const ClipCall& call) {
+  switch (dtype) {
+    case Dtype::f32:
+      return device_qk_clip_typed<float>(params, call);
+    case Dtype::f16:
+      return device_qk_clip_typed<__half>(params, call);
+    case Dtype::bf16:
+      break;
+  }
+  return device_qk_clip_typed<__nv_bfloat16>(params, call);
+}
+
+ClipOutcome host_qk_clip(const std::vector<ClipParam>& params, const ClipCall& call) {
+  mc::Optimizer<float> opt;
+  float* fake = reinterpret_cast<float*>(std::uintptr_t(4096));  // never dereferenced
+  for (const ClipParam& q : params) opt.add_param(q.name, fake, nullptr, q.out, q.in, layout_of(q));
+  ClipOutcome r;
+  try {
+    // The fake addresses must never reach a kernel: plan first, as qk_clip does.
+    if (!muon::optim::plan_qk_clip(opt.core(), call.heads, call.maxima.data(), call.maxima.size(),
+                                   call.options)
+             .scalings.empty())
+      r.error = "would launch";
+    else
+      r.report = opt.qk_clip(call.heads, call.maxima, nullptr, call.options);
+  } catch (const muon::Error& e) {
+    r.error = e.what();
+  }
+  return r;
+}
+
+namespace {
+
+template <class P>
+std::vector<std::vector<float>> emulate_scale_rows_typed(
+    const std::vector<ClipParam>& params, const std::vector<muon::optim::RowScaling>& scalings) {
+  std::vector<std::vector<P>> memory;
+  for (const ClipParam& q : params) memory.push_back(rounded<P>(q.value));
+  // The optimizer's launches: kRowScalesPerLaunch scalings each, blockIdx.y
+  // the scaling, gridDim.x the blocks of the largest.
+  const std::size_t per_launch = k::kRowScalesPerLaunch;
+  for (std::size_t first = 0; first < scalings.size(); first += per_launch) {
+    const std::size_t last = std::min(scalings.size(), first + per_launch);
+    k::RowScaleBatch<P> batch{};
+    std::int64_t longest = 0;
+    for (std::size_t j = first; j < last; ++j) {
+      const muon::optim::RowScaling& r = scalings[j];
+      const ClipParam& q = params.at(r.param);
+      batch.s[batch.count++] = {
+          memory[r.param].data(), q.out, q.in, r.row, r.rows, static_cast<float>(r.factor),
+          q.col_major ? 1 : 0};
+      longest = std::max(longest, r.rows * q.in);
+    }
+    const std::int64_t threads = std::int64_t(k::elementwise_blocks(longest)) * 256;
+    for (int y = 0; y < batch.count; ++y)
+      for (std::int64_t t = 0; t < threads; ++t) k::scale_rows_share(batch.s[y], t, threads);
+  }
+  std::vector<std::vector<float>> out;
+  for (const auto& m : memory) out.push_back(widened(m));
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::vector<float>> emulate_scale_rows(
+    const std::vector<ClipParam>& params, Dtype dtype,
+    const std::vector<muon::optim::RowScaling>& scalings) {
+  switch (dtype) {
+    case Dtype::f32:
+      return emulate_scale_rows_typed<float>(params, scalings);
+    case Dtype::f16:
+      return emulate_scale_rows_typed<__half>(params, scalings);
+    case Dtype::bf16:
+      break;
+  }
+  return emulate_scale_rows_typed<__nv_bfloat16>(params, scalings);
+}
+
+std::string qk_clip_while_capturing(bool* untouched) {
+  Stream st;
+  std::vector<float> host(8 * 6);
+  for (std::size_t i = 0; i < host.size(); ++i) host[i] = 0.125f * float(i % 11) - 0.5f;
+  mc::DeviceMatrix<float> w(8, 6, st.s);
+  w.upload(host.data(), st.s);
+  mc::Optimizer<float> opt;
+  opt.add_param("attn.qk", w.data(), nullptr, {8, 6});
+  muon::QkClipHeads h;
+  h.query = h.key = "attn.qk";
+  h.heads = 2;
+  h.head_dim = 2;
+  h.key_row = 4;
+  std::string error;
+  MUON_CUDA_CHECK(cudaStreamSynchronize(st.s));
+  MUON_CUDA_CHECK(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal));
+  try {
+    opt.qk_clip(h, {400.0, 50.0}, st.s);
+  } catch (const muon::Error& e) {
+    error = e.what();
+  }
+  cudaGraph_t g = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(st.s, &g);
+  if (g) (void)cudaGraphDestroy(g);
+  const std::vector<float> after = mc::detail::download_now(w.data(), host.size(), st.s);
+  *untouched = ended == cudaSuccess && after == host;
   return error;
 }
 

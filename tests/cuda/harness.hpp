@@ -11,6 +11,7 @@
 
 #include <muon/newton_schulz.hpp>
 #include <muon/optim/core.hpp>
+#include <muon/optim/qk_clip.hpp>
 
 namespace muon_cuda_test {
 
@@ -62,6 +63,13 @@ std::string emulate_variant_kernels();
 std::string cuda_error_message();
 std::string cublas_error_message();
 
+/// One qk_clip request: heads, maxima (host), options.
+struct ClipCall {
+  muon::QkClipHeads heads;
+  std::vector<double> maxima;
+  muon::QkClipOptions options;
+};
+
 /// A device optimizer parameter (host, float), registered in order with
 /// add_param(name, p, g, shape, {route, group, split}).
 struct OptParam {
@@ -97,6 +105,11 @@ struct OptRun {
   int switch_after = 0;
   muon::MuonGroupOptions switch_to;
   bool switch_by_key = false;
+  /// After `clip_after` steps (0: never; after that step's report()) each
+  /// of `clips` is made by qk_clip on the step's stream. A graph run keeps
+  /// its graph: the next replay reads the clipped weights.
+  int clip_after = 0;
+  std::vector<ClipCall> clips;
 };
 
 /// What report() said after one step.
@@ -129,6 +142,52 @@ std::string optimizer_error(const std::string& what);
 /// error of that replay ("" if none). Then captures again and replays; a
 /// failure there is returned prefixed with "recapture: ". Needs a device.
 std::string replay_after_variant_change();
+
+// ---- QK-Clip ------------------------------------------------------------------
+
+/// A 2-D parameter of the QK-Clip tests: out x in, its values in memory
+/// order (row-major, or column-major when col_major).
+struct ClipParam {
+  std::string name;
+  std::int64_t out = 0, in = 0;
+  bool col_major = false;
+  std::vector<float> value;
+};
+
+/// What qk_clip did: the parameters afterwards (also after an error), read
+/// back as float; the report; the muon::Error's message ("" when none).
+struct ClipOutcome {
+  std::vector<std::vector<float>> params;
+  muon::QkClipReport report;
+  std::string error;
+};
+
+/// Registers `params` (values rounded to `dtype`; no gradients) in a
+/// muon::cuda::Optimizer of that parameter scalar and calls qk_clip with
+/// the host maxima on a created stream. Needs a device.
+ClipOutcome device_qk_clip(const std::vector<ClipParam>& params, Dtype dtype, const ClipCall& call);
+
+/// The same on a muon::cuda::Optimizer<float> whose parameters sit at fake
+/// device addresses, for requests that plan no scaling (every maximum at or
+/// below tau) or fail the host checks: neither makes a CUDA call. A request
+/// that would launch is not made (error "would launch"). `params` of the
+/// outcome stay empty (there is no memory behind the addresses). No device
+/// needed.
+ClipOutcome host_qk_clip(const std::vector<ClipParam>& params, const ClipCall& call);
+
+/// The scale_rows kernel's per-thread function run on the host over the
+/// launches qk_clip makes for `scalings` (kRowScalesPerLaunch to a launch,
+/// each launch's grid thread by thread), with the values of `params`
+/// (rounded to `dtype`) as the memory; `scalings` index `params`. Returns
+/// the parameters afterwards, as float. No device needed.
+std::vector<std::vector<float>> emulate_scale_rows(
+    const std::vector<ClipParam>& params, Dtype dtype,
+    const std::vector<muon::optim::RowScaling>& scalings);
+
+/// qk_clip of a clipping request on a stream that is capturing a graph:
+/// its error ("" if none); `untouched`: the weights are as before
+/// afterwards (and the capture ended cleanly). Needs a device.
+std::string qk_clip_while_capturing(bool* untouched);
 
 // ---- host-side logic of the device optimizer (no device needed) -------------
 //

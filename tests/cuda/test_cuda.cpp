@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -541,6 +542,8 @@ muon_cuda_test::OptResult cpu_run(const std::vector<OptParam>& ps,
       o.error = e.what();
     }
     r.steps.push_back(o);
+    if (run.clip_after == s + 1)
+      for (const auto& c : run.clips) opt.qk_clip(c.heads, c.maxima, c.options);
     if (run.switch_after == s + 1)  // what set_option("variant", ...) does too
       for (std::size_t k = 0; k < run.groups; ++k) opt.set_muon_options(run.switch_to, k);
   }
@@ -912,4 +915,312 @@ TEST_CASE("cuda: a refused device step leaves the variants' state as it was", "[
       CHECK(worst_param_error(dev.params, cpu.params, ps) <= 1e-3);
       CHECK(state_error(ps, run, dev.saved, cpu.saved) <= 1e-3);
     }
+}
+
+// ---- QK-Clip on the device ------------------------------------------------------
+
+namespace {
+
+using muon_cuda_test::ClipCall;
+using muon_cuda_test::ClipParam;
+
+ClipParam clip_param(const char* name, std::int64_t out, std::int64_t in, bool col_major,
+                     std::uint64_t seed) {
+  ClipParam q;
+  q.name = name;
+  q.out = out;
+  q.in = in;
+  q.col_major = col_major;
+  const Eigen::MatrixXd v = gaussian(out * in, 1, seed);
+  q.value.assign(v.data(), v.data() + v.size());
+  return q;
+}
+
+struct ClipCase {
+  std::string label;
+  std::vector<ClipParam> params;
+  ClipCall call;
+};
+
+// Separate and fused projections in both layouts, a head exactly at tau,
+// alpha != 0.5, heads not starting at row 0, and more scalings than one
+// launch takes (kRowScalesPerLaunch = 32).
+std::vector<ClipCase> clip_cases() {
+  std::vector<ClipCase> cases;
+  for (bool query_col : {false, true}) {
+    // 4 heads of 3 rows, width 5: head 0 below tau, head 1 at tau (left
+    // alone), heads 2 and 3 above; attn.v is never touched.
+    ClipCase c;
+    c.label = query_col ? "separate, query column-major" : "separate, key column-major";
+    c.params = {clip_param("attn.q", 12, 5, query_col, 21),
+                clip_param("attn.k", 12, 5, !query_col, 22),
+                clip_param("attn.v", 12, 5, false, 23)};
+    c.call.heads.query = "attn.q";
+    c.call.heads.key = "attn.k";
+    c.call.heads.heads = 4;
+    c.call.maxima = {50.0, 100.0, 400.0, 150.0};
+    c.call.options.alpha = 0.3;
+    cases.push_back(c);
+  }
+  {
+    // Fused QKV, row-major (Q rows 0-7, K 8-15, V 16-23): head 1 by 0.5 on
+    // both sides (tau 100, alpha 0.5).
+    ClipCase c;
+    c.label = "fused QKV, row-major";
+    c.params = {clip_param("attn.qkv", 24, 6, false, 31)};
+    c.call.heads.query = c.call.heads.key = "attn.qkv";
+    c.call.heads.heads = 2;
+    c.call.heads.head_dim = 4;
+    c.call.heads.key_row = 8;
+    c.call.maxima = {100.0, 400.0};
+    cases.push_back(c);
+  }
+  {
+    // Fused, column-major, Q at rows 4-11 and K at 12-19 of 28: both heads
+    // clipped (tau 30, alpha 0.75).
+    ClipCase c;
+    c.label = "fused, column-major, offset rows";
+    c.params = {clip_param("fused", 28, 7, true, 41)};
+    c.call.heads.query = c.call.heads.key = "fused";
+    c.call.heads.heads = 2;
+    c.call.heads.head_dim = 4;
+    c.call.heads.query_row = 4;
+    c.call.heads.key_row = 12;
+    c.call.maxima = {31.0, 3000.0};
+    c.call.options.tau = 30.0;
+    c.call.options.alpha = 0.75;
+    cases.push_back(c);
+  }
+  {
+    // 20 heads of 2 rows, every one clipped by its own factor: 40 scalings,
+    // two launches; the key column-major.
+    ClipCase c;
+    c.label = "20 heads, two launches";
+    c.params = {clip_param("q", 40, 9, false, 51), clip_param("k", 40, 9, true, 52)};
+    c.call.heads.query = "q";
+    c.call.heads.key = "k";
+    c.call.heads.heads = 20;
+    for (int h = 0; h < 20; ++h) c.call.maxima.push_back(10.0 * (1.0 + 0.37 * (h + 1)));
+    c.call.options.tau = 10.0;
+    c.call.options.alpha = 0.7;
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+// muon::Optimizer<T>::qk_clip on the same tensors (values rounded to T as
+// the device rounds them), its plan, and the parameters after it as float.
+struct CpuClip {
+  std::vector<std::vector<float>> params;
+  muon::QkClipReport report;
+  std::vector<muon::optim::RowScaling> plan;
+  std::string error;
+};
+
+template <class T>
+CpuClip cpu_qk_clip(const std::vector<ClipParam>& ps, const ClipCall& call) {
+  std::vector<std::vector<T>> memory, grads;
+  for (const ClipParam& q : ps) {
+    memory.emplace_back();
+    for (float v : q.value) memory.back().push_back(static_cast<T>(v));
+    grads.emplace_back(q.value.size(), static_cast<T>(0.0f));
+  }
+  muon::Optimizer<T> opt;
+  for (std::size_t k = 0; k < ps.size(); ++k) {
+    muon::ParamView<T> pv, gv;
+    pv.data = memory[k].data();
+    gv.data = grads[k].data();
+    pv.ndim = gv.ndim = 2;
+    pv.shape[0] = gv.shape[0] = ps[k].out;
+    pv.shape[1] = gv.shape[1] = ps[k].in;
+    pv.column_major = gv.column_major = ps[k].col_major;
+    opt.add_param(ps[k].name, pv, gv);
+  }
+  CpuClip r;
+  try {
+    r.plan = muon::optim::plan_qk_clip(opt.core(), call.heads, call.maxima.data(),
+                                       call.maxima.size(), call.options)
+                 .scalings;
+    r.report = opt.qk_clip(call.heads, call.maxima, call.options);
+  } catch (const muon::Error& e) {
+    r.error = e.what();
+  }
+  for (const auto& m : memory) {
+    r.params.emplace_back();
+    for (T v : m) r.params.back().push_back(static_cast<float>(v));
+  }
+  return r;
+}
+
+CpuClip cpu_qk_clip(const std::vector<ClipParam>& ps, const ClipCall& call, Dtype t) {
+  switch (t) {
+    case Dtype::f32:
+      return cpu_qk_clip<float>(ps, call);
+    case Dtype::f16:
+      return cpu_qk_clip<Eigen::half>(ps, call);
+    case Dtype::bf16:
+      break;
+  }
+  return cpu_qk_clip<Eigen::bfloat16>(ps, call);
+}
+
+// Both sides compute w * float(factor) in float and round once to the
+// parameter scalar, to nearest even: the results agree bit for bit.
+void check_same_params(const std::vector<std::vector<float>>& got,
+                       const std::vector<std::vector<float>>& want,
+                       const std::vector<ClipParam>& ps) {
+  REQUIRE(got.size() == want.size());
+  for (std::size_t k = 0; k < got.size(); ++k) {
+    REQUIRE(got[k].size() == want[k].size());
+    std::size_t wrong = 0, first = 0;
+    for (std::size_t e = got[k].size(); e-- > 0;)
+      if (!(got[k][e] == want[k][e])) {
+        ++wrong;
+        first = e;
+      }
+    INFO(ps[k].name << ": " << wrong << " entries differ, the first at " << first);
+    CHECK(wrong == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE(
+    "cuda: QK-Clip's scale_rows kernel, emulated on the host, scales the rows the CPU optimizer "
+    "scales (no device needed)",
+    "[cuda][host][qk_clip]") {
+  for (const ClipCase& c : clip_cases())
+    for (Dtype t : {Dtype::f32, Dtype::f16, Dtype::bf16}) {
+      INFO(c.label << ", " << name(t));
+      const CpuClip cpu = cpu_qk_clip(c.params, c.call, t);
+      REQUIRE(cpu.error.empty());
+      REQUIRE(!cpu.plan.empty());
+      check_same_params(muon_cuda_test::emulate_scale_rows(c.params, t, cpu.plan), cpu.params,
+                        c.params);
+    }
+}
+
+TEST_CASE("cuda: qk_clip checks its request on the host before any CUDA call (no device needed)",
+          "[cuda][host][qk_clip]") {
+  using muon_cuda_test::host_qk_clip;
+  const ClipCase c = clip_cases().front();
+  ClipCall call = c.call;
+  // Every head at or below tau: nothing to launch, no CUDA call.
+  call.maxima = {100.0, 12.0, 0.0, -3.0};
+  auto r = host_qk_clip(c.params, call);
+  CHECK(r.error.empty());
+  CHECK(r.report.clipped == 0);
+  CHECK(r.report.min_gamma == 1.0);
+  // NaN and Inf maxima name the head.
+  for (double bad : {std::nan(""), std::numeric_limits<double>::infinity(),
+                     -std::numeric_limits<double>::infinity()}) {
+    call.maxima = {500.0, 500.0, bad, 500.0};
+    r = host_qk_clip(c.params, call);
+    INFO(r.error);
+    CHECK(r.error.find("max_logits[2]") != std::string::npos);
+    CHECK(r.error.find("head 2") != std::string::npos);
+  }
+  call.maxima = {1.0, 2.0};
+  CHECK(host_qk_clip(c.params, call).error.find("4 heads") != std::string::npos);
+  call = c.call;
+  call.heads.key = "attn.o";
+  CHECK(host_qk_clip(c.params, call).error.find("'attn.o'") != std::string::npos);
+  call = c.call;
+  call.heads.heads = 5;  // 5 heads of 2 rows: rows 0 to 10 fit, the maxima do not
+  CHECK(host_qk_clip(c.params, call).error.find("5 heads") != std::string::npos);
+  call = c.call;
+  call.heads.head_dim = 4;  // 4 heads of 4 rows do not fit 12
+  CHECK(host_qk_clip(c.params, call).error.find("do not fit") != std::string::npos);
+  call = c.call;
+  call.options.tau = 0.0;
+  CHECK(host_qk_clip(c.params, call).error.find("tau") != std::string::npos);
+  call = c.call;
+  call.options.alpha = 1.5;
+  CHECK(host_qk_clip(c.params, call).error.find("alpha") != std::string::npos);
+  const ClipCase fused = clip_cases()[2];
+  call = fused.call;
+  call.heads.key_row = 6;  // overlaps the query rows 0-7
+  CHECK(host_qk_clip(fused.params, call).error.find("overlap") != std::string::npos);
+}
+
+TEST_CASE(
+    "cuda: device qk_clip equals the CPU optimizer's (float, half, bfloat16; separate and fused, "
+    "row- and column-major)",
+    "[cuda][device][qk_clip]") {
+  MUON_REQUIRE_DEVICE();
+  for (const ClipCase& c : clip_cases())
+    for (Dtype t : {Dtype::f32, Dtype::f16, Dtype::bf16}) {
+      INFO(c.label << ", " << name(t));
+      const CpuClip cpu = cpu_qk_clip(c.params, c.call, t);
+      REQUIRE(cpu.error.empty());
+      const auto dev = muon_cuda_test::device_qk_clip(c.params, t, c.call);
+      INFO(dev.error);
+      REQUIRE(dev.error.empty());
+      CHECK(dev.report.clipped == cpu.report.clipped);
+      CHECK(dev.report.min_gamma == cpu.report.min_gamma);
+      check_same_params(dev.params, cpu.params, c.params);
+    }
+}
+
+TEST_CASE(
+    "cuda: device qk_clip with NaN/Inf maxima or on a capturing stream throws and leaves the "
+    "weights untouched",
+    "[cuda][device][qk_clip]") {
+  MUON_REQUIRE_DEVICE();
+  for (const ClipCase& c : clip_cases())
+    for (double bad : {std::nan(""), std::numeric_limits<double>::infinity()}) {
+      ClipCall call = c.call;
+      call.maxima.back() = bad;  // the other heads would clip
+      const std::size_t head = call.maxima.size() - 1;
+      for (Dtype t : {Dtype::f32, Dtype::bf16}) {
+        INFO(c.label << ", " << name(t) << ", head " << head << " = " << bad);
+        // The CPU optimizer refuses it too, its tensors as they were (the
+        // values rounded to t, as on the device).
+        const CpuClip cpu = cpu_qk_clip(c.params, call, t);
+        const auto dev = muon_cuda_test::device_qk_clip(c.params, t, call);
+        INFO(dev.error);
+        CHECK(dev.error.find("max_logits[" + std::to_string(head) + "]") != std::string::npos);
+        CHECK(dev.error.find("head " + std::to_string(head)) != std::string::npos);
+        CHECK(dev.error == cpu.error);
+        check_same_params(dev.params, cpu.params, c.params);
+      }
+    }
+  bool untouched = false;
+  const std::string capturing = muon_cuda_test::qk_clip_while_capturing(&untouched);
+  INFO(capturing);
+  CHECK(capturing.find("qk_clip: the stream is capturing a CUDA graph") != std::string::npos);
+  CHECK(untouched);
+}
+
+TEST_CASE(
+    "cuda: QK-Clip between device steps follows the CPU optimizer, eager and with the captured "
+    "graph kept",
+    "[cuda][device][qk_clip]") {
+  MUON_REQUIRE_DEVICE();
+  const auto ps = mixed_params(131);
+  ClipCall fused;  // qkv.weight (60 x 20, split in three): 4 heads of 5 rows
+  fused.heads.query = fused.heads.key = "qkv.weight";
+  fused.heads.heads = 4;
+  fused.heads.key_row = 20;
+  fused.heads.head_dim = 5;
+  fused.maxima = {120.0, 80.0, 300.0, 100.0};
+  ClipCall separate;  // the column-major col.weight (20 x 64) and rows 8-27 of c.weight
+  separate.heads.query = "col.weight";
+  separate.heads.key = "c.weight";
+  separate.heads.heads = 4;
+  separate.heads.key_row = 8;
+  separate.maxima = {1000.0, 99.0, 150.0, 200.0};
+  separate.options.alpha = 0.25;
+  for (bool graph : {false, true}) {
+    auto run = make_run(ps, 3, 13100);
+    run.graph = graph;
+    run.clip_after = 1;
+    run.clips = {fused, separate};
+    const auto cpu = cpu_run(ps, run);
+    const auto dev = muon_cuda_test::run_optimizer(ps, run);
+    const double err = worst_param_error(dev.params, cpu.params, ps);
+    INFO("graph " << graph << ": " << err);
+    CHECK(err <= 1e-3);
+    CHECK(dev.step_count == 3);
+  }
 }

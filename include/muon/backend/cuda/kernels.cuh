@@ -15,9 +15,12 @@
 ///    the per-element rules of optim/rules.hpp
 ///  - the Muon variants (NorMuon, AdaMuon) between Newton–Schulz and the
 ///    parameter commit, with their sums reduced in a fixed order
+///  - scale_rows: QK-Clip's row scalings, launched by the optimizer's
+///    qk_clip() after a step (not part of the step or its graph)
 ///
-/// Every kernel reads its per-step values from device memory or from launch
-/// arguments fixed for the shape, so a captured CUDA graph replays them.
+/// Every step kernel reads its per-step values from device memory or from
+/// launch arguments fixed for the shape, so a captured CUDA graph replays
+/// them.
 
 #ifndef __CUDACC__
 #error \
@@ -774,6 +777,71 @@ __global__ void finish_step(int n, const int* __restrict__ flags, long long* __r
   for (int i = threadIdx.x; i < n; i += blockDim.x)
     if (flags[i] == 0) ++steps[i];
   if (threadIdx.x == 0) ++state->step_count;
+}
+
+// ---- QK-Clip ------------------------------------------------------------------
+//
+// QK-Clip (optim/qk_clip.hpp) multiplies rows of the (out, in) matrices of
+// the query and key projections by factors the host plans from the maxima
+// it was given. The scalings of a call travel as kernel arguments, by
+// value, kRowScalesPerLaunch to a launch (no device memory, no upload),
+// one scaling per blockIdx.y. Not a step kernel: the factors change with
+// every call, so it is launched eagerly and never captured.
+
+/// One scaling as the kernel sees it: rows [row, row + rows) of the out x in
+/// matrix at p, stored row-major (entry (r, c) at r * in + c) or
+/// column-major (at r + c * out), multiplied by `factor` in float.
+template <class P>
+struct RowScale {
+  P* p;
+  std::int64_t out, in, row, rows;
+  float factor;
+  int column_major;
+};
+
+/// Scalings per scale_rows launch: 48 bytes each, about 1.5 KiB of kernel
+/// arguments, within the 4 KiB every architecture accepts.
+constexpr int kRowScalesPerLaunch = 32;
+
+/// The scalings of one launch: s[0 .. count). No two may touch the same
+/// entry (the plan's rows of a head never overlap another's).
+template <class P>
+struct RowScaleBatch {
+  RowScale<P> s[kRowScalesPerLaunch];
+  int count;
+};
+static_assert(sizeof(RowScaleBatch<float>) <= 4096,
+              "scale_rows' arguments must fit the 4 KiB every architecture accepts");
+
+/// The memory offset of entry e (0 <= e < rows * in) of scaling s. Entries
+/// are numbered in memory order, so that neighbouring threads touch
+/// neighbouring memory: row-major, the rows are one contiguous run;
+/// column-major, the rows' run in column 0, then in column 1, ...
+template <class P>
+__host__ __device__ inline std::int64_t row_scale_offset(const RowScale<P>& s, std::int64_t e) {
+  if (!s.column_major) return s.row * s.in + e;
+  return s.row + e % s.rows + (e / s.rows) * s.out;
+}
+
+/// Thread t's entries e = t, t + threads, ... of scaling s: w <- w factor,
+/// in float, rounded once to P (as the CPU optimizer's qk_clip computes).
+template <class P>
+__host__ __device__ inline void scale_rows_share(const RowScale<P>& s, std::int64_t t,
+                                                 std::int64_t threads) {
+  const std::int64_t n = s.rows * s.in;
+  for (std::int64_t e = t; e < n; e += threads) {
+    P& w = s.p[row_scale_offset(s, e)];
+    w = from_float<P>(to_float(w) * s.factor);
+  }
+}
+
+/// Scaling blockIdx.y of the batch, grid-stride over its entries
+/// (gridDim.x blocks for the batch's largest scaling).
+template <class P>
+__global__ void scale_rows(RowScaleBatch<P> batch) {
+  scale_rows_share(batch.s[blockIdx.y],
+                   static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+                   static_cast<std::int64_t>(gridDim.x) * blockDim.x);
 }
 
 /// Blocks for a grid-stride elementwise launch over n elements.

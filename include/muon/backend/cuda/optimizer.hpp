@@ -43,6 +43,11 @@
 /// Parameter and gradient pointers must stay valid (and, for graph replay,
 /// at the same addresses); set_grad/clear_grad after capture() need a new
 /// capture().
+///
+/// QK-Clip (qk_clip, after a step) scales rows of the registered weights:
+/// planned and checked on the host from maxima in host memory, then
+/// launched on a stream; it is never part of the step or its graph, and a
+/// captured graph stays valid across it.
 
 #include <cuda_runtime.h>
 
@@ -69,6 +74,7 @@
 #include "../../newton_schulz.hpp"
 #include "../../optim/core.hpp"
 #include "../../optim/host_state.hpp"
+#include "../../optim/qk_clip.hpp"
 #include "common.hpp"
 #include "kernels.cuh"
 #include "workspace.hpp"
@@ -274,6 +280,71 @@ class Optimizer {
         if (flags[i] & ~kernels::kNoGrad) refuse(i, flags[i]);
     }
     return r;
+  }
+
+  // ---- QK-Clip --------------------------------------------------------------------
+
+  /// QK-Clip after a step (optim/qk_clip.hpp; Kimi K2's MuonClip), as
+  /// muon::Optimizer::qk_clip: scales the query and key rows of every head
+  /// whose largest attention logit, `max_logits[h]` (host memory: the
+  /// maxima as the caller copied them back), is above options.tau; a head
+  /// at tau is left alone. The request is planned and checked on the host
+  /// first: a NaN or infinite maximum (muon::Error naming the head), an
+  /// unknown or non-2-D parameter, rows out of range, a bad tau or alpha
+  /// throw before anything is launched, so nothing is written. Then one
+  /// scale_rows launch on `stream` per 32 scalings (two per clipped head),
+  /// computing w * factor in float, rounded once to P; no allocation, no
+  /// synchronization, and no CUDA call at all when no head is clipped.
+  /// (Only a CUDA failure between two launches, past 16 clipped heads, can
+  /// leave part of the rows scaled.)
+  ///
+  /// Only the weights change (not the optimizer state), in place and
+  /// stream-ordered: a step queued before on `stream` is done first, one on
+  /// another stream must be ordered by the caller. A captured step graph
+  /// holds the weights' addresses, not their values, so it stays valid and
+  /// its next replay reads the clipped weights. qk_clip itself is not
+  /// capturable: its factors come from this call's maxima. It throws
+  /// muon::Error, launching nothing, when `stream` is capturing a graph;
+  /// call it eagerly, after the step (or its replay). Works before the
+  /// first step too (it needs no optimizer state).
+  QkClipReport qk_clip(const QkClipHeads& heads, const double* max_logits, std::size_t count,
+                       cudaStream_t stream, const QkClipOptions& options = QkClipOptions()) {
+    const optim::QkClipPlan plan = optim::plan_qk_clip(core_, heads, max_logits, count, options);
+    if (plan.scalings.empty()) return plan.report;
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    MUON_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+    if (capturing != cudaStreamCaptureStatusNone)
+      ::muon::detail::fail("qk_clip",
+                           "the stream is capturing a CUDA graph; QK-Clip's factors come from "
+                           "each call's maxima, so call it eagerly, after the step (nothing was "
+                           "launched)");
+    constexpr std::size_t per_launch = kernels::kRowScalesPerLaunch;
+    for (std::size_t first = 0; first < plan.scalings.size(); first += per_launch) {
+      const std::size_t last = std::min(plan.scalings.size(), first + per_launch);
+      kernels::RowScaleBatch<P> batch{};
+      std::int64_t longest = 0;
+      for (std::size_t j = first; j < last; ++j) {
+        const optim::RowScaling& r = plan.scalings[j];
+        const optim::TensorShape& shape = core_.param(r.param).shape;
+        kernels::RowScale<P>& s = batch.s[batch.count++];
+        s.p = param_ptrs_[r.param];
+        s.out = shape.dims[0];
+        s.in = shape.dims[1];
+        s.row = r.row;
+        s.rows = r.rows;
+        s.factor = static_cast<float>(r.factor);
+        s.column_major = shape.column_major ? 1 : 0;
+        longest = std::max(longest, s.rows * s.in);
+      }
+      const dim3 grid(kernels::elementwise_blocks(longest), static_cast<unsigned>(batch.count));
+      kernels::scale_rows<P><<<grid, 256, 0, stream>>>(batch);
+      check_launch("muon::cuda::kernels::scale_rows");
+    }
+    return plan.report;
+  }
+  QkClipReport qk_clip(const QkClipHeads& heads, const std::vector<double>& max_logits,
+                       cudaStream_t stream, const QkClipOptions& options = QkClipOptions()) {
+    return qk_clip(heads, max_logits.data(), max_logits.size(), stream, options);
   }
 
   // ---- checkpoints ----------------------------------------------------------------
