@@ -11,6 +11,9 @@
 ///                updates, AdamW), default options, Eigen products
 ///   step_bf16    the same with bf16 products (set_ns_products(bf16);
 ///                CPUs with AVX512-BF16 only)
+///   step_normuon, step_adamuon
+///                the same step with the Muon family's variants
+///                (docs/muon_family.md): what their second moments add
 ///   plain_eigen  the same step as a user writes it with Eigen expressions:
 ///                per Muon matrix Nesterov momentum, the Newton–Schulz of
 ///                bench_common.hpp and the update; AdamW on the rest; Eigen's
@@ -209,11 +212,11 @@ void bm_memory(benchmark::State& state, int threads) {
 
 // ---- the step ----------------------------------------------------------------------
 
-void bm_step(benchmark::State& state, int threads, bool check_only,
-             muon::eigen::Products products) {
+void bm_step(benchmark::State& state, int threads, bool check_only, muon::eigen::Products products,
+             muon::MuonVariant variant) {
   bench::use_threads(threads);
   std::vector<Tensor> tensors = make_model();
-  muon::Optimizer<float> opt(muon::MuonGroupOptions().with_lr(0.02));
+  muon::Optimizer<float> opt(muon::MuonGroupOptions().with_lr(0.02).with_variant(variant));
   opt.set_ns_products(products);
   attach(opt, tensors);
   opt.step();  // first step: everything warm
@@ -316,15 +319,20 @@ int main(int argc, char** argv) {
       b->Unit(benchmark::kMillisecond)->UseRealTime();  // --benchmark_min_time sets the time
     };
     timed(benchmark::RegisterBenchmark(("sgemm" + suffix).c_str(), bm_sgemm, t));
+    using muon::MuonVariant;
     using muon::eigen::Products;
     timed(benchmark::RegisterBenchmark(("step" + suffix).c_str(), bm_step, t, false,
-                                       Products::eigen));
+                                       Products::eigen, MuonVariant::muon));
     if (muon::eigen::products_available(Products::bf16))
       timed(benchmark::RegisterBenchmark(("step_bf16" + suffix).c_str(), bm_step, t, false,
-                                         Products::bf16));
+                                         Products::bf16, MuonVariant::muon));
+    timed(benchmark::RegisterBenchmark(("step_normuon" + suffix).c_str(), bm_step, t, false,
+                                       Products::eigen, MuonVariant::normuon));
+    timed(benchmark::RegisterBenchmark(("step_adamuon" + suffix).c_str(), bm_step, t, false,
+                                       Products::eigen, MuonVariant::adamuon));
     timed(benchmark::RegisterBenchmark(("plain_eigen" + suffix).c_str(), bm_plain, t));
     timed(benchmark::RegisterBenchmark(("check" + suffix).c_str(), bm_step, t, true,
-                                       Products::eigen));
+                                       Products::eigen, MuonVariant::muon));
   }
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
