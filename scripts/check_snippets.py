@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def snippets():
-    files = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+    files = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
     for path in files:
         text = path.read_text(encoding="utf-8")
         for m in re.finditer(r"^```cpp\n(.*?)^```", text, re.S | re.M):

@@ -484,6 +484,12 @@ TEST_CASE("QK-Clip on a fused QKV projection scales only the Q and K rows", "[fa
       CHECK(w[e] == (head1 ? w0[e] * 0.5f : w0[e]));
     }
   }
+  muon::QkClipHeads guessed = h;
+  guessed.head_dim = 0;  // 24 rows / 2 heads = 12 would be wrong here
+  CHECK(muon_test::contains(muon_test::error_message([&] {
+                              opt.qk_clip(guessed, {1.0, 1.0});
+                            }),
+                            "head_dim"));
   muon::QkClipHeads overlapping = h;
   overlapping.key_row = d;
   CHECK(muon_test::contains(muon_test::error_message([&] {

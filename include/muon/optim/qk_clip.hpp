@@ -44,6 +44,7 @@ struct QkClipHeads {
   std::string key;             ///< the parameter holding W_k
   std::int64_t heads = 0;      ///< number of heads (>= 1)
   std::int64_t head_dim = 0;   ///< rows per head; 0: the query's rows / heads
+                               ///< (two parameters only: a fused one must give it)
   std::int64_t query_row = 0;  ///< first row of head 0 in `query`
   std::int64_t key_row = 0;    ///< first row of head 0 in `key`
 };
@@ -91,6 +92,10 @@ inline QkClipPlan plan_qk_clip(const Core& core, const QkClipHeads& h, const dou
   };
   const std::size_t q = matrix(h.query, "qk_clip query"), k = matrix(h.key, "qk_clip key");
   const std::int64_t q_out = core.param(q).shape.dims[0], k_out = core.param(k).shape.dims[0];
+  // A fused QKV's rows are not heads * head_dim: guessing would clip the wrong rows.
+  if (q == k && h.head_dim <= 0)
+    detail::fail("qk_clip head_dim",
+                 "must be given when query and key are one parameter ('" + h.query + "')");
   const std::int64_t d = h.head_dim > 0 ? h.head_dim : q_out / h.heads;
   if (d < 1) detail::fail("qk_clip head_dim", "must be >= 1");
   const auto in_range = [&h, d](std::int64_t first, std::int64_t out, const std::string& name,

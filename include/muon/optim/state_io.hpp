@@ -27,10 +27,10 @@
 /// adamw_eps, ...; plus ns_schedule, ns_norm_divisor when set,
 /// weight_decay_form, lr_scale, ns_schedule_cycle (after ns_schedule),
 /// variant and the family's normuon_*/adamuon_* when not the defaults, so that files of default
-/// groups stay readable by muon 0.2, and adjust_lr_fn = 1 when the group had a user rule, which a
-/// checkpoint cannot hold). A reader starts from the defaults and applies each key, so options
-/// added later stay readable; an unknown key is refused. Version 1 files
-/// (muon 0.1) are read too.
+/// groups stay readable by the reader of the previous release, and adjust_lr_fn = 1 when the group
+/// had a user rule, which a checkpoint cannot hold). A reader starts from the defaults and applies
+/// each key, so options added later stay readable; an unknown key is refused. Version 1 files (muon
+/// 0.1) are read too.
 
 #include <cmath>
 #include <cstddef>
