@@ -4,7 +4,10 @@
 # Release, runs it, and says where the CSV logs and the PNG are.
 #
 # Usage: scripts/fashion_mnist.sh [example flags...]
-#   scripts/fashion_mnist.sh                          # default comparison
+#   scripts/fashion_mnist.sh                          # default comparison: muon, normuon,
+#                                                     # adamuon, adamw, sgd over 3 seeds
+#   scripts/fashion_mnist.sh --optimizers muon,normuon --seeds 5
+#   scripts/fashion_mnist.sh --train-limit 2000 --sweep-subset 1000 --seeds 1   # smoke run
 #   scripts/fashion_mnist.sh --epochs 5 --widths 1024,1024
 #   scripts/fashion_mnist.sh --width-transfer
 # Environment: BUILD_DIR (default build/fashion_mnist), CXX (compiler),
@@ -41,6 +44,6 @@ args=("$@")
 
 shown=${out_dir:-the --out folder}
 echo
-echo "CSV logs: $shown/*.csv"
+echo "CSV logs: $shown/*.csv (summary.csv: mean, std, min, max over the seeds)"
 [[ -n $out_dir && -f $out_dir/curves.png ]] && echo "Plot:     $out_dir/curves.png"
 exit 0

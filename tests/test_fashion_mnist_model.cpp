@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The Fashion-MNIST example's pieces: the IDX reader (round trip through a
-// gzip file written here, and every malformed-file error) and the MLP's
-// hand-written backward pass against central finite differences in double.
+// gzip file written here, and every malformed-file error), the MLP's
+// hand-written backward pass against central finite differences in double,
+// and the hybrid optimizer's routing of each Muon-family variant.
 
 #include <unistd.h>
 #include <zlib.h>
@@ -18,6 +19,7 @@
 #include "catch.hpp"
 #include "idx.hpp"
 #include "mlp.hpp"
+#include "optimizers.hpp"
 
 namespace {
 
@@ -205,4 +207,55 @@ TEST_CASE("MLP loss, evaluation and bad input", "[fashion_mnist][mlp]") {
   CHECK_THROWS_AS(model.forward(Eigen::MatrixXd::Zero(4, 2)), std::invalid_argument);
   CHECK_THROWS_AS(fm::Mlp<double>({3}, 1), std::invalid_argument);
   CHECK_THROWS_AS(fm::Mlp<double>({3, 0, 2}, 1), std::invalid_argument);
+}
+
+TEST_CASE("The hybrid runs the Muon variant it is given on the hidden matrix only",
+          "[fashion_mnist][optimizers]") {
+  const std::uint64_t seed = 20261130;
+  INFO("seed " << seed);
+  const std::vector<int> sizes{6, 8, 8, 3};
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  Eigen::MatrixXd X(sizes.front(), 5);
+  for (Eigen::Index j = 0; j < X.cols(); ++j)
+    for (Eigen::Index i = 0; i < X.rows(); ++i) X(i, j) = normal(rng);
+  const std::vector<int> labels{0, 2, 1, 2, 0};
+
+  // One step from the same weights and gradients per variant.
+  struct After {
+    fm::Mlp<double>::WeightMatrix input, hidden;
+    double loss_before, loss_after;
+  };
+  auto one_variant = [&](muon::MuonVariant variant) {
+    fm::Mlp<double> model(sizes, seed);
+    const auto hidden_before = model.weight(1);
+    const double loss_before = model.loss_and_gradient(X, labels.data());
+    fm::LibraryOptimizer<double> optimizer(
+        model.parameters(), muon::MuonGroupOptions{}.with_variant(variant).with_lr(0.02),
+        muon::AdamWOptions{}, {fm::ParameterRole::hidden_matrix}, muon::LrSchedule{});
+    const std::string routing = optimizer.routing_table();
+    INFO(routing);
+    CHECK(routing.find(std::string("muon route: variant ") + muon::muon_variant_name(variant)) !=
+          std::string::npos);
+    optimizer.step();
+    CHECK((model.weight(1) - hidden_before).norm() > 0);
+    return After{model.weight(0), model.weight(1), loss_before,
+                 model.loss_and_gradient(X, labels.data())};
+  };
+  const After muon_step = one_variant(muon::MuonVariant::muon);
+  for (auto variant : {muon::MuonVariant::normuon, muon::MuonVariant::adamuon}) {
+    INFO(muon::muon_variant_name(variant));
+    const After step = one_variant(variant);
+    // The AdamW part does not see the variant; the Muon route does.
+    CHECK(step.input == muon_step.input);
+    CHECK((step.hidden - muon_step.hidden).norm() > 1e-6);
+    CHECK(step.loss_after < step.loss_before);
+  }
+  CHECK(muon_step.loss_after < muon_step.loss_before);
+
+  // Without Muon roles every parameter goes to AdamW and no variant is named.
+  fm::Mlp<double> model(sizes, seed);
+  fm::LibraryOptimizer<double> adamw(model.parameters(), muon::MuonGroupOptions::normuon(),
+                                     muon::AdamWOptions{}, {}, muon::LrSchedule{});
+  CHECK(adamw.routing_table().find("muon route") == std::string::npos);
 }

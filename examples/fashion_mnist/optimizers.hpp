@@ -2,8 +2,8 @@
 #pragma once
 /// \file optimizers.hpp
 /// \brief The optimizers the example compares, behind one small interface:
-/// muon::Optimizer (hybrid Muon + AdamW, or every parameter routed to AdamW)
-/// and SGD with momentum, a baseline written here.
+/// muon::Optimizer (a hybrid of a Muon-family variant and AdamW, or every
+/// parameter routed to AdamW) and SGD with momentum, a baseline written here.
 ///
 /// Every optimizer sees the model through ParameterView (pointers into the
 /// model's own buffers), so nothing is copied per step. Each applies the same
@@ -88,7 +88,8 @@ class SgdMomentum final : public TrainOptimizer<T> {
 };
 
 /// muon::Optimizer over the model's buffers: weight matrices whose role is in
-/// `muon_roles` go to Muon, everything else (classifier head, biases, and the
+/// `muon_roles` go to Muon (in the variant `muon.variant` names: Muon,
+/// NorMuon or AdaMuon), everything else (classifier head, biases, and the
 /// first layer unless asked) to AdamW. An empty `muon_roles` gives plain
 /// AdamW with the library's AdamW step.
 template <class T>
@@ -97,13 +98,14 @@ class LibraryOptimizer final : public TrainOptimizer<T> {
   LibraryOptimizer(const std::vector<ParameterView<T>>& params, const muon::MuonGroupOptions& muon,
                    const muon::AdamWOptions& adamw, const std::set<ParameterRole>& muon_roles,
                    const muon::LrSchedule& schedule)
-      : optimizer_(muon, adamw) {
+      : optimizer_(muon, adamw), variant_(muon.variant), any_muon_(false) {
     optimizer_.set_lr_schedule(schedule);
     for (const auto& p : params) {
       const bool to_muon = p.role != ParameterRole::bias && muon_roles.count(p.role) > 0;
       muon::ParamOptions options;
       // Explicit routes: the example decides, not the name-based rules.
       options.route = to_muon ? muon::Route::muon : muon::Route::adamw;
+      any_muon_ = any_muon_ || to_muon;
       if (p.role == ParameterRole::bias)
         optimizer_.add_param(p.name, muon::ParamView<T>(p.value, {p.rows}),
                              muon::ParamView<T>(p.grad, {p.rows}), options);
@@ -115,10 +117,18 @@ class LibraryOptimizer final : public TrainOptimizer<T> {
 
   void step() override { optimizer_.step(); }
 
-  std::string routing_table() const override { return optimizer_.routing().table(); }
+  /// The library's routing report, and which Muon variant the Muon route runs.
+  std::string routing_table() const override {
+    std::string table = optimizer_.routing().table();
+    if (any_muon_)
+      table += std::string("muon route: variant ") + muon::muon_variant_name(variant_) + "\n";
+    return table;
+  }
 
  private:
   muon::Optimizer<T> optimizer_;
+  muon::MuonVariant variant_;
+  bool any_muon_;
 };
 
 }  // namespace fashion_mnist
