@@ -359,6 +359,20 @@ TEST_CASE("the variants' options are validated by name", "[family][options]") {
   CHECK(opt.muon_options().adamuon_beta2 == 0.5);
   opt.set_option("weight_decay_form", "l2");
   CHECK(opt.muon_options().weight_decay_form == muon::WeightDecayForm::l2);
+  // Turbo-Muon's AOL normalization is an option too, kept by checkpoints.
+  opt.set_option("ns_normalization", "aol");
+  CHECK(opt.muon_options().ns.normalization == muon::NsNormalization::aol);
+  CHECK_THROWS_AS(opt.set_option("ns_normalization", "spectral"), muon::Error);
+  std::vector<float> w(6 * 8, 0.25f), g(6 * 8, 0.5f);
+  opt.add_param("w", {w.data(), {6, 8}}, {g.data(), {6, 8}});
+  opt.step();
+  std::stringstream ss;
+  opt.save(ss);
+  muon::Optimizer<float> back;
+  back.add_param("w", {w.data(), {6, 8}}, {g.data(), {6, 8}});
+  back.load(ss);
+  CHECK(back.muon_options().ns.normalization == muon::NsNormalization::aol);
+  CHECK(back.muon_options().weight_decay_form == muon::WeightDecayForm::l2);
   CHECK(muon::weight_decay_multiplier(muon::WeightDecayForm::l2, 0.1, 0.5) == 1.0);
 }
 

@@ -214,6 +214,70 @@ TEST_CASE("CANS: each row is the minimax odd cubic of its interval; x9 reaches 1
   CHECK_THROWS_AS(Schedule::cans(0.5, 0), muon::Error);
 }
 
+TEST_CASE("AOL normalization (Turbo-Muon): the iteration on diag(s) G, s from |G G^T|", "[aol]") {
+  // Written from the definition (Prach and Lampert, arXiv 2208.03160;
+  // Boissin et al., arXiv 2512.04632) on the wide orientation W (G, or G^T
+  // when tall): s_i = (sum_j |(W W^T)_ij|)^(-1/2), X = diag(s) W, then the
+  // textbook steps X = a X + (b A + c A^2) X with no other normalization.
+  const auto model = [](const MatrixXd& G, int steps) {
+    const bool tall = G.rows() > G.cols();
+    const MatrixXd W = tall ? MatrixXd(G.transpose()) : G;
+    const MatrixXd A0 = W * W.transpose();
+    const VectorXd s = A0.cwiseAbs().rowwise().sum().cwiseSqrt().cwiseInverse();
+    MatrixXd X = s.asDiagonal() * W;
+    // AOL's guarantee: ||diag(s) W||_2 <= 1.
+    CHECK(muon::reference::singular_value_range(X).max <= 1 + 1e-12);
+    const mt::PaperSchedule jordan = mt::paper_jordan();
+    for (int k = 0; k < steps; ++k) {
+      const auto& r = jordan.row(k);
+      const MatrixXd A = X * X.transpose();
+      X = (r[0] * X + (r[1] * A + r[2] * (A * A)) * X).eval();
+    }
+    return tall ? MatrixXd(X.transpose()) : X;
+  };
+  for (const auto& shape : {std::pair<Index, Index>{24, 60}, {60, 24}, {32, 32}, {16, 40}})
+    for (muon::NsMethod method : {muon::NsMethod::standard, muon::NsMethod::gram}) {
+      const MatrixXd G = mt::gaussian(shape.first, shape.second, 71);
+      INFO(shape.first << "x" << shape.second << ", " << muon::ns_method_name(method)
+                       << ", seed 71");
+      NewtonSchulzOptions o = NewtonSchulzOptions::turbo_muon();
+      o.method = method;
+      REQUIRE(o.steps == 4);
+      REQUIRE(o.schedule.name() == "jordan");
+      const MatrixXd want = model(G, 4);
+      CHECK(relative_distance(muon::orthogonalize(G, o), want) < 1e-10);
+      const Eigen::MatrixXf Gf = G.cast<float>();
+      CHECK(relative_distance(muon::orthogonalize(Gf, o), model(Gf.cast<double>(), 4)) < 1e-4);
+      // Scale-invariant (s absorbs any multiple of G).
+      CHECK(relative_distance(muon::orthogonalize(MatrixXd(1e-20 * G), o), want) < 1e-10);
+    }
+  // A zero matrix gives zeros, never NaN; a zero row stays zero.
+  MatrixXd Z = MatrixXd::Zero(5, 9);
+  CHECK(muon::orthogonalize(Z, NewtonSchulzOptions::turbo_muon()).cwiseAbs().maxCoeff() == 0.0);
+  MatrixXd one_zero_row = mt::gaussian(5, 9, 73);
+  one_zero_row.row(2).setZero();
+  const MatrixXd O = muon::orthogonalize(one_zero_row, NewtonSchulzOptions::turbo_muon());
+  CHECK(O.allFinite());
+  CHECK(O.row(2).cwiseAbs().maxCoeff() == 0.0);
+  // The update bound follows AOL's (1, not 1/d).
+  CHECK(NewtonSchulzOptions::turbo_muon().initial_bound() == 1.0);
+  // What it is for: on singular values spread over [1e-3, 1] the rescaled
+  // start is better conditioned, so 4 steps lift the smallest singular
+  // values well above where 4 steps from the Frobenius normalization leave
+  // them.
+  const Index m = 64, n = 160;
+  const mt::KnownSvd spread = mt::with_singular_values(m, n, mt::geometric(m, 1.0, 1e-3), 74);
+  INFO("seed 74");
+  const double aol4 = muon::reference::singular_value_range(
+                          muon::orthogonalize(spread.G, NewtonSchulzOptions::turbo_muon()))
+                          .min;
+  const double frobenius4 =
+      muon::reference::singular_value_range(
+          muon::orthogonalize(spread.G, NewtonSchulzOptions(Schedule::jordan(), 4)))
+          .min;
+  CHECK(aol4 > 1.5 * frobenius4);  // measured: 0.125 against 0.062
+}
+
 TEST_CASE("NS keeps G's singular vectors and maps each singular value through p^k") {
   struct Shape {
     Index rows, cols;

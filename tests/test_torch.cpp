@@ -608,6 +608,7 @@ TEST_CASE("MuonOptions map onto the library's group options, field by field", "[
                             .ns_eps_mode(muon::EpsMode::add)
                             .ns_norm_divisor(1.05)
                             .ns_method(muon::NsMethod::standard)
+                            .ns_normalization(muon::NsNormalization::aol)
                             .adjust_lr(muon::LrAdjust::match_rms_adamw)
                             .cautious_weight_decay(true)
                             .lr_scale(0.5)
@@ -633,6 +634,7 @@ TEST_CASE("MuonOptions map onto the library's group options, field by field", "[
   CHECK(g.muon.ns.eps_mode == muon::EpsMode::add);
   CHECK(g.muon.ns.norm_divisor == 1.05);
   CHECK(g.muon.ns.method == muon::NsMethod::standard);
+  CHECK(g.muon.ns.normalization == muon::NsNormalization::aol);
   CHECK(g.muon.adjust_lr == muon::LrAdjust::match_rms_adamw);
   CHECK(g.muon.cautious_weight_decay);
   CHECK(g.muon.lr_scale == 0.5);

@@ -18,6 +18,10 @@
 ///
 /// Backend concept (`be` below), all operating on buffers the backend owns:
 ///   be.normalize(divisor, eps, EpsMode)   X <- X / denominator(||X||_F)
+///   be.normalize_aol()                    X <- diag(s) X (NsNormalization::aol),
+///                                         leaving A = X X^T of the new X
+///                                         (optional: backends without it
+///                                         refuse the option)
 ///   be.gram()                             A <- X X^T
 ///   be.symmetric_polynomial(b, c)         B <- b A + c A^2
 ///   be.apply_polynomial(a)                X <- a X + B X
@@ -32,15 +36,38 @@ namespace muon {
 
 namespace detail {
 
+template <class B, class = void>
+struct has_aol_normalization : std::false_type {};
+template <class B>
+struct has_aol_normalization<B, std::void_t<decltype(std::declval<B&>().normalize_aol())>>
+    : std::true_type {};
+
+/// Normalizes the backend's X as options.normalization asks; true when the
+/// backend's A then holds X X^T of the normalized X (AOL computes it anyway:
+/// the first step reuses it).
+template <class Backend>
+bool normalize(Backend& be, const NewtonSchulzOptions& opt) {
+  if (opt.normalization == NsNormalization::aol) {
+    if constexpr (has_aol_normalization<Backend>::value) {
+      be.normalize_aol();
+      return true;
+    } else {
+      fail("options.normalization", "aol is not supported by this backend");
+    }
+  }
+  be.normalize(opt.divisor(), opt.eps, opt.eps_mode);
+  return false;
+}
+
 /// The standard iteration on the backend's current X (already loaded, wide).
 template <class Backend>
 void standard_newton_schulz_iterate(Backend& be, const NewtonSchulzOptions& opt) {
-  be.normalize(opt.divisor(), opt.eps, opt.eps_mode);
+  const bool gram_ready = normalize(be, opt);
   for (int k = 0; k < opt.steps; ++k) {
     const Coefficients& p = opt.schedule.at(static_cast<std::size_t>(k));
-    be.gram();                          // A = X X^T
-    be.symmetric_polynomial(p.b, p.c);  // B = b A + c A^2
-    be.apply_polynomial(p.a);           // X = a X + B X
+    if (!(k == 0 && gram_ready)) be.gram();  // A = X X^T
+    be.symmetric_polynomial(p.b, p.c);       // B = b A + c A^2
+    be.apply_polynomial(p.a);                // X = a X + B X
   }
 }
 
@@ -59,9 +86,9 @@ inline constexpr int kGramRestartAfter = 2;
 
 template <class Backend>
 void gram_newton_schulz_iterate(Backend& be, const NewtonSchulzOptions& opt) {
-  be.normalize(opt.divisor(), opt.eps, opt.eps_mode);
+  const bool gram_ready = normalize(be, opt);
   if (opt.steps == 0) return;
-  be.gram();  // R = X X^T
+  if (!gram_ready) be.gram();  // R = X X^T
   bool q_is_identity = true;
   for (int k = 0; k < opt.steps; ++k) {
     const Coefficients& p = opt.schedule.at(static_cast<std::size_t>(k));

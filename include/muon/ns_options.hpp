@@ -29,9 +29,33 @@ enum class NsMethod {
   gram        ///< Gram Newton–Schulz: iterate on the m x m Gram matrix, apply once
 };
 
-/// True for the named EpsMode / NsMethod values (false for a value cast from
-/// an out-of-range integer).
+/// How X is scaled before the first step.
+enum class NsNormalization {
+  /// X / (d ||X||_F + eps) or X / max(d ||X||_F, eps) (EpsMode): every
+  /// singular value at most 1/d. The default; what every schedule is tuned for.
+  frobenius,
+  /// AOL rescaling (Prach and Lampert, "Almost-Orthogonal Layers", arXiv
+  /// 2208.03160), Turbo-Muon's preconditioner (Boissin, Massena, Mamalet,
+  /// Serrurier, arXiv 2512.04632): X <- diag(s) X with
+  /// s_i = (sum_j |(X X^T)_ij|)^(-1/2) (0 for a zero row), which guarantees
+  /// ||diag(s) X||_2 <= 1 and leaves the singular values closer to 1 than
+  /// the Frobenius norm does, so fewer steps reach a given accuracy. It
+  /// changes the matrix (a row scaling, not a multiple of X): the result
+  /// approximates the polar factor of diag(s) X. X X^T, which it needs,
+  /// is reused as the first step's Gram matrix. Scale-invariant; ignores
+  /// eps and the divisor.
+  aol
+};
+
+/// True for the named EpsMode / NsMethod / NsNormalization values (false
+/// for a value cast from an out-of-range integer).
 constexpr bool is_valid(EpsMode m) { return m == EpsMode::add || m == EpsMode::max; }
+constexpr bool is_valid(NsNormalization n) {
+  return n == NsNormalization::frobenius || n == NsNormalization::aol;
+}
+inline const char* ns_normalization_name(NsNormalization n) {
+  return n == NsNormalization::aol ? "aol" : "frobenius";
+}
 constexpr bool is_valid(NsMethod m) {
   return m == NsMethod::automatic || m == NsMethod::standard || m == NsMethod::gram;
 }
@@ -69,6 +93,8 @@ struct NewtonSchulzOptions {
   /// Standard or Gram form. Default: automatic (by aspect ratio). Both
   /// compute the same polynomial of X; they differ by rounding only.
   NsMethod method = NsMethod::automatic;
+  /// How X is scaled first (see NsNormalization). Default: frobenius.
+  NsNormalization normalization = NsNormalization::frobenius;
 
   NewtonSchulzOptions() = default;
   explicit NewtonSchulzOptions(Schedule s, int n = 5) : schedule(std::move(s)), steps(n) {}
@@ -91,14 +117,30 @@ struct NewtonSchulzOptions {
     method = m;
     return *this;
   }
+  NewtonSchulzOptions& with_normalization(NsNormalization n) {
+    normalization = n;
+    return *this;
+  }
+
+  /// Turbo-Muon (arXiv 2512.04632): AOL rescaling, then 4 steps of
+  /// Jordan's coefficients, one step fewer than Muon's 5.
+  static NewtonSchulzOptions turbo_muon() {
+    return NewtonSchulzOptions(Schedule::jordan(), 4).with_normalization(NsNormalization::aol);
+  }
 
   /// The divisor actually used: norm_divisor if set, else the schedule's.
   double divisor() const { return norm_divisor ? *norm_divisor : schedule.norm_divisor(); }
 
+  /// The largest singular value normalization can leave: 1/d (Frobenius),
+  /// 1 (AOL).
+  double initial_bound() const {
+    return normalization == NsNormalization::aol ? 1.0 : 1.0 / divisor();
+  }
   /// An upper bound of the output's singular values (and so of the
   /// magnitude of its entries): normalization leaves every singular value
-  /// at most 1/d, and each step maps [0, B] into [0, max |p| on [0, B]].
-  double output_bound() const { return schedule.growth_bound(steps, 1.0 / divisor()).last; }
+  /// at most initial_bound(), and each step maps [0, B] into
+  /// [0, max |p| on [0, B]].
+  double output_bound() const { return schedule.growth_bound(steps, initial_bound()).last; }
 
   /// Throws muon::Error naming the field ("<prefix>steps", "<prefix>eps", ...)
   /// when an option is out of range, including a schedule and divisor under
@@ -112,10 +154,12 @@ struct NewtonSchulzOptions {
     if (!(std::isfinite(eps) && eps > 0)) detail::fail(field("eps"), "must be finite and > 0");
     if (!is_valid(eps_mode)) detail::fail(field("eps_mode"), "is not an EpsMode value");
     if (!is_valid(method)) detail::fail(field("method"), "is not an NsMethod value");
+    if (!is_valid(normalization))
+      detail::fail(field("normalization"), "is not an NsNormalization value");
     const double d = divisor();
     if (!(std::isfinite(d) && d >= 1e-3))
       detail::fail(field("norm_divisor"), "must be finite and >= 1e-3");
-    const Schedule::Growth g = schedule.growth_bound(steps, 1.0 / d);
+    const Schedule::Growth g = schedule.growth_bound(steps, initial_bound());
     if (!(g.peak <= kMaxScheduleGrowth))
       detail::fail(field("schedule"),
                    "'" + schedule.name() + "' with norm divisor " + std::to_string(d) +

@@ -100,6 +100,9 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
   /// Unset: the schedule's own (1.01 for Polar Express, else 1).
   TORCH_ARG(std::optional<double>, ns_norm_divisor) = std::nullopt;
   TORCH_ARG(NsMethod, ns_method) = NsMethod::automatic;
+  /// frobenius (default) or aol (Turbo-Muon's preconditioner; pair it with
+  /// ns_steps 4).
+  TORCH_ARG(NsNormalization, ns_normalization) = NsNormalization::frobenius;
   /// torch.optim.Muon's adjust_lr_fn: original (its default), match_rms_adamw, ...
   TORCH_ARG(LrAdjust, adjust_lr) = LrAdjust::original;
   TORCH_ARG(bool, cautious_weight_decay) = false;
@@ -156,6 +159,7 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
     m.ns.eps_mode = ns_eps_mode_;
     m.ns.norm_divisor = ns_norm_divisor_;
     m.ns.method = ns_method_;
+    m.ns.normalization = ns_normalization_;
     m.adjust_lr = adjust_lr_;
     m.cautious_weight_decay = cautious_weight_decay_;
     AdamWOptions& a = g.adamw;
@@ -191,6 +195,7 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
     ns_eps_mode_ = m.ns.eps_mode;
     ns_norm_divisor_ = m.ns.norm_divisor;
     ns_method_ = m.ns.method;
+    ns_normalization_ = m.ns.normalization;
     adjust_lr_ = m.adjust_lr;
     cautious_weight_decay_ = m.cautious_weight_decay;
     adamw_lr_ = g.adamw.lr;

@@ -428,6 +428,7 @@ class Optimizer {
         mix_value(v);
       mix_value(int(o.muon.weight_decay_form));
       mix_value(int(o.muon.variant));
+      mix_value(int(o.muon.ns.normalization));
       mix_value(o.muon.nesterov);
       mix_value(int(o.muon.adjust_lr));
       mix_value(o.muon.ns.steps);

@@ -515,6 +515,7 @@ inline const std::vector<OptionKey>& option_keys() {
        "jordan, cubic, quintic, polar_express, deepseek_v4, cubic5 or cans"},
       {"ns_eps_mode", OptionType::name, "add or max"},
       {"ns_method", OptionType::name, "automatic, standard or gram"},
+      {"ns_normalization", OptionType::name, "frobenius or aol"},
       {"momentum_kind", OptionType::name, "ema or sum"},
       {"weight_decay_form", OptionType::name, "decoupled, independent, palm or l2"},
       {"variant", OptionType::name, "muon, normuon or adamuon"},
@@ -663,6 +664,9 @@ inline void set_option(GroupOptions& g, std::string_view key, std::string_view v
     m.ns.method = value == "automatic"  ? NsMethod::automatic
                   : value == "standard" ? NsMethod::standard
                                         : NsMethod::gram;
+  } else if (key == "ns_normalization") {
+    if (value != "frobenius" && value != "aol") bad();
+    m.ns.normalization = value == "aol" ? NsNormalization::aol : NsNormalization::frobenius;
   } else if (key == "momentum_kind") {
     if (value != "ema" && value != "sum") bad();
     m.momentum_kind = value == "ema" ? MomentumKind::ema : MomentumKind::sum;

@@ -26,7 +26,8 @@
 /// Group options are keyed by their set_option names (lr, ns_steps,
 /// adamw_eps, ...; plus ns_schedule, ns_norm_divisor when set,
 /// weight_decay_form, lr_scale, ns_schedule_cycle (after ns_schedule),
-/// variant and the family's normuon_*/adamuon_* when not the defaults, so that files of default
+/// variant, ns_normalization and the family's normuon_*/adamuon_* when not
+/// the defaults, so that files of default
 /// groups stay readable by the reader of the previous release, and adjust_lr_fn = 1 when the group
 /// had a user rule, which a checkpoint cannot hold). A reader starts from the defaults and applies
 /// each key, so options added later stay readable; an unknown key is refused. Version 1 files (muon
@@ -162,9 +163,11 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
   for (std::size_t k = 0; k < std::size(family); ++k)
     family_count += family[k].value != family_defaults[k] ? 1 : 0;
   const bool other_variant = m.variant != MuonVariant::muon;
+  const bool aol = m.ns.normalization == NsNormalization::aol;
   const std::size_t count = std::size(numbers) + std::size(names) + 1 +
                             (m.ns.norm_divisor ? 1 : 0) + (other_form ? 1 : 0) + (scaled ? 1 : 0) +
-                            (cycles ? 1 : 0) + family_count + (other_variant ? 1 : 0);
+                            (cycles ? 1 : 0) + family_count + (other_variant ? 1 : 0) +
+                            (aol ? 1 : 0);
   w.u32(static_cast<std::uint32_t>(count));
   for (const Number& n : numbers) {
     w.str(n.key);
@@ -181,6 +184,11 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
     w.str("variant");
     w.u8(1);
     w.str(muon_variant_name(m.variant));
+  }
+  if (aol) {
+    w.str("ns_normalization");
+    w.u8(1);
+    w.str(ns_normalization_name(m.ns.normalization));
   }
   if (m.ns.norm_divisor) {
     w.str("ns_norm_divisor");
@@ -367,6 +375,13 @@ inline void apply_group_option(checkpoint::Reader& r, GroupOptions& g, bool& use
       const auto form = weight_decay_form_from_name(v);
       if (!form) bad();
       m.weight_decay_form = *form;
+    } else if (key == "ns_normalization") {
+      if (v == "frobenius")
+        m.ns.normalization = NsNormalization::frobenius;
+      else if (v == "aol")
+        m.ns.normalization = NsNormalization::aol;
+      else
+        bad();
     } else if (key == "variant") {
       const auto variant = muon_variant_from_name(v);
       if (!variant) bad();

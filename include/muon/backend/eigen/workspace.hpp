@@ -249,6 +249,27 @@ class Workspace {
     X() = (X().template cast<double>() / denominator).template cast<S>();
   }
 
+  // AOL (NsNormalization::aol): A = X X^T, s_i = (sum_j |A_ij|)^(-1/2) in
+  // double (0 for a zero row), X <- diag(s) X and A <- diag(s) A diag(s),
+  // which is X X^T of the new X: the first step skips its Gram product.
+  // s is kept in B's storage (free until the first step writes B).
+  void normalize_aol() {
+    gram();
+    auto A = Sq(a_);
+    S* s = b_;
+    for (Index i = 0; i < m_; ++i) {
+      double row = 0;
+      for (Index j = 0; j < m_; ++j) row += std::abs(static_cast<double>(A(i, j)));
+      s[i] = row > 0 ? static_cast<S>(1.0 / std::sqrt(row)) : S(0);
+    }
+    for (Index j = 0; j < m_; ++j)
+      for (Index i = 0; i < m_; ++i) A(i, j) *= s[i] * s[j];
+    auto x = X();
+    for (Index j = 0; j < x.cols(); ++j)
+      for (Index i = 0; i < m_; ++i) x(i, j) *= s[i];
+    xt_current_ = false;
+  }
+
   void gram() {  // A = X X^T (symmetric)
     symmetric_into(*gram_, x_, n_, S(1), nullptr, S(0), a_);
   }
