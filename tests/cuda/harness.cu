@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <sstream>
 #include <stdexcept>
+#include <type_traits>
 
 namespace muon_cuda_test {
 namespace mc = muon::cuda;
@@ -53,15 +55,28 @@ std::vector<double> run_typed(const std::vector<double>& in, std::int64_t rows, 
   mc::DeviceMatrix<T> din(stride, batch, st.s), dout(stride, batch, st.s);
   din.upload(host.data(), st.s);
   MUON_CUDA_CHECK(cudaMemsetAsync(dout.data(), 0, dout.bytes(), st.s));
+  // The dense float input of run_from_float (mode.from_float; ld_pad ignored).
+  std::vector<float> host_f(mode.from_float ? in.size() : 0);
+  for (std::size_t k = 0; k < host_f.size(); ++k) host_f[k] = static_cast<float>(in[k]);
+  mc::DeviceMatrix<float> din_f(mode.from_float ? rows * cols : 0, batch, st.s);
+  if (mode.from_float) din_f.upload(host_f.data(), st.s);
   mc::Orthogonalizer<T> ortho(rows, cols, batch, st.s, mc::default_allocator(), mode.tile);
   const mc::BatchedMatrixView<const T> vin(din.data(), rows, cols, ld, stride, batch);
   const mc::BatchedMatrixView<T> vout(dout.data(), rows, cols, ld, stride, batch);
+  const mc::BatchedMatrixView<const float> vin_f(din_f.data(), rows, cols, rows, rows * cols,
+                                                 batch);
+  auto call = [&] {
+    if (mode.from_float)
+      ortho.run_from_float(vin_f, vout, options, st.s);
+    else
+      ortho(vin, vout, options, st.s);
+  };
   if (mode.graph) {
     cudaGraph_t g = nullptr;
     cudaGraphExec_t e = nullptr;
     ortho.workspace().bind(st.s);
     MUON_CUDA_CHECK(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal));
-    ortho(vin, vout, options, st.s);
+    call();
     MUON_CUDA_CHECK(cudaStreamEndCapture(st.s, &g));
     MUON_CUDA_CHECK(cudaGraphInstantiate(&e, g, 0));
     MUON_CUDA_CHECK(cudaGraphLaunch(e, st.s));
@@ -70,8 +85,8 @@ std::vector<double> run_typed(const std::vector<double>& in, std::int64_t rows, 
     MUON_CUDA_CHECK(cudaGraphExecDestroy(e));
     MUON_CUDA_CHECK(cudaGraphDestroy(g));
   } else {
-    ortho(vin, vout, options, st.s);
-    if (mode.reuse) ortho(vin, vout, options, st.s);
+    call();
+    if (mode.reuse) call();
   }
   ortho.throw_if_nonfinite(st.s, "in");
   std::vector<T> back(host.size());
@@ -104,7 +119,8 @@ std::vector<double> orthogonalize(const std::vector<double>& in, std::int64_t ro
 }
 
 void orthogonalize_checked(const std::vector<float>& in, std::int64_t rows, std::int64_t cols,
-                           std::vector<float>& out_after, float out_init) {
+                           std::vector<float>& out_after, float out_init,
+                           const muon::NewtonSchulzOptions& options) {
   Stream st;
   mc::DeviceMatrix<float> din(rows, cols, st.s), dout(rows, cols, st.s);
   din.upload(in.data(), st.s);
@@ -116,8 +132,7 @@ void orthogonalize_checked(const std::vector<float>& in, std::int64_t rows, std:
     MUON_CUDA_CHECK(cudaStreamSynchronize(st.s));
   };
   try {
-    mc::orthogonalize<float>(mc::MatrixView<const float>(din.view()), dout.view(),
-                             muon::NewtonSchulzOptions(), st.s);
+    mc::orthogonalize<float>(mc::MatrixView<const float>(din.view()), dout.view(), options, st.s);
   } catch (...) {
     fetch();
     throw;
@@ -143,6 +158,9 @@ std::string workspace_check(const std::string& broken) {
   if (broken == "steps") a.options.steps = 100;
   if (broken == "tile") a.tile = -1;
   if (broken == "gram") a.options.method = muon::NsMethod::gram;
+  if (broken == "aol") a.options = muon::NewtonSchulzOptions::turbo_muon();  // accepted
+  if (broken == "aol_gram")
+    a.options = muon::NewtonSchulzOptions::turbo_muon().with_method(muon::NsMethod::gram);
   if (broken == "in_float_sparse") {
     a.in_float = mc::BatchedMatrixView<const float>(fake, 8, 12, 9, 108, 2);  // ld 9: padded
   }
@@ -451,6 +469,169 @@ std::string emulate_variant_kernels() {
   return check_adamuon(1100, 1000, false);
 }
 
+namespace {
+
+// ---- the AOL kernels, thread by thread ---------------------------------------
+
+// aol_row_factors over a batch: grid (aol_row_blocks(m), batch), kReduceThreads
+// threads, the lane shares then the lane sums of the threads in column lane 0.
+template <class T>
+void run_aol_row_factors(const std::vector<T>& a, std::int64_t m, std::int64_t batch,
+                         std::vector<float>& factors, std::vector<int>& flags) {
+  for (std::int64_t z = 0; z < batch; ++z)
+    for (unsigned b = 0; b < k::aol_row_blocks(m); ++b) {
+      double shares[k::kAolColumnLanes][k::kAolRowLanes];
+      for (int t = 0; t < kThreads; ++t) {
+        const int row_lane = t % k::kAolRowLanes, column_lane = t / k::kAolRowLanes;
+        shares[column_lane][row_lane] = k::aol_row_share(
+            a.data() + z * m * m, m, std::int64_t(b) * k::kAolRowLanes + row_lane, column_lane);
+      }
+      for (int t = 0; t < k::kAolRowLanes; ++t) {  // column lane 0
+        const std::int64_t i = std::int64_t(b) * k::kAolRowLanes + t;
+        if (i >= m) continue;
+        const double total = k::aol_row_total(shares, t);
+        factors[static_cast<std::size_t>(z * m + i)] = k::aol_factor(total);
+        if (!r::finite(total)) flags[static_cast<std::size_t>(z)] = 1;
+      }
+    }
+}
+
+// aol_scale over a batch of m x cols matrices with `threads` threads per
+// matrix (blockIdx.y = z): every thread's share.
+template <class T>
+void run_aol_scale(std::vector<T>& x, std::int64_t m, std::int64_t cols, std::int64_t batch,
+                   const std::vector<float>& factors, bool both, std::int64_t threads) {
+  for (std::int64_t z = 0; z < batch; ++z)
+    for (std::int64_t t = 0; t < threads; ++t)
+      k::aol_scale_share(x.data() + z * m * cols, m, cols, factors.data() + z * m, both, t,
+                         threads);
+}
+
+// The threads of aol_scale's launch over m x cols (Workspace::launch_aol_scale).
+std::int64_t aol_scale_threads(std::int64_t m, std::int64_t cols) {
+  const unsigned blocks = k::elementwise_blocks(m * cols);
+  return std::int64_t(blocks > 1024u ? 1024u : blocks) * 256;
+}
+
+// One batch of m x n X (uniform in [-1, 1], rounded to T) and A = X X^T
+// (double, rounded to T): matrix 0 with a zero row, 1 all zero, 2 with a NaN
+// and 3 with an Inf entry in A, 4 plain (its flag set beforehand: the kernel
+// never clears one). `threads` > 0 replaces aol_scale's launch (a
+// grid-stride loop that comes round).
+template <class T>
+std::string check_aol(std::int64_t m, std::int64_t n, std::int64_t threads, const char* type) {
+  const std::string where = std::string("aol ") + type + " " + std::to_string(m) + "x" +
+                            std::to_string(n) +
+                            (threads > 0 ? " (" + std::to_string(threads) + " threads)" : "");
+  const std::int64_t batch = 5;
+  const std::size_t mn = static_cast<std::size_t>(m * n), mm = static_cast<std::size_t>(m * m);
+  const std::vector<float> u = uniform(mn * batch, -1.0f, 1.0f, 77 + mn);
+  std::vector<T> x(mn * batch), a(mm * batch);
+  for (std::size_t e = 0; e < x.size(); ++e) x[e] = k::from_float<T>(u[e]);
+  const std::int64_t zero_row = m / 2;
+  for (std::int64_t j = 0; j < n; ++j)
+    x[static_cast<std::size_t>(zero_row + j * m)] = k::from_float<T>(0.0f);
+  for (std::size_t e = mn; e < 2 * mn; ++e) x[e] = k::from_float<T>(0.0f);
+  auto xd = [&](std::int64_t z, std::int64_t i, std::int64_t j) {
+    return static_cast<double>(k::to_float(x[static_cast<std::size_t>(z * m * n + i + j * m)]));
+  };
+  for (std::int64_t z = 0; z < batch; ++z)
+    for (std::int64_t j = 0; j < m; ++j)
+      for (std::int64_t i = 0; i < m; ++i) {
+        double v = 0;
+        for (std::int64_t c = 0; c < n; ++c) v += xd(z, i, c) * xd(z, j, c);
+        a[static_cast<std::size_t>(z * m * m + i + j * m)] =
+            k::from_float<T>(static_cast<float>(v));
+      }
+  a[2 * mm + static_cast<std::size_t>(m - 1)] = k::from_float<T>(std::nanf(""));  // A(m-1, 0)
+  a[3 * mm + static_cast<std::size_t>((m - 1) * m)] =
+      k::from_float<T>(std::numeric_limits<float>::infinity());  // A(0, m-1)
+  const std::vector<T> x0 = x, a0 = a;
+
+  // The kernels: factors (one guard past the end), then X's rows, then A.
+  std::vector<float> factors(static_cast<std::size_t>(m * batch) + 1, kGuard);
+  std::vector<int> flags = {0, 0, 0, 0, 1};
+  run_aol_row_factors(a, m, batch, factors, flags);
+  run_aol_scale(x, m, n, batch, factors, false, threads > 0 ? threads : aol_scale_threads(m, n));
+  run_aol_scale(a, m, m, batch, factors, true, threads > 0 ? threads : aol_scale_threads(m, m));
+
+  if (factors.back() != kGuard) return where + ": a factor written past the end";
+  const std::vector<int> want_flags = {0, 0, 1, 1, 1};
+  for (std::int64_t z = 0; z < batch; ++z)
+    if (flags[static_cast<std::size_t>(z)] != want_flags[static_cast<std::size_t>(z)])
+      return where + ": nonfinite flag of matrix " + std::to_string(z) + " is " +
+             std::to_string(flags[static_cast<std::size_t>(z)]);
+  const double tol = std::is_same<T, float>::value    ? 1e-5
+                     : std::is_same<T, __half>::value ? 4e-3
+                                                      : 3e-2;
+  for (std::int64_t z : {0, 1, 4}) {
+    const std::string at = where + ", matrix " + std::to_string(z);
+    // The definition, in double: s_i = (sum_j |A_ij|)^(-1/2), 0 for a zero row.
+    std::vector<double> s(static_cast<std::size_t>(m));
+    for (std::int64_t i = 0; i < m; ++i) {
+      double row = 0;
+      for (std::int64_t j = 0; j < m; ++j)
+        row += std::abs(k::to_float(a0[static_cast<std::size_t>(z * m * m + i + j * m)]));
+      s[static_cast<std::size_t>(i)] = row > 0 ? 1.0 / std::sqrt(row) : 0.0;
+    }
+    const float* f = factors.data() + z * m;
+    for (std::int64_t i = 0; i < m; ++i) {
+      const double want = s[static_cast<std::size_t>(i)];
+      if ((want == 0.0) != (f[i] == 0.0f) || !near_relative(f[i], want, 1.2e-7))
+        return at + ": factor " + std::to_string(i) + " is " + std::to_string(f[i]) + ", want " +
+               std::to_string(want);
+    }
+    // X(i, j) s_i and A(i, j) (s_i s_j), rounded once to T.
+    for (std::int64_t j = 0; j < n; ++j)
+      for (std::int64_t i = 0; i < m; ++i) {
+        const std::size_t e = static_cast<std::size_t>(z * m * n + i + j * m);
+        const float want = k::to_float(k::from_float<T>(k::to_float(x0[e]) * f[i]));
+        if (k::to_float(x[e]) != want)
+          return at + ": X(" + std::to_string(i) + ", " + std::to_string(j) + ") wrong";
+      }
+    double worst = 0;
+    for (std::int64_t j = 0; j < m; ++j)
+      for (std::int64_t i = 0; i < m; ++i) {
+        const std::size_t e = static_cast<std::size_t>(z * m * m + i + j * m);
+        const std::size_t tr = static_cast<std::size_t>(z * m * m + j + i * m);
+        const float want = k::to_float(k::from_float<T>(k::to_float(a0[e]) * (f[i] * f[j])));
+        if (k::to_float(a[e]) != want)
+          return at + ": A(" + std::to_string(i) + ", " + std::to_string(j) + ") wrong";
+        if (k::to_float(a[e]) != k::to_float(a[tr])) return at + ": A is not symmetric";
+        double g = 0;  // (X X^T)(i, j) of the new X
+        for (std::int64_t c = 0; c < n; ++c) g += xd(z, i, c) * xd(z, j, c);
+        worst = std::max(worst, std::abs(g - static_cast<double>(k::to_float(a[e]))));
+      }
+    if (!(worst <= tol))
+      return at + ": A differs from X X^T of the new X by " + std::to_string(worst);
+    if (z == 0)
+      for (std::int64_t j = 0; j < n; ++j)
+        if (xd(z, zero_row, j) != 0.0) return at + ": the zero row of X is not zero";
+    if (z == 1)
+      for (std::size_t e = mn; e < 2 * mn; ++e)
+        if (k::to_float(x[e]) != 0.0f) return at + ": the zero matrix is not zero";
+  }
+  return {};
+}
+
+template <class T>
+std::string check_aol_shapes(const char* type) {
+  // m below, at and past the 32 rows of a CUDA block; the 8 column lanes
+  // coming round; wide and square.
+  for (std::int64_t m : {1, 5, 31, 32, 33, 70})
+    for (std::int64_t n : {m, m + 37})
+      if (auto e = check_aol<T>(m, n, 0, type); !e.empty()) return e;
+  return check_aol<T>(45, 90, 96, type);  // 96 threads: the grid-stride loop comes round
+}
+
+}  // namespace
+
+std::string emulate_aol_kernels() {
+  if (auto e = check_aol_shapes<float>("float"); !e.empty()) return e;
+  if (auto e = check_aol_shapes<__half>("half"); !e.empty()) return e;
+  return check_aol_shapes<__nv_bfloat16>("bfloat16");
+}
+
 std::string cuda_error_message() {
   try {
     mc::check(cudaErrorInvalidValue, "cudaMemcpyAsync");
@@ -582,6 +763,7 @@ std::string optimizer_error(const std::string& what) {
     muon::MuonGroupOptions o;
     if (what == "options") o.momentum = 1.0;
     if (what == "gram") o.ns.method = muon::NsMethod::gram;
+    if (what == "aol") o.ns = muon::NewtonSchulzOptions::turbo_muon();
     mc::Optimizer<float> opt(o);
     float* fake = reinterpret_cast<float*>(std::uintptr_t(4096));  // never dereferenced
     opt.add_param("w", fake, fake, {4, 4});
@@ -590,6 +772,16 @@ std::string optimizer_error(const std::string& what) {
     if (what == "shape") opt.add_param("v", fake, fake, {0, 4});
     if (what == "dims") opt.add_param("v", fake, fake, {1, 2, 3, 4, 5});
     if (what == "set_gram") opt.set_option("ns_method", "gram");
+    if (what == "aol") {  // accepted by the constructor, set_option and set_muon_options
+      opt.set_option("ns_normalization", "frobenius");
+      opt.set_option("ns_normalization", "aol");
+      if (opt.muon_options().ns.normalization != muon::NsNormalization::aol)
+        return "ns_normalization did not follow set_option";
+      muon::MuonGroupOptions turbo;
+      turbo.ns = muon::NewtonSchulzOptions::turbo_muon();
+      opt.set_muon_options(turbo);
+    }
+    if (what == "set_normalization") opt.set_option("ns_normalization", "spectral");
     if (what == "variant_name") opt.set_option("variant", "nomuon");
     if (what == "variant_options") {
       muon::MuonGroupOptions bad = muon::MuonGroupOptions::normuon();

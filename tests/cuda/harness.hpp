@@ -26,6 +26,9 @@ struct RunMode {
   std::int64_t ld_pad = 0;  ///< extra rows of leading dimension on in/out
   std::int64_t tile = 0;    ///< forced tile edge (0: automatic)
   bool reuse = false;       ///< run twice with the same workspace
+  /// Pass the input as dense float through Orthogonalizer::run_from_float
+  /// (the normalizing load the optimizer uses; ld_pad then applies to out only).
+  bool from_float = false;
 };
 
 /// Orthogonalizes `batch` column-major rows x cols matrices (host, double,
@@ -39,11 +42,13 @@ std::vector<double> orthogonalize(const std::vector<double>& in, std::int64_t ro
 /// output buffer starts as `out_init`; returns the output buffer afterwards
 /// (also when it throws: `out_after` receives it before rethrowing).
 void orthogonalize_checked(const std::vector<float>& in, std::int64_t rows, std::int64_t cols,
-                           std::vector<float>& out_after, float out_init);
+                           std::vector<float>& out_after, float out_init,
+                           const muon::NewtonSchulzOptions& options = {});
 
 /// Workspace::check() on a problem with one field broken: "rows", "batch",
 /// "in_null", "out_shape", "ld", "stride", "steps", "tile", "gram",
-/// "in_float_sparse".
+/// "in_float_sparse", "aol_gram" (Turbo-Muon's options in the Gram form);
+/// "aol" (Turbo-Muon's options, accepted) breaks nothing.
 std::string workspace_check(const std::string& broken);
 
 /// Runs the tiled kernels' phase functions (copy_transpose, symmetrize) on
@@ -58,6 +63,18 @@ std::string emulate_tiled_kernels();
 /// CPU optimizer's formulas. "" when all agree, else the first disagreement.
 /// No device needed.
 std::string emulate_variant_kernels();
+
+/// Runs the AOL kernels' per-thread functions (aol_row_factors' shares,
+/// lane sums and factors, aol_scale's grid-stride entries) on the host with
+/// the kernels' launch shapes, in float, half and bfloat16, on batches of
+/// A = X X^T (m across the 32 row lanes and 8 column lanes; a zero row, a
+/// zero matrix, a NaN and an Inf entry), against plain loops in double that
+/// follow the definition: s_i = (sum_j |A_ij|)^(-1/2), 0 for a zero row,
+/// X <- diag(s) X, A <- diag(s) A diag(s) (staying symmetric, bit for bit,
+/// and equal to X X^T of the new X up to rounding); the non-finite flag set
+/// for the matrices with a NaN/Inf row sum only. "" when all agree, else
+/// the first disagreement. No device needed.
+std::string emulate_aol_kernels();
 
 /// muon::cuda::check() on a failing CUDA / cuBLAS status: the message.
 std::string cuda_error_message();
@@ -132,9 +149,10 @@ OptResult run_optimizer(const std::vector<OptParam>& params, const OptRun& run);
 /// The message of the muon::Error thrown by "duplicate", "null", "shape",
 /// "dims", "options", "gram", "set_gram", "bad_magic", "variant_name" (an
 /// unknown variant by key), "variant_options" (a bad normuon_beta2 through
-/// set_muon_options); "" for none. "variant" (a change of variant by key
-/// and by set_muon_options before the first step: no CUDA call) throws
-/// nothing.
+/// set_muon_options), "set_normalization" (an unknown ns_normalization);
+/// "" for none. "aol" (Turbo-Muon's options through the constructor,
+/// set_option("ns_normalization", ...) and set_muon_options) throws nothing. "variant" (a change of
+/// variant by key and by set_muon_options before the first step: no CUDA call) throws nothing.
 std::string optimizer_error(const std::string& what);
 
 /// Captures a step of a muon::cuda::Optimizer<float> (one Muon parameter),

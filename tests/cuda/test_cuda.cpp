@@ -133,6 +133,10 @@ TEST_CASE("cuda: Workspace::check names the broken field (no device needed)", "[
   CHECK(workspace_check("tile").rfind("tile:", 0) == 0);
   CHECK(workspace_check("gram").rfind("options.method: NsMethod::gram is not implemented", 0) == 0);
   CHECK(workspace_check("in_float_sparse").rfind("in_float: must be dense", 0) == 0);
+  // AOL normalization (Turbo-Muon) runs on the device; its Gram form does not.
+  CHECK(workspace_check("aol").empty());
+  CHECK(workspace_check("aol_gram").rfind("options.method: NsMethod::gram is not implemented", 0) ==
+        0);
 }
 
 TEST_CASE("cuda: optimizer argument errors (no device needed)", "[cuda][host]") {
@@ -151,6 +155,11 @@ TEST_CASE("cuda: optimizer argument errors (no device needed)", "[cuda][host]") 
   CHECK(optimizer_error("gram").find("ns_method: NsMethod::gram is not implemented") !=
         std::string::npos);
   CHECK(optimizer_error("set_gram").find("NsMethod::gram is not implemented") != std::string::npos);
+  // NsNormalization::aol passes the device optimizer's checks (its Newton-
+  // Schulz runs the shared loop, which calls Workspace::normalize_aol).
+  CHECK(optimizer_error("aol").empty());
+  CHECK(optimizer_error("set_normalization").find("ns_normalization: unknown value 'spectral'") !=
+        std::string::npos);
 }
 
 namespace {
@@ -312,6 +321,13 @@ TEST_CASE(
 TEST_CASE("cuda: tiled kernels emulated on the host agree with plain loops (no device needed)",
           "[cuda][host]") {
   CHECK(muon_cuda_test::emulate_tiled_kernels() == "");
+}
+
+TEST_CASE(
+    "cuda: the AOL kernels, emulated on the host, follow the definition (factors, scalings, "
+    "zero rows, non-finite flags; no device needed)",
+    "[cuda][host][aol]") {
+  CHECK(muon_cuda_test::emulate_aol_kernels() == "");
 }
 
 TEST_CASE(
@@ -487,6 +503,168 @@ TEST_CASE("cuda: NaN/Inf input throws naming the input and leaves the output unt
   CHECK_NOTHROW(muon_cuda_test::orthogonalize_checked(in, 6, 9, out, 1.0f));
 }
 
+// ---- AOL normalization (Turbo-Muon) on the device -------------------------------
+
+TEST_CASE("cuda: AOL normalization (Turbo-Muon) matches the CPU backend for every shape class",
+          "[cuda][device][aol]") {
+  MUON_REQUIRE_DEVICE();
+  const ShapeCase shapes[] = {{"square", 64, 64, 1, 0},
+                              {"wide", 48, 160, 1, 0},
+                              {"tall", 160, 48, 1, 0},
+                              {"1xn", 1, 37, 1, 0},
+                              {"nx1", 37, 1, 1, 0},
+                              {"batch", 40, 72, 3, 0},
+                              {"tiled square", 100, 100, 1, 32},
+                              {"tiled tall batch", 130, 96, 2, 40},
+                              {"tiled wide", 96, 200, 1, 48}};
+  const Dtype types[] = {Dtype::f32, Dtype::f16, Dtype::bf16};
+  const muon::NewtonSchulzOptions o = muon::NewtonSchulzOptions::turbo_muon();
+  std::uint64_t seed = 5000;
+  for (const auto& sc : shapes)
+    for (Dtype t : types)
+      for (bool from_float : {false, true}) {
+        std::vector<Eigen::MatrixXd> in;
+        for (Eigen::Index z = 0; z < sc.batch; ++z)
+          in.push_back(spread(sc.rows, sc.cols, ++seed, 3.0));
+        muon_cuda_test::RunMode mode;
+        mode.tile = sc.tile;
+        mode.from_float = from_float;
+        const auto dev =
+            muon_cuda_test::orthogonalize(flat(in), sc.rows, sc.cols, sc.batch, t, o, mode);
+        const double err = worst_relative_error(dev, in, o);
+        INFO(sc.label << " " << sc.rows << "x" << sc.cols << " batch " << sc.batch << ", "
+                      << name(t) << (from_float ? ", float input" : "") << ", seed " << seed
+                      << ": relative error " << err);
+        CHECK(err <= tolerance(t));
+      }
+}
+
+TEST_CASE("cuda: AOL normalization with 0, 1 and 6 steps, other schedules, explicit standard form",
+          "[cuda][device][aol]") {
+  MUON_REQUIRE_DEVICE();
+  const std::vector<Eigen::MatrixXd> in{spread(24, 56, 91, 0.5), spread(24, 56, 92, 40.0)};
+  for (int steps : {0, 1, 6})
+    for (const char* sched : {"jordan", "quintic"}) {
+      muon::NewtonSchulzOptions o(muon::Schedule::by_name(sched), steps);
+      o.with_normalization(muon::NsNormalization::aol).with_method(muon::NsMethod::standard);
+      const auto dev = muon_cuda_test::orthogonalize(flat(in), 24, 56, 2, Dtype::f32, o);
+      const double err = worst_relative_error(dev, in, o);
+      INFO(sched << ", steps " << steps << ": " << err);
+      CHECK(err <= tolerance(Dtype::f32));
+    }
+}
+
+TEST_CASE("cuda: AOL normalization above the tiling threshold (m >= 1536)", "[cuda][device][aol]") {
+  MUON_REQUIRE_DEVICE();
+  // 1700 x 1600 (tall: transposed, m = 1600, 2 x 2 tiles of 832): tiled
+  // equals untiled in float; both types against the CPU backend in double.
+  const std::vector<Eigen::MatrixXd> in{spread(1700, 1600, 4343, 2.0)};
+  const muon::NewtonSchulzOptions o = muon::NewtonSchulzOptions::turbo_muon();
+  muon_cuda_test::RunMode tiled, untiled;
+  untiled.tile = 1600;
+  const auto a = muon_cuda_test::orthogonalize(flat(in), 1700, 1600, 1, Dtype::f32, o, tiled);
+  const auto b = muon_cuda_test::orthogonalize(flat(in), 1700, 1600, 1, Dtype::f32, o, untiled);
+  double diff = 0, norm = 0;
+  for (std::size_t k = 0; k < a.size(); ++k) {
+    diff += (a[k] - b[k]) * (a[k] - b[k]);
+    norm += b[k] * b[k];
+  }
+  INFO("relative difference tiled vs untiled: " << std::sqrt(diff / norm));
+  CHECK(std::sqrt(diff / norm) <= 1e-4);
+  const Eigen::MatrixXd ref = muon::orthogonalize(in[0], o);
+  tiled.from_float = true;
+  for (Dtype t : {Dtype::f32, Dtype::bf16}) {
+    const auto dev = muon_cuda_test::orthogonalize(flat(in), 1700, 1600, 1, t, o, tiled);
+    const Eigen::Map<const Eigen::MatrixXd> d(dev.data(), 1700, 1600);
+    const double err = (d - ref).norm() / ref.norm();
+    INFO(name(t) << ": relative error " << err);
+    CHECK(err <= tolerance(t));
+  }
+}
+
+TEST_CASE("cuda: AOL normalization of a zero matrix and of a zero row", "[cuda][device][aol]") {
+  MUON_REQUIRE_DEVICE();
+  const muon::NewtonSchulzOptions o = muon::NewtonSchulzOptions::turbo_muon();
+  for (bool tall : {false, true})
+    for (Dtype t : {Dtype::f32, Dtype::bf16})
+      for (bool from_float : {false, true}) {
+        // Matrix 0 is zero; matrix 1 has a zero row of the wide X (a zero row
+        // of a wide input, a zero column of a tall one): s = 0 there, so that
+        // row of the result is zero and the rest follows the CPU backend.
+        const Eigen::Index rows = tall ? 90 : 30, cols = tall ? 30 : 90;
+        std::vector<Eigen::MatrixXd> in{Eigen::MatrixXd::Zero(rows, cols),
+                                        spread(rows, cols, 321, 1.5)};
+        if (tall)
+          in[1].col(7).setZero();
+        else
+          in[1].row(7).setZero();
+        muon_cuda_test::RunMode mode;
+        mode.from_float = from_float;
+        const auto dev = muon_cuda_test::orthogonalize(flat(in), rows, cols, 2, t, o, mode);
+        INFO((tall ? "tall" : "wide") << ", " << name(t) << (from_float ? ", float input" : ""));
+        const std::size_t size = static_cast<std::size_t>(rows * cols);
+        for (std::size_t k = 0; k < size; ++k) CHECK(dev[k] == 0.0);
+        const Eigen::Map<const Eigen::MatrixXd> d(dev.data() + size, rows, cols);
+        CHECK((tall ? d.col(7).norm() : d.row(7).norm()) == 0.0);
+        const Eigen::MatrixXd ref = muon::orthogonalize(in[1], o);
+        CHECK((d - ref).norm() / ref.norm() <= tolerance(t));
+      }
+}
+
+TEST_CASE(
+    "cuda: AOL normalization: NaN/Inf named, huge finite input scale-invariant, replays equal",
+    "[cuda][device][aol]") {
+  MUON_REQUIRE_DEVICE();
+  const muon::NewtonSchulzOptions o = muon::NewtonSchulzOptions::turbo_muon();
+  // NaN and Inf flag the matrix as under Frobenius normalization.
+  std::vector<float> in(6 * 9, 0.5f);
+  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity()}) {
+    in[13] = bad;
+    std::vector<float> out;
+    bool threw = false;
+    try {
+      muon_cuda_test::orthogonalize_checked(in, 6, 9, out, 7.0f, o);
+    } catch (const muon::Error& e) {
+      threw = true;
+      CHECK(std::string(e.what()).find("in: matrix 0 contains NaN or Inf") != std::string::npos);
+    }
+    CHECK(threw);
+    REQUIRE(out.size() == in.size());
+    for (float v : out) CHECK(v == 7.0f);
+  }
+  // Entries near 1e30: X X^T would overflow float; X is divided by its norm
+  // first (AOL is scale-invariant), so the result is the CPU's.
+  const Eigen::MatrixXd x = spread(6, 9, 55, 1.0);
+  for (std::size_t k = 0; k < in.size(); ++k) in[k] = static_cast<float>(1e30 * x.data()[k]);
+  std::vector<float> out;
+  REQUIRE_NOTHROW(muon_cuda_test::orthogonalize_checked(in, 6, 9, out, 7.0f, o));
+  const Eigen::MatrixXd ref = muon::orthogonalize(x, o);
+  const Eigen::Map<const Eigen::MatrixXf> d(out.data(), 6, 9);
+  CHECK((d.cast<double>() - ref).norm() / ref.norm() <= tolerance(Dtype::f32));
+  // Deterministic and capturable: reuse and graph replay equal eager.
+  for (bool tiled : {false, true}) {
+    const std::vector<Eigen::MatrixXd> batch{spread(70, 50, 15, 2.0), spread(70, 50, 16, 2.0)};
+    muon_cuda_test::RunMode eager;
+    eager.tile = tiled ? 16 : 0;
+    muon_cuda_test::RunMode reused = eager;
+    reused.reuse = true;
+    muon_cuda_test::RunMode graph = eager;
+    graph.graph = true;
+    const auto a = muon_cuda_test::orthogonalize(flat(batch), 70, 50, 2, Dtype::bf16, o, eager);
+    const auto b = muon_cuda_test::orthogonalize(flat(batch), 70, 50, 2, Dtype::bf16, o, reused);
+    const auto c = muon_cuda_test::orthogonalize(flat(batch), 70, 50, 2, Dtype::bf16, o, graph);
+    double db = 0, dc = 0;
+    for (std::size_t k = 0; k < a.size(); ++k) {
+      db = std::max(db, std::abs(a[k] - b[k]));
+      dc = std::max(dc, std::abs(a[k] - c[k]));
+    }
+    INFO("tiled " << tiled << ": reused vs eager " << db << ", graph vs eager " << dc);
+    CHECK(db == 0.0);
+    CHECK(dc == 0.0);
+    CHECK(worst_relative_error(a, batch, o) <= tolerance(Dtype::bf16));
+  }
+}
+
 namespace {
 
 // The run on the CPU optimizer, the reference for the device's: same
@@ -640,6 +818,28 @@ TEST_CASE(
   CHECK(worst_param_error(muon_cuda_test::run_optimizer(ps, run).params, cpu.params, ps) <= 1e-3);
   run.graph = true;
   CHECK(worst_param_error(muon_cuda_test::run_optimizer(ps, run).params, cpu.params, ps) <= 1e-3);
+}
+
+TEST_CASE("cuda: the device optimizer runs Turbo-Muon's AOL normalization like the CPU optimizer",
+          "[cuda][device][aol]") {
+  MUON_REQUIRE_DEVICE();
+  const auto ps = mixed_params(64);
+  for (bool graph : {false, true}) {
+    auto run = make_run(ps, 3, 2500);
+    run.graph = graph;
+    run.muon.ns = muon::NewtonSchulzOptions::turbo_muon();
+    const auto cpu = cpu_run(ps, run);
+    const auto dev = muon_cuda_test::run_optimizer(ps, run);
+    const double err = worst_param_error(dev.params, cpu.params, ps);
+    INFO("graph " << graph << ": " << err);
+    CHECK(err <= 1e-3);
+    CHECK(dev.step_count == 3);
+    run.ns_f32 = false;
+    const double err16 =
+        worst_param_error(muon_cuda_test::run_optimizer(ps, run).params, cpu.params, ps);
+    INFO("bf16 NS: " << err16);
+    CHECK(err16 <= 5e-2);
+  }
 }
 
 TEST_CASE("cuda: checkpoints cross backends: CPU to device to CPU", "[cuda][device]") {

@@ -10,6 +10,8 @@
 ///    the norm reduced on the device into a device scalar per matrix
 ///  - symmetrize: mirror a lower triangle, copy/scale into a second buffer,
 ///    add a constant on the diagonal (the symmetric-product helpers)
+///  - aol_row_factors / aol_scale: AOL rescaling (NsNormalization::aol), the
+///    absolute row sums of A = X X^T and the scalings of X's rows and of A
 ///  - the optimizer's step: check kernels (read only), decide, commit
 ///    kernels (momentum, Muon update, AdamW) and finish_step, all calling
 ///    the per-element rules of optim/rules.hpp
@@ -200,6 +202,107 @@ __global__ void scale_by(T* __restrict__ x, std::int64_t count, const float* __r
   for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < count;
        k += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
     x[k] = from_float<T>(to_float(x[k]) * s);
+}
+
+// ---- AOL rescaling ---------------------------------------------------------------
+//
+// NsNormalization::aol, per matrix z of the batch: with A = X X^T (m x m,
+// dense, column-major, both triangles filled), s_i = (sum_j |A_ij|)^(-1/2)
+// in double, 0 for a zero row, stored as float; then X(i, :) *= s_i and
+// A(i, j) *= s_i s_j (so A holds X X^T of the new X). Two kernels:
+//   aol_row_factors: CUDA block b of matrix z (kReduceThreads threads) owns
+//     rows 32 b .. 32 b + 31; thread t adds |A(i, j)| for row i = 32 b + t % 32
+//     over the columns j = t / 32, t / 32 + 8, ... (a warp reads 32
+//     neighbouring entries of a column), and the 8 shares of a row are added
+//     in lane order: no atomics, the same bits on every run;
+//   aol_scale: grid-stride over the entries, x(i, j) * s_i (X) or
+//     x(i, j) * (s_i s_j) (A: s_i s_j == s_j s_i, so A stays symmetric).
+// The per-thread work is written as __host__ __device__ functions that the
+// tests run on the host.
+
+constexpr int kAolRowLanes = 32;                                ///< rows per CUDA block
+constexpr int kAolColumnLanes = kReduceThreads / kAolRowLanes;  ///< threads sharing a row
+
+/// Thread share of row i's absolute sum: |a(i, j)| for j = column_lane,
+/// column_lane + kAolColumnLanes, ... (0 for a row past the end), in double.
+template <class T>
+__host__ __device__ inline double aol_row_share(const T* a, std::int64_t m, std::int64_t i,
+                                                int column_lane) {
+  double share = 0;
+  if (i < m)
+    for (std::int64_t j = column_lane; j < m; j += kAolColumnLanes) {
+      const double v = to_float(a[i + j * m]);
+      share += v < 0 ? -v : v;
+    }
+  return share;
+}
+
+/// A row's sum: its kAolColumnLanes shares added in lane order.
+__host__ __device__ inline double aol_row_total(const double (*shares)[kAolRowLanes],
+                                                int row_lane) {
+  double total = 0;
+  for (int lane = 0; lane < kAolColumnLanes; ++lane) total += shares[lane][row_lane];
+  return total;
+}
+
+/// s = row_sum^(-1/2), computed in double and rounded once to float; 0 for
+/// a zero row, and for a NaN/Inf sum (whose matrix is flagged, not stored).
+__host__ __device__ inline float aol_factor(double row_sum) {
+  if (!(row_sum > 0) || !optim::rules::finite(row_sum)) return 0.0f;
+  return static_cast<float>(1.0 / optim::rules::square_root(row_sum));
+}
+
+/// CUDA blocks per matrix of aol_row_factors for an m x m A.
+inline unsigned aol_row_blocks(std::int64_t m) {
+  return static_cast<unsigned>((m + kAolRowLanes - 1) / kAolRowLanes);
+}
+
+/// factors[z * m + i] = aol_factor(row i's absolute sum of a[z]) for the m x m
+/// matrices a[z] (stride m * m), z = blockIdx.y; nonfinite[z] = 1 when a
+/// row's sum is NaN/Inf (never cleared here: normalization set the flags).
+/// grid = (aol_row_blocks(m), batch), blockDim = kReduceThreads.
+template <class T>
+__global__ void aol_row_factors(const T* __restrict__ a, std::int64_t m,
+                                float* __restrict__ factors, int* __restrict__ nonfinite) {
+  __shared__ double shares[kAolColumnLanes][kAolRowLanes];
+  const std::int64_t z = blockIdx.y;
+  const int row_lane = static_cast<int>(threadIdx.x) % kAolRowLanes;
+  const int column_lane = static_cast<int>(threadIdx.x) / kAolRowLanes;
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kAolRowLanes + row_lane;
+  shares[column_lane][row_lane] = aol_row_share(a + z * m * m, m, i, column_lane);
+  __syncthreads();
+  if (column_lane == 0 && i < m) {
+    const double total = aol_row_total(shares, row_lane);
+    factors[z * m + i] = aol_factor(total);
+    if (!optim::rules::finite(total)) nonfinite[z] = 1;  // same value from every writer
+  }
+}
+
+/// Thread t's entries k = t, t + threads, ... of the m x cols matrix x
+/// (ld m; entry k is (k % m, k / m)): x(i, j) <- x(i, j) * f in float, f =
+/// factors[i] * factors[j] when `both` (then cols == m), else factors[i];
+/// rounded once to T.
+template <class T>
+__host__ __device__ inline void aol_scale_share(T* x, std::int64_t m, std::int64_t cols,
+                                                const float* factors, bool both, std::int64_t t,
+                                                std::int64_t threads) {
+  const std::int64_t count = m * cols;
+  for (std::int64_t k = t; k < count; k += threads) {
+    const std::int64_t i = k % m;
+    const float f = both ? factors[i] * factors[k / m] : factors[i];
+    x[k] = from_float<T>(to_float(x[k]) * f);
+  }
+}
+
+/// aol_scale_share over matrix z = blockIdx.y (x at z * m * cols, factors at
+/// z * m), grid-stride over gridDim.x blocks.
+template <class T>
+__global__ void aol_scale(T* __restrict__ x, std::int64_t m, std::int64_t cols,
+                          const float* __restrict__ factors, bool both) {
+  const std::int64_t z = blockIdx.y;
+  aol_scale_share(x + z * m * cols, m, cols, factors + z * m, both,
+                  static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+                  static_cast<std::int64_t>(gridDim.x) * blockDim.x);
 }
 
 // ---- symmetric helpers ---------------------------------------------------------------

@@ -29,6 +29,12 @@
 /// matrix whose norm is NaN/Inf is not written to `out` (left as it was) and
 /// its flag in nonfinite_flags() is set. The host wrappers read the flags and
 /// throw muon::Error; run() never synchronizes.
+///
+/// NsNormalization::aol (normalize_aol()): X is divided by its Frobenius
+/// norm (flags as above; AOL is scale-invariant, and X X^T then neither
+/// overflows nor underflows in T), A = X X^T, then per matrix the AOL
+/// factors from A's absolute row sums scale X's rows and A's rows and
+/// columns, which leaves A = X X^T of the new X for the first step.
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -79,6 +85,9 @@ class Workspace {
   static constexpr std::int64_t kTileTarget = 1024;
   /// Largest supported rows or cols (grid limits of the load/store kernels).
   static constexpr std::int64_t kMaxDim = std::int64_t(65535) * 32;
+  /// Under NsNormalization::aol, X is first divided by max(||X||_F, this)
+  /// (float's smallest normal: the factor 1/||X||_F stays a finite float).
+  static constexpr double kAolNormFloor = 1.17549435082228750797e-38;
 
   /// "" when the shape alone is supported, else the problem (naming the field).
   static std::string check_shape(std::int64_t rows, std::int64_t cols, std::int64_t batch) {
@@ -146,6 +155,7 @@ class Workspace {
     B_ = reinterpret_cast<T*>(base + plan_.b);
     partials_ = reinterpret_cast<double*>(base + plan_.partials);
     scale_ = reinterpret_cast<float*>(base + plan_.scale);
+    aol_ = reinterpret_cast<float*>(base + plan_.aol);
     flags_ = reinterpret_cast<int*>(base + plan_.flags);
     ptrs_ = reinterpret_cast<const void**>(base + plan_.ptrs);
     blas_ws_ = base + plan_.blas;
@@ -211,6 +221,30 @@ class Workspace {
     const dim3 g2(blocks > 1024u ? 1024u : blocks, static_cast<unsigned>(args_.batch));
     kernels::scale_by<T><<<g2, 256, 0, stream_>>>(X(), count, scale_);
     check_launch("muon::cuda::kernels::scale_by");
+  }
+
+  /// AOL rescaling (NsNormalization::aol, see ns_options.hpp), for every
+  /// matrix of the batch: A = X X^T, s_i = (sum_j |A_ij|)^(-1/2) in double
+  /// (0 for a zero row) kept as float, X <- diag(s) X, A <- diag(s) A diag(s):
+  /// A is then X X^T of the new X, and the first step skips its gram().
+  /// X is first divided by its Frobenius norm (AOL is scale-invariant), which
+  /// sets the non-finite flags as normalize() does and keeps X X^T in T's
+  /// range; a normalizing load (in_float) has done that already. A row sum
+  /// that is NaN/Inf flags its matrix too. gram() leaves A full (both
+  /// triangles, tiled or not), so the row sums read every entry as stored.
+  /// Launches only: deterministic (fixed summation order, no atomics) and
+  /// capturable.
+  void normalize_aol() {
+    normalize(1.0, kAolNormFloor, EpsMode::max);  // returns at once when prenormalized
+    gram();
+    const std::int64_t m = plan_.m, n = plan_.n;
+    const unsigned batch = static_cast<unsigned>(args_.batch);
+    kernels::aol_row_factors<T>
+        <<<dim3(kernels::aol_row_blocks(m), batch), kernels::kReduceThreads, 0, stream_>>>(
+            A_, m, aol_, flags_);
+    check_launch("muon::cuda::kernels::aol_row_factors");
+    launch_aol_scale(X(), n, false);  // X <- diag(s) X
+    launch_aol_scale(A_, m, true);    // A <- diag(s) A diag(s)
   }
 
   void gram() {  // A = X X^T
@@ -287,8 +321,8 @@ class Workspace {
     std::int64_t tiles = 1;  // lower blocks of the tiling (1 when untiled)
     detail::TilePlan plan;
     std::int64_t reduce_blocks = 1;
-    std::size_t x = 0, y = 0, a = 0, b = 0, partials = 0, scale = 0, flags = 0, ptrs = 0, blas = 0,
-                total = 0;
+    std::size_t x = 0, y = 0, a = 0, b = 0, partials = 0, scale = 0, aol = 0, flags = 0, ptrs = 0,
+                blas = 0, total = 0;
     bool tiled() const { return plan.tiled(); }
 
     Plan() = default;
@@ -314,6 +348,7 @@ class Workspace {
       b = take(mm);
       partials = take(sizeof(double) * static_cast<std::size_t>(reduce_blocks * batch));
       scale = take(sizeof(float) * static_cast<std::size_t>(batch));
+      aol = take(sizeof(float) * static_cast<std::size_t>(m * batch));  // AOL factors s
       flags = take(sizeof(int) * static_cast<std::size_t>(batch));
       // 3 product sets (gram on buffer 0, gram on buffer 1, A A^T) x 3 pointer
       // arrays (A, B, C operands) x tiles x batch.
@@ -360,8 +395,13 @@ class Workspace {
                     static_cast<unsigned>((plan_.n + kernels::kTile - 1) / kernels::kTile),
                     static_cast<unsigned>(args_.batch));
     if (args_.in_float.ptr) {
-      // The norm of the float input, then the cast of input / denominator.
+      // The norm of the float input, then the cast of input / denominator
+      // (under AOL, which is scale-invariant and ignores divisor and eps, the
+      // plain norm: as normalize_aol() divides a T input).
       const NewtonSchulzOptions& o = args_.options;
+      const bool aol = o.normalization == NsNormalization::aol;
+      const double divisor = aol ? 1.0 : o.divisor(), eps = aol ? kAolNormFloor : o.eps;
+      const bool eps_max = aol || o.eps_mode == EpsMode::max;
       const std::int64_t count = plan_.m * plan_.n;
       const dim3 reduce(static_cast<unsigned>(plan_.reduce_blocks),
                         static_cast<unsigned>(args_.batch));
@@ -370,7 +410,7 @@ class Workspace {
       check_launch("muon::cuda::kernels::sumsq_partial (load)");
       kernels::finalize_scale<<<static_cast<unsigned>(args_.batch), kernels::kReduceThreads, 0,
                                 stream_>>>(partials_, static_cast<int>(plan_.reduce_blocks), scale_,
-                                           flags_, o.divisor(), o.eps, o.eps_mode == EpsMode::max);
+                                           flags_, divisor, eps, eps_max);
       check_launch("muon::cuda::kernels::finalize_scale (load)");
       const auto& in = args_.in_float;
       kernels::copy_transpose<float, T>
@@ -397,6 +437,14 @@ class Workspace {
         <<<grid, block, 0, stream_>>>(X(), plan_.m, plan_.m * plan_.n, out.ptr, out.ld, out.stride,
                                       args_.rows, args_.cols, transposed(), flags_, nullptr);
     check_launch("muon::cuda::kernels::copy_transpose (store)");
+  }
+
+  // x(i, j) *= s_i (or s_i s_j when both) for the m x cols matrices x[z].
+  void launch_aol_scale(T* x, std::int64_t cols, bool both) {
+    const unsigned blocks = kernels::elementwise_blocks(plan_.m * cols);
+    const dim3 grid(blocks > 1024u ? 1024u : blocks, static_cast<unsigned>(args_.batch));
+    kernels::aol_scale<T><<<grid, 256, 0, stream_>>>(x, plan_.m, cols, aol_, both);
+    check_launch("muon::cuda::kernels::aol_scale");
   }
 
   void launch_symmetrize(T* src, T* out, bool mirror, float s, float diag) {
@@ -464,6 +512,7 @@ class Workspace {
   T *A_ = nullptr, *B_ = nullptr;
   double* partials_ = nullptr;
   float* scale_ = nullptr;
+  float* aol_ = nullptr;  // AOL factors, m per matrix
   int* flags_ = nullptr;
   const void** ptrs_ = nullptr;
   void* blas_ws_ = nullptr;
