@@ -56,6 +56,12 @@ constexpr bool is_valid(NsNormalization n) {
 inline const char* ns_normalization_name(NsNormalization n) {
   return n == NsNormalization::aol ? "aol" : "frobenius";
 }
+/// The normalization named `name` (ns_normalization_name's names); nullopt otherwise.
+inline std::optional<NsNormalization> ns_normalization_from_name(std::string_view name) {
+  for (NsNormalization n : {NsNormalization::frobenius, NsNormalization::aol})
+    if (name == ns_normalization_name(n)) return n;
+  return std::nullopt;
+}
 constexpr bool is_valid(NsMethod m) {
   return m == NsMethod::automatic || m == NsMethod::standard || m == NsMethod::gram;
 }

@@ -665,8 +665,9 @@ inline void set_option(GroupOptions& g, std::string_view key, std::string_view v
                   : value == "standard" ? NsMethod::standard
                                         : NsMethod::gram;
   } else if (key == "ns_normalization") {
-    if (value != "frobenius" && value != "aol") bad();
-    m.ns.normalization = value == "aol" ? NsNormalization::aol : NsNormalization::frobenius;
+    const auto normalization = ns_normalization_from_name(value);
+    if (!normalization) bad();
+    m.ns.normalization = *normalization;
   } else if (key == "momentum_kind") {
     if (value != "ema" && value != "sum") bad();
     m.momentum_kind = value == "ema" ? MomentumKind::ema : MomentumKind::sum;

@@ -376,12 +376,9 @@ inline void apply_group_option(checkpoint::Reader& r, GroupOptions& g, bool& use
       if (!form) bad();
       m.weight_decay_form = *form;
     } else if (key == "ns_normalization") {
-      if (v == "frobenius")
-        m.ns.normalization = NsNormalization::frobenius;
-      else if (v == "aol")
-        m.ns.normalization = NsNormalization::aol;
-      else
-        bad();
+      const auto normalization = ns_normalization_from_name(v);
+      if (!normalization) bad();
+      m.ns.normalization = *normalization;
     } else if (key == "variant") {
       const auto variant = muon_variant_from_name(v);
       if (!variant) bad();
