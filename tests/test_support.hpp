@@ -16,8 +16,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <random>
+#include <system_error>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -258,5 +260,40 @@ inline Eigen::MatrixXd plain_newton_schulz(const Eigen::MatrixXd& G, const Paper
   }
   return tall ? Eigen::MatrixXd(X.transpose()) : X;
 }
+
+/// A fresh folder of this test's own under the system's temporary directory,
+/// removed with everything in it when the object goes: tests never write
+/// into the working directory or a fixed shared path, so a file one test
+/// leaves behind (or a crashed run's) cannot make another fail.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag = "test") {
+    static std::uint64_t counter = 0;
+    const std::filesystem::path base = std::filesystem::temp_directory_path();
+    std::random_device entropy;
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      const std::filesystem::path p =
+          base / ("muon_" + tag + "_" + std::to_string(entropy()) + "_" + std::to_string(++counter));
+      std::error_code ec;
+      if (std::filesystem::create_directory(p, ec)) {
+        path_ = p;
+        return;
+      }
+    }
+    throw std::runtime_error("muon_test::TempDir: cannot create a folder under " + base.string());
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::filesystem::path& path() const { return path_; }
+  /// The path of `name` inside the folder.
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
 
 }  // namespace muon_test
