@@ -120,10 +120,10 @@ int main(int argc, char** argv) {
     const std::vector<int> sizes = {int(train.images.rows()), c.hidden, c.hidden, 10};
     fm::Mlp<float> model(sizes, 1);
     muon::dist::MpiCommunicator comm(MPI_COMM_WORLD);
-    muon::dist::Optimizer<float> opt(comm, muon_options(), adamw_options());
     // Each rank's gradient is the mean over its equal share of the batch:
     // their mean over ranks is the batch mean.
-    opt.set_grad_mode(muon::dist::GradMode::mean);
+    muon::dist::Optimizer<float> opt(comm, muon::dist::GradMode::mean, muon_options(),
+                                     adamw_options());
     attach(opt, model);
     // The single-process run, on rank 0 only.
     fm::Mlp<float> single_model(sizes, 1);
@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
           }
           for (std::size_t q = 0; q < single_params.size(); ++q)
             for (std::size_t e = 0; e < sum[q].size(); ++e)
-              single_params[q].grad[e] = sum[q][e] * (1.0f / float(ranks));
+              single_params[q].grad[e] = sum[q][e] / float(ranks);
           single.step();
         }
         ++step;

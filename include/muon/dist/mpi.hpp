@@ -8,7 +8,7 @@
 ///
 ///     MPI_Init(&argc, &argv);
 ///     muon::dist::MpiCommunicator comm(MPI_COMM_WORLD);
-///     muon::dist::Optimizer<float> opt(comm);
+///     muon::dist::Optimizer<float> opt(comm, muon::dist::GradMode::mean);
 
 #include <mpi.h>
 

@@ -7,9 +7,9 @@
 /// once, on one rank.
 ///
 ///     muon::dist::MpiCommunicator comm(MPI_COMM_WORLD);
-///     muon::dist::Optimizer<float> opt(comm);           // on every rank
+///     // On every rank; dW: this rank's own gradient, the step uses the mean.
+///     muon::dist::Optimizer<float> opt(comm, muon::dist::GradMode::mean);
 ///     opt.add_param("fc.weight", {W, {64, 32}}, {dW, {64, 32}});  // same order everywhere
-///     opt.set_grad_mode(muon::dist::GradMode::mean);     // dW: this rank's own gradient
 ///     ... backward ...
 ///     opt.step();                                        // collective
 ///
@@ -21,9 +21,12 @@
 /// contiguous range per rank. A rank holds the momentum and moments of what
 /// it is home for only (about 1/P of the state), and runs that part of the
 /// step with an ordinary muon::Optimizer over views of the weights. A step:
+///   0. the ranks agree on the step's settings and on which gradients are
+///      present (one small all-gather);
 ///   1. gradients: GradMode::reduced reads this rank's (already all-reduced)
 ///      gradient where it is home; sum/mean move every rank's gradient to the
-///      homes and add them there in rank order (deterministic, in windows);
+///      homes and add them there in rank order (then divide by P for the
+///      mean; deterministic, in windows);
 ///   2. checks on every home, agreed by all ranks: a step applies to every
 ///      parameter or none (raise), or leaves out the same parameters on
 ///      every rank (skip);
@@ -31,23 +34,28 @@
 ///   4. the new weights go from each home to every rank (all-gather, in
 ///      windows of bounded size).
 /// With the same inputs the result is bitwise that of one muon::Optimizer
-/// fed the gradient summed in rank order (docs/distributed.md), at any rank
-/// count. Checkpoints are written by rank 0 in the single-process format and
-/// load on any number of ranks (and into muon::Optimizer).
+/// fed the gradient summed in rank order (divided by P for the mean;
+/// docs/distributed.md), at any rank count. Checkpoints are written by rank
+/// 0 in the single-process format and load on any number of ranks (and into
+/// muon::Optimizer).
 ///
 /// Only contiguous row-major parameters and gradients (PyTorch's layout).
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <istream>
 #include <iterator>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../detail/atomic_file.hpp"
@@ -60,12 +68,27 @@
 namespace muon {
 namespace dist {
 
-/// What the gradients handed to the optimizer are.
+/// What the gradients handed to the optimizer are. A required constructor
+/// argument: no default could be right for every program, and a wrong mode
+/// trains without any visible error (reduced on per-rank gradients steps
+/// each home on its own rank's gradient, and the ranks still agree).
 enum class GradMode {
   reduced,  ///< already all-reduced by the user: identical on every rank
-  sum,      ///< this rank's own; the step uses their sum over ranks
-  mean      ///< this rank's own; the step uses their sum over ranks / size()
+  sum,      ///< this rank's own; the step uses their sum over ranks, in rank order
+  mean      ///< this rank's own; the step uses that sum divided by size()
 };
+
+inline const char* grad_mode_name(GradMode m) {
+  switch (m) {
+    case GradMode::reduced:
+      return "reduced";
+    case GradMode::sum:
+      return "sum";
+    case GradMode::mean:
+      return "mean";
+  }
+  return "invalid";
+}
 
 template <class T>
 constexpr DType dtype_of() {
@@ -85,10 +108,11 @@ class Optimizer {
   using View = ParamView<T>;
   using Local = muon::Optimizer<T, B>;
 
-  /// Group 0 gets `muon` for Muon-routed and `adamw` for AdamW-routed
-  /// parameters. `comm` must outlive the optimizer.
-  explicit Optimizer(Communicator& comm, MuonGroupOptions muon = {}, AdamWOptions adamw = {})
-      : comm_(comm), plan_(muon, adamw), local_(muon, adamw) {}
+  /// `mode`: what the gradients handed to the optimizer are (the same on
+  /// every rank). Group 0 gets `muon` for Muon-routed and `adamw` for
+  /// AdamW-routed parameters. `comm` must outlive the optimizer.
+  Optimizer(Communicator& comm, GradMode mode, MuonGroupOptions muon = {}, AdamWOptions adamw = {})
+      : comm_(comm), plan_(muon, adamw), local_(muon, adamw), mode_(checked(mode)) {}
 
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
@@ -115,17 +139,34 @@ class Optimizer {
     plan_.set_option(key, value, group);
     local_.set_option(key, value, group);
   }
-  void set_lr_schedule(const LrSchedule& s) { local_.set_lr_schedule(s); }
-  void set_momentum_warmup(const MomentumWarmup& w) { local_.set_momentum_warmup(w); }
+  // The lr schedule, momentum warmup and non-finite policy may change
+  // between steps; every step checks that they are the same on every rank.
+  void set_lr_schedule(const LrSchedule& s) {
+    plan_.set_lr_schedule(s);  // validates; kept for that check
+    local_.set_lr_schedule(s);
+  }
+  void set_momentum_warmup(const MomentumWarmup& w) {
+    plan_.set_momentum_warmup(w);
+    local_.set_momentum_warmup(w);
+  }
+  void set_non_finite_policy(NonFinitePolicy p) { plan_.set_non_finite_policy(p); }
+  NonFinitePolicy non_finite_policy() const { return plan_.non_finite_policy(); }
   /// Before the first add_param.
   void set_routing_rules(RoutingRules rules) { plan_.set_routing_rules(std::move(rules)); }
-  void set_non_finite_policy(NonFinitePolicy p) { policy_ = p; }
   void set_ns_threads(int threads) { local_.set_ns_threads(threads); }
-  void set_grad_mode(GradMode mode) { mode_ = mode; }
+  /// Replaces the constructor's mode; only before the plan is made (the
+  /// first step, save, load, home() or local()): the staging buffers and
+  /// what the homes read are made for the mode.
+  void set_grad_mode(GradMode mode) {
+    checked(mode);
+    if (built_)
+      detail::fail("grad_mode", "must be set before the first step, save, load, home() or local()");
+    mode_ = mode;
+  }
   GradMode grad_mode() const { return mode_; }
   /// Elements each rank moves per round of the gradient and weight exchanges
   /// (default 2^22 / size()): the staging buffers hold 2 x size() x this
-  /// many elements. Before the first step.
+  /// many elements. Before the first step; the same on every rank.
   void set_window(std::size_t elements) {
     if (built_) detail::fail("window", "must be set before the first step");
     if (elements == 0) detail::fail("window", "must be positive");
@@ -153,19 +194,16 @@ class Optimizer {
     plan_.add_param(name, param.tensor_shape(), options);
     params_.push_back({param, grad});
   }
+  /// The gradient the next steps read for `name` (the homes' views follow
+  /// at the next step). See step() for a gradient some ranks lack.
   void set_grad(const std::string& name, View grad) {
     const std::size_t i = plan_.index(name);
     check_layout(grad, name, "grad");
     if (plan_.param(i).shape != grad.tensor_shape())
       detail::fail("grad", "'" + name + "' has shape " + grad.shape_string());
     params_[i].grad = grad;
-    if (built_) bind_grads(i);
   }
-  void clear_grad(const std::string& name) {
-    const std::size_t i = plan_.index(name);
-    params_[i].grad = View();
-    if (built_) bind_grads(i);
-  }
+  void clear_grad(const std::string& name) { params_[plan_.index(name)].grad = View(); }
 
   std::size_t param_count() const { return plan_.size(); }
   Route route(const std::string& name) const { return plan_.param(plan_.index(name)).route; }
@@ -173,37 +211,50 @@ class Optimizer {
   /// parameters are spread over every rank: -1). The first call makes the
   /// plan (see build(): collective).
   int home(const std::string& name, std::size_t block = 0) {
-    build();
+    build_for("home");
     const std::size_t i = plan_.index(name);
     if (!plan_.param(i).muon()) return -1;
+    if (block >= job_count_[i])
+      detail::fail("block", std::to_string(block) + " is out of range: '" + name + "' has " +
+                                std::to_string(job_count_[i]) + " block(s)");
     return jobs_[first_job_[i] + block].home;
   }
   /// The single-process optimizer that runs this rank's share (the first
   /// call makes the plan: collective).
   const Local& local() {
-    build();
+    build_for("local");
     return local_;
   }
   /// Bytes of this rank's optimizer state (its momentum and moments).
   std::size_t state_bytes() const { return local_.state_bytes(); }
 
   /// Collective QK-Clip (optim/qk_clip.hpp) after a step: every rank passes
-  /// the same `heads` and its own per-head maxima (each rank saw other
-  /// sequences); they are combined with MAX, then every rank scales its
-  /// copy of the weights by the same factors, so the copies stay equal. A
-  /// NaN or infinite maximum on any rank throws muon::Error naming the head
-  /// on every rank, and no rank writes anything.
+  /// the same `heads`, `count` and `options` and its own per-head maxima
+  /// (each rank saw other sequences); they are combined with MAX, then every
+  /// rank scales its copy of the weights by the same factors, so the copies
+  /// stay equal. Each rank checks its own call first (the maxima finite, the
+  /// heads and options valid) and the ranks agree before any maximum moves:
+  /// a call refused on any rank, or heads, count or options that differ
+  /// between ranks, make every rank throw muon::Error (naming the problem
+  /// and the rank), and no rank writes anything.
   QkClipReport qk_clip(const QkClipHeads& heads, const double* max_logits, std::size_t count,
                        const QkClipOptions& options = QkClipOptions()) {
-    // Agree on bad input before anything else: a rank that threw alone
-    // would leave the others waiting in the next collective.
-    std::int64_t first_bad = 0, any_bad = 0;  // 1 + the head's index
-    for (std::size_t j = 0; j < count && first_bad == 0; ++j)
-      if (!std::isfinite(max_logits[j])) first_bad = std::int64_t(j) + 1;
-    comm_.all_reduce(&first_bad, &any_bad, 1, DType::i64, ReduceOp::max);
-    if (any_bad > 0)
-      detail::fail("max_logits[" + std::to_string(any_bad - 1) + "]",
-                   "is not finite on some rank (head " + std::to_string(any_bad - 1) + ")");
+    std::string problem;
+    try {
+      optim::plan_qk_clip(plan_, heads, max_logits, count, options);  // this rank's call alone
+    } catch (const Error& e) {
+      problem = std::string(e.detail());
+    }
+    Fingerprint f;
+    f.text(heads.query);
+    f.text(heads.key);
+    for (std::int64_t v : {heads.heads, heads.head_dim, heads.query_row, heads.key_row}) f.value(v);
+    f.value(std::uint64_t(count));
+    f.value(options.tau);
+    f.value(options.alpha);
+    agree(problem, f.get(), "qk_clip",
+          "passed other heads, a maxima count or options than rank 0 (they must be the same on "
+          "every rank; nothing was written)");
     std::vector<double> maxima(count);
     comm_.all_reduce(max_logits, maxima.data(), count, DType::f64, ReduceOp::max);
     const optim::QkClipPlan plan = optim::plan_qk_clip(plan_, heads, maxima.data(), count, options);
@@ -222,43 +273,44 @@ class Optimizer {
   std::int64_t step_count() const { return local_.step_count(); }
 
   /// Makes the plan (homes, shards, the local optimizer, staging buffers)
-  /// after comparing every rank's registration (one small all-gather): a
-  /// collective call, made by the first step, save, load, home() or local()
-  /// — every rank must reach it.
-  void build() {
-    if (built_) return;
-    check_same_everywhere();
-    make_plan();
-    built_ = true;
-  }
+  /// after comparing every rank's registration (one small all-gather; on a
+  /// difference, muon::Error on every rank naming the first differing
+  /// parameter or option): a collective call, made by the first step, save,
+  /// load, home() or local() — every rank must reach it.
+  void build() { build_for("build"); }
 
   // ---- the step ---------------------------------------------------------------------
 
   /// One step over every parameter with a gradient: collective. Updates
   /// every parameter on every rank, or none (NonFinitePolicy::raise: throws
-  /// muon::Error naming the parameter, on every rank), or leaves out the
-  /// same parameters on every rank (skip). Allocates nothing after the first.
+  /// muon::Error naming the parameter and the rank(s) whose gradient was not
+  /// finite, on every rank), or leaves out the same parameters on every rank
+  /// (skip). A gradient some ranks hold and others not: under sum/mean the
+  /// missing ones count as zeros (an expert no token reached on a rank), and
+  /// the parameter is stepped everywhere; under reduced (the same gradient
+  /// everywhere) it is refused on every rank, nothing updated. Settings that
+  /// differ between ranks (non-finite policy, lr schedule, momentum warmup)
+  /// are refused likewise. Allocates nothing after the first.
   const StepReport& step() {
-    build();
+    build_for("step");
+    agree_on_step();
     if (mode_ != GradMode::reduced) reduce_grads();
+    bind_grads();
     // Phase 1: every home checks its share; the ranks agree on the outcome.
     const StepReport& local = local_.check();
     agree_on_skips(local);
-    if (!skipped_.empty() && policy_ == NonFinitePolicy::raise) {
-      const std::size_t i = std::size_t(skipped_[0]);
-      detail::fail("step", "'" + plan_.param(i).name +
-                               "': " + skip_reason_name(SkipReason(skipped_[1])) + " (on rank " +
-                               std::to_string(skipped_[2]) + "; nothing was updated)");
+    if (!skipped_.empty() && plan_.non_finite_policy() == NonFinitePolicy::raise)
+      detail::fail("step", first_skip_message());
+    // A parameter left out on one home is left out on all of its homes (its
+    // views are bound again at the next step).
+    for (std::size_t k = 0; k < skipped_.size(); k += 3) {
+      const std::size_t i = std::size_t(skipped_[k]);
+      for (std::size_t j = first_job_[i]; j < first_job_[i] + job_count_[i]; ++j)
+        if (jobs_[j].home == comm_.rank()) local_.clear_grad(jobs_[j].name);
+      bound_[i] = nullptr;
     }
-    // A parameter left out on one home is left out on all of its homes.
-    for (std::size_t k = 0; k < skipped_.size(); k += 3)
-      for (std::size_t j : my_jobs_) {
-        if (jobs_[j].param != std::size_t(skipped_[k])) continue;
-        local_.clear_grad(jobs_[j].name);
-      }
     // Phase 2: the share's writes, then the new weights to every rank.
     local_.step();
-    for (std::size_t k = 0; k < skipped_.size(); k += 3) bind_grads(std::size_t(skipped_[k]));
     gather_params();
     return make_report();
   }
@@ -272,7 +324,7 @@ class Optimizer {
   /// class on any number of ranks); the other ranks' `os` is not touched.
   /// Rank 0 holds the whole state while writing.
   void save(std::ostream& os) {
-    build();
+    build_for("save");
     std::vector<B> mine;
     std::vector<std::int64_t> steps;
     for (std::size_t j : my_jobs_) {
@@ -331,27 +383,52 @@ class Optimizer {
   /// muon::Error on every rank (nothing changed) for a checkpoint that does
   /// not match.
   void load(std::istream& is, const LoadOptions& options = LoadOptions()) {
-    load_bytes(comm_.rank() == 0 ? read_all(is) : std::string(), options, "stream");
+    load_bytes(comm_.rank() == 0 ? read_all(is) : std::string(), options, "stream", "load");
   }
+  /// save() to `path` on rank 0, atomically (muon::Optimizer::save_file).
+  /// Collective: when rank 0 cannot open, write or rename the file, every
+  /// rank throws its muon::Error (naming the path and rank 0), the previous
+  /// file intact.
   void save_file(const std::string& path) {
-    if (comm_.rank() == 0)
-      detail::write_file_atomically(path, [this](std::ostream& os) { save(os); });
-    else {
+    build_for("save_file");
+    // Rank 0 reports twice: the file is open (before the state moves to
+    // it), then written and renamed. A failure it kept to itself would
+    // leave the other ranks waiting in the gather.
+    std::string problem;
+    bool opened = false;
+    if (comm_.rank() == 0) {
+      try {
+        detail::write_file_atomically(path, [&](std::ostream& os) {
+          opened = true;
+          agree("");
+          save(os);
+        });
+      } catch (const Error& e) {
+        problem = std::string(e.detail());
+      } catch (const std::exception& e) {
+        problem = "path: writing '" + path + "' failed: " + e.what();
+      }
+      if (!opened) agree(problem);  // throws on every rank
+    } else {
+      agree("");
       std::ostringstream unused;
       save(unused);
     }
+    agree(problem);
   }
+  /// Collective: rank 0 reads `path`; a file it cannot open makes every
+  /// rank throw muon::Error. Then as load().
   void load_file(const std::string& path, const LoadOptions& options = LoadOptions()) {
-    std::string bytes;
-    std::int64_t ok = 1;
+    std::string bytes, problem;
     if (comm_.rank() == 0) {
       std::ifstream f(path, std::ios::binary);
-      ok = f ? 1 : 0;
-      if (f) bytes = read_all(f);
+      if (f)
+        bytes = read_all(f);
+      else
+        problem = "path: cannot open '" + path + "' for reading";
     }
-    comm_.broadcast(&ok, 1, DType::i64, 0);
-    if (!ok) detail::fail("path", "cannot open '" + path + "' for reading (on rank 0)");
-    load_bytes(std::move(bytes), options, "'" + path + "'");
+    agree(problem);
+    load_bytes(std::move(bytes), options, "'" + path + "'", "load_file");
   }
 
  private:
@@ -398,53 +475,185 @@ class Optimizer {
                    "'" + name + "': the distributed optimizer needs contiguous row-major tensors");
   }
 
-  // Ranks that registered different parameters or options would exchange
-  // mismatched buffers (or hang): a fingerprint of the registration and the
-  // group options, compared across ranks once, refuses that on every rank.
-  void check_same_everywhere() {
-    std::uint64_t h = 1469598103934665603ull;  // FNV-1a
-    auto mix = [&h](const void* data, std::size_t n) {
+  static GradMode checked(GradMode mode) {
+    if (!(mode == GradMode::reduced || mode == GradMode::sum || mode == GradMode::mean))
+      detail::fail("grad_mode", "is not a GradMode value (" + std::to_string(int(mode)) + ")");
+    return mode;
+  }
+
+  // FNV-1a over bytes: the fingerprints ranks compare to agree that
+  // something is the same everywhere.
+  struct Fingerprint {
+    std::uint64_t h = 1469598103934665603ull;
+    void bytes(const void* data, std::size_t n) {
       const unsigned char* b = static_cast<const unsigned char*>(data);
       for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-    };
-    auto mix_value = [&mix](auto v) { mix(&v, sizeof v); };
-    mix_value(std::uint64_t(plan_.size()));
-    mix_value(int(mode_));
-    for (std::size_t i = 0; i < plan_.size(); ++i) {
-      const optim::ParamRecord& p = plan_.param(i);
-      mix(p.name.data(), p.name.size());
-      mix_value(int(p.route));
-      mix_value(std::uint64_t(p.group));
-      mix_value(p.shape.ndim);
-      for (std::int64_t d : p.shape.dims) mix_value(d);
-      for (std::int64_t b : p.blocks) mix_value(b);
     }
+    template <class V>
+    void value(V v) {
+      bytes(&v, sizeof v);
+    }
+    void text(const std::string& s) {
+      value(std::uint64_t(s.size()));
+      bytes(s.data(), s.size());
+    }
+    std::int64_t get() const { return std::int64_t(h & 0x7fffffffffffffffull); }
+  };
+
+  // Collective: `text` as rank `root` has it, on every rank.
+  std::string broadcast_text(std::string text, int root) {
+    std::int64_t n = std::int64_t(text.size());
+    comm_.broadcast(&n, 1, DType::i64, root);
+    text.resize(std::size_t(n));
+    if (n > 0) comm_.broadcast(&text[0], std::size_t(n), DType::u8, root);
+    return text;
+  }
+
+  // Collective: every rank passes its own `problem` ("field: message" of the
+  // error it would raise; "" for none) and a fingerprint of what must be the
+  // same on every rank. Throws on every rank the lowest failing rank's
+  // problem, naming that rank; else, when a fingerprint differs from rank
+  // 0's, `field`: "rank(s) ... <differs>". A rank that threw alone would
+  // leave the others waiting in their next collective.
+  void agree(const std::string& problem, std::int64_t fingerprint = 0, const char* field = "",
+             const char* differs = "") {
+    const int P = comm_.size();
+    const std::int64_t mine[2] = {problem.empty() ? 0 : 1, fingerprint};
+    std::vector<std::int64_t> all(2 * std::size_t(P));
+    comm_.all_gather(mine, all.data(), 2, DType::i64);
+    for (int r = 0; r < P; ++r)
+      if (all[2 * std::size_t(r)] != 0)
+        throw Error(broadcast_text(problem, r) + " (on rank " + std::to_string(r) + ")");
+    std::string ranks;
+    for (int r = 1; r < P; ++r)
+      if (all[2 * std::size_t(r) + 1] != all[1])
+        ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+    if (!ranks.empty()) detail::fail(field, "rank(s) " + ranks + " " + differs);
+  }
+
+  void build_for(const char* caller) {
+    if (built_) return;
+    check_same_everywhere(caller);
+    make_plan();
+    built_ = true;
+  }
+
+  // What every rank must have registered alike, one (what, value) line each
+  // in a fixed order: the grad mode and window, the groups' options, then
+  // the parameters (last, so that an extra or a missing parameter is named
+  // rather than a count). Hashed to compare; read to say what differs.
+  using Lines = std::vector<std::pair<std::string, std::string>>;
+  Lines registration() const {
+    Lines lines;
+    const auto number = [](double v) {
+      std::ostringstream os;
+      os.precision(17);
+      os << v;
+      return os.str();
+    };
+    lines.push_back({"grad mode", grad_mode_name(mode_)});
+    lines.push_back({"window", window_ == 0 ? "default" : std::to_string(window_)});
+    lines.push_back({"groups", std::to_string(plan_.group_count())});
     for (std::size_t g = 0; g < plan_.group_count(); ++g) {
       const GroupOptions& o = plan_.group(g);
-      for (double v :
-           {o.muon.lr, o.muon.weight_decay, o.muon.momentum, o.muon.lr_scale, o.muon.normuon_beta2,
-            o.muon.normuon_eps, o.muon.adamuon_beta2, o.muon.adamuon_eps, o.adamw.lr, o.adamw.beta1,
-            o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay})
-        mix_value(v);
-      mix_value(int(o.muon.weight_decay_form));
-      mix_value(int(o.muon.variant));
-      mix_value(int(o.muon.ns.normalization));
-      mix_value(o.muon.nesterov);
-      mix_value(int(o.muon.adjust_lr));
-      mix_value(o.muon.ns.steps);
+      const std::string group = "group " + std::to_string(g) + " option ";
+      const std::pair<const char*, double> numbers[] = {
+          {"lr", o.muon.lr},
+          {"weight_decay", o.muon.weight_decay},
+          {"momentum", o.muon.momentum},
+          {"lr_scale", o.muon.lr_scale},
+          {"normuon_beta2", o.muon.normuon_beta2},
+          {"normuon_eps", o.muon.normuon_eps},
+          {"adamuon_beta2", o.muon.adamuon_beta2},
+          {"adamuon_eps", o.muon.adamuon_eps},
+          {"adamw_lr", o.adamw.lr},
+          {"adamw_beta1", o.adamw.beta1},
+          {"adamw_beta2", o.adamw.beta2},
+          {"adamw_eps", o.adamw.eps},
+          {"adamw_weight_decay", o.adamw.weight_decay},
+          {"nesterov", o.muon.nesterov ? 1.0 : 0.0},
+          {"ns_steps", double(o.muon.ns.steps)}};
+      for (const auto& [key, v] : numbers) lines.push_back({group + "'" + key + "'", number(v)});
+      lines.push_back(
+          {group + "'weight_decay_form'", weight_decay_form_name(o.muon.weight_decay_form)});
+      lines.push_back({group + "'variant'", muon_variant_name(o.muon.variant)});
+      lines.push_back(
+          {group + "'ns_normalization'", ns_normalization_name(o.muon.ns.normalization)});
+      lines.push_back({group + "'adjust_lr'", lr_adjust_name(o.muon.adjust_lr)});
+    }
+    for (std::size_t i = 0; i < plan_.size(); ++i) {
+      const optim::ParamRecord& p = plan_.param(i);
+      std::string v = "'" + p.name + "' (" + route_name(p.route) + ", group " +
+                      std::to_string(p.group) + ", shape " + p.shape.str();
+      if (p.blocks.size() > 1) {
+        v += ", blocks";
+        for (std::int64_t b : p.blocks) v += " " + std::to_string(b);
+      }
+      lines.push_back({"parameter " + std::to_string(i), v + ")"});
+    }
+    return lines;
+  }
+
+  // Ranks that registered different parameters or options would exchange
+  // mismatched buffers (or hang): a fingerprint of registration(), compared
+  // across ranks once, refuses that on every rank. Only when they differ,
+  // the lines themselves move, to name the first difference.
+  void check_same_everywhere(const char* caller) {
+    const Lines mine = registration();
+    Fingerprint f;
+    for (const auto& [what, value] : mine) {
+      f.text(what);
+      f.text(value);
     }
     const int P = comm_.size();
     std::vector<std::int64_t> all(static_cast<std::size_t>(P));
-    const std::int64_t mine = std::int64_t(h & 0x7fffffffffffffffull);
-    comm_.all_gather(&mine, all.data(), 1, DType::i64);
+    const std::int64_t h = f.get();
+    comm_.all_gather(&h, all.data(), 1, DType::i64);
     std::string differ;
+    int first = -1;
     for (int r = 1; r < P; ++r)
-      if (all[std::size_t(r)] != all[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
-    if (!differ.empty())
-      detail::fail("add_param", "rank(s) " + differ +
-                                    " registered other parameters or options than rank 0 " +
-                                    "(names, shapes, order, routes, groups, splits, group " +
-                                    "options and grad mode must match on every rank)");
+      if (all[std::size_t(r)] != all[0]) {
+        differ += (differ.empty() ? "" : ", ") + std::to_string(r);
+        if (first < 0) first = r;
+      }
+    if (first < 0) return;
+    // Rank 0's lines to every rank (length-prefixed); the first differing
+    // rank compares them with its own and tells the others what it found.
+    std::string packed;
+    if (comm_.rank() == 0)
+      for (const auto& [what, value] : mine)
+        for (const std::string* t : {&what, &value}) packed += std::to_string(t->size()) + ":" + *t;
+    packed = broadcast_text(std::move(packed), 0);
+    std::string found;
+    if (comm_.rank() == first) {
+      Lines zero;
+      for (std::size_t at = 0; at < packed.size();) {
+        std::string t[2];
+        for (std::string& x : t) {
+          const std::size_t colon = packed.find(':', at);
+          const std::size_t n = std::stoul(packed.substr(at, colon - at));
+          x = packed.substr(colon + 1, n);
+          at = colon + 1 + n;
+        }
+        zero.push_back({t[0], t[1]});
+      }
+      const std::string me = "rank " + std::to_string(first);
+      for (std::size_t k = 0; k < std::max(zero.size(), mine.size()) && found.empty(); ++k) {
+        const auto* a = k < zero.size() ? &zero[k] : nullptr;
+        const auto* b = k < mine.size() ? &mine[k] : nullptr;
+        if (a && b && *a == *b) continue;
+        const bool other_what = a && b && a->first != b->first;
+        found = (a ? a->first : b->first) + ": rank 0 has " + (a ? a->second : "none") + ", " + me +
+                " has " + (b ? (other_what ? b->first + " " : "") + b->second : "none");
+      }
+    }
+    found = broadcast_text(std::move(found), first);
+    detail::fail(caller, "rank(s) " + differ +
+                             " registered other parameters or options than rank 0; the first "
+                             "difference: " +
+                             found +
+                             " (names, shapes, order, routes, groups, splits, group options, "
+                             "grad mode and window must be the same on every rank)");
   }
 
   void make_plan() {
@@ -507,7 +716,8 @@ class Optimizer {
           job.muon ? View(w, {Index(job.rows), Index(job.cols)}) : View(w, {Index(job.count)});
       local_.add_param(job.name, pv, View(), o);
     }
-    for (std::size_t i = 0; i < plan_.size(); ++i) bind_grads(i);
+    bound_.assign(plan_.size(), nullptr);  // every local gradient absent (bind_grads)
+    present_.assign(plan_.size(), 0);
     if (window_ == 0) window_ = std::max<std::size_t>(1, (std::size_t(1) << 22) / std::size_t(P));
     std::size_t largest = 0;
     for (std::size_t s : shares_) largest = std::max(largest, s);
@@ -518,29 +728,114 @@ class Optimizer {
     displs_.assign(std::size_t(P), 0);
     recv_counts_.assign(std::size_t(P), 0);
     for (int r = 0; r < P; ++r) displs_[std::size_t(r)] = std::size_t(r) * window_;
-    // What agreeing on skips needs, at most: three numbers per job.
+    // What agreeing on a step needs: the settings and one bit per parameter
+    // from every rank; on skips, four numbers per job (more only when
+    // several ranks' gradients are not finite).
+    header_.assign(kSettings + (plan_.size() + 63) / 64, 0);
+    headers_.assign(std::size_t(P) * header_.size(), 0);
+    seen_.assign(std::size_t(P), 0);
+    bad_sources_.reserve(2 * jobs_.size());
     skipped_.reserve(3 * plan_.size());
-    mine_.reserve(3 * jobs_.size());
-    all_.reserve(3 * jobs_.size());
+    mine_.reserve(4 * jobs_.size());
+    all_.reserve(4 * jobs_.size());
     sizes_.assign(std::size_t(P), 0);
     skip_counts_.assign(std::size_t(P), 0);
     skip_displs_.assign(std::size_t(P), 0);
     report_.skipped.reserve(plan_.size());
   }
 
-  // Points param i's local jobs at their gradient (or marks it absent).
-  void bind_grads(std::size_t i) {
-    const View& g = params_[i].grad;
-    for (std::size_t j = first_job_[i]; j < first_job_[i] + job_count_[i]; ++j) {
-      const Job& job = jobs_[j];
-      if (job.home != comm_.rank()) continue;
-      if (!g.present()) {
-        local_.clear_grad(job.name);
-        continue;
+  // Before anything moves, every rank learns the others' step settings
+  // (non-finite policy, lr schedule, momentum warmup) and which gradients
+  // they hold, in one all-gather of a few words. Settings that differ, or
+  // (reduced) a gradient some ranks hold and others not, throw on every
+  // rank. present_[i]: parameter i is stepped this time (sum/mean: some
+  // rank holds its gradient, a missing one counts as zeros).
+  void agree_on_step() {
+    const int P = comm_.size();
+    const std::size_t K = header_.size();
+    const std::optional<LrSchedule>& s = plan_.lr_schedule();
+    const std::optional<MomentumWarmup>& w = plan_.momentum_warmup();
+    Fingerprint schedule, warmup;
+    schedule.value(s.has_value());
+    if (s) {
+      schedule.value(int(s->kind));
+      for (std::int64_t v : {s->warmup_steps, s->total_steps}) schedule.value(v);
+      schedule.value(s->min_ratio);
+    }
+    warmup.value(w.has_value());
+    if (w) {
+      for (double v : {w->start, w->end}) warmup.value(v);
+      warmup.value(w->steps);
+    }
+    header_[0] = std::uint64_t(plan_.non_finite_policy());
+    header_[1] = std::uint64_t(schedule.get());
+    header_[2] = std::uint64_t(warmup.get());
+    std::fill(header_.begin() + kSettings, header_.end(), 0);
+    for (std::size_t i = 0; i < plan_.size(); ++i)
+      if (params_[i].grad.present()) header_[kSettings + i / 64] |= std::uint64_t(1) << (i % 64);
+    comm_.all_gather(header_.data(), headers_.data(), K, DType::i64);
+    static const char* const settings[kSettings] = {"non-finite policy", "lr schedule",
+                                                    "momentum warmup"};
+    for (std::size_t k = 0; k < kSettings; ++k) {
+      std::string ranks;
+      for (int r = 1; r < P; ++r)
+        if (headers_[std::size_t(r) * K + k] != headers_[k])
+          ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+      if (!ranks.empty())
+        detail::fail("step", std::string("the ") + settings[k] + " of rank(s) " + ranks +
+                                 " differs from rank 0's (set it alike on every rank; nothing " +
+                                 "was updated)");
+    }
+    for (std::size_t word = 0; word + kSettings < K; ++word) {
+      std::uint64_t any = 0, every = ~std::uint64_t(0);
+      for (int r = 0; r < P; ++r) {
+        any |= headers_[std::size_t(r) * K + kSettings + word];
+        every &= headers_[std::size_t(r) * K + kSettings + word];
       }
-      T* data = mode_ == GradMode::reduced ? g.data + job.offset : reduced_.data() + my_offset_[j];
-      local_.set_grad(job.name, job.muon ? View(data, {Index(job.rows), Index(job.cols)})
-                                         : View(data, {Index(job.count)}));
+      if (mode_ == GradMode::reduced && (any & ~every) != 0)
+        for (std::size_t b = 0; b < 64; ++b)
+          if (((any & ~every) >> b) & 1) refuse_partial_grad(word * 64 + b);
+      for (std::size_t b = 0; b < 64 && word * 64 + b < plan_.size(); ++b)
+        present_[word * 64 + b] = char((any >> b) & 1);
+    }
+  }
+  [[noreturn]] void refuse_partial_grad(std::size_t i) const {
+    const std::size_t K = header_.size();
+    std::string with, without;
+    for (int r = 0; r < comm_.size(); ++r) {
+      const bool has = ((headers_[std::size_t(r) * K + kSettings + i / 64] >> (i % 64)) & 1) != 0;
+      std::string& list = has ? with : without;
+      list += (list.empty() ? "" : ", ") + std::to_string(r);
+    }
+    detail::fail("step", "'" + plan_.param(i).name + "': rank(s) " + with +
+                             " hold a gradient, rank(s) " + without +
+                             " none; GradMode::reduced needs the same (all-reduced) gradients " +
+                             "on every rank (nothing was updated)");
+  }
+
+  // Points each parameter's local jobs at this step's gradient (reduced: the
+  // user's, the same on every rank; sum/mean: the share summed here), or
+  // marks it absent; only where that changed since the last step.
+  void bind_grads() {
+    for (std::size_t i = 0; i < plan_.size(); ++i) {
+      const void* want = !present_[i] ? nullptr
+                         : mode_ == GradMode::reduced
+                             ? static_cast<const void*>(params_[i].grad.data)
+                             : static_cast<const void*>(&reduced_);
+      if (want == bound_[i]) continue;
+      bound_[i] = want;
+      for (std::size_t j = first_job_[i]; j < first_job_[i] + job_count_[i]; ++j) {
+        const Job& job = jobs_[j];
+        if (job.home != comm_.rank()) continue;
+        if (!want) {
+          local_.clear_grad(job.name);
+          continue;
+        }
+        T* data = mode_ == GradMode::reduced ? params_[i].grad.data + job.offset
+                                             : reduced_.data() + my_offset_[j];
+        local_.set_grad(job.name, job.muon ? View(data, {Index(job.rows), Index(job.cols)})
+                                           : View(data, {Index(job.count)}));
+      }
     }
   }
 
@@ -565,10 +860,13 @@ class Optimizer {
     return (largest + window_ - 1) / window_;
   }
 
-  // Every rank's gradient to the homes, added there in rank order.
+  // Every rank's gradient to the homes, added there in rank order (a rank
+  // without one sends zeros), then divided by P for the mean.
   void reduce_grads() {
     const int P = comm_.size(), me = comm_.rank();
-    const C scale = mode_ == GradMode::mean ? C(1) / C(P) : C(1);
+    bad_sources_.clear();
+    bad_cursor_ = 0;
+    bad_job_ = jobs_.size();
     for (std::size_t k = 0; k < rounds(); ++k) {
       for (int h = 0; h < P; ++h) {
         counts_[std::size_t(h)] = window_count(h, k);
@@ -591,9 +889,32 @@ class Optimizer {
       for (std::size_t e = 0; e < n; ++e) {
         C sum = static_cast<C>(recv_[e]);
         for (int r = 1; r < P; ++r) sum += static_cast<C>(recv_[std::size_t(r) * window_ + e]);
-        out[e] = static_cast<T>(mode_ == GradMode::mean ? sum * scale : sum);
+        out[e] = static_cast<T>(mode_ == GradMode::mean ? sum / static_cast<C>(P) : sum);
+        if (!std::isfinite(static_cast<C>(out[e]))) note_sources(k * window_ + e, e);
       }
     }
+  }
+
+  // Element `at` of this rank's share summed to a NaN or Inf (from window
+  // element e): records, once per job, the ranks whose own gradient was not
+  // finite there (bad_sources_: job, rank pairs), for the step's error.
+  // Elements come in share order, so the job is found by walking forward.
+  void note_sources(std::size_t at, std::size_t e) {
+    while (at >=
+           my_offset_[my_jobs_[bad_cursor_]] + std::size_t(jobs_[my_jobs_[bad_cursor_]].count))
+      ++bad_cursor_;
+    const std::size_t j = my_jobs_[bad_cursor_];
+    if (j != bad_job_) {
+      bad_job_ = j;
+      std::fill(seen_.begin(), seen_.end(), char(0));
+    }
+    for (int r = 0; r < comm_.size(); ++r)
+      if (!seen_[std::size_t(r)] &&
+          !std::isfinite(static_cast<C>(recv_[std::size_t(r) * window_ + e]))) {
+        seen_[std::size_t(r)] = 1;
+        bad_sources_.push_back(std::int64_t(j));
+        bad_sources_.push_back(r);
+      }
   }
 
   // Each home's new weights to every rank.
@@ -621,16 +942,24 @@ class Optimizer {
   }
 
   // Every rank learns the parameters some home left out this step (skipped_:
-  // param, reason, rank triples, the first problem of each parameter, in
-  // parameter order).
+  // param, reason, home triples, the first problem of each parameter, in
+  // parameter order). all_ keeps what every home sent: param, reason, job,
+  // and the rank whose gradient was not finite (-1: none known; a home's own
+  // finding), one such tuple per rank for a sum with non-finite parts.
   void agree_on_skips(const StepReport& local) {
     mine_.clear();
     for (const SkippedParam& s : local.skipped) {
       if (s.reason == SkipReason::no_grad) continue;
       const std::size_t j = job_index(s.name);
-      mine_.push_back(std::int64_t(jobs_[j].param));
-      mine_.push_back(std::int64_t(s.reason));
-      mine_.push_back(std::int64_t(j));
+      const std::size_t before = mine_.size();
+      if (s.reason == SkipReason::non_finite_grad)
+        for (std::size_t k = 0; k < bad_sources_.size(); k += 2)
+          if (std::size_t(bad_sources_[k]) == j)
+            mine_.insert(mine_.end(), {std::int64_t(jobs_[j].param), std::int64_t(s.reason),
+                                       std::int64_t(j), bad_sources_[k + 1]});
+      if (mine_.size() == before)
+        mine_.insert(mine_.end(),
+                     {std::int64_t(jobs_[j].param), std::int64_t(s.reason), std::int64_t(j), -1});
     }
     const int P = comm_.size();
     std::int64_t n = std::int64_t(mine_.size());
@@ -641,14 +970,15 @@ class Optimizer {
       skip_displs_[std::size_t(r)] = total;
       total += skip_counts_[std::size_t(r)];
     }
-    all_.resize(total);  // within the capacity reserved at build
+    all_.resize(
+        total);  // within the capacity reserved at build, unless gradients fail on many ranks
     comm_.all_gatherv(mine_.data(), mine_.size(), all_.data(), skip_counts_, skip_displs_,
                       DType::i64);
     // The first problem of each parameter: its lowest job (block order).
     skipped_.clear();
     for (std::size_t i = 0; i < plan_.size(); ++i) {
       std::int64_t best_job = -1, reason = 0;
-      for (std::size_t k = 0; k < all_.size(); k += 3)
+      for (std::size_t k = 0; k < all_.size(); k += 4)
         if (std::size_t(all_[k]) == i && (best_job < 0 || all_[k + 2] < best_job)) {
           best_job = all_[k + 2];
           reason = all_[k + 1];
@@ -658,6 +988,35 @@ class Optimizer {
       skipped_.push_back(reason);
       skipped_.push_back(jobs_[std::size_t(best_job)].home);
     }
+  }
+
+  // The error of a refused step: the first parameter left out, why, and
+  // where: the ranks whose own gradient was not finite (sum/mean), or the
+  // home that found it.
+  std::string first_skip_message() const {
+    const std::size_t i = std::size_t(skipped_[0]);
+    const SkipReason reason = SkipReason(skipped_[1]);
+    const std::string home = std::to_string(skipped_[2]);
+    std::vector<std::int64_t> sources;
+    for (std::size_t k = 0; k < all_.size(); k += 4)
+      if (std::size_t(all_[k]) == i && SkipReason(all_[k + 1]) == reason && all_[k + 3] >= 0)
+        sources.push_back(all_[k + 3]);
+    std::sort(sources.begin(), sources.end());
+    sources.erase(std::unique(sources.begin(), sources.end()), sources.end());
+    std::string where;
+    if (!sources.empty()) {
+      where = sources.size() == 1 ? "in the gradient from rank " : "in the gradients from ranks ";
+      for (std::size_t k = 0; k < sources.size(); ++k)
+        where += (k ? ", " : "") + std::to_string(sources[k]);
+    } else if (reason == SkipReason::non_finite_grad && mode_ != GradMode::reduced) {
+      where = "their sum over ranks overflowed, found on rank " + home;
+    } else if (reason == SkipReason::non_finite_grad) {
+      where = "the reduced gradient, found on rank " + home;
+    } else {
+      where = "on rank " + home + ", its home";
+    }
+    return "'" + plan_.param(i).name + "': " + skip_reason_name(reason) + " (" + where +
+           "; nothing was updated)";
   }
 
   std::size_t job_index(std::string_view name) const {
@@ -674,7 +1033,7 @@ class Optimizer {
       if (k < skipped_.size() && std::size_t(skipped_[k]) == i) {
         report_.skipped.push_back({plan_.param(i).name, SkipReason(skipped_[k + 1])});
         k += 3;
-      } else if (!params_[i].grad.present()) {
+      } else if (!present_[i]) {
         report_.skipped.push_back({plan_.param(i).name, SkipReason::no_grad});
       } else {
         ++report_.updated;
@@ -726,12 +1085,10 @@ class Optimizer {
   // Every rank gets rank 0's bytes, matches them against the plan, and loads
   // its share into the local optimizer through an in-memory checkpoint of
   // its jobs.
-  void load_bytes(std::string bytes, const LoadOptions& options, const std::string& origin) {
-    build();
-    std::int64_t n = std::int64_t(bytes.size());
-    comm_.broadcast(&n, 1, DType::i64, 0);
-    bytes.resize(std::size_t(n));
-    if (n > 0) comm_.broadcast(&bytes[0], std::size_t(n), DType::u8, 0);
+  void load_bytes(std::string bytes, const LoadOptions& options, const std::string& origin,
+                  const char* caller) {
+    build_for(caller);
+    bytes = broadcast_text(std::move(bytes), 0);
     std::istringstream is(bytes);
     optim::Core::Matched m = plan_.match(is, checkpoint::dtype_of<B>(), options, origin);
     // The share as a checkpoint of the local optimizer's own parameters.
@@ -784,8 +1141,7 @@ class Optimizer {
   optim::Core plan_;  // every parameter, as the single-process optimizer registers it
   Local local_;       // this rank's share
   std::vector<Param> params_;
-  NonFinitePolicy policy_ = NonFinitePolicy::raise;
-  GradMode mode_ = GradMode::reduced;
+  GradMode mode_;
   bool built_ = false;
   std::vector<Job> jobs_;
   std::vector<std::size_t> first_job_, job_count_, my_jobs_, my_offset_, shares_;
@@ -795,6 +1151,17 @@ class Optimizer {
   std::size_t window_ = 0;
   std::vector<std::size_t> counts_, displs_, recv_counts_, skip_counts_, skip_displs_;
   std::vector<std::int64_t> mine_, all_, sizes_, skipped_;
+  // The step's agreement: this rank's header (settings, then one bit per
+  // parameter: its gradient is here) and every rank's; what is stepped and
+  // what each parameter's local jobs were last bound to.
+  static constexpr std::size_t kSettings = 3;
+  std::vector<std::uint64_t> header_, headers_;
+  std::vector<char> present_;
+  std::vector<const void*> bound_;
+  // Non-finite sums: (job, rank) pairs, and the walk that finds them.
+  std::vector<std::int64_t> bad_sources_;
+  std::vector<char> seen_;
+  std::size_t bad_cursor_ = 0, bad_job_ = 0;
   StepReport report_;
 };
 
