@@ -97,36 +97,50 @@ sync_copy() {  # dst. Only files whose content changed are copied (with a new
       cp "$root/$f" "$dst/$f"
     done
 }
+prog_of() { local p=${1%%\[*}; echo "${p%@*}"; }  # "test_dist@3[tag]" -> test_dist
 all_targets() {  # every program named in the selected entries
   local t
   for t in "${tests[@]}"; do
-    for p in $t; do echo "${p%%\[*}"; done
+    for p in $t; do prog_of "$p"; done
   done | sort -u
 }
 mapfile -t targets < <(all_targets)
 # The distinct "prog[filter]" specs: what the baseline runs.
 mapfile -t specs < <(for t in "${tests[@]}"; do for p in $t; do echo "$p"; done; done | sort -u)
+# "prog@N" runs prog under mpiexec with N ranks: the build then needs MPI.
+mpi=()
+[[ " ${specs[*]}" == *@* ]] && mpi=(-DMUON_ENABLE_MPI=ON)
 
 setup() {  # worker index
   local w=$1 src="$work/w$1/src" bld="$work/w$1/build"
   sync_copy "$src"
   (cd "$work/w$w" && cmake -S src -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_CXX_FLAGS_RELEASE="-O0 -DNDEBUG" -DMUON_BUILD_BENCHMARKS=OFF \
-      -DMUON_BUILD_EXAMPLES=OFF -DMUON_ENABLE_CUDA=OFF -DMUON_INSTALL=OFF "${compiler[@]}") \
+      -DMUON_BUILD_EXAMPLES=OFF -DMUON_ENABLE_CUDA=OFF -DMUON_INSTALL=OFF "${compiler[@]}" \
+      ${mpi[@]+"${mpi[@]}"}) \
       >"$work/configure$w.log" 2>&1 || { echo "mutate: configure failed ($work/configure$w.log)" >&2; return 1; }
 }
 
 run_tests() {  # build dir, "prog[filter] prog ..."; returns nonzero when any fails
   local bld=$1 spec failed=0
   for spec in $2; do
-    local prog=${spec%%\[*} tag=""
+    local prog tag="" run=(timeout 300)
+    prog=$(prog_of "$spec")
     [[ $spec == *"["* ]] && tag="[${spec#*\[}"
+    if [[ ${spec%%\[*} == *@* ]]; then
+      # Under MPI (as ctest runs test_dist_npN; Open MPI refuses root and
+      # more ranks than cores unless told); a mutant that hangs the ranks
+      # is caught by the shorter timeout.
+      local head=${spec%%\[*}
+      run=(env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+           OMPI_MCA_rmaps_base_oversubscribe=1 timeout 120 mpiexec -n "${head##*@}")
+    fi
     if [[ -n $tag ]]; then
       # NoTests: a filter that matches nothing fails (the baseline then stops
       # the run) instead of passing and letting every mutant "survive".
-      (cd "$bld/tests" && timeout 300 "./$prog" --warn NoTests "$tag") >/dev/null 2>&1 || failed=1
+      (cd "$bld/tests" && "${run[@]}" "./$prog" --warn NoTests "$tag") >/dev/null 2>&1 || failed=1
     else
-      (cd "$bld/tests" && timeout 300 "./$prog") >/dev/null 2>&1 || failed=1
+      (cd "$bld/tests" && "${run[@]}" "./$prog") >/dev/null 2>&1 || failed=1
     fi
   done
   return $failed
@@ -138,7 +152,7 @@ worker() {  # worker index; handles entries i with i % workers == index
   for ((i = w; i < count; i += workers)); do
     local id=${ids[i]} file=${files[i]} spec=${tests[i]}
     local path="$src/$file" progs=() status detail=""
-    for p in $spec; do progs+=("${p%%\[*}"); done
+    for p in $spec; do progs+=("$(prog_of "$p")"); done
     if [[ ! -f $path ]]; then
       echo "$id|stale|no file $file" >>"$out"
       continue
