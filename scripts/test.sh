@@ -9,7 +9,8 @@
 #   3. the optional CPU product engine (OpenBLAS) where installed (the bf16
 #      engine is the library's own kernel: stages 1 and 2 test it on CPUs with
 #      AVX512-BF16)
-#   4. the distributed optimizer under MPI at 1-4 ranks, where Open MPI is installed
+#   4. the distributed optimizer under MPI at 1-4 ranks, where Open MPI is installed,
+#      and a find_package(muon COMPONENTS MPI) consumer run on 2 ranks
 #   5. the libtorch adapter (muon::torch) where libtorch-dev is installed: its
 #      tests (g++, and clang++ with ASan + UBSan), the README/docs snippets that use
 #      it, a short run of the CNN example, and a find_package(muon COMPONENTS
@@ -102,6 +103,13 @@ if dpkg-query -W -f='${Status}' libopenmpi-dev 2>/dev/null | grep -q "install ok
     -DMUON_BUILD_BENCHMARKS=OFF -DMUON_BUILD_EXAMPLES=OFF -DMUON_ENABLE_CUDA=OFF -DMUON_ENABLE_MPI=ON
   cmake --build build/mpi -j "$jobs" --target test_dist
   run_ctest build/mpi -R '^test_dist_np'
+  # The installed package's MPI component: find_package(muon COMPONENTS MPI).
+  rm -rf build/mpi-prefix
+  cmake --install build/mpi --prefix build/mpi-prefix >/dev/null
+  cmake -S tests/consumer_mpi -B build/consumer-mpi -G Ninja -DCMAKE_PREFIX_PATH="$root/build/mpi-prefix"
+  cmake --build build/consumer-mpi
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
+    mpiexec -n 2 build/consumer-mpi/muon_mpi_consumer
 else
   echo "Open MPI (libopenmpi-dev, mpiexec) not installed; stage skipped"
 fi
