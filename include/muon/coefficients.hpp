@@ -112,6 +112,22 @@ class Schedule {
     return s;
   }
 
+  /// Turbo-Muon's rows (Boissin, Massena, Mamalet, Serrurier, arXiv
+  /// 2512.04632; their code, turbo_muon_torch.py and newton_schulz_triton.py
+  /// of the paper's repository): the last 4 of You Jiacheng's 5 per-step
+  /// quintics (the rows of Dion's Newton–Schulz and of the modded-nanogpt
+  /// records), which their code runs after the AOL normalization in place
+  /// of Jordan's. Meant for 4 steps after NsNormalization::aol
+  /// (NewtonSchulzOptions::turbo_muon()); past them the last row repeats.
+  static Schedule turbo_muon() {
+    static const Schedule s({{3.9505, -6.3029, 2.6377},
+                             {3.7418, -5.5913, 2.3037},
+                             {2.8769, -3.1427, 1.2046},
+                             {2.8366, -3.0525, 1.2012}},
+                            1.0, "turbo_muon");
+    return s;
+  }
+
   /// CANS's Chebyshev-optimal third-order iteration (Grishina, Smirnov and
   /// Rakhuba, arXiv 2506.10935, section 3): step k applies the odd cubic
   /// p(s) = a s + b s^3 (c = 0: one product fewer per step) closest to 1
@@ -146,8 +162,8 @@ class Schedule {
   }
 
   /// Looks a built-in schedule up by name: "jordan", "cubic", "quintic",
-  /// "polar_express", "deepseek_v4", "cubic5", "cans" (cans() with its
-  /// defaults). Throws muon::Error for any other name.
+  /// "polar_express", "deepseek_v4", "cubic5", "turbo_muon", "cans" (cans()
+  /// with its defaults). Throws muon::Error for any other name.
   static Schedule by_name(const std::string& name) {
     if (name == "jordan") return jordan();
     if (name == "cubic") return cubic();
@@ -155,10 +171,11 @@ class Schedule {
     if (name == "polar_express") return polar_express();
     if (name == "deepseek_v4") return deepseek_v4();
     if (name == "cubic5") return cubic5();
+    if (name == "turbo_muon") return turbo_muon();
     if (name == "cans") return cans();
     throw Error("schedule: unknown name '" + name +
-                "' (expected jordan, cubic, quintic, polar_express, deepseek_v4, cubic5 or "
-                "cans)");
+                "' (expected jordan, cubic, quintic, polar_express, deepseek_v4, cubic5, "
+                "turbo_muon or cans)");
   }
 
   /// The same rows, divisor and name, with other steps past the end.

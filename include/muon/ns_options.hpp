@@ -128,10 +128,14 @@ struct NewtonSchulzOptions {
     return *this;
   }
 
-  /// Turbo-Muon (arXiv 2512.04632): AOL rescaling, then 4 steps of
-  /// Jordan's coefficients, one step fewer than Muon's 5.
+  /// Turbo-Muon (arXiv 2512.04632) as its authors' code runs it: AOL
+  /// rescaling, then 4 steps of Schedule::turbo_muon()'s rows (not
+  /// Jordan's), one step fewer than Muon's 5. Their AOL clamps each row sum
+  /// at eps before the inverse square root; here s_i is exact (see
+  /// NsNormalization::aol), which differs only for rows whose |X X^T| row
+  /// sum is below that eps.
   static NewtonSchulzOptions turbo_muon() {
-    return NewtonSchulzOptions(Schedule::jordan(), 4).with_normalization(NsNormalization::aol);
+    return NewtonSchulzOptions(Schedule::turbo_muon(), 4).with_normalization(NsNormalization::aol);
   }
 
   /// The divisor actually used: norm_divisor if set, else the schedule's.
