@@ -24,8 +24,9 @@ class ProgressBar {
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
 
-  /// `done` of `total` units finished; `loss` is shown next to the bar.
-  void update(long done, double loss) {
+  /// `done` of `total` units finished; `loss` is shown next to the bar, and
+  /// `note` (a rate, say) after it.
+  void update(long done, double loss, const std::string& note = "") {
     if (!enabled_) return;
     const auto now = std::chrono::steady_clock::now();
     // Redrawing on every batch would cost more terminal writes than it is
@@ -37,8 +38,8 @@ class ProgressBar {
     const double seconds = std::chrono::duration<double>(now - start_).count();
     std::string bar(static_cast<std::size_t>(filled), '#');
     bar.resize(width, '.');
-    std::fprintf(stderr, "\r%s [%s] %3ld%%  loss %.4f  %.1fs ", label_.c_str(), bar.c_str(),
-                 100 * done / total_, loss, seconds);
+    std::fprintf(stderr, "\r%s [%s] %3ld%%  loss %.4f  %.1fs %s", label_.c_str(), bar.c_str(),
+                 100 * done / total_, loss, seconds, note.c_str());
     std::fflush(stderr);
     drawn_ = true;
   }
