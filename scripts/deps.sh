@@ -22,10 +22,10 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Optional: the BLAS product engine (MUON_USE_BLAS), Open MPI (the
-# distributed optimizer's tests), libtorch (the muon::torch adapter) and the
-# Fashion-MNIST data (its example's short run). Missing, they only skip their
-# test stages.
-for p in libopenblas-dev libopenmpi-dev openmpi-bin libtorch-dev dataset-fashion-mnist; do
+# distributed optimizer's tests), libtorch (the muon::torch adapter), the
+# Fashion-MNIST data and the fortunes text (the examples' short runs).
+# Missing, they only skip their test stages.
+for p in libopenblas-dev libopenmpi-dev openmpi-bin libtorch-dev dataset-fashion-mnist fortunes; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
   update_once || true
   $SUDO apt-get install -y -qq --no-install-recommends "$p" \

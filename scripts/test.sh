@@ -114,7 +114,7 @@ else
   echo "Open MPI (libopenmpi-dev, mpiexec) not installed; stage skipped"
 fi
 
-stage "libtorch: muon::torch tests (g++; clang++ ASan + UBSan), CNN example (short), package consumer"
+stage "libtorch: muon::torch tests (g++; clang++ ASan + UBSan), CNN and transformer examples (short), package consumer"
 # Only where Debian's libtorch-dev is installed (scripts/deps.sh tries to).
 if dpkg-query -W -f='${Status}' libtorch-dev 2>/dev/null | grep -q "install ok installed"; then
   torch_cmake=(-G Ninja -DMUON_WARNINGS_AS_ERRORS=ON -DMUON_ENABLE_TORCH=ON -DMUON_ENABLE_CUDA=OFF
@@ -125,7 +125,7 @@ if dpkg-query -W -f='${Status}' libtorch-dev 2>/dev/null | grep -q "install ok i
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only -DNDEBUG" -DMUON_SANITIZE=ON \
     -DMUON_BUILD_EXAMPLES=OFF "${torch_cmake[@]}"
   # The two compilers side by side (one job each): about as long as one.
-  cmake --build build/torch -j 1 --target test_torch libtorch_fashion_mnist &
+  cmake --build build/torch -j 1 --target test_torch libtorch_fashion_mnist transformer_lm &
   torch_gcc=$!
   cmake --build build/torch-clang -j 1 --target test_torch
   wait "$torch_gcc"
@@ -136,6 +136,12 @@ if dpkg-query -W -f='${Status}' libtorch-dev 2>/dev/null | grep -q "install ok i
       --out build/torch/example_out
   else
     echo "dataset-fashion-mnist not installed: the example's short run skipped"
+  fi
+  # The byte-level GPT: the loss must fall and the QK-Clip arm must clip (exit 3 if not).
+  if [[ -d /usr/share/games/fortunes ]]; then
+    ./build/torch/examples/transformer_lm/transformer_lm --quick --out build/torch/transformer_lm_out
+  else
+    echo "fortunes not installed: the transformer example's short run skipped"
   fi
   rm -rf build/torch-prefix
   cmake --install build/torch --prefix build/torch-prefix >/dev/null
