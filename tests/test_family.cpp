@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 // The Muon family (docs/muon_family.md) against float64 models of the
 // equations, written here from the papers and independent of the library:
-// NorMuon (arXiv 2510.05491), AdaMuon (arXiv 2507.11005), the L2 form of
-// weight decay, QK-Clip (arXiv 2507.20534), and the double-precision
-// Frobenius norm of tiny gradients. The Newton–Schulz output O of the models
+// NorMuon (arXiv 2510.05491), AdaMuon (arXiv 2507.11005: the sign form of
+// its authors' code and the plain form of its first version), the L2 and
+// independent forms of weight decay, QK-Clip (arXiv 2507.20534), and the
+// double-precision Frobenius norm of tiny gradients. The Newton–Schulz output O of the models
 // is the textbook iteration of test_support.hpp (Jordan's published
 // coefficients, torch's eps as max(norm, eps)), so each model differs from
 // the optimizer by rounding only: several steps, wide, tall, square, 3-D
@@ -14,6 +15,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -36,9 +39,11 @@ using Index = Eigen::Index;
 struct ModelOptions {
   MuonVariant variant = MuonVariant::muon;
   double lr = 0.02, mu = 0.95, lambda = 0.1;
+  bool nesterov = true;          // Newton–Schulz sees the look-ahead, else M
   bool l2 = false;               // G <- G + lambda W instead of the decoupled decay
   bool match_rms_adamw = false;  // 0.2 sqrt(max(m, n)); else sqrt(max(1, m/n))
   double beta2 = 0.95, eps = 1e-10;
+  bool adamuon_sign = false;  // AdaMuon: the authors' code (sign, no bias correction), else plain
 };
 
 // One parameter: the (out x in) blocks it is orthogonalized as, stacked.
@@ -55,8 +60,13 @@ struct ModelParam {
   void step(const Mat& G_raw, const ModelOptions& o) {
     ++t;
     const Mat G = o.l2 ? Mat(G_raw + o.lambda * W) : G_raw;
-    M = o.mu * M + (1 - o.mu) * G;                // torch: buf.lerp_(grad, 1 - mu)
-    const Mat input = (1 - o.mu) * G + o.mu * M;  // torch: grad.lerp(buf, mu)
+    M = o.mu * M + (1 - o.mu) * G;                                // torch: buf.lerp_(grad, 1 - mu)
+    Mat input = o.nesterov ? Mat((1 - o.mu) * G + o.mu * M) : M;  // torch: grad.lerp(buf, mu)
+    const bool sign = o.variant == MuonVariant::adamuon && o.adamuon_sign;
+    // AdaMuon's authors (gpt2/models/optimizers/adamuon.py and
+    // megatron/core/optimizer/muon.py of Chongjie-Si/AdaMuon) call
+    // torch.sign on the tensor they would otherwise orthogonalize.
+    if (sign) input = input.unaryExpr([](double x) { return double((x > 0) - (x < 0)); });
     const double decay = o.l2 ? 1.0 : 1.0 - o.lr * o.lambda;
     if (V.empty()) V.resize(block_rows.size());
     Index r0 = 0;
@@ -81,10 +91,14 @@ struct ModelParam {
       } else if (o.variant == MuonVariant::adamuon) {
         if (V[b].size() == 0) V[b] = Mat::Zero(m, n);
         V[b] = o.beta2 * V[b] + (1 - o.beta2) * O.cwiseProduct(O);
-        const double correction = 1 - std::pow(o.beta2, t);
+        // The authors' code of the sign form divides by sqrt(V) + eps, no
+        // bias correction; the first version by sqrt(V / (1 - beta2^t)) + eps.
+        const double correction = sign ? 1.0 : 1 - std::pow(o.beta2, t);
         for (Index i = 0; i < m; ++i)
           for (Index j = 0; j < n; ++j)
             U(i, j) = O(i, j) / (std::sqrt(V[b](i, j) / correction) + o.eps);
+        // Rescaled to sqrt(min(m, n)) (the authors' code divides by
+        // ||U||_F + eps: 1e-8 / ||U||_F relative, below this test's reach).
         if (U.norm() > 0) U *= std::sqrt(double(std::min(m, n))) / U.norm();
       }
       const double scale = o.match_rms_adamw ? 0.2 * std::sqrt(double(std::max(m, n)))
@@ -99,10 +113,12 @@ struct ModelParam {
 muon::MuonGroupOptions library_options(const ModelOptions& o) {
   muon::MuonGroupOptions g;
   g.with_lr(o.lr).with_momentum(o.mu).with_weight_decay(o.lambda).with_variant(o.variant);
+  g.with_nesterov(o.nesterov);
   if (o.l2) g.with_weight_decay_form(muon::WeightDecayForm::l2);
   if (o.match_rms_adamw) g.with_adjust_lr(muon::LrAdjust::match_rms_adamw);
   g.normuon_beta2 = g.adamuon_beta2 = o.beta2;
   g.normuon_eps = g.adamuon_eps = o.eps;
+  g.with_adamuon_form(o.adamuon_sign ? muon::AdaMuonForm::sign : muon::AdaMuonForm::plain);
   return g;
 }
 
@@ -136,10 +152,12 @@ const Case kCases[] = {
     {"column-major wide 3x7", {3, 7}, {}, 1, true},
 };
 
-// Runs `steps` steps of the optimizer (storage T) and of the model on the
-// same gradients; returns the largest |difference| of the weights.
+// Runs `steps` steps of the optimizer (storage T, options `library`, by
+// default library_options(o)) and of the model on the same gradients;
+// returns the largest |difference| of the weights.
 template <class T>
-double run_against_model(const Case& c, const ModelOptions& o, int steps) {
+double run_against_model(const Case& c, const ModelOptions& o, int steps,
+                         const muon::MuonGroupOptions* library = nullptr) {
   const Index rows = out_rows(c), cols = in_cols(c);
   const Mat W0 = gaussian(rows, cols, 7) * 0.1;
   ModelParam model(W0, model_blocks(c));
@@ -147,7 +165,7 @@ double run_against_model(const Case& c, const ModelOptions& o, int steps) {
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> Wr = W0.cast<T>(),
                                                                     Gr(rows, cols);
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> Wc = W0.cast<T>(), Gc(rows, cols);
-  muon::Optimizer<T> opt(library_options(o));
+  muon::Optimizer<T> opt(library ? *library : library_options(o));
   muon::ParamOptions po;
   po.route = muon::Route::muon;
   for (Index s : c.split) po.split.push_back(s);
@@ -194,7 +212,62 @@ TEST_CASE("NorMuon follows its equation over several steps and shapes", "[family
   CHECK(run_against_model<double>(kCases[1], other, 3) < 1e-10);
 }
 
-TEST_CASE("AdaMuon follows its equation over several steps and shapes", "[family][adamuon]") {
+TEST_CASE(
+    "AdaMuon's sign form (its authors' code) follows its equation over several steps and "
+    "shapes",
+    "[family][adamuon]") {
+  // The authors' code (Chongjie-Si/AdaMuon, gpt2/models/optimizers/
+  // adamuon.py; megatron/core/optimizer/muon.py): Newton–Schulz of the sign
+  // of the Nesterov look-ahead, V decayed by the momentum 0.95, no bias
+  // correction, eps 1e-8, sqrt(min(m, n)) and 0.2 sqrt(max(m, n)).
+  ModelOptions o;
+  o.variant = MuonVariant::adamuon;
+  o.adamuon_sign = true;
+  o.beta2 = 0.95;
+  o.eps = 1e-8;
+  o.match_rms_adamw = true;
+  // The library's defaults: MuonGroupOptions::adamuon() with the model's lr,
+  // momentum and decay, nothing else set.
+  const muon::MuonGroupOptions preset =
+      muon::MuonGroupOptions::adamuon().with_lr(o.lr).with_momentum(o.mu).with_weight_decay(
+          o.lambda);
+  for (const Case& c : kCases) {
+    INFO(c.name);
+    CHECK(run_against_model<double>(c, o, 4, &preset) < 1e-10);
+    CHECK(run_against_model<float>(c, o, 4, &preset) < 2e-5);
+  }
+  CHECK(preset.adamuon_form == muon::AdaMuonForm::sign);
+  CHECK(preset.adamuon_beta2 == 0.95);
+  CHECK(preset.adamuon_eps == 1e-8);
+  CHECK(preset.adjust_lr == muon::LrAdjust::match_rms_adamw);
+  CHECK(muon::MuonGroupOptions().adamuon_form == muon::AdaMuonForm::sign);
+  // beta2 and eps are read, and eps is added to sqrt(V) uncorrected: an eps
+  // comparable to sqrt(V) makes a bias correction show.
+  ModelOptions other = o;
+  other.beta2 = 0.5;
+  other.eps = 0.05;
+  for (const Case& c : {kCases[0], kCases[1], kCases[4]}) {
+    INFO(c.name);
+    CHECK(run_against_model<double>(c, other, 3) < 1e-10);
+  }
+  // Without Nesterov it is the sign of the momentum buffer itself.
+  ModelOptions plain_momentum = o;
+  plain_momentum.nesterov = false;
+  CHECK(run_against_model<double>(kCases[0], plain_momentum, 3) < 1e-10);
+  // The sign changes the step: against the plain form (same beta2 and eps)
+  // on the same gradients the weights differ.
+  ModelOptions plain = o;
+  plain.adamuon_sign = false;
+  ModelParam a(gaussian(4, 10, 7) * 0.1, {4}), b = a;
+  for (int k = 0; k < 2; ++k) {
+    a.step(gaussian(4, 10, 100 + std::uint64_t(k)), o);
+    b.step(gaussian(4, 10, 100 + std::uint64_t(k)), plain);
+  }
+  CHECK((a.W - b.W).cwiseAbs().maxCoeff() > 1e-4);
+}
+
+TEST_CASE("AdaMuon's plain form (the paper's first version) follows its equation",
+          "[family][adamuon]") {
   ModelOptions o;
   o.variant = MuonVariant::adamuon;
   o.beta2 = 0.999;
@@ -205,21 +278,21 @@ TEST_CASE("AdaMuon follows its equation over several steps and shapes", "[family
     CHECK(run_against_model<double>(c, o, 4) < 1e-10);
     CHECK(run_against_model<float>(c, o, 4) < 2e-5);
   }
-  // MuonGroupOptions::adamuon() is the paper's setting.
-  const muon::MuonGroupOptions paper = muon::MuonGroupOptions::adamuon();
-  CHECK(paper.variant == MuonVariant::adamuon);
-  CHECK(paper.adjust_lr == muon::LrAdjust::match_rms_adamw);
-  CHECK(paper.adamuon_beta2 == 0.999);
-  CHECK(paper.adamuon_eps == 1e-8);
+  CHECK(library_options(o).adamuon_form == muon::AdaMuonForm::plain);
   CHECK(muon::MuonGroupOptions::normuon().normuon_beta2 == 0.95);
   CHECK(muon::MuonGroupOptions::normuon().normuon_eps == 1e-10);
 }
 
 TEST_CASE("the L2 form adds lambda W to the gradient before the momentum", "[family][l2]") {
-  for (MuonVariant v : {MuonVariant::muon, MuonVariant::normuon, MuonVariant::adamuon}) {
-    INFO(muon::muon_variant_name(v));
+  for (int variant = 0; variant < 4; ++variant) {
+    // muon, normuon, the plain AdaMuon, the sign AdaMuon
+    const MuonVariant v = variant == 0   ? MuonVariant::muon
+                          : variant == 1 ? MuonVariant::normuon
+                                         : MuonVariant::adamuon;
+    INFO(muon::muon_variant_name(v) << (variant == 3 ? " (sign)" : ""));
     ModelOptions o;
     o.variant = v;
+    o.adamuon_sign = variant == 3;
     o.l2 = true;
     o.lambda = 0.5;  // large, so that a decay applied the decoupled way would show
     for (const Case& c : kCases) {
@@ -373,7 +446,236 @@ TEST_CASE("the variants' options are validated by name", "[family][options]") {
   back.load(ss);
   CHECK(back.muon_options().ns.normalization == muon::NsNormalization::aol);
   CHECK(back.muon_options().weight_decay_form == muon::WeightDecayForm::l2);
-  CHECK(muon::weight_decay_multiplier(muon::WeightDecayForm::l2, 0.1, 0.5) == 1.0);
+  CHECK(muon::weight_decay_multiplier(muon::WeightDecayForm::l2, 0.1, 0.5, 0.1) == 1.0);
+}
+
+TEST_CASE("adamuon_form is an option: set by name, validated, kept by checkpoints",
+          "[family][adamuon][options]") {
+  muon::Optimizer<float> opt(muon::MuonGroupOptions::adamuon());
+  CHECK(opt.muon_options().adamuon_form == muon::AdaMuonForm::sign);
+  opt.set_option("adamuon_form", "plain");
+  CHECK(opt.muon_options().adamuon_form == muon::AdaMuonForm::plain);
+  const std::string message =
+      muon_test::error_message([&] { opt.set_option("adamuon_form", "signed"); });
+  CHECK(muon_test::contains(message, "adamuon_form"));
+  CHECK(muon_test::contains(message, "sign or plain"));
+  CHECK(opt.muon_options().adamuon_form == muon::AdaMuonForm::plain);
+  CHECK_THROWS_AS(opt.set_option("adamuon_form", 1.0), muon::Error);
+  muon::MuonGroupOptions bad;
+  bad.adamuon_form = static_cast<muon::AdaMuonForm>(7);
+  CHECK(muon_test::contains(muon_test::error_message([&] { bad.validate(); }), "adamuon_form"));
+  CHECK(muon::adamuon_form_from_name("sign") == muon::AdaMuonForm::sign);
+  CHECK(!muon::adamuon_form_from_name("Sign"));
+
+  // Every form and beta2 comes back from a checkpoint as saved, the
+  // defaults (sign, 0.95) included.
+  for (muon::AdaMuonForm form : {muon::AdaMuonForm::sign, muon::AdaMuonForm::plain})
+    for (double beta2 : {0.95, 0.999, 0.9}) {
+      INFO(muon::adamuon_form_name(form) << ", beta2 " << beta2);
+      std::vector<float> w(6 * 8, 0.25f), g(6 * 8);
+      for (std::size_t i = 0; i < g.size(); ++i) g[i] = std::cos(float(i));
+      muon::MuonGroupOptions mo = muon::MuonGroupOptions::adamuon().with_adamuon_form(form);
+      mo.adamuon_beta2 = beta2;
+      muon::Optimizer<float> a(mo);
+      a.add_param("w", {w.data(), {6, 8}}, {g.data(), {6, 8}});
+      a.step();
+      std::stringstream ss;
+      a.save(ss);
+      muon::Optimizer<float> b;
+      b.add_param("w", {w.data(), {6, 8}}, {g.data(), {6, 8}});
+      b.load(ss);
+      CHECK(b.muon_options().variant == MuonVariant::adamuon);
+      CHECK(b.muon_options().adamuon_form == form);
+      CHECK(b.muon_options().adamuon_beta2 == beta2);
+    }
+  // A group of another variant at AdaMuon's defaults writes none of its keys
+  // (the file stays readable by older readers).
+  {
+    std::vector<float> w(4 * 4, 0.1f), g(4 * 4, 0.2f);
+    muon::Optimizer<float> plain;
+    plain.add_param("w", {w.data(), {4, 4}}, {g.data(), {4, 4}});
+    std::stringstream ss;
+    plain.save(ss);
+    CHECK(ss.str().find("adamuon") == std::string::npos);
+    // ... and one whose latent AdaMuon options are not the defaults keeps them.
+    plain.set_option("adamuon_form", "plain");
+    std::stringstream again;
+    plain.save(again);
+    muon::Optimizer<float> back;
+    back.add_param("w", {w.data(), {4, 4}}, {g.data(), {4, 4}});
+    back.load(again);
+    CHECK(back.muon_options().variant == MuonVariant::muon);
+    CHECK(back.muon_options().adamuon_form == muon::AdaMuonForm::plain);
+  }
+}
+
+namespace {
+
+// The recipe of tests/data/checkpoint_adamuon_plain_float.muonckpt, written
+// by the library before AdaMuon's sign form (when AdaMuon was the plain form
+// and its beta2 defaulted to 0.999, left out of the file): three groups
+// (AdaMuon at the defaults of that time; AdaMuon with beta2 0.99 and eps
+// 1e-6; plain Muon), four parameters, three steps of exactly representable
+// gradients.
+struct AdaMuonRecipe {
+  std::vector<float> a, ga, b, gb, c, gc, d, gd;
+  muon::Optimizer<float> opt;
+  static void fill_w(std::vector<float>& w, int seed) {
+    for (std::size_t i = 0; i < w.size(); ++i)
+      w[i] = float(int((i * 31 + std::size_t(seed) * 7) % 17) - 8) / 32.0f;
+  }
+  static void fill_g(std::vector<float>& g, int k, int seed) {
+    for (std::size_t i = 0; i < g.size(); ++i)
+      g[i] = float(int((i * 7919 + std::size_t(k) * 104729 + std::size_t(seed) * 13) % 201) - 100) /
+             64.0f;
+  }
+  AdaMuonRecipe(const muon::MuonGroupOptions& g0, const muon::MuonGroupOptions& g1,
+                const muon::MuonGroupOptions& g2)
+      : a(6 * 10),
+        ga(6 * 10),
+        b(2 * 6 * 4),
+        gb(2 * 6 * 4),
+        c(8 * 5),
+        gc(8 * 5),
+        d(5 * 7),
+        gd(5 * 7),
+        opt(g0) {
+    opt.add_group(g1);
+    opt.add_group(g2);
+    fill_w(a, 1);
+    fill_w(b, 2);
+    fill_w(c, 3);
+    fill_w(d, 4);
+    opt.add_param("a", {a.data(), {6, 10}}, {ga.data(), {6, 10}});
+    opt.add_param("b", {b.data(), {2, 6, 4}}, {gb.data(), {2, 6, 4}});
+    muon::ParamOptions po;
+    po.group = 1;
+    po.split = {3, 5};
+    opt.add_param("c", {c.data(), {8, 5}}, {gc.data(), {8, 5}}, po);
+    po.group = 2;
+    po.split.clear();
+    opt.add_param("d", {d.data(), {5, 7}}, {gd.data(), {5, 7}}, po);
+  }
+  void grads(int k) {
+    fill_g(ga, k, 1);
+    fill_g(gb, k, 2);
+    fill_g(gc, k, 3);
+    fill_g(gd, k, 4);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("an AdaMuon checkpoint from before the sign form loads as the plain form it was",
+          "[family][adamuon][checkpoint]") {
+  const std::string path =
+      std::string(MUON_TEST_DATA_DIR) + "/checkpoint_adamuon_plain_float.muonckpt";
+  // Loaded into groups set to today's AdaMuon defaults, the file's AdaMuon
+  // groups become what they were: plain, beta2 0.999 where the file left it
+  // out, its own beta2 where it gave one.
+  AdaMuonRecipe now(muon::MuonGroupOptions::adamuon(), muon::MuonGroupOptions::adamuon(),
+                    muon::MuonGroupOptions());
+  now.opt.load_file(path);
+  REQUIRE(now.opt.step_count() == 3);
+  const muon::MuonGroupOptions g0 = now.opt.muon_options(0), g1 = now.opt.muon_options(1),
+                               g2 = now.opt.muon_options(2);
+  CHECK(g0.variant == MuonVariant::adamuon);
+  CHECK(g0.adamuon_form == muon::AdaMuonForm::plain);
+  CHECK(g0.adamuon_beta2 == 0.999);
+  CHECK(g0.adamuon_eps == 1e-8);
+  CHECK(g0.adjust_lr == muon::LrAdjust::match_rms_adamw);
+  CHECK(g0.lr == 0.02);
+  CHECK(g1.adamuon_form == muon::AdaMuonForm::plain);
+  CHECK(g1.adamuon_beta2 == 0.99);
+  CHECK(g1.adamuon_eps == 1e-6);
+  // A group that was not AdaMuon has no AdaMuon of its time to keep: today's
+  // defaults, should it be switched.
+  CHECK(g2.variant == MuonVariant::muon);
+  CHECK(g2.adamuon_form == muon::AdaMuonForm::sign);
+  CHECK(g2.adamuon_beta2 == 0.95);
+
+  // Its state is the one today's plain form gives for the same three steps
+  // (the old form is unchanged), and both continue alike.
+  muon::MuonGroupOptions old0 =
+      muon::MuonGroupOptions::adamuon().with_lr(0.02).with_adamuon_form(muon::AdaMuonForm::plain);
+  old0.adamuon_beta2 = 0.999;
+  muon::MuonGroupOptions old1 =
+      muon::MuonGroupOptions::adamuon().with_lr(0.05).with_adamuon_form(muon::AdaMuonForm::plain);
+  old1.adamuon_beta2 = 0.99;
+  old1.adamuon_eps = 1e-6;
+  AdaMuonRecipe then(old0, old1, muon::MuonGroupOptions().with_lr(0.03));
+  for (int k = 0; k < 3; ++k) {
+    then.grads(k);
+    then.opt.step();
+  }
+  const auto close = [](const auto& x, const auto& y) {
+    return (x - y).cwiseAbs().maxCoeff() <= 1e-6f * y.cwiseAbs().maxCoeff();
+  };
+  for (const char* name : {"a", "b", "c"}) {
+    INFO(name);
+    CHECK(close(now.opt.second_moment(name), then.opt.second_moment(name)));
+    CHECK(close(now.opt.momentum_buffer(name), then.opt.momentum_buffer(name)));
+  }
+  CHECK(close(now.opt.momentum_buffer("d"), then.opt.momentum_buffer("d")));
+  now.a = then.a;
+  now.b = then.b;
+  now.c = then.c;
+  now.d = then.d;
+  then.grads(3);
+  now.grads(3);
+  then.opt.step();
+  now.opt.step();
+  for (std::size_t i = 0; i < now.a.size(); ++i) CHECK(std::abs(now.a[i] - then.a[i]) <= 1e-6f);
+  // Saved again, the file names the form and beta2, and reads back the same.
+  std::stringstream ss;
+  now.opt.save(ss);
+  const muon::MuonGroupOptions defaults;
+  AdaMuonRecipe back(defaults, defaults, defaults);
+  back.opt.load(ss);
+  CHECK(back.opt.muon_options(0).adamuon_form == muon::AdaMuonForm::plain);
+  CHECK(back.opt.muon_options(0).adamuon_beta2 == 0.999);
+}
+
+TEST_CASE("the independent weight decay follows the lr schedule, not the lr's value",
+          "[family][decay]") {
+  // Wortsman et al. (arXiv 2309.14322): W <- W (1 - lambda s_t), s_t the
+  // lr schedule's factor (eta_t / eta_max). A zero gradient leaves only the
+  // decay, so after k steps W = W0 prod_t (1 - lambda s_t), derived by hand
+  // below from the schedule's definition: linear warmup over 2 steps
+  // (s = 1/2, 1), then a linear decay to 0.1 at step 6 (s_t = 1 - 0.9 (t -
+  // 2) / 4 for t = 2 .. 5), then 0.1.
+  const double lambda = 0.01;
+  const double s[] = {0.5, 1.0, 1.0, 0.775, 0.55, 0.325, 0.1, 0.1};
+  for (double lr : {0.5, 0.02}) {
+    INFO("lr " << lr);
+    std::vector<double> w(5 * 7), g(5 * 7, 0.0);
+    for (std::size_t i = 0; i < w.size(); ++i) w[i] = 0.1 * double(i) - 1.5;
+    const std::vector<double> w0 = w;
+    muon::Optimizer<double> opt(
+        muon::MuonGroupOptions().with_lr(lr).with_weight_decay(lambda).with_weight_decay_form(
+            muon::WeightDecayForm::independent));
+    opt.set_lr_schedule(muon::LrSchedule::warmup_linear(2, 6, 0.1));
+    opt.add_param("w", {w.data(), {5, 7}}, {g.data(), {5, 7}});
+    double product = 1.0;
+    for (int t = 0; t < 8; ++t) {
+      opt.step();
+      product *= 1.0 - lambda * s[t];
+      for (std::size_t i = 0; i < w.size(); ++i)
+        REQUIRE(std::abs(w[i] - w0[i] * product) <= 1e-14 * std::abs(w0[i]));
+    }
+  }
+  // No schedule: 1 - lambda each step, as before; a group lr of 0 decays nothing.
+  CHECK(muon::weight_decay_multiplier(muon::WeightDecayForm::independent, 0.3, 0.01, 0.3) ==
+        1.0 - 0.01);
+  CHECK(muon::weight_decay_multiplier(muon::WeightDecayForm::independent, 0.15, 0.01, 0.3) ==
+        1.0 - 0.5 * 0.01);
+  CHECK(muon::weight_decay_multiplier(muon::WeightDecayForm::independent, 0.0, 0.01, 0.0) == 1.0);
+  // The other forms at the same step: decoupled 1 - eta lambda, palm
+  // 1 - eta^2 lambda, with eta = lr s_t.
+  CHECK(muon::weight_decay_multiplier(muon::WeightDecayForm::decoupled, 0.15, 0.01, 0.3) ==
+        1.0 - 0.15 * 0.01);
+  CHECK(muon::weight_decay_multiplier(muon::WeightDecayForm::palm, 0.15, 0.01, 0.3) ==
+        1.0 - 0.15 * 0.15 * 0.01);
 }
 
 TEST_CASE("a gradient whose float sum of squares underflows is normalized in double",

@@ -413,9 +413,10 @@ std::unique_ptr<fm::TrainOptimizer<Scalar>> make_optimizer(const RunSpec& r, fm:
                                                           std::set<fm::ParameterRole>{}, schedule);
   // The hybrids: torch.optim.Muon defaults (momentum 0.95 Nesterov, Jordan
   // NS5, wd 0.1) apart from the lr and its shape adjustment, in the variant
-  // the name gives. The variants' own constants keep the papers' values
-  // (NorMuon beta2 0.95, eps 1e-10; AdaMuon beta2 0.999, eps 1e-8); AdaMuon's
-  // paper scales its lr as match_rms_adamw, --muon-adjust's default.
+  // the name gives. The variants' own constants are the library's defaults
+  // (NorMuon beta2 0.95, eps 1e-10; AdaMuon the authors' sign form, beta2
+  // 0.95, eps 1e-8); AdaMuon's paper scales its lr as match_rms_adamw,
+  // --muon-adjust's default.
   const auto variant = muon::muon_variant_from_name(r.optimizer);
   if (!variant) throw std::invalid_argument("unknown optimizer \"" + r.optimizer + "\"");
   muon::MuonGroupOptions muon_options = muon::MuonGroupOptions{}.with_variant(*variant);

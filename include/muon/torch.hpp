@@ -112,7 +112,8 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
   TORCH_ARG(MuonVariant, variant) = MuonVariant::muon;
   TORCH_ARG(double, normuon_beta2) = 0.95;
   TORCH_ARG(double, normuon_eps) = 1e-10;
-  TORCH_ARG(double, adamuon_beta2) = 0.999;
+  TORCH_ARG(AdaMuonForm, adamuon_form) = AdaMuonForm::sign;
+  TORCH_ARG(double, adamuon_beta2) = 0.95;
   TORCH_ARG(double, adamuon_eps) = 1e-8;
   TORCH_ARG(double, adamw_lr) = 1e-3;
   TORCH_ARG(betas_t, adamw_betas) = std::make_tuple(0.9, 0.999);
@@ -147,6 +148,7 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
     m.variant = variant_;
     m.normuon_beta2 = normuon_beta2_;
     m.normuon_eps = normuon_eps_;
+    m.adamuon_form = adamuon_form_;
     m.adamuon_beta2 = adamuon_beta2_;
     m.adamuon_eps = adamuon_eps_;
     m.momentum = momentum_;
@@ -184,6 +186,7 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
     variant_ = m.variant;
     normuon_beta2_ = m.normuon_beta2;
     normuon_eps_ = m.normuon_eps;
+    adamuon_form_ = m.adamuon_form;
     adamuon_beta2_ = m.adamuon_beta2;
     adamuon_eps_ = m.adamuon_eps;
     momentum_ = m.momentum;

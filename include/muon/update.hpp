@@ -52,7 +52,8 @@ void apply_muon_update(const Eigen::DenseBase<DP>& param, const Eigen::DenseBase
 
   auto& p_out = detail::writable(param);
   const auto k = optim::rules::muon_update_coefficients<C>(
-      weight_decay_multiplier(WeightDecayForm::decoupled, lr, weight_decay), lr_adjusted, cautious);
+      weight_decay_multiplier(WeightDecayForm::decoupled, lr, weight_decay, lr), lr_adjusted,
+      cautious);
   for (Eigen::Index j = 0; j < param.cols(); ++j)
     for (Eigen::Index i = 0; i < param.rows(); ++i)
       detail::write(p_out, i, j,

@@ -577,6 +577,7 @@ class Optimizer {
       lines.push_back(
           {group + "'weight_decay_form'", weight_decay_form_name(o.muon.weight_decay_form)});
       lines.push_back({group + "'variant'", muon_variant_name(o.muon.variant)});
+      lines.push_back({group + "'adamuon_form'", adamuon_form_name(o.muon.adamuon_form)});
       lines.push_back(
           {group + "'ns_normalization'", ns_normalization_name(o.muon.ns.normalization)});
       lines.push_back({group + "'adjust_lr'", lr_adjust_name(o.muon.adjust_lr)});

@@ -361,7 +361,7 @@ class Core {
   rules::MomentumCoefficients<C> momentum_coefficients(std::size_t g) const {
     const MuonGroupOptions& o = groups_[g].muon;
     return rules::momentum_coefficients<C>(plan_.groups[g].mu, o.momentum_kind == MomentumKind::ema,
-                                           o.nesterov, o.l2_coefficient());
+                                           o.nesterov, o.l2_coefficient(), o.sign_ns_input());
   }
 
   /// The variant of Muon parameter i's group.
@@ -372,15 +372,16 @@ class Core {
   }
 
   /// The second-moment scalars of Muon parameter i's variant at its next
-  /// step, in compute type C (AdaMuon's bias correction from the
+  /// step, in compute type C (the plain AdaMuon's bias correction from the
   /// parameter's own step count, like AdamW's).
   template <class C>
   rules::SecondMomentCoefficients<C> second_moment_coefficients(std::size_t i) const {
     const ParamRecord& p = registry_[i];
     const MuonGroupOptions& g = groups_[p.group].muon;
     if (g.variant == MuonVariant::adamuon)
-      return rules::second_moment_coefficients<C>(g.adamuon_beta2, g.adamuon_eps,
-                                                  static_cast<double>(p.steps + 1));
+      return rules::second_moment_coefficients<C>(
+          g.adamuon_beta2, g.adamuon_eps,
+          g.second_moment_bias_corrected() ? static_cast<double>(p.steps + 1) : 0.0);
     return rules::second_moment_coefficients<C>(g.normuon_beta2, g.normuon_eps, 0.0);
   }
 

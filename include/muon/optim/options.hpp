@@ -142,14 +142,19 @@ inline const char* momentum_kind_name(MomentumKind k) {
 // ---- weight decay -----------------------------------------------------------------
 
 /// How weight decay enters a Muon step (lambda = weight_decay, eta = the
-/// UNadjusted lr). Each form multiplies W by one number before the update.
+/// UNadjusted lr of this step: the group's lr times the lr schedule's
+/// factor s_t). Each form multiplies W by one number before the update.
 enum class WeightDecayForm {
   /// W <- W (1 - eta lambda): decoupled decay, torch.optim.Muon's and
   /// AdamW's form (Loshchilov & Hutter, arXiv 1711.05101). The default.
   decoupled,
-  /// W <- W (1 - lambda): independent of the lr, so a schedule does not
-  /// change the decay (Wortsman et al., arXiv 2309.14322). lambda is then a
-  /// per-step rate: 1e-4-ish, not the 0.1 of the decoupled form.
+  /// W <- W (1 - s_t lambda), s_t = eta / lr the lr schedule's factor: the
+  /// decay follows the schedule but not the lr's value (Wortsman et al.,
+  /// arXiv 2309.14322, "independent" decay; Loshchilov & Hutter's schedule
+  /// multiplier). lambda is then a per-step rate at the schedule's peak:
+  /// 1e-4-ish, not the 0.1 of the decoupled form. A group lr of 0 decays
+  /// nothing. An lr changed by hand (set_lr, a libtorch scheduler) is the
+  /// group's lr, not a schedule: s_t stays 1.
   independent,
   /// W <- W (1 - eta^2 lambda): PaLM's decay tied to the square of the lr
   /// (Chowdhery et al., arXiv 2204.02311, section 5).
@@ -188,12 +193,16 @@ inline std::optional<WeightDecayForm> weight_decay_form_from_name(std::string_vi
   return std::nullopt;
 }
 
-/// The number a Muon step multiplies W by under `form` at (unadjusted)
-/// learning rate `lr` and decay `weight_decay`, computed in double.
-inline double weight_decay_multiplier(WeightDecayForm form, double lr, double weight_decay) {
+/// The number a Muon step multiplies W by under `form`, at the step's
+/// (unadjusted) learning rate `lr` = base_lr * s_t (s_t the lr schedule's
+/// factor), with decay `weight_decay`; computed in double. base_lr only
+/// matters to the independent form, which needs s_t = lr / base_lr (0 when
+/// base_lr is 0: nothing moves).
+inline double weight_decay_multiplier(WeightDecayForm form, double lr, double weight_decay,
+                                      double base_lr) {
   switch (form) {
     case WeightDecayForm::independent:
-      return 1.0 - weight_decay;
+      return 1.0 - (base_lr > 0.0 ? lr / base_lr : 0.0) * weight_decay;
     case WeightDecayForm::palm:
       return 1.0 - lr * lr * weight_decay;
     case WeightDecayForm::l2:  // the decay enters through the gradient instead
@@ -217,10 +226,12 @@ enum class MuonVariant {
   /// along the other dimension; O / sqrt(max(V, eps)) rescaled to O's
   /// Frobenius norm. State: max(m, n) numbers per block.
   normuon,
-  /// AdaMuon (Si et al., arXiv 2507.11005): an elementwise second moment
-  /// V <- beta2 V + (1-beta2) O^2, bias-corrected; O / (sqrt(V_hat) + eps)
-  /// rescaled to Frobenius norm sqrt(min(m, n)) (an orthogonal matrix's).
-  /// The paper's lr scale is 0.2 sqrt(max(m, n)): LrAdjust::match_rms_adamw
+  /// AdaMuon (Si et al., arXiv 2507.11005): O from Newton–Schulz of
+  /// sign(X) (AdaMuonForm::sign, the default; X the momentum or its
+  /// Nesterov look-ahead), an elementwise second moment
+  /// V <- beta2 V + (1-beta2) O^2; O / (sqrt(V) + eps) rescaled to
+  /// Frobenius norm sqrt(min(m, n)) (an orthogonal matrix's). The paper's
+  /// lr scale is 0.2 sqrt(max(m, n)): LrAdjust::match_rms_adamw
   /// (MuonGroupOptions::adamuon() sets both). State: one number per entry.
   adamuon
 };
@@ -246,6 +257,38 @@ inline const char* muon_variant_name(MuonVariant v) {
 inline std::optional<MuonVariant> muon_variant_from_name(std::string_view name) {
   for (MuonVariant v : {MuonVariant::muon, MuonVariant::normuon, MuonVariant::adamuon})
     if (name == muon_variant_name(v)) return v;
+  return std::nullopt;
+}
+
+/// Which of the AdaMuon authors' two algorithms MuonVariant::adamuon runs
+/// (docs/family/adamuon.md). They differ in what Newton–Schulz sees and in
+/// the bias correction of V; the rest (V, eps, the rescale) is shared.
+enum class AdaMuonForm {
+  /// O = NS(sign(X)), V without bias correction: O / (sqrt(V) + eps). The
+  /// paper from its second version on ("sign-stabilized orthogonal
+  /// update") and both code paths of the authors' repository
+  /// (Chongjie-Si/AdaMuon: gpt2/models/optimizers/adamuon.py,
+  /// megatron/core/optimizer/muon.py), whose decay of V is the momentum,
+  /// 0.95. The default.
+  sign,
+  /// O = NS(X) as for Muon, V bias-corrected: O / (sqrt(V / (1 - beta2^t))
+  /// + eps). The paper's first version and the authors' first code
+  /// (adamuon.py, beta2 0.999); what this library's AdaMuon was before the
+  /// sign form (checkpoints of that time load as plain, beta2 0.999).
+  plain
+};
+
+/// True for the two named AdaMuonForm values.
+constexpr bool is_valid(AdaMuonForm f) { return f == AdaMuonForm::sign || f == AdaMuonForm::plain; }
+
+inline const char* adamuon_form_name(AdaMuonForm f) {
+  return f == AdaMuonForm::sign ? "sign" : f == AdaMuonForm::plain ? "plain" : "invalid";
+}
+
+/// The form named `name` (adamuon_form_name's names); nullopt otherwise.
+inline std::optional<AdaMuonForm> adamuon_form_from_name(std::string_view name) {
+  for (AdaMuonForm f : {AdaMuonForm::sign, AdaMuonForm::plain})
+    if (name == adamuon_form_name(f)) return f;
   return std::nullopt;
 }
 
@@ -286,9 +329,13 @@ struct MuonGroupOptions {
   /// the square root (1e-10). beta2 in [0, 1); eps finite, > 0.
   double normuon_beta2 = 0.95;
   double normuon_eps = 1e-10;
-  /// AdaMuon's second-moment decay (paper: 0.999) and the eps added to
-  /// sqrt(V_hat) (1e-8). beta2 in [0, 1); eps finite, > 0.
-  double adamuon_beta2 = 0.999;
+  /// Which AdaMuon (see AdaMuonForm). Default sign, the authors' current one.
+  AdaMuonForm adamuon_form = AdaMuonForm::sign;
+  /// AdaMuon's second-moment decay and the eps added to sqrt(V) (sqrt(V_hat)
+  /// in the plain form). Defaults 0.95 and 1e-8, the authors' code (which
+  /// decays V by the momentum: set both when you change the momentum; the
+  /// plain form's paper value was 0.999). beta2 in [0, 1); eps finite, > 0.
+  double adamuon_beta2 = 0.95;
   double adamuon_eps = 1e-8;
 
   MuonGroupOptions& with_lr(double v) {
@@ -344,14 +391,19 @@ struct MuonGroupOptions {
     variant = v;
     return *this;
   }
+  MuonGroupOptions& with_adamuon_form(AdaMuonForm f) {
+    adamuon_form = f;
+    return *this;
+  }
 
   /// NorMuon with the paper's constants (beta2 0.95, eps 1e-10) and the
   /// other options at their defaults.
   static MuonGroupOptions normuon() {
     return MuonGroupOptions().with_variant(MuonVariant::normuon);
   }
-  /// AdaMuon with the paper's constants (beta2 0.999, eps 1e-8) and its lr
-  /// scale 0.2 sqrt(max(m, n)) (LrAdjust::match_rms_adamw).
+  /// AdaMuon as its authors' code runs it: the sign form, beta2 0.95 (their
+  /// momentum), eps 1e-8, and the lr scale 0.2 sqrt(max(m, n))
+  /// (LrAdjust::match_rms_adamw). The other options at their defaults.
   static MuonGroupOptions adamuon() {
     return MuonGroupOptions()
         .with_variant(MuonVariant::adamuon)
@@ -363,13 +415,23 @@ struct MuonGroupOptions {
     return lr_scale * (adjust_lr_fn ? adjusted_lr(rate, out, in, adjust_lr_fn)
                                     : adjusted_lr(rate, out, in, adjust_lr));
   }
-  /// What a step at (unadjusted) lr `rate` multiplies W by.
+  /// What a step at (unadjusted) lr `rate` = lr * the schedule's factor
+  /// multiplies W by.
   double decay_multiplier(double rate) const {
-    return weight_decay_multiplier(weight_decay_form, rate, weight_decay);
+    return weight_decay_multiplier(weight_decay_form, rate, weight_decay, lr);
   }
   /// The lambda added to the gradient as lambda W (WeightDecayForm::l2), else 0.
   double l2_coefficient() const {
     return weight_decay_form == WeightDecayForm::l2 ? weight_decay : 0.0;
+  }
+  /// Whether Newton–Schulz gets sign(X) instead of X (AdaMuon's sign form).
+  bool sign_ns_input() const {
+    return variant == MuonVariant::adamuon && adamuon_form == AdaMuonForm::sign;
+  }
+  /// Whether the second moment is bias-corrected by sqrt(1 - beta2^t)
+  /// (AdaMuon's plain form only).
+  bool second_moment_bias_corrected() const {
+    return variant == MuonVariant::adamuon && adamuon_form == AdaMuonForm::plain;
   }
 
   /// Throws muon::Error naming the field (lr, weight_decay, momentum,
@@ -388,6 +450,7 @@ struct MuonGroupOptions {
       detail::fail("lr_scale", "must be finite and > 0");
     if (!is_valid(adjust_lr)) detail::fail("adjust_lr", "is not an LrAdjust value");
     if (!is_valid(variant)) detail::fail("variant", "is not a MuonVariant value");
+    if (!is_valid(adamuon_form)) detail::fail("adamuon_form", "is not an AdaMuonForm value");
     const auto beta = [](double b, const char* key) {
       if (!(std::isfinite(b) && b >= 0.0 && b < 1.0))
         detail::fail(key, "must be in [0, 1), got " + std::to_string(b));
@@ -512,13 +575,14 @@ inline const std::vector<OptionKey>& option_keys() {
       {"adjust_lr", OptionType::name,
        "original, match_rms_adamw, spectral, spectral_unclamped or none"},
       {"ns_coefficients", OptionType::name,
-       "jordan, cubic, quintic, polar_express, deepseek_v4, cubic5 or cans"},
+       "jordan, cubic, quintic, polar_express, deepseek_v4, cubic5, turbo_muon or cans"},
       {"ns_eps_mode", OptionType::name, "add or max"},
       {"ns_method", OptionType::name, "automatic, standard or gram"},
       {"ns_normalization", OptionType::name, "frobenius or aol"},
       {"momentum_kind", OptionType::name, "ema or sum"},
       {"weight_decay_form", OptionType::name, "decoupled, independent, palm or l2"},
       {"variant", OptionType::name, "muon, normuon or adamuon"},
+      {"adamuon_form", OptionType::name, "sign or plain"},
   };
   return keys;
 }
@@ -653,7 +717,7 @@ inline void set_option(GroupOptions& g, std::string_view key, std::string_view v
     m.adjust_lr_fn = nullptr;
   } else if (key == "ns_coefficients") {
     if (!(value == "jordan" || value == "cubic" || value == "quintic" || value == "polar_express" ||
-          value == "deepseek_v4" || value == "cubic5" || value == "cans"))
+          value == "deepseek_v4" || value == "cubic5" || value == "turbo_muon" || value == "cans"))
       bad();
     m.ns.schedule = Schedule::by_name(std::string(value));
   } else if (key == "ns_eps_mode") {
@@ -679,6 +743,10 @@ inline void set_option(GroupOptions& g, std::string_view key, std::string_view v
     const auto variant = muon_variant_from_name(value);
     if (!variant) bad();
     m.variant = *variant;
+  } else if (key == "adamuon_form") {
+    const auto form = adamuon_form_from_name(value);
+    if (!form) bad();
+    m.adamuon_form = *form;
   }
   next.validate();
   g = std::move(next);

@@ -61,19 +61,22 @@ struct MomentumCoefficients {
   bool ema = true;       ///< m <- m + (1-mu)(g - m); else the sum form m <- mu m + g
   bool nesterov = true;  ///< feed Newton–Schulz the look-ahead instead of m
   C l2 = C(0);           ///< lambda of WeightDecayForm::l2 (the gradient is g + lambda p)
+  bool sign = false;     ///< feed Newton–Schulz sign(input) (AdaMuonForm::sign)
 };
 
-/// The momentum scalars from mu (1 - mu computed in double) and the L2
-/// coefficient (0 unless the group's weight decay is in the l2 form).
+/// The momentum scalars from mu (1 - mu computed in double), the L2
+/// coefficient (0 unless the group's weight decay is in the l2 form) and
+/// whether Newton–Schulz gets the sign of its input (AdaMuon's sign form).
 template <class C>
 MUON_HOST_DEVICE MomentumCoefficients<C> momentum_coefficients(double mu, bool ema, bool nesterov,
-                                                               double l2 = 0.0) {
+                                                               double l2 = 0.0, bool sign = false) {
   MomentumCoefficients<C> k;
   k.mu = static_cast<C>(mu);
   k.one_minus_mu = static_cast<C>(1.0 - mu);
   k.ema = ema;
   k.nesterov = nesterov;
   k.l2 = static_cast<C>(l2);
+  k.sign = sign;
   return k;
 }
 
@@ -93,14 +96,24 @@ MUON_HOST_DEVICE C momentum_buffer(C m, C g, const MomentumCoefficients<C>& k) {
   return k.ema ? m + k.one_minus_mu * (g - m) : k.mu * m + g;
 }
 
+/// sign(x): 1, -1, or x itself for a zero (and a NaN, which stays NaN and
+/// so is still caught by the finiteness checks).
+template <class C>
+MUON_HOST_DEVICE C sign_of(C x) {
+  return x > C(0) ? C(1) : (x < C(0) ? C(-1) : x);
+}
+
 /// The Newton–Schulz input from the NEW buffer m (as stored) and g.
 ///   nesterov, ema: m + (1-mu)(g - m) = lerp(g, m, mu)   (torch's branch for weight >= 0.5)
 ///   nesterov, sum: g + mu m
 ///   otherwise:     m
+/// then, under AdaMuon's sign form, its sign entry by entry: the authors'
+/// code takes the sign of exactly this tensor (the look-ahead when
+/// Nesterov is on), never of the gradient or of the stored buffer alone.
 template <class C>
 MUON_HOST_DEVICE C ns_input(C m, C g, const MomentumCoefficients<C>& k) {
-  if (!k.nesterov) return m;
-  return k.ema ? m + k.one_minus_mu * (g - m) : g + k.mu * m;
+  const C x = !k.nesterov ? m : (k.ema ? m + k.one_minus_mu * (g - m) : g + k.mu * m);
+  return k.sign ? sign_of(x) : x;
 }
 
 /// The scalars of one Muon parameter update.
@@ -143,12 +156,13 @@ template <class C>
 struct SecondMomentCoefficients {
   C beta2 = C(0), one_minus_beta2 = C(1);
   C eps = C(0);  ///< NorMuon: the floor of V; AdaMuon: added to sqrt(V_hat). Never 0.
-  C sqrt_bias_correction2 = C(1);  ///< AdaMuon: sqrt(1 - beta2^t); NorMuon: 1
+  /// AdaMuon's plain form: sqrt(1 - beta2^t); its sign form and NorMuon: 1.
+  C sqrt_bias_correction2 = C(1);
 };
 
-/// From beta2, eps and (AdaMuon) the step t, 1 on the first; t = 0: no
-/// bias correction (NorMuon). An eps that underflows C becomes C's smallest
-/// normal number.
+/// From beta2, eps and (AdaMuon's plain form) the step t, 1 on the first;
+/// t = 0: no bias correction (NorMuon, AdaMuon's sign form). An eps that
+/// underflows C becomes C's smallest normal number.
 template <class C>
 MUON_HOST_DEVICE SecondMomentCoefficients<C> second_moment_coefficients(double beta2, double eps,
                                                                         double t) {
@@ -174,7 +188,8 @@ MUON_HOST_DEVICE C normuon_factor(C v, const SecondMomentCoefficients<C>& k) {
   return C(1) / square_root(v > k.eps ? v : k.eps);
 }
 
-/// AdaMuon: o / (sqrt(V) / sqrt(1 - beta2^t) + eps), from V as stored.
+/// AdaMuon: o / (sqrt(V) / sqrt(1 - beta2^t) + eps), from V as stored
+/// (o / (sqrt(V) + eps) in the sign form, whose coefficients carry 1).
 template <class C>
 MUON_HOST_DEVICE C adamuon_direction(C o, C v, const SecondMomentCoefficients<C>& k) {
   return o / (square_root(v) / k.sqrt_bias_correction2 + k.eps);

@@ -32,6 +32,12 @@
 /// had a user rule, which a checkpoint cannot hold). A reader starts from the defaults and applies
 /// each key, so options added later stay readable; an unknown key is refused. Version 1 files (muon
 /// 0.1) are read too.
+///
+/// An AdaMuon group always stores adamuon_form and adamuon_beta2: AdaMuon's
+/// defaults changed (sign form, beta2 0.95, from plain and 0.999), and an
+/// AdaMuon group written before that has no adamuon_form key. Such a group
+/// is read with the defaults of its time (plain, and 0.999 unless the file
+/// gives adamuon_beta2), so it continues as it was saved.
 
 #include <cmath>
 #include <cstddef>
@@ -109,6 +115,9 @@ inline constexpr std::int64_t kMaxSteps = std::int64_t(1) << 62;
 
 namespace state_io {
 
+/// AdaMuon's beta2 default before the sign form (files of that time omit it).
+inline constexpr double kPlainAdaMuonBeta2 = 0.999;
+
 inline void write_schedule(checkpoint::Writer& w, const Schedule& s) {
   w.str(s.name());
   w.f64(s.norm_divisor());
@@ -153,21 +162,28 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
   const bool cycles = m.ns.schedule.past_end() == Schedule::PastEnd::cycle;
   // The family's options, written only when not the defaults (older readers).
   const MuonGroupOptions defaults;
+  // An AdaMuon group also stores its form and beta2 when they are the
+  // defaults: their absence marks a file from before the defaults changed.
+  const bool adamuon = m.variant == MuonVariant::adamuon;
   const Number family[] = {{"normuon_beta2", m.normuon_beta2},
                            {"normuon_eps", m.normuon_eps},
                            {"adamuon_beta2", m.adamuon_beta2},
                            {"adamuon_eps", m.adamuon_eps}};
   const double family_defaults[] = {defaults.normuon_beta2, defaults.normuon_eps,
                                     defaults.adamuon_beta2, defaults.adamuon_eps};
+  const bool family_always[] = {false, false, adamuon, false};
+  const auto family_written = [&](std::size_t k) {
+    return family_always[k] || family[k].value != family_defaults[k];
+  };
   std::size_t family_count = 0;
-  for (std::size_t k = 0; k < std::size(family); ++k)
-    family_count += family[k].value != family_defaults[k] ? 1 : 0;
+  for (std::size_t k = 0; k < std::size(family); ++k) family_count += family_written(k) ? 1 : 0;
   const bool other_variant = m.variant != MuonVariant::muon;
   const bool aol = m.ns.normalization == NsNormalization::aol;
+  const bool form = adamuon || m.adamuon_form != defaults.adamuon_form;
   const std::size_t count = std::size(numbers) + std::size(names) + 1 +
                             (m.ns.norm_divisor ? 1 : 0) + (other_form ? 1 : 0) + (scaled ? 1 : 0) +
                             (cycles ? 1 : 0) + family_count + (other_variant ? 1 : 0) +
-                            (aol ? 1 : 0);
+                            (aol ? 1 : 0) + (form ? 1 : 0);
   w.u32(static_cast<std::uint32_t>(count));
   for (const Number& n : numbers) {
     w.str(n.key);
@@ -175,7 +191,7 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
     w.f64(n.value);
   }
   for (std::size_t k = 0; k < std::size(family); ++k)
-    if (family[k].value != family_defaults[k]) {
+    if (family_written(k)) {
       w.str(family[k].key);
       w.u8(0);
       w.f64(family[k].value);
@@ -184,6 +200,11 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
     w.str("variant");
     w.u8(1);
     w.str(muon_variant_name(m.variant));
+  }
+  if (form) {
+    w.str("adamuon_form");
+    w.u8(1);
+    w.str(adamuon_form_name(m.adamuon_form));
   }
   if (aol) {
     w.str("ns_normalization");
@@ -383,6 +404,10 @@ inline void apply_group_option(checkpoint::Reader& r, GroupOptions& g, bool& use
       const auto variant = muon_variant_from_name(v);
       if (!variant) bad();
       m.variant = *variant;
+    } else if (key == "adamuon_form") {
+      const auto form = adamuon_form_from_name(v);
+      if (!form) bad();
+      m.adamuon_form = *form;
     } else if (key == "ns_eps_mode") {
       if (v == "add")
         m.ns.eps_mode = EpsMode::add;
@@ -436,6 +461,13 @@ inline GroupOptions read_group_v2(checkpoint::Reader& r, std::size_t index, bool
     const std::string key = r.str("option key", 256);
     if (!seen.insert(key).second) r.fail(where + "option '" + key + "' appears twice");
     apply_group_option(r, g, user_rule, key, r.u8(), where);
+  }
+  // An AdaMuon group saved before the sign form became the default (the
+  // writer stores adamuon_form for every AdaMuon group since): the plain
+  // form, with the default beta2 of that time where the file left it out.
+  if (g.muon.variant == MuonVariant::adamuon && seen.count("adamuon_form") == 0) {
+    g.muon.adamuon_form = AdaMuonForm::plain;
+    if (seen.count("adamuon_beta2") == 0) g.muon.adamuon_beta2 = kPlainAdaMuonBeta2;
   }
   return g;
 }

@@ -645,7 +645,7 @@ class Optimizer {
       const bool adamuon = o.muon.variant == MuonVariant::adamuon;
       v.second_moment_beta2 = adamuon ? o.muon.adamuon_beta2 : o.muon.normuon_beta2;
       v.second_moment_eps = adamuon ? o.muon.adamuon_eps : o.muon.normuon_eps;
-      v.second_moment_bias_correction = adamuon ? 1 : 0;
+      v.second_moment_bias_correction = o.muon.second_moment_bias_corrected() ? 1 : 0;
     }
     for (std::size_t i = 0; i < core_.size(); ++i) {
       const optim::ParamRecord& p = core_.param(i);
