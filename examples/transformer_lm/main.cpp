@@ -84,7 +84,7 @@ struct Config {
   double qk_lr = 0;  // 0: qk_lr_factor x the hybrid's chosen lr
   double qk_lr_factor = 8;
   double qk_tau = 100;
-  std::vector<std::string> qk_arms{"none", "clip", "heads"};
+  std::vector<std::string> qk_arms{"none", "clip", "heads", "heads-clip"};
   int sample_bytes = 400;
   std::string prompt = "The ";
   bool check = false;  // exit non-zero unless the loss fell and the clip arm clipped
@@ -158,7 +158,7 @@ Phases
   --qk-lr-factor X     (default 8)
   --qk-tau X           QK-Clip threshold (default 100, Kimi K2's)
   --qk-arms LIST       none, clip, heads (per-head orthogonalization of the
-                       fused QKV), heads-clip (default none,clip,heads)
+                       fused QKV), heads-clip (default: all four)
   --sample-bytes N     generated text at the end (default 400; 0: none)
   --prompt TEXT        its start (default "The ")
 Output

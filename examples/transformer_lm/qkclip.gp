@@ -1,22 +1,22 @@
 # QK-Clip phase of the transformer_lm example, from DIR/qkclip.csv and
 # DIR/qkclip_evals.csv.
-# Usage: gnuplot -e "outdir='DIR'; arms='none clip heads'; layers=4; tau=100; lr=0.32" qkclip.gp
+# Usage: gnuplot -e "outdir='DIR'; arms='none clip heads heads-clip'; layers=4; tau=100; lr=0.32" qkclip.gp
 # One panel per arm: the largest attention logit of each layer at every step
 # (before any clip); a last panel: the validation loss of every arm. Writes
 # DIR/qk_clip.png.
 if (!exists("outdir")) outdir = "transformer_lm_out"
-if (!exists("arms")) arms = "none clip heads"
+if (!exists("arms")) arms = "none clip heads heads-clip"
 if (!exists("layers")) layers = 4
 if (!exists("tau")) tau = 100
 if (!exists("lr")) lr = 0
 
-set terminal pngcairo size 1300,850 font ",10" noenhanced
-set output outdir."/qk_clip.png"
-set datafile separator ","
-set grid
 panels = words(arms) + 1
 columns = 2
 rows = (panels + columns - 1) / columns
+set terminal pngcairo size 1300, 60 + 400 * rows font ",10" noenhanced
+set output outdir."/qk_clip.png"
+set datafile separator ","
+set grid
 set multiplot layout rows,columns title sprintf("QK-Clip at Muon lr %g (tau %g): largest attention logit per layer, and the loss", lr, tau)
 
 data = outdir."/qkclip.csv"

@@ -339,8 +339,8 @@ def main(argv):
                          f"`step()` takes {num(r['optimizer_step_ms_median']):.1f} ms against "
                          f"AdamW's {num(ad['optimizer_step_ms_median']):.1f} ms "
                          f"({100 * num(r['optimizer_share']):.0f}% of its step): Newton–Schulz "
-                         "on every matrix, on one CPU core, is not hidden behind a large "
-                         "forward/backward as it is on a GPU at scale")
+                         "on every matrix, on one CPU core, against a forward and backward "
+                         "pass that is small at this size")
         elif x_time < 0.98:
             items.append(f"per step it is cheaper ({ratio(x_time)} AdamW's time)")
         else:
@@ -364,14 +364,14 @@ def main(argv):
         w(f"- {label}: " + "; ".join(items) + ".")
     w("- The steps-to-target ratio is measured inside one schedule: every run decays "
       f"its lr to zero at step {steps}, so a run that crosses AdamW's final loss at "
-      "step s did so with lr still above zero; a run given only s steps (its own "
-      "schedule ending there) could end a little lower or higher. The paper "
-      "compares runs of different lengths; this page does not.")
-    w("- Scale: a model of "
-      f"{info.get('params', '?')} parameters on a single CPU thread. The paper's "
-      "claims are about models of 100M–4B parameters on accelerators at large "
-      "batch sizes, where the optimizer's share of a step is small; nothing here "
-      "tests them.")
+      "step s did so with its lr still above zero; a run given only s steps (its "
+      "own schedule ending there) could end a little lower or higher. Runs of "
+      "different lengths are not compared here.")
+    w(f"- Scale: {int(info.get('params', '0')):,} parameters on one CPU thread, "
+      f"{int(info['batch']) * int(info['context']):,} bytes per step. The paper "
+      "trains models up to 4B parameters on accelerators at large batch sizes; "
+      "nothing here tests its claims at that scale, and the optimizer's share of a "
+      "step measured here is a property of this size and this machine.")
     w("")
 
     # ------------------------------------------------------------ width transfer
@@ -389,7 +389,10 @@ def main(argv):
           "(`original`, the default) and off (`none`), and for AdamW. The hybrid's "
           f"AdamW part stays at AdamW's lr chosen at d_model {info['d_model']} "
           f"({lr_text(float(info['lr_adamw']))}), so only the Muon lr moves. Same "
-          "grids as the sweep, extended at an edge by a factor 2 (twice at most).")
+          "grids as the sweep, extended at an edge by a factor 2 (twice at most). "
+          "The widths stop at the default model's: a d_model 256 model has 4× the "
+          "matrix parameters of d_model 128, and its 12 sweep runs would take several "
+          "times this whole phase on this machine (`--widths 64,128,256` runs them).")
         w("")
         w("What the rule is here: `original` multiplies the lr by √max(1, out/in). "
           "In this model every matrix keeps its aspect ratio as the width grows "
@@ -404,6 +407,7 @@ def main(argv):
           + f" | loss at d_model {widths[-1]} with d_model {widths[0]}'s best lr, minus its best |")
         w("|---|" + "---:|" * len(widths) + "---:|")
         verdicts = []
+        within_lines = []
         for arm in arms:
             best = {}
             curves = {}
@@ -422,6 +426,24 @@ def main(argv):
             cells = [lr_text(best[d]) if d in best else "—" for d in widths]
             cells.append(f"{penalty:+.4f}" if finite(penalty) else "—")
             w(f"| {arm} | " + " | ".join(cells) + " |")
+            # The lrs a single-seed sweep cannot tell from the best: within one
+            # seed std (the comparison's, of the same optimizer) of it.
+            std = num(by_opt.get("adamw" if arm == "adamw" else "muon", {}).get(
+                "final_val_std", "nan"))
+            if finite(std) and all(d in curves for d in widths):
+                sets = []
+                for d in widths:
+                    top = min(v for v in curves[d].values() if finite(v))
+                    sets.append({lr for lr, v in curves[d].items() if finite(v) and v <= top + std})
+                common = set.intersection(*sets)
+                describe_arm = {"adamw": "AdamW", "muon-original": "Muon (rule on)",
+                                "muon-none": "Muon (rule off)"}.get(arm, arm)
+                within_lines.append(
+                    f"- {describe_arm}: " + "; ".join(
+                        f"d_model {d}: {', '.join(lr_text(x) for x in sorted(st))}"
+                        for d, st in zip(widths, sets))
+                    + (f" — **common to every width: {', '.join(lr_text(x) for x in sorted(common))}**"
+                       if common else " — **no lr is within the noise of the best at every width**"))
             if all(d in best for d in widths):
                 lrs = [best[d] for d in widths]
                 spread = max(lrs) / min(lrs)
@@ -442,10 +464,25 @@ def main(argv):
                         f"{describe}: the best lr moves over a factor {spread:g}")
         w("")
         w("Measured, not asserted: " + "; ".join(verdicts) + ". A grid of factor 2 "
-          "cannot see shifts below a factor 2, and one seed per point leaves "
-          "differences of a few thousandths of a nat inside the noise (the seed "
-          "spread above).")
+          "cannot see shifts below a factor 2, and each point is one seed.")
         w("")
+        moved = [v.split(":")[0] for v in verdicts if "transfers on this" not in v]
+        kept = [v.split(":")[0] for v in verdicts if "transfers on this" in v]
+        w("In short: " + (f"the best lr stays put across these widths for {', '.join(kept)}"
+                          if kept else "no optimum stays exactly put across these widths")
+          + (f"; it moves for {', '.join(moved)} (by how much, and what carrying the "
+             "narrowest width's lr costs, is in the table)." if moved else "."))
+        w("")
+        if within_lines:
+            w("How sure that is: the lrs whose final loss is within one seed standard "
+              "deviation of their width's best (the comparison's std at d_model "
+              f"{info['d_model']}: {f4(num(mu['final_val_std'])) if mu else '?'} for Muon, "
+              f"{f4(num(ad['final_val_std'])) if ad else '?'} for AdamW) — a "
+              "one-seed sweep cannot tell these apart:")
+            w("")
+            for line in within_lines:
+                w(line)
+            w("")
         w(f"![width transfer]({link}/width_transfer.png)")
         w("")
         w("Final validation loss per point:")
@@ -478,7 +515,7 @@ def main(argv):
           f"that step's per-head maxima, τ = {tau}, α = 0.5; `heads`: the fused QKV "
           "orthogonalized per head (`HybridOptions::heads` = 3 × heads: every Q, K "
           "and V head its own d_head × d_model block) instead of as three Q/K/V "
-          "blocks, no clip. The largest logit is q·k/√d_head before the softmax, "
+          "blocks, no clip; `heads-clip`: both. The largest logit is q·k/√d_head before the softmax, "
           "over the batch and the allowed (causal) positions, measured in the forward "
           "pass before any clip.")
         w("")
@@ -495,8 +532,41 @@ def main(argv):
             clips = sum(int(r["heads_clipped"]) for r in rows)
             w(f"| `{a}` | {peak:.1f} | {last:.1f} | {clips} | {f4(final_of.get(a, math.nan))} |")
         w("")
+        evals = read_csv(os.path.join(out, "evals.csv"))
+        last_logit = {}
+        for run in runs:
+            key = run["run"]
+            name = run["optimizer"]
+            if (run["d_model"] == info["d_model"] and int(run["steps"]) == steps
+                    and float(run["qk_clip_tau"]) == 0
+                    and math.isclose(num(run["lr"]), float(info.get(f"lr_{name}", "nan")),
+                                     rel_tol=1e-6)
+                    and (name == "adamw" or (run["qkv"] == info["qkv"]
+                                             and run["lr_rule"] == "original"))):
+                pts = [e for e in evals if e["run"] == key]
+                if pts:
+                    last_logit.setdefault(name, []).append(num(pts[-1]["max_logit"]))
+        if last_logit:
+            w("For scale: at the chosen lrs of the comparison, the largest logit of the "
+              "last training step was " + ", ".join(
+                  f"{sum(v) / len(v):.1f} for {NAMES[n]}" for n, v in last_logit.items())
+              + " (mean over the seeds).")
+            w("")
         w(f"![qk clip]({link}/qk_clip.png)")
         w("")
+        peaks = {a: max(num(r["max_logit"]) for r in qk if r["arm"] == a) for a in arms}
+        if "none" in peaks and "heads" in peaks:
+            more = peaks["heads"] > peaks["none"]
+            w(f"Per-head orthogonalization (`heads`) made the logits grow "
+              f"{'faster' if more else 'less'}: a peak of {peaks['heads']:.1f} against "
+              f"{peaks['none']:.1f} with Q, K and V orthogonalized as whole blocks, and a final "
+              f"validation loss of {f4(final_of.get('heads', math.nan))} against "
+              f"{f4(final_of.get('none', math.nan))}. "
+              + ("A plausible cause, not measured here: each head's block of the "
+                 "update has singular values near 1, so the stacked per-head update's "
+                 "spectral norm can reach √heads times a whole-block update's "
+                 "([family/per_head.md](family/per_head.md))." if more else ""))
+            w("")
         peak_none = max((num(r["max_logit"]) for r in qk if r["arm"] == "none"), default=math.nan)
         if finite(peak_none):
             tau_f = float(tau)

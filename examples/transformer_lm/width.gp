@@ -7,14 +7,15 @@ if (!exists("outdir")) outdir = "transformer_lm_out"
 if (!exists("widths")) widths = "64 128 256"
 if (!exists("arms")) arms = "muon-original muon-none adamw"
 
-set terminal pngcairo size 1400,480 font ",10" noenhanced
+set terminal pngcairo size 1400,500 font ",10" noenhanced
 set output outdir."/width_transfer.png"
 set datafile separator ","
 set grid
 set logscale x
 set xlabel "learning rate"
 set ylabel "final validation loss"
-set key top center
+set key bmargin center horizontal
+set bmargin 5.5
 set multiplot layout 1,words(arms) title "width transfer: final validation loss against lr at each d_model (same depth and heads; circles: each width's best lr)"
 
 data = outdir."/width.csv"
