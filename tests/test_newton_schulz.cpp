@@ -129,6 +129,16 @@ TEST_CASE("the built-in schedules are the published coefficients, last row repea
   }
 }
 
+TEST_CASE("the eps defaults docs/newton_schulz.md states: add alone, max in the optimizer",
+          "[schedule]") {
+  // A bare NewtonSchulzOptions (muon::orthogonalize) adds eps; the
+  // optimizer's options take torch.optim.Muon's max. Both 1e-7.
+  CHECK(NewtonSchulzOptions().eps_mode == EpsMode::add);
+  CHECK(NewtonSchulzOptions().eps == 1e-7);
+  CHECK(muon::MuonGroupOptions().ns.eps_mode == EpsMode::max);
+  CHECK(muon::MuonGroupOptions().ns.eps == 1e-7);
+}
+
 TEST_CASE("a cycling schedule restarts from its first row past the end", "[schedule]") {
   const Schedule repeat({{2.0, -1.0, 0.0}, {1.5, -0.5, 0.0}, {1.875, -1.25, 0.375}});
   const Schedule cycle = repeat.with_past_end(Schedule::PastEnd::cycle);
