@@ -376,14 +376,14 @@ TEST_CASE("corrupt, truncated or mismatched checkpoints throw and change nothing
     REQUIRE(load_error(c, good).find("shape differs") != std::string::npos);
 
     muon::Optimizer<float> d;
-    std::vector<float> x(60), gx(60);
+    std::vector<float> x(5 * 80), gx(60);  // each parameter in memory of its own
     d.add_param("renamed", {x.data(), {6, 10}}, {gx.data(), {6, 10}});
     muon::ParamOptions qkv_split;
     qkv_split.split = {4, 4, 4};
-    d.add_param("qkv", {x.data(), {12, 4}}, {gx.data(), {12, 4}}, qkv_split);
-    d.add_param("conv", {x.data(), {4, 2, 3, 3}}, {gx.data(), {4, 2, 3, 3}});
-    d.add_param("batch", {x.data(), {2, 3, 5}}, {gx.data(), {2, 3, 5}});
-    d.add_param("bias", {x.data(), {6}}, {gx.data(), {6}});
+    d.add_param("qkv", {x.data() + 80, {12, 4}}, {gx.data(), {12, 4}}, qkv_split);
+    d.add_param("conv", {x.data() + 160, {4, 2, 3, 3}}, {gx.data(), {4, 2, 3, 3}});
+    d.add_param("batch", {x.data() + 240, {2, 3, 5}}, {gx.data(), {2, 3, 5}});
+    d.add_param("bias", {x.data() + 320, {6}}, {gx.data(), {6}});
     const std::string d_before = save_bytes(d);
     // Every name missing on either side is listed, in one message.
     const std::string renamed = load_error(d, good);

@@ -1157,3 +1157,174 @@ TEST_CASE("Eigen objects register in their own storage order: column-major equal
   split.split = {6, 6};
   CHECK(contains(error_of([&] { blocks.add_param("qkv", Wc, Gc, split); }), "column-major"));
 }
+
+// ---- one tensor, one parameter --------------------------------------------------------
+
+TEST_CASE("memory footprints: the overlap test agrees with the bytes themselves",
+          "[optimizer][overlap]") {
+  // Random strided footprints in a 4 KiB window, against the set of bytes
+  // each covers: exact when the strides agree (or a footprint is one line),
+  // never missing an overlap otherwise.
+  using muon::optim::MemoryFootprint;
+  std::mt19937_64 rng(2024);
+  const auto pick = [&rng](std::uint64_t lo, std::uint64_t hi) {
+    return std::uniform_int_distribution<std::uint64_t>(lo, hi)(rng);
+  };
+  const auto bytes_of = [](const MemoryFootprint& f) {
+    std::vector<bool> b(8192, false);
+    for (std::uint64_t l = 0; l < f.lines; ++l)
+      for (std::uint64_t k = 0; k < f.line_bytes; ++k) b[f.base - 4096 + l * f.stride + k] = true;
+    return b;
+  };
+  int exact_pairs = 0, disjoint_interleaved = 0;
+  for (int trial = 0; trial < 20000; ++trial) {
+    const std::uint64_t stride = pick(2, 64);
+    const bool same = trial % 3 != 0;
+    MemoryFootprint f[2];
+    for (MemoryFootprint& x : f) {
+      const std::uint64_t s = same ? stride : pick(2, 64);
+      x.lines = pick(1, 12);
+      x.line_bytes = pick(1, s);
+      x.stride = x.lines > 1 ? s : x.line_bytes;
+      x.base = 4096 + pick(0, 1024);
+    }
+    const std::vector<bool> a = bytes_of(f[0]), b = bytes_of(f[1]);
+    bool truth = false;
+    for (std::size_t k = 0; k < a.size(); ++k) truth = truth || (a[k] && b[k]);
+    const bool got = muon::optim::overlaps(f[0], f[1]);
+    INFO("trial " << trial);
+    REQUIRE(got == muon::optim::overlaps(f[1], f[0]));
+    if (same || f[0].lines == 1 || f[1].lines == 1) {
+      REQUIRE(got == truth);
+      ++exact_pairs;
+      const bool ranges_meet = f[0].base < f[1].end() && f[1].base < f[0].end();
+      disjoint_interleaved += ranges_meet && !truth ? 1 : 0;
+    } else {
+      REQUIRE((got || !truth));
+    }
+  }
+  CHECK(exact_pairs > 10000);
+  CHECK(disjoint_interleaved > 500);  // the case an interval test alone would refuse
+}
+
+TEST_CASE("the same memory under two parameters is refused, naming both; disjoint slices pass",
+          "[optimizer][overlap]") {
+  std::vector<float> w(24 + 8), g(24 + 8);
+  muon::Optimizer<float> opt;
+  opt.add_param("a", {w.data(), {4, 6}}, {g.data(), {4, 6}});
+  const auto refused = [&](auto&& f, const std::string& part) {
+    const std::size_t before = opt.param_count();
+    const std::string msg = error_of(f);
+    INFO(msg);
+    CHECK(contains(msg, part));
+    CHECK(opt.param_count() == before);
+  };
+  refused([&] { opt.add_param("b", {w.data(), {4, 6}}, {g.data(), {4, 6}}); },
+          "'b' shares memory with 'a'");
+  refused([&] { opt.add_param("rows", {w.data() + 6, {2, 6}}, {g.data(), {2, 6}}); },
+          "'rows' shares memory with 'a'");
+  refused([&] { opt.add_param("last", {w.data() + 23, {1}}, {g.data(), {1}}); },
+          "'last' shares memory with 'a'");
+  refused(
+      [&] {
+        opt.add_param("col", muon::ParamView<float>::matrix(w.data() + 5, 4, 1, 6), {g.data(), {4, 1}});
+      },
+      "'col' shares memory with 'a'");
+  opt.add_param("tail", {w.data() + 24, {8}}, {g.data() + 24, {8}});  // right after 'a'
+  CHECK(opt.param_count() == 2);
+
+  // Column slices of one row-major matrix (how a framework's fused weight
+  // is registered in place): their address ranges interleave, their
+  // elements do not meet. An overlapping slice is refused.
+  std::vector<float> m(8 * 10), gm(8 * 10);
+  using V = muon::ParamView<float>;
+  muon::Optimizer<float> cols;
+  cols.add_param("left", V::matrix(m.data(), 8, 5, 10), V::matrix(gm.data(), 8, 5, 10));
+  cols.add_param("right", V::matrix(m.data() + 5, 8, 5, 10), V::matrix(gm.data() + 5, 8, 5, 10));
+  CHECK(contains(error_of([&] {
+                   cols.add_param("mid", V::matrix(m.data() + 3, 8, 4, 10),
+                                  V::matrix(gm.data() + 3, 8, 4, 10));
+                 }),
+                 "'mid' shares memory with 'left'"));
+  // Row blocks and column blocks of a column-major Eigen matrix likewise.
+  Eigen::MatrixXf E = Eigen::MatrixXf::Random(10, 8), gE(10, 8);
+  muon::Optimizer<float> eig;
+  eig.add_param("top", E.topRows(5), gE.topRows(5));
+  eig.add_param("bottom", E.bottomRows(5), gE.bottomRows(5));
+  CHECK(contains(error_of([&] { eig.add_param("six", E.middleRows(4, 2), gE.middleRows(4, 2)); }),
+                 "'six' shares memory with 'top'"));
+  CHECK(eig.param_count() == 2);
+
+  // Both slices step, each updating its own elements once.
+  for (float& x : gm) x = 0.5f;
+  const std::vector<float> m0 = m;
+  cols.step();
+  for (std::size_t e = 0; e < m.size(); ++e) CHECK(m[e] != m0[e]);
+}
+
+TEST_CASE("set_param into another parameter's memory is refused; the parameter stays where it was",
+          "[optimizer][overlap][set_param]") {
+  std::vector<double> a(12, 1.0), b(12, 1.0), c(24, 1.0), g(12, 0.5);
+  muon::Optimizer<double> opt;
+  opt.add_param("a", {a.data(), {3, 4}}, {g.data(), {3, 4}});
+  opt.add_param("b", {b.data(), {3, 4}}, {g.data(), {3, 4}});
+  CHECK(contains(error_of([&] { opt.set_param("a", {b.data(), {3, 4}}); }),
+                 "'a' shares memory with 'b'"));
+  opt.step();  // 'a' still updates a, once; b once
+  CHECK(a != std::vector<double>(12, 1.0));
+  CHECK(a == b);
+  opt.set_param("a", {a.data(), {3, 4}});  // its own memory again: fine
+  opt.set_param("a", {c.data() + 12, {3, 4}});
+  CHECK(contains(error_of([&] { opt.set_param("b", {c.data() + 8, {3, 4}}); }),
+                 "'b' shares memory with 'a'"));
+  opt.set_param("b", {c.data(), {3, 4}});  // right before 'a': fine
+}
+
+// Temporaries that VIEW lasting memory register; temporaries that OWN
+// memory do not compile (tests/compile_fail/eigen_temporaries.cpp).
+TEST_CASE("Eigen Map, Block and Ref temporaries register: they view lasting memory",
+          "[optimizer][views]") {
+  Eigen::MatrixXf W = Eigen::MatrixXf::Random(6, 8), G = Eigen::MatrixXf::Random(6, 8);
+  std::vector<float> raw(6 * 8, 0.25f), graw(6 * 8, 0.5f);
+  muon::Optimizer<float> opt;
+  opt.add_param("block", W.block(0, 0, 6, 4), G.block(0, 0, 6, 4));
+  opt.add_param("map", Eigen::Map<Eigen::MatrixXf>(raw.data(), 6, 8),
+                Eigen::Map<Eigen::MatrixXf>(graw.data(), 6, 8));
+  opt.add_param("ref", Eigen::Ref<Eigen::MatrixXf>(W.rightCols(4)),
+                Eigen::Ref<Eigen::MatrixXf>(G.rightCols(4)));
+  opt.set_grad("map", Eigen::Map<Eigen::MatrixXf>(graw.data(), 6, 8));
+  const Eigen::MatrixXf W0 = W;
+  opt.step();
+  CHECK((W - W0).cwiseAbs().minCoeff() > 0.0f);
+  CHECK(raw[0] != 0.25f);
+}
+
+TEST_CASE("sizes that do not fit are refused by name, not wrapped or thrown as bad_alloc",
+          "[optimizer][sizes]") {
+  std::vector<float> w(64), g(64);
+  const Index big = Index(1) << 31;
+  // 2^62 floats: more bytes than the address space.
+  muon::Optimizer<float> opt;
+  CHECK(contains(error_of([&] { opt.add_param("huge", {w.data(), {big, big}}, {}); }),
+                 "'huge' spans more bytes than the address space"));
+  // 2^61 floats fit the address space, but not their double buffers: out of
+  // memory, a named error, the optimizer unchanged and usable.
+  muon::Optimizer<float, double> wide;
+  for (const muon::Route route : {muon::Route::adamw, muon::Route::muon}) {
+    const std::string msg =
+        error_of([&] { wide.add_param("huge", {w.data(), {big, big / 2}}, {}, route); });
+    INFO(msg);
+    CHECK(contains(msg, "'huge' (2147483648, 1073741824): its optimizer state cannot be allocated"));
+    CHECK(wide.param_count() == 0);
+    CHECK(wide.workspace_count() == 0);
+  }
+  wide.add_param("w", {w.data(), {8, 8}}, {g.data(), {8, 8}});
+  CHECK(wide.step().status == muon::StepStatus::ok);
+  // Split sizes whose sum wraps around to the row count.
+  muon::ParamOptions po;
+  const std::ptrdiff_t most = std::numeric_limits<std::ptrdiff_t>::max();
+  po.split = {most, most, 66};
+  CHECK(contains(error_of([&] { opt.add_param("qkv", {w.data(), {64, 1}}, {g.data(), {64, 1}}, po); }),
+                 "block sizes sum to more than the 64 rows of 'qkv'"));
+  CHECK(opt.param_count() == 0);
+}

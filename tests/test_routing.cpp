@@ -16,31 +16,35 @@
 #include "catch.hpp"
 
 namespace {
+// Parameters of their own memory (the optimizer refuses two parameters over
+// the same elements); gradients may share.
 struct Bank {
-  std::vector<float> data = std::vector<float>(4096, 0.5f);
+  static constexpr std::size_t kSlot = 1024, kSlots = 64;
+  std::vector<float> data = std::vector<float>(kSlot * kSlots, 0.5f);
   std::vector<float> grad = std::vector<float>(4096, 0.25f);
+  std::size_t used = 0;
+  float* fresh() { return data.data() + kSlot * (used++ % kSlots); }
 };
 }  // namespace
 
 TEST_CASE("automatic routing: matrices to Muon, vectors, embeddings and heads to AdamW",
           "[routing]") {
   Bank bank;
-  float* p = bank.data.data();
   float* g = bank.grad.data();
   muon::Optimizer<float> opt;
-  opt.add_param("blocks.0.attn.weight", {p, {16, 8}}, {g, {16, 8}});
-  opt.add_param("blocks.0.attn.bias", {p, {16}}, {g, {16}});
-  opt.add_param("ln.gain", {p, {8}}, {g, {8}});
-  opt.add_param("temperature", {p, {}}, {g, {}});
-  opt.add_param("conv.weight", {p, {8, 3, 3, 3}}, {g, {8, 3, 3, 3}});
-  opt.add_param("experts", {p, {4, 8, 16}}, {g, {4, 8, 16}});
-  opt.add_param("transformer.WTE.weight", {p, {32, 8}}, {g, {32, 8}});
-  opt.add_param("wpe", {p, {32, 8}}, {g, {32, 8}});
-  opt.add_param("tok_embeddings", {p, {32, 8}}, {g, {32, 8}});
-  opt.add_param("Embed.table", {p, {32, 8}}, {g, {32, 8}});
-  opt.add_param("lm_head.weight", {p, {32, 8}}, {g, {32, 8}});
-  opt.add_param("output_head", {p, {10, 8}}, {g, {10, 8}});
-  opt.add_param("Classifier.w", {p, {10, 8}}, {g, {10, 8}});
+  opt.add_param("blocks.0.attn.weight", {bank.fresh(), {16, 8}}, {g, {16, 8}});
+  opt.add_param("blocks.0.attn.bias", {bank.fresh(), {16}}, {g, {16}});
+  opt.add_param("ln.gain", {bank.fresh(), {8}}, {g, {8}});
+  opt.add_param("temperature", {bank.fresh(), {}}, {g, {}});
+  opt.add_param("conv.weight", {bank.fresh(), {8, 3, 3, 3}}, {g, {8, 3, 3, 3}});
+  opt.add_param("experts", {bank.fresh(), {4, 8, 16}}, {g, {4, 8, 16}});
+  opt.add_param("transformer.WTE.weight", {bank.fresh(), {32, 8}}, {g, {32, 8}});
+  opt.add_param("wpe", {bank.fresh(), {32, 8}}, {g, {32, 8}});
+  opt.add_param("tok_embeddings", {bank.fresh(), {32, 8}}, {g, {32, 8}});
+  opt.add_param("Embed.table", {bank.fresh(), {32, 8}}, {g, {32, 8}});
+  opt.add_param("lm_head.weight", {bank.fresh(), {32, 8}}, {g, {32, 8}});
+  opt.add_param("output_head", {bank.fresh(), {10, 8}}, {g, {10, 8}});
+  opt.add_param("Classifier.w", {bank.fresh(), {10, 8}}, {g, {10, 8}});
 
   using muon::Route;
   const std::vector<std::pair<std::string, Route>> want = {{"blocks.0.attn.weight", Route::muon},
@@ -75,7 +79,6 @@ TEST_CASE("automatic routing: matrices to Muon, vectors, embeddings and heads to
 
 TEST_CASE("an explicit route always wins over the rules", "[routing]") {
   Bank bank;
-  float* p = bank.data.data();
   float* g = bank.grad.data();
   // The vector gets buffers of its own, with a gradient that is not constant.
   std::vector<float> v(8), gv(8);
@@ -85,8 +88,8 @@ TEST_CASE("an explicit route always wins over the rules", "[routing]") {
   }
   const std::vector<float> v0 = v;
   muon::Optimizer<float> opt(muon::MuonGroupOptions().with_lr(0.01).with_weight_decay(0.0));
-  opt.add_param("embed.weight", {p, {32, 8}}, {g, {32, 8}}, muon::Route::muon);
-  opt.add_param("fc.weight", {p + 256, {16, 8}}, {g + 256, {16, 8}}, muon::Route::adamw);
+  opt.add_param("embed.weight", {bank.fresh(), {32, 8}}, {g, {32, 8}}, muon::Route::muon);
+  opt.add_param("fc.weight", {bank.fresh(), {16, 8}}, {g + 256, {16, 8}}, muon::Route::adamw);
   opt.add_param("norm.scale", {v.data(), {8}}, {gv.data(), {8}}, muon::Route::muon);
   REQUIRE(opt.route("embed.weight") == muon::Route::muon);
   REQUIRE(opt.route("fc.weight") == muon::Route::adamw);
@@ -113,21 +116,19 @@ TEST_CASE("an explicit route always wins over the rules", "[routing]") {
 
 TEST_CASE("the name patterns are configurable", "[routing]") {
   Bank bank;
-  float* p = bank.data.data();
   float* g = bank.grad.data();
   muon::Optimizer<float> opt;
   muon::RoutingRules rules;
   rules.adamw_name_patterns = {"Router"};
   opt.set_routing_rules(rules);
-  opt.add_param("moe.router.weight", {p, {8, 16}}, {g, {8, 16}});
-  opt.add_param("lm_head.weight", {p, {8, 16}}, {g, {8, 16}});
+  opt.add_param("moe.router.weight", {bank.fresh(), {8, 16}}, {g, {8, 16}});
+  opt.add_param("lm_head.weight", {bank.fresh(), {8, 16}}, {g, {8, 16}});
   REQUIRE(opt.route("moe.router.weight") == muon::Route::adamw);
   REQUIRE(opt.route("lm_head.weight") == muon::Route::muon);  // no longer in the list
 }
 
 TEST_CASE("lr scale of each rule, from the matrix Muon sees", "[routing]") {
   Bank bank;
-  float* p = bank.data.data();
   float* g = bank.grad.data();
   struct Case {
     const char* rule;
@@ -142,9 +143,9 @@ TEST_CASE("lr scale of each rule, from the matrix Muon sees", "[routing]") {
     INFO(c.rule);
     muon::Optimizer<float> opt;
     opt.set_option("adjust_lr", c.rule);
-    opt.add_param("tall", {p, {64, 4}}, {g, {64, 4}});
-    opt.add_param("wide", {p, {4, 64}}, {g, {4, 64}});
-    opt.add_param("conv", {p, {32, 2, 2, 2}}, {g, {32, 2, 2, 2}});  // 32 x 8
+    opt.add_param("tall", {bank.fresh(), {64, 4}}, {g, {64, 4}});
+    opt.add_param("wide", {bank.fresh(), {4, 64}}, {g, {4, 64}});
+    opt.add_param("conv", {bank.fresh(), {32, 2, 2, 2}}, {g, {32, 2, 2, 2}});  // 32 x 8
     const auto r = opt.routing();
     REQUIRE(std::abs(r.at("tall").lr_scale - c.scale(64, 4)) < 1e-12);
     REQUIRE(std::abs(r.at("wide").lr_scale - c.scale(4, 64)) < 1e-12);
@@ -154,18 +155,17 @@ TEST_CASE("lr scale of each rule, from the matrix Muon sees", "[routing]") {
   // A user rule replaces the named one.
   muon::Optimizer<float> opt(muon::MuonGroupOptions().with_adjust_lr(muon::LrAdjustFn(
       [](double lr, Eigen::Index a, Eigen::Index b) { return lr * double(a + b); })));
-  opt.add_param("m", {p, {3, 5}}, {g, {3, 5}});
+  opt.add_param("m", {bank.fresh(), {3, 5}}, {g, {3, 5}});
   REQUIRE(std::abs(opt.routing().at("m").lr_scale - 8.0) < 1e-12);
 }
 
 TEST_CASE("groups carry their own options", "[routing]") {
   Bank bank;
-  float* p = bank.data.data();
   float* g = bank.grad.data();
   muon::Optimizer<float> opt;
   const std::size_t slow = opt.add_group(muon::MuonGroupOptions().with_lr(1e-4));
-  opt.add_param("a", {p, {8, 8}}, {g, {8, 8}});
-  opt.add_param("b", {p + 64, {8, 8}}, {g, {8, 8}}, muon::Route::automatic, slow);
+  opt.add_param("a", {bank.fresh(), {8, 8}}, {g, {8, 8}});
+  opt.add_param("b", {bank.fresh(), {8, 8}}, {g, {8, 8}}, muon::Route::automatic, slow);
   REQUIRE(opt.routing().at("b").group == slow);
   REQUIRE(opt.muon_options(slow).lr == 1e-4);
   opt.set_option("lr", 0.5, slow);
@@ -201,8 +201,8 @@ TEST_CASE("decide_route is the rule the optimizer applies", "[routing]") {
   // The optimizer's report carries exactly these decisions.
   Bank bank;
   muon::Optimizer<float> opt;
-  opt.add_param("experts", {bank.data.data(), {4, 8, 16}}, {bank.grad.data(), {4, 8, 16}});
-  opt.add_param("Transformer.WTE", {bank.data.data(), {32, 8}}, {bank.grad.data(), {32, 8}});
+  opt.add_param("experts", {bank.fresh(), {4, 8, 16}}, {bank.grad.data(), {4, 8, 16}});
+  opt.add_param("Transformer.WTE", {bank.fresh(), {32, 8}}, {bank.grad.data(), {32, 8}});
   REQUIRE(opt.routing().at("experts").reason == decide("experts", 3, {4, 8, 16}).reason);
   REQUIRE(opt.routing().at("Transformer.WTE").reason ==
           decide("Transformer.WTE", 2, {32, 8}).reason);

@@ -48,9 +48,11 @@
 #include <functional>
 #include <initializer_list>
 #include <istream>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <memory>
+#include <new>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -73,6 +75,28 @@
 #include "scalar.hpp"
 
 namespace muon {
+
+namespace detail {
+
+template <class E, class = void>
+struct owns_memory : std::false_type {};
+template <class E>
+struct owns_memory<E, std::void_t<typename E::PlainObject>>
+    : std::is_base_of<Eigen::PlainObjectBase<typename E::PlainObject>, E> {};
+
+/// True when an Eigen argument deduced as E (a forwarding reference's
+/// parameter) is a temporary that owns its memory, a Matrix or Array
+/// rvalue: a view of it dangles once the call returns. A temporary Map,
+/// Block or Ref views memory that outlives it and is not one.
+template <class E>
+struct owning_temporary
+    : std::integral_constant<bool, !std::is_lvalue_reference<E>::value &&
+                                       owns_memory<std::decay_t<E>>::value> {};
+
+template <class>
+inline constexpr bool dependent_false = false;
+
+}  // namespace detail
 
 /// A non-owning view of a tensor in caller memory: up to 4 dimensions.
 ///
@@ -141,6 +165,14 @@ struct ParamView {
     v.stride = d.outerStride();
     return v;
   }
+  /// A Matrix or Array temporary does not compile: the view would dangle.
+  template <class Derived>
+  static ParamView from(const Eigen::PlainObjectBase<Derived>&&) {
+    static_assert(detail::dependent_false<Derived>,
+                  "muon::ParamView::from keeps a view of the memory: pass an lvalue (a Matrix, "
+                  "Map, Ref or Block that outlives the view), not a temporary");
+    return ParamView();
+  }
   /// A gradient that is absent (the parameter is skipped while it is).
   static ParamView absent() { return ParamView(); }
 
@@ -191,6 +223,16 @@ struct ParamView {
     }
   }
   Index outer_stride() const { return stride > 0 ? stride : memory_cols(); }
+
+  /// Where the elements lie (the optimizer refuses parameters whose memory
+  /// overlaps); throws muon::Error naming `name` for a shape the core
+  /// refuses or a view that would run past the end of the address space.
+  optim::MemoryFootprint footprint(const std::string& name) const {
+    optim::Registry::check_shape(name, tensor_shape());  // the sizes below cannot wrap
+    return optim::MemoryFootprint::strided(name, data, std::uint64_t(memory_rows()),
+                                           std::uint64_t(memory_cols()),
+                                           std::uint64_t(outer_stride()), sizeof(T));
+  }
 
   /// The memory matrix (memory_rows x memory_cols, row-major) as an Eigen::Map.
   MatrixMap matrix() const {
@@ -341,15 +383,23 @@ class Optimizer {
   /// Registers a parameter. `grad` may be absent (ParamView::absent()) and
   /// set later with set_grad. Allocates the parameter's buffers (and a
   /// workspace for a new block shape) now. Throws muon::Error for a
-  /// duplicate or empty name, a null or empty parameter, a gradient of
-  /// another shape or layout, a bad stride, a bad group index or split; the
-  /// optimizer is then unchanged.
+  /// duplicate or empty name, a null or empty parameter, memory that
+  /// overlaps a registered parameter's (naming both: its elements would be
+  /// updated twice per step), a gradient of another shape or layout, a bad
+  /// stride, a bad group index or split, or buffers that cannot be
+  /// allocated; the optimizer is then unchanged.
   void add_param(const std::string& name, View param, View grad,
                  const ParamOptions& options = ParamOptions()) {
     check_view(param, name, "param");
     if (param.data == nullptr) detail::fail("param", "'" + name + "' has a null data pointer");
     if (grad.present()) check_grad(param, grad, name);
-    const std::size_t i = core_.add_param(name, param.tensor_shape(), options);
+    std::size_t i = 0;
+    try {
+      i = core_.add_param(name, param.tensor_shape(), options, param.footprint(name));
+    } catch (const std::bad_alloc&) {
+      out_of_memory(name, param);
+    }
+    const std::size_t workspaces_before = workspaces_.size();
     try {
       const optim::ParamRecord& p = core_.param(i);
       Slot slot;
@@ -368,8 +418,11 @@ class Optimizer {
       slots_.push_back(std::move(slot));
       add_chunks(i);  // cannot throw: reserved above
       commit(std::move(plan));
+    } catch (const std::bad_alloc&) {
+      undo_registration(workspaces_before);
+      out_of_memory(name, param);
     } catch (...) {
-      core_.remove_last_param();  // out of memory: leave the optimizer as it was
+      undo_registration(workspaces_before);
       throw;
     }
   }
@@ -382,12 +435,23 @@ class Optimizer {
   }
   /// Registers Eigen objects (a Matrix, Map, Ref or Block, any storage
   /// order) as a 2-D parameter and its gradient: ParamView::from of each.
+  /// The optimizer keeps views of their memory, so a temporary that owns
+  /// its memory (`(W * 2).eval()`, a Matrix returned by value) does not
+  /// compile; a temporary Map, Block or Ref of lasting memory does.
   template <class DP, class DG,
             class = std::enable_if_t<
                 std::is_base_of<Eigen::EigenBase<std::decay_t<DP>>, std::decay_t<DP>>::value &&
                 std::is_base_of<Eigen::EigenBase<std::decay_t<DG>>, std::decay_t<DG>>::value>>
   void add_param(const std::string& name, DP&& param, DG&& grad,
                  const ParamOptions& options = ParamOptions()) {
+    static_assert(!detail::owning_temporary<DP>::value,
+                  "muon::Optimizer::add_param keeps a view of the parameter's memory: pass an "
+                  "lvalue (a Matrix, Map, Ref or Block that outlives the optimizer), not a "
+                  "temporary");
+    static_assert(!detail::owning_temporary<DG>::value,
+                  "muon::Optimizer::add_param keeps a view of the gradient's memory: pass an "
+                  "lvalue (a Matrix, Map, Ref or Block that outlives the optimizer), not a "
+                  "temporary");
     add_param(name, View::from(param), View::from(grad), options);
   }
 
@@ -400,21 +464,37 @@ class Optimizer {
   template <class DG, class = std::enable_if_t<std::is_base_of<Eigen::EigenBase<std::decay_t<DG>>,
                                                                std::decay_t<DG>>::value>>
   void set_grad(const std::string& name, DG&& grad) {
+    static_assert(!detail::owning_temporary<DG>::value,
+                  "muon::Optimizer::set_grad keeps a view of the gradient's memory until the "
+                  "step: pass an lvalue (a Matrix, Map, Ref or Block that outlives the step), "
+                  "not a temporary");
     set_grad(name, View::from(grad));
   }
   /// Points a registered parameter at other memory holding a tensor of the
   /// same shape and layout (a model whose storage was replaced, as
   /// libtorch's set_data does); its optimizer state stays. Throws
   /// muon::Error naming "param" for a null pointer, a different shape or
-  /// layout; the optimizer is then unchanged.
+  /// layout, memory that overlaps another parameter's (naming both); the
+  /// optimizer is then unchanged.
   void set_param(const std::string& name, View param) {
-    Slot& s = slots_[core_.index(name)];
+    const std::size_t i = core_.index(name);
+    Slot& s = slots_[i];
     check_view(param, name, "param");
     if (param.data == nullptr) detail::fail("param", "'" + name + "' has a null data pointer");
     if (param.tensor_shape() != s.param.tensor_shape())
       detail::fail("param", "'" + name + "' has shape " + param.shape_string() +
                                 ", registered as " + s.param.shape_string());
+    core_.set_param_memory(i, param.footprint(name));  // refused if another parameter's
     s.param = param;
+  }
+  template <class DP, class = std::enable_if_t<std::is_base_of<Eigen::EigenBase<std::decay_t<DP>>,
+                                                               std::decay_t<DP>>::value>>
+  void set_param(const std::string& name, DP&& param) {
+    static_assert(!detail::owning_temporary<DP>::value,
+                  "muon::Optimizer::set_param keeps a view of the parameter's memory: pass an "
+                  "lvalue (a Matrix, Map, Ref or Block that outlives the optimizer), not a "
+                  "temporary");
+    set_param(name, View::from(param));
   }
   /// Marks a parameter's gradient absent: step() skips it entirely.
   void clear_grad(const std::string& name) { slots_[core_.index(name)].grad = View(); }
@@ -676,6 +756,21 @@ class Optimizer {
   };
 
   // ---- registration ------------------------------------------------------------
+
+  [[noreturn]] static void out_of_memory(const std::string& name, const View& param) {
+    detail::fail("param", "'" + name + "' " + param.shape_string() +
+                              ": its optimizer state cannot be allocated (out of memory)");
+  }
+
+  // Undoes a registration that failed after the core took it: the
+  // workspaces made for it and the core's record.
+  void undo_registration(std::size_t workspaces_before) noexcept {
+    for (auto it = ws_index_.begin(); it != ws_index_.end();)
+      it = it->second >= workspaces_before ? ws_index_.erase(it) : std::next(it);
+    workspaces_.erase(workspaces_.begin() + std::ptrdiff_t(workspaces_before), workspaces_.end());
+    metrics_.params.resize(slots_.size());
+    core_.remove_last_param();
+  }
 
   static void check_view(const View& v, const std::string& name, const char* what) {
     if (!(v.ndim >= 0 && v.ndim <= 4))

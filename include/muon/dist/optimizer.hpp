@@ -191,7 +191,7 @@ class Optimizer {
         detail::fail("grad", "'" + name + "' has shape " + grad.shape_string() +
                                  ", the parameter " + param.shape_string());
     }
-    plan_.add_param(name, param.tensor_shape(), options);
+    plan_.add_param(name, param.tensor_shape(), options, param.footprint(name));  // no overlaps
     params_.push_back({param, grad});
   }
   /// The gradient the next steps read for `name` (the homes' views follow

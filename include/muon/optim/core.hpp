@@ -226,13 +226,25 @@ class Core {
 
   // ---- parameters -----------------------------------------------------------------
 
-  /// Registers a parameter (see Registry::add); returns its index.
+  /// Registers a parameter (see Registry::add); returns its index. A
+  /// backend that can see the parameter's memory passes its footprint: a
+  /// parameter whose memory overlaps a registered one's is refused, naming
+  /// both.
   std::size_t add_param(const std::string& name, const TensorShape& shape,
-                        const ParamOptions& options) {
-    const std::size_t i = registry_.add(name, shape, options, groups_.size(), rules_);
-    plan_.fate.push_back(StepPlan::Fate::update);
-    plan_.block_lr.emplace_back(registry_[i].blocks.size(), 0.0);
-    report_.skipped.reserve(registry_.size());
+                        const ParamOptions& options,
+                        const MemoryFootprint& memory = MemoryFootprint()) {
+    const std::size_t i = registry_.add(name, shape, options, groups_.size(), rules_, memory);
+    try {  // out of memory: the registry as it was
+      plan_.fate.reserve(registry_.size());
+      plan_.block_lr.reserve(registry_.size());
+      report_.skipped.reserve(registry_.size());
+      std::vector<double> block_lr(registry_[i].blocks.size(), 0.0);
+      plan_.block_lr.push_back(std::move(block_lr));  // cannot throw: reserved
+      plan_.fate.push_back(StepPlan::Fate::update);
+    } catch (...) {
+      registry_.remove_last();
+      throw;
+    }
     return i;
   }
   /// Undoes the last add_param (for a backend whose allocation failed).
@@ -241,6 +253,11 @@ class Core {
     registry_.remove_last();
     plan_.fate.pop_back();
     plan_.block_lr.pop_back();
+  }
+  /// Records that parameter i now lives in `memory` (see
+  /// Registry::set_memory: refused when it overlaps another parameter's).
+  void set_param_memory(std::size_t i, const MemoryFootprint& memory) {
+    registry_.set_memory(i, memory);
   }
   const Registry& registry() const { return registry_; }
   std::size_t size() const { return registry_.size(); }

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "../detail/checked_size.hpp"
 #include "../error.hpp"
 
 namespace muon {
@@ -210,6 +211,73 @@ struct TensorShape {
   bool operator!=(const TensorShape& o) const { return !(*this == o); }
 };
 
+/// Where a parameter's elements lie in (host) memory: `lines` runs of
+/// `line_bytes` bytes each, starting `stride` bytes apart, the first at
+/// `base`. A contiguous tensor is one line; a 2-D view with a stride is one
+/// line per row (per column when column-major). Unknown (lines == 0) for
+/// memory the core is not shown: never compared then.
+struct MemoryFootprint {
+  std::uint64_t base = 0;
+  std::uint64_t lines = 0;
+  std::uint64_t line_bytes = 0;
+  std::uint64_t stride = 0;  ///< between line starts; line_bytes for one line
+
+  bool known() const { return lines > 0 && line_bytes > 0; }
+  /// One past the last byte (made() checked that it fits).
+  std::uint64_t end() const { return base + (lines - 1) * stride + line_bytes; }
+
+  /// `lines` runs of `line_elements` elements of `element_size` bytes whose
+  /// starts are `stride_elements` elements apart, from `data`. Throws
+  /// muon::Error naming parameter `name` when the last byte would lie past
+  /// the end of the address space (a shape no memory can hold).
+  static MemoryFootprint strided(const std::string& name, const void* data, std::uint64_t lines,
+                                 std::uint64_t line_elements, std::uint64_t stride_elements,
+                                 std::uint64_t element_size) {
+    MemoryFootprint f;
+    if (data == nullptr || lines == 0 || line_elements == 0 || element_size == 0) return f;
+    const auto line = detail::checked_mul(line_elements, element_size);
+    const auto stride =
+        detail::checked_mul(lines > 1 ? stride_elements : line_elements, element_size);
+    const auto before_last = stride ? detail::checked_mul(lines - 1, *stride) : std::nullopt;
+    const auto span = line && before_last ? detail::checked_add(*before_last, *line) : std::nullopt;
+    const auto base = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(data));
+    const std::uint64_t last_address = std::numeric_limits<std::uintptr_t>::max();
+    if (!span || *span - 1 > last_address - base)
+      detail::fail("param", "'" + name + "' spans more bytes than the address space holds");
+    f.base = base;
+    f.lines = lines;
+    f.line_bytes = *line;
+    f.stride = *stride;
+    if (f.stride == f.line_bytes) {  // contiguous: one line (span fits, checked above)
+      f.line_bytes = *span;
+      f.stride = *span;
+      f.lines = 1;
+    }
+    return f;
+  }
+};
+
+/// True when footprints x and y share a byte. Exact when one of them is a
+/// single line or both have the same stride (row or column slices of one
+/// matrix, whose address ranges interleave while their elements need not
+/// meet); otherwise whether their address ranges meet (conservative).
+inline bool overlaps(const MemoryFootprint& x, const MemoryFootprint& y) {
+  if (!x.known() || !y.known()) return false;
+  if (!(x.base < y.end() && y.base < x.end())) return false;
+  if (!(x.lines == 1 || y.lines == 1 || x.stride == y.stride)) return true;
+  const MemoryFootprint& a = x.base <= y.base ? x : y;  // the one that starts first
+  const MemoryFootprint& b = x.base <= y.base ? y : x;
+  const std::uint64_t s = a.lines > 1 ? a.stride : b.stride;  // the common stride
+  // Relative to a.base, line i of a is [i s, i s + la) and line j of b is
+  // [off + j s, off + j s + lb): they meet when k = i - j has
+  // off - la < k s < off + lb, with i < a.lines and j < b.lines.
+  const std::uint64_t off = b.base - a.base;
+  if (off < a.line_bytes) return true;  // b starts inside a's first line
+  const std::uint64_t first = (off - a.line_bytes) / s + 1;  // the smallest such k (>= 1)
+  const std::uint64_t last = (off + b.line_bytes - 1) / s;   // the largest
+  return first <= last && first <= a.lines - 1;
+}
+
 /// What the optimizer core knows of one registered parameter.
 ///
 /// The matrix a backend updates is row-major `rows` x `cols` in memory: the
@@ -231,6 +299,9 @@ struct ParamRecord {
   std::vector<std::int64_t> blocks;
   /// Steps this parameter has taken (AdamW's bias-correction t).
   std::int64_t steps = 0;
+  /// Where its elements lie (unknown for device memory): no two
+  /// parameters' footprints overlap.
+  MemoryFootprint memory;
 
   bool muon() const { return route == Route::muon; }
   std::int64_t numel() const { return rows * cols; }
@@ -245,9 +316,12 @@ class Registry {
   /// Registers `name`, routing it by `options.route` or `rules`. Throws
   /// muon::Error for an empty or duplicate name, a shape with a size < 1 or
   /// more than 4 dimensions, a group index >= group_count, an invalid route,
-  /// or a bad split; the registry is then unchanged. Returns the index.
+  /// a bad split, or `memory` that overlaps a registered parameter's (the
+  /// same elements would be updated twice per step); the registry is then
+  /// unchanged. Returns the index.
   std::size_t add(const std::string& name, const TensorShape& shape, const ParamOptions& options,
-                  std::size_t group_count, const RoutingRules& rules) {
+                  std::size_t group_count, const RoutingRules& rules,
+                  const MemoryFootprint& memory = MemoryFootprint()) {
     if (name.empty()) detail::fail("name", "must not be empty");
     if (index_.count(name))
       detail::fail("name", "a parameter named '" + name + "' is already registered");
@@ -261,6 +335,7 @@ class Registry {
     p.name = name;
     p.group = options.group;
     p.shape = shape;
+    p.memory = memory;
     std::array<std::ptrdiff_t, 4> dims{};
     for (std::size_t i = 0; i < 4; ++i) dims[i] = static_cast<std::ptrdiff_t>(shape.dims[i]);
     RouteDecision decision = decide_route(name, shape.ndim, dims, options.route, rules);
@@ -311,6 +386,9 @@ class Registry {
       std::int64_t total = 0;
       for (std::ptrdiff_t s : split) {
         if (s <= 0) detail::fail("split", "block sizes must be positive");
+        if (s > p.rows - total)  // so the sum cannot wrap
+          detail::fail("split", "block sizes sum to more than the " + std::to_string(p.rows) +
+                                    " rows of '" + name + "'");
         total += s;
       }
       if (total != p.rows)
@@ -326,9 +404,36 @@ class Registry {
     } else {
       p.blocks.assign(1, p.rows);
     }
-    index_.emplace(name, params_.size());
+    check_memory(name, memory, params_.size());  // last: the other problems first
     params_.push_back(std::move(p));
+    try {
+      index_.emplace(name, params_.size() - 1);
+    } catch (...) {  // out of memory: as it was
+      params_.pop_back();
+      throw;
+    }
     return params_.size() - 1;
+  }
+
+  /// Moves parameter i to other memory (a backend whose tensor storage was
+  /// replaced). Throws muon::Error, changing nothing, when `memory` overlaps
+  /// another parameter's.
+  void set_memory(std::size_t i, const MemoryFootprint& memory) {
+    check_memory(params_[i].name, memory, i);
+    params_[i].memory = memory;
+  }
+
+  /// Throws muon::Error naming both parameters when `memory`, the memory of
+  /// `name`, overlaps that of a registered parameter other than number
+  /// `self`. One comparison per registered parameter.
+  void check_memory(const std::string& name, const MemoryFootprint& memory,
+                    std::size_t self) const {
+    if (!memory.known()) return;
+    for (std::size_t j = 0; j < params_.size(); ++j)
+      if (j != self && overlaps(memory, params_[j].memory))
+        detail::fail("param", "'" + name + "' shares memory with '" + params_[j].name +
+                                  "': its elements would be updated twice per step (register "
+                                  "each tensor once, tied weights as one parameter)");
   }
 
   /// Removes the most recent registration (a backend whose allocation
