@@ -3,7 +3,10 @@
 // (eigen::SharedResources) compute exactly what workspaces of their own do,
 // whatever order they run in; and the optimizer's workspaces share, so their
 // memory is that of the largest shape, not the sum over shapes.
+#include <limits>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <muon/muon.hpp>
@@ -292,4 +295,32 @@ TEST_CASE("matrices are dealt to threads longest first, ties to the lowest") {
   CHECK(muon::optim::assign_longest_first({1, 2}, 0) == std::vector<int>{0, 0});
   CHECK(muon::optim::newton_schulz_cost(768, 3072) == 768.0 * 768.0 * 3072.0);
   CHECK(muon::optim::newton_schulz_cost(3072, 768) == 768.0 * 768.0 * 3072.0);
+}
+
+TEST_CASE("a workspace whose arena size would wrap is refused by name", "[workspace][sizes]") {
+  // 4 x 2^62: m n = 2^64 wraps to 0 in std::size_t; the arena would be
+  // sized for the 4 x 4 squares only.
+  const Eigen::Index huge = Eigen::Index(1) << 62;
+  for (const auto& shape : {std::pair<Eigen::Index, Eigen::Index>{4, huge}, {huge, 4}, {huge, huge}}) {
+    std::string message;
+    try {
+      muon::Workspace<float> ws(shape.first, shape.second, 1);
+    } catch (const muon::Error& e) {
+      message = e.what();
+    }
+    INFO(message);
+    CHECK(message.find("workspace shape:") != std::string::npos);
+    CHECK(message.find("needs more memory than the address space holds") != std::string::npos);
+  }
+}
+
+TEST_CASE("the products' task count never overflows an int", "[workspace][sizes]") {
+  using muon::detail::useful_tasks;
+  CHECK(useful_tasks(0.0, 4) == 1);
+  CHECK(useful_tasks(8e6 - 1, 4) == 1);
+  CHECK(useful_tasks(2 * 8e6, 4) == 2);
+  CHECK(useful_tasks(1e12, 4) == 4);
+  CHECK(useful_tasks(16.0 * 4.6e18, 4) == 4);  // 4 x 2^62 x 4: beyond any int
+  CHECK(useful_tasks(1e300, 16) == 16);
+  CHECK(useful_tasks(std::numeric_limits<double>::quiet_NaN(), 4) == 1);
 }

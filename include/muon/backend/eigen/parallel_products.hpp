@@ -34,8 +34,10 @@ namespace detail {
 /// each task gets at least ~8 MFLOP, so the wake-up cost stays negligible.
 inline int useful_tasks(double flops, int threads) {
   const double per_task = 8e6;
-  const int by_work = static_cast<int>(flops / per_task);
-  return std::max(1, std::min(threads, by_work));
+  // Compared in double: flops / per_task can exceed any int.
+  const double by_work = std::floor(flops / per_task);
+  if (!(by_work >= 1.0)) return 1;
+  return by_work >= double(threads) ? std::max(1, threads) : static_cast<int>(by_work);
 }
 
 /// Task boundaries 0 = b_0 < b_1 < ... < b_k = extent for `tasks` tasks: b_p

@@ -18,11 +18,13 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "../../detail/checked_size.hpp"
 #include "../../error.hpp"
 #include "../../newton_schulz.hpp"
 #include "../../scalar.hpp"
@@ -112,13 +114,19 @@ class Workspace {
     m_ = rows < cols ? rows : cols;
     n_ = rows < cols ? cols : rows;
     // The arena: X, Y (m x n), A, B, Q, T (m x m), each starting on a 64-byte
-    // boundary.
-    const std::size_t wide = aligned(std::size_t(m_) * std::size_t(n_));
-    const std::size_t square = aligned(std::size_t(m_) * std::size_t(m_));
+    // boundary; 2 wide + 4 square elements, each size checked not to wrap.
+    const std::optional<std::size_t> wide = arena_part(m_, n_), square = arena_part(m_, m_);
+    const auto two_wide = wide ? detail::checked_mul<std::size_t>(2, *wide) : std::nullopt;
+    const auto four_square = square ? detail::checked_mul<std::size_t>(4, *square) : std::nullopt;
+    const auto total =
+        two_wide && four_square ? detail::checked_add(*two_wide, *four_square) : std::nullopt;
+    if (!total || !detail::checked_mul(*total, sizeof(S)))
+      detail::fail("workspace shape", std::to_string(rows) + "x" + std::to_string(cols) +
+                                          " needs more memory than the address space holds");
     offset_[0] = 0;
-    offset_[1] = wide;
-    for (int k = 2; k < 6; ++k) offset_[k] = 2 * wide + std::size_t(k - 2) * square;
-    shared_->reserve_matrices(2 * wide + 4 * square);
+    offset_[1] = *wide;
+    for (int k = 2; k < 6; ++k) offset_[k] = *two_wide + std::size_t(k - 2) * *square;
+    shared_->reserve_matrices(*total);
     if (shared_->threads() > 1 && gains_from_threads(rows, cols)) pool_ = shared_->pool();
     detail::Packing<S>& packing = shared_->packing();
     gram_ = std::make_unique<detail::ParallelSyrk<S>>(m_, n_, pool_, packing);
@@ -326,9 +334,13 @@ class Workspace {
   using S = compute_t<T>;
   using MatrixMap = Eigen::Map<Matrix<S>>;
 
-  static std::size_t aligned(std::size_t elements) {  // up to a multiple of 64 bytes
+  // rows x cols elements rounded up to a multiple of 64 bytes, if that fits.
+  static std::optional<std::size_t> arena_part(Index rows, Index cols) {
     const std::size_t per = 64 / sizeof(S);
-    return (elements + per - 1) / per * per;
+    const auto elements = detail::checked_mul(std::size_t(rows), std::size_t(cols));
+    const auto padded = elements ? detail::checked_add(*elements, per - 1) : std::nullopt;
+    if (!padded) return std::nullopt;
+    return *padded / per * per;
   }
   // Points the matrices into the shared arena (which may have moved since
   // the last call) at their fixed offsets.
