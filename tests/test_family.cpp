@@ -813,3 +813,53 @@ TEST_CASE("QK-Clip on a fused QKV projection scales only the Q and K rows", "[fa
                             }),
                             "overlap"));
 }
+
+TEST_CASE("QK-Clip refuses head layouts it cannot place, before writing anything",
+          "[family][qk_clip]") {
+  // 4 heads of 3 rows in 12-row W_q and W_k; every request below asks for
+  // rows the matrices do not have (or gives no maxima), and must leave both
+  // weights as they were.
+  const Index rows = 12, width = 5;
+  Mat Q = gaussian(rows, width, 31), K = gaussian(rows, width, 32), dQ(rows, width), dK(rows, width);
+  const Mat Q0 = Q, K0 = K;
+  muon::Optimizer<double> opt;
+  opt.add_param("q", Q, dQ);
+  opt.add_param("k", K, dK);
+  muon::QkClipHeads h;
+  h.query = "q";
+  h.key = "k";
+  h.heads = 4;
+  const std::vector<double> high(4, 1e6);  // every head far above tau
+  const auto refused = [&](const muon::QkClipHeads& bad, const std::vector<double>& maxima,
+                           const std::string& part) {
+    const std::string message = muon_test::error_message([&] { opt.qk_clip(bad, maxima); });
+    INFO(message);
+    CHECK(muon_test::contains(message, part));
+    CHECK(Q == Q0);
+    CHECK(K == K0);
+  };
+  muon::QkClipHeads negative = h;
+  negative.head_dim = -3;  // not "derive it"
+  refused(negative, high, "head_dim: must be >= 1, or 0 for the query's rows / heads; got -3");
+  muon::QkClipHeads five = h;
+  five.heads = 5;  // 12 rows / 5 heads would be heads of 2 rows, the last 2 rows unclipped
+  refused(five, std::vector<double>(5, 1e6), "the 12 rows of 'q' are not a multiple of 5 heads");
+  muon::QkClipHeads wide = h;
+  wide.head_dim = std::int64_t(1) << 62;  // 4 heads of 2^62 rows: 2^64 wraps
+  refused(wide, high, "more rows than any matrix has");
+  muon::QkClipHeads far = h;
+  far.head_dim = 3;
+  far.query_row = std::numeric_limits<std::int64_t>::max() - 5;  // + 12 wraps negative
+  refused(far, high, "do not fit the 12 rows of 'q'");
+  muon::QkClipHeads key_far = far;
+  key_far.query_row = 0;
+  key_far.key_row = std::numeric_limits<std::int64_t>::max() - 5;
+  refused(key_far, high, "do not fit the 12 rows of 'k'");
+  const std::string null_message =
+      muon_test::error_message([&] { opt.qk_clip(h, nullptr, 4, muon::QkClipOptions()); });
+  CHECK(muon_test::contains(null_message, "max_logits: is a null pointer for 4 values"));
+  CHECK(Q == Q0);
+  // A layout that fits still clips.
+  CHECK(opt.qk_clip(h, high).clipped == 4);
+  CHECK(Q != Q0);
+}

@@ -18,9 +18,11 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "../detail/checked_size.hpp"
 #include "../error.hpp"
 #include "core.hpp"
 
@@ -43,8 +45,9 @@ struct QkClipHeads {
   std::string query;           ///< the parameter holding W_q
   std::string key;             ///< the parameter holding W_k
   std::int64_t heads = 0;      ///< number of heads (>= 1)
-  std::int64_t head_dim = 0;   ///< rows per head; 0: the query's rows / heads
-                               ///< (two parameters only: a fused one must give it)
+  std::int64_t head_dim = 0;   ///< rows per head; 0: the query's rows / heads,
+                               ///< which must divide evenly (two parameters only:
+                               ///< a fused one must give it)
   std::int64_t query_row = 0;  ///< first row of head 0 in `query`
   std::int64_t key_row = 0;    ///< first row of head 0 in `key`
 };
@@ -72,8 +75,10 @@ struct QkClipPlan {
 
 /// Checks a qk_clip request against the core's parameters and returns the
 /// scalings it asks for. Throws muon::Error naming the problem (an unknown
-/// or non-2-D parameter, rows out of range, a count that is not `heads`,
-/// a NaN or infinite maximum naming its head, tau or alpha out of range);
+/// or non-2-D parameter, a negative head_dim, heads that do not divide the
+/// query's rows when head_dim is left to be derived, rows out of range or
+/// beyond any index, a count that is not `heads`, a null `max_logits`, a
+/// NaN or infinite maximum naming its head, tau or alpha out of range);
 /// nothing is planned then.
 inline QkClipPlan plan_qk_clip(const Core& core, const QkClipHeads& h, const double* max_logits,
                                std::size_t count, const QkClipOptions& o) {
@@ -83,6 +88,11 @@ inline QkClipPlan plan_qk_clip(const Core& core, const QkClipHeads& h, const dou
   if (count != static_cast<std::size_t>(h.heads))
     detail::fail("max_logits", "holds " + std::to_string(count) + " values for " +
                                    std::to_string(h.heads) + " heads");
+  if (max_logits == nullptr)
+    detail::fail("max_logits", "is a null pointer for " + std::to_string(count) + " values");
+  if (h.head_dim < 0)
+    detail::fail("qk_clip head_dim", "must be >= 1, or 0 for the query's rows / heads; got " +
+                                         std::to_string(h.head_dim));
   const auto matrix = [&core](const std::string& name, const char* what) {
     const auto i = core.registry().find(name);
     if (!i) detail::fail(what, "'" + name + "' is not a registered parameter");
@@ -96,19 +106,26 @@ inline QkClipPlan plan_qk_clip(const Core& core, const QkClipHeads& h, const dou
   if (q == k && h.head_dim <= 0)
     detail::fail("qk_clip head_dim",
                  "must be given when query and key are one parameter ('" + h.query + "')");
+  if (h.head_dim == 0 && q_out % h.heads != 0)
+    detail::fail("qk_clip head_dim", "the " + std::to_string(q_out) + " rows of '" + h.query +
+                                         "' are not a multiple of " + std::to_string(h.heads) +
+                                         " heads: give head_dim");
   const std::int64_t d = h.head_dim > 0 ? h.head_dim : q_out / h.heads;
-  if (d < 1) detail::fail("qk_clip head_dim", "must be >= 1");
-  const auto in_range = [&h, d](std::int64_t first, std::int64_t out, const std::string& name,
-                                const char* what) {
-    if (first < 0 || first + h.heads * d > out)
-      detail::fail(what, "rows " + std::to_string(first) + " to " +
-                             std::to_string(first + h.heads * d) + " (" + std::to_string(h.heads) +
+  // Every row index below stays within [0, out], so none can overflow.
+  const std::optional<std::int64_t> span = detail::checked_mul(h.heads, d);
+  if (!span)
+    detail::fail("qk_clip head_dim", std::to_string(h.heads) + " heads of " + std::to_string(d) +
+                                         " rows are more rows than any matrix has");
+  const auto in_range = [&h, d, span](std::int64_t first, std::int64_t out,
+                                      const std::string& name, const char* what) {
+    if (first < 0 || first > out - *span)
+      detail::fail(what, "rows from " + std::to_string(first) + " (" + std::to_string(h.heads) +
                              " heads of " + std::to_string(d) + ") do not fit the " +
                              std::to_string(out) + " rows of '" + name + "'");
   };
   in_range(h.query_row, q_out, h.query, "qk_clip query");
   in_range(h.key_row, k_out, h.key, "qk_clip key");
-  if (q == k && h.query_row < h.key_row + h.heads * d && h.key_row < h.query_row + h.heads * d)
+  if (q == k && h.query_row < h.key_row + *span && h.key_row < h.query_row + *span)
     detail::fail("qk_clip key", "rows of '" + h.key + "' overlap its query rows");
   for (std::size_t j = 0; j < count; ++j)
     if (!std::isfinite(max_logits[j]))
