@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "test_support.hpp"
 
 namespace {
 
@@ -301,18 +302,18 @@ TEST_CASE("file helpers round-trip", "[checkpoint]") {
   m.attach(a);
   m.grads(0);
   a.step();
-  const std::string path = "test_checkpoint_roundtrip.muonckpt";
+  const muon_test::TempDir dir("checkpoint");
+  const std::string path = dir.file("roundtrip.muonckpt");
   a.save_file(path);
   muon::Optimizer<float> b;
   Model<float> m2(6);
   m2.attach(b);
   b.load_file(path);
   REQUIRE(save_bytes(b) == save_bytes(a));
-  std::remove(path.c_str());
   REQUIRE(load_error(b, "") != "<loaded>");
   bool threw = false;
   try {
-    b.load_file("no/such/dir/x.muonckpt");
+    b.load_file(dir.file("no/such/dir/x.muonckpt"));
   } catch (const muon::Error&) {
     threw = true;
   }
@@ -618,7 +619,8 @@ TEST_CASE("save_file replaces the old checkpoint atomically", "[checkpoint]") {
   Model<float> m(31);
   muon::Optimizer<float> a;
   m.attach(a);
-  const std::string path = "test_checkpoint_atomic.muonckpt";
+  const muon_test::TempDir dir("checkpoint");
+  const std::string path = dir.file("atomic.muonckpt");
   a.save_file(path);
   const auto read_all = [](const std::string& p) {
     std::ifstream is(p, std::ios::binary);
@@ -641,19 +643,21 @@ TEST_CASE("save_file replaces the old checkpoint atomically", "[checkpoint]") {
                         path, [](std::ostream& os) { os.setstate(std::ios::badbit); }),
                     muon::Error);
   REQUIRE(read_all(path) == old);
-  int leftovers = 0;
-  for (const auto& entry : std::filesystem::directory_iterator("."))
-    if (entry.path().filename().string().rfind(path + ".tmp", 0) == 0) ++leftovers;
-  REQUIRE(leftovers == 0);
+  int files = 0;  // the checkpoint and no temporary file
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    INFO(entry.path().string());
+    CHECK(entry.path().string() == path);
+    ++files;
+  }
+  REQUIRE(files == 1);
   // A directory that does not exist: a named error, nothing written.
-  REQUIRE_THROWS_AS(a.save_file("no/such/dir/x.muonckpt"), muon::Error);
+  REQUIRE_THROWS_AS(a.save_file(dir.file("no/such/dir/x.muonckpt")), muon::Error);
   // A successful save replaces the content.
   m.grads(0);
   a.step();
   a.save_file(path);
   REQUIRE(read_all(path) == save_bytes(a));
   REQUIRE(read_all(path) != old);
-  std::remove(path.c_str());
 }
 
 TEST_CASE("a CPU checkpoint passes through the device optimizer's state path byte for byte",
