@@ -699,3 +699,139 @@ TEST_CASE("a CPU checkpoint passes through the device optimizer's state path byt
   REQUIRE(device_core.step_count() == 3);
   REQUIRE(device_core.group(1).muon.lr == 0.07);
 }
+
+// ---- what save writes, load reads -------------------------------------------------
+// One set of limits (optim::limits, kMaxSteps) for writer and reader: a state
+// within them round-trips, a state beyond them is refused by save, naming
+// what is too large, before a byte is written. Never a file that cannot be
+// read back.
+
+namespace {
+
+// save() and save_file() both refuse; the stream stays empty and the file
+// already at the path is kept. Returns save()'s message.
+std::string refused_save(const muon::Optimizer<float>& opt) {
+  std::ostringstream os;
+  std::string message = "<saved>";
+  try {
+    opt.save(os);
+  } catch (const muon::Error& e) {
+    message = e.what();
+  }
+  CHECK(os.str().empty());
+  const muon_test::TempDir dir("checkpoint_limits");
+  const std::string path = dir.file("kept.muonckpt");
+  std::ofstream(path) << "previous";
+  CHECK_THROWS_AS(opt.save_file(path), muon::Error);
+  std::ifstream is(path);
+  CHECK(std::string(std::istreambuf_iterator<char>(is), {}) == "previous");
+  return message;
+}
+
+// Saves `a`, loads the bytes into `b`, and checks b saves the same bytes.
+void round_trip(const muon::Optimizer<float>& a, muon::Optimizer<float>& b) {
+  const std::string bytes = save_bytes(a);
+  INFO(load_error(b, bytes));
+  REQUIRE(load_error(b, bytes) == "<loaded>");
+  CHECK(save_bytes(b) == bytes);
+}
+
+}  // namespace
+
+TEST_CASE("long schedules and schedule names round-trip", "[checkpoint][limits]") {
+  std::vector<float> w(6 * 4), g(6 * 4);
+  std::vector<muon::Coefficients> rows(5000, muon::Coefficients{1.875, -1.25, 0.375});
+  rows[4999].a = 1.5;  // the last row is read back too
+  muon::MuonGroupOptions o;
+  o.ns.schedule = muon::Schedule(rows, 1.0, std::string(300, 's'));
+  muon::Optimizer<float> a(o), b;
+  a.add_param("w", {w.data(), {6, 4}}, {g.data(), {6, 4}});
+  b.add_param("w", {w.data(), {6, 4}}, {g.data(), {6, 4}});
+  round_trip(a, b);
+  CHECK(b.muon_options().ns.schedule.rows().size() == 5000);
+  CHECK(b.muon_options().ns.schedule.rows()[4999].a == 1.5);
+  CHECK(b.muon_options().ns.schedule.name() == std::string(300, 's'));
+  // Beyond the limits: refused by name.
+  muon::Optimizer<float> c(muon::MuonGroupOptions().with_ns(muon::NewtonSchulzOptions(
+      muon::Schedule(std::vector<muon::Coefficients>(muon::optim::limits::schedule_rows + 1,
+                                                     muon::Coefficients{1.5, -0.5, 0.0})),
+      5)));
+  CHECK(muon_test::contains(refused_save(c), "schedule 'custom' has 65537 rows"));
+  muon::Optimizer<float> d(muon::MuonGroupOptions().with_ns(muon::NewtonSchulzOptions(
+      muon::Schedule({{1.5, -0.5, 0.0}}, 1.0, std::string(70000, 'n')), 5)));
+  CHECK(muon_test::contains(refused_save(d), "the schedule name 'nnnn"));
+}
+
+TEST_CASE("many groups round-trip; more than a checkpoint holds are refused by save",
+          "[checkpoint][limits]") {
+  std::vector<float> w(6 * 4), g(6 * 4);
+  muon::Optimizer<float> a, b;
+  for (int k = 1; k < 4097; ++k) {
+    a.add_group(muon::MuonGroupOptions().with_lr(1e-3 * k));
+    b.add_group(muon::MuonGroupOptions());
+  }
+  REQUIRE(a.group_count() == 4097);
+  muon::ParamOptions last;
+  last.group = 4096;
+  a.add_param("w", {w.data(), {6, 4}}, {g.data(), {6, 4}}, last);
+  b.add_param("w", {w.data(), {6, 4}}, {g.data(), {6, 4}}, last);
+  round_trip(a, b);
+  CHECK(b.muon_options(4096).lr == a.muon_options(4096).lr);
+  while (a.group_count() < muon::optim::limits::groups) a.add_group({});
+  CHECK(save_bytes(a).size() > 0);  // exactly at the limit: written
+  a.add_group({});
+  CHECK(muon_test::contains(refused_save(a), "65537 parameter groups; a checkpoint holds 1 to 65536"));
+}
+
+TEST_CASE("a parameter name longer than a checkpoint holds is refused by save, by name",
+          "[checkpoint][limits]") {
+  std::vector<float> w(6 * 4), g(6 * 4), v(6), gv(6);
+  const std::string longest(muon::optim::limits::name_bytes, 'p');
+  muon::Optimizer<float> a, b;
+  a.add_param(longest, {w.data(), {6, 4}}, {g.data(), {6, 4}});
+  b.add_param(longest, {w.data(), {6, 4}}, {g.data(), {6, 4}});
+  round_trip(a, b);
+  a.add_param("layer." + std::string(70000, 'x'), {v.data(), {6}}, {gv.data(), {6}});
+  const std::string message = refused_save(a);
+  INFO(message);
+  CHECK(muon_test::contains(message, "parameter 'layer.xxxx"));
+  CHECK(muon_test::contains(message, "...' has 70006 bytes; a checkpoint holds names of up to 65536"));
+  CHECK(message.size() < 300);  // the name itself is cut
+}
+
+TEST_CASE("a step count at the checkpoint's limit is refused by save, not written unreadable",
+          "[checkpoint][limits]") {
+  Model<float> m(71);
+  muon::Optimizer<float> a;
+  m.attach(a);
+  m.grads(0);
+  a.step();
+  const std::string file = save_bytes(a);
+  // The optimizer's count, and separately the bias's, one below the limit.
+  const std::int64_t last = muon::optim::kMaxSteps - 1;
+  std::string payload = payload_of(file);
+  const std::size_t step_count_at = 4 + std::strlen(muon::optim::kStateKind) + 2;
+  REQUIRE(get_le(payload, step_count_at, 8) == 1);
+  set_le(payload, step_count_at, std::uint64_t(last), 8);
+  // bias: route, group, ndim, 1 size, column-major flag, 1 block, then steps.
+  const std::size_t bias_steps_at = after_name(payload_of(file), "bias") + 1 + 4 + 1 + 8 + 1 + 4 + 8;
+  REQUIRE(get_le(payload, bias_steps_at, 8) == 1);
+  std::string bias_only = payload_of(file);
+  set_le(bias_only, bias_steps_at, std::uint64_t(last), 8);
+  for (const bool optimizer_count : {true, false}) {
+    INFO((optimizer_count ? "the optimizer's count" : "the bias's count"));
+    Model<float> m2(72);
+    muon::Optimizer<float> b;
+    m2.attach(b);
+    REQUIRE(load_error(b, seal(optimizer_count ? payload : bias_only)) == "<loaded>");
+    CHECK(save_bytes(b).size() > 0);  // 2^62 - 1 is written
+    m2.grads(1);
+    b.step();  // now 2^62: a file with it would not load
+    const std::string message = refused_save(b);
+    INFO(message);
+    CHECK(muon_test::contains(message, optimizer_count
+                                           ? "the optimizer's step count 4611686018427387904"
+                                           : "parameter 'bias''s step count 4611686018427387904"));
+    CHECK(muon_test::contains(message, "outside the checkpoint's range [0, 2^62)"));
+  }
+}

@@ -3,7 +3,8 @@
 // succeed or throw muon::Error, never crash, hang or read out of bounds; and
 // when it throws, the optimizer must be exactly as before (checked by saving
 // before and after and comparing the bytes). The step after a successful
-// load obeys the same rule.
+// load obeys the same rule, and what a successful load accepted saves into
+// a file that loads again.
 
 #include <cstdint>
 #include <cstdlib>
@@ -46,6 +47,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // overflow, say), and then nothing may have changed.
   std::ostringstream again;
   opt.save(again);
+  // What the reader accepted, the writer writes and the reader reads back:
+  // writer and reader share one set of limits (optim::limits).
+  {
+    FuzzModel model2;
+    muon::Optimizer<float> reloaded;
+    model2.attach(reloaded);
+    std::istringstream back(again.str());
+    try {
+      reloaded.load(back);
+    } catch (const muon::Error&) {
+      std::abort();  // a file save() wrote that load() refuses
+    }
+  }
   try {
     opt.step();
   } catch (const muon::Error&) {

@@ -471,10 +471,9 @@ class Core {
       w.str(kStateKind);
       w.u8(static_cast<std::uint8_t>(buffer_dtype));
       w.u8(static_cast<std::uint8_t>(param_dtype));
-      w.i64(step_count_);
-      w.u32(static_cast<std::uint32_t>(groups_.size()));
+      state_io::write_head(w, step_count_, groups_.size());
       for (const GroupOptions& g : groups_) state_io::write_group(w, g);
-      w.u32(static_cast<std::uint32_t>(registry_.size()));
+      state_io::write_param_count(w, registry_.size());
       for (std::size_t i = 0; i < registry_.size(); ++i) {
         state_io::write_param(w, registry_[i], static_cast<std::uint32_t>(buffer_names(i).size()));
         emit(i, w);

@@ -44,6 +44,7 @@
 #include <cstdint>
 #include <istream>
 #include <iterator>
+#include <limits>
 #include <set>
 #include <string>
 #include <string_view>
@@ -111,6 +112,28 @@ struct StoredState {
 /// can be incremented for ever after without overflowing (2^62 steps).
 inline constexpr std::int64_t kMaxSteps = std::int64_t(1) << 62;
 
+/// The limits of the schema, one set for the writer and the reader:
+/// read_state refuses a file beyond them (a corrupt or hostile length), and
+/// the writer refuses a state beyond them by name, before writing a byte
+/// (Core::save), so every file save() writes reads back. Step counts are
+/// in [0, kMaxSteps). Every count is also bounded by the bytes a file holds:
+/// the reader checks that before allocating.
+namespace limits {
+/// Bytes of a parameter name or a schedule name.
+inline constexpr std::size_t name_bytes = std::size_t(1) << 16;
+/// Bytes of the library's own words: the payload kind, option keys and text
+/// values, buffer names.
+inline constexpr std::size_t word_bytes = 256;
+/// Parameter groups.
+inline constexpr std::uint32_t groups = std::uint32_t(1) << 16;
+/// Options stored per group.
+inline constexpr std::uint32_t options = 256;
+/// Rows of a group's Newton–Schulz schedule.
+inline constexpr std::uint32_t schedule_rows = std::uint32_t(1) << 16;
+/// Buffers per parameter.
+inline constexpr std::uint32_t buffers = 16;
+}  // namespace limits
+
 // ---- writing ----------------------------------------------------------------------
 
 namespace state_io {
@@ -118,7 +141,52 @@ namespace state_io {
 /// AdaMuon's beta2 default before the sign form (files of that time omit it).
 inline constexpr double kPlainAdaMuonBeta2 = 0.999;
 
+/// Throws muon::Error("checkpoint: <what> (nothing was written)") unless
+/// `ok`: a state the reader would refuse is not written.
+inline void require_writable(bool ok, const std::string& what) {
+  if (!ok) detail::fail("checkpoint", what + " (nothing was written)");
+}
+
+/// A name in a message: cut to its first 40 bytes when longer.
+inline std::string shown_name(std::string_view name) {
+  return "'" + std::string(name.substr(0, 40)) + (name.size() > 40 ? "...'" : "'");
+}
+
+inline void require_name(std::string_view name, const char* what) {
+  require_writable(name.size() <= limits::name_bytes,
+                   std::string(what) + " " + shown_name(name) + " has " +
+                       std::to_string(name.size()) + " bytes; a checkpoint holds names of up to " +
+                       std::to_string(limits::name_bytes));
+}
+
+inline void require_steps(std::int64_t steps, const std::string& whose) {
+  require_writable(steps >= 0 && steps < kMaxSteps,
+                   whose + " step count " + std::to_string(steps) +
+                       " is outside the checkpoint's range [0, 2^62)");
+}
+
+/// The head of the state: step count and group count.
+inline void write_head(checkpoint::Writer& w, std::int64_t step_count, std::size_t groups) {
+  require_steps(step_count, "the optimizer's");
+  require_writable(groups >= 1 && groups <= limits::groups,
+                   std::to_string(groups) + " parameter groups; a checkpoint holds 1 to " +
+                       std::to_string(limits::groups));
+  w.i64(step_count);
+  w.u32(static_cast<std::uint32_t>(groups));
+}
+
+/// The parameter count (a u32).
+inline void write_param_count(checkpoint::Writer& w, std::size_t params) {
+  require_writable(params <= std::numeric_limits<std::uint32_t>::max(),
+                   std::to_string(params) + " parameters; a checkpoint holds up to 2^32 - 1");
+  w.u32(static_cast<std::uint32_t>(params));
+}
+
 inline void write_schedule(checkpoint::Writer& w, const Schedule& s) {
+  require_name(s.name(), "the schedule name");
+  require_writable(s.rows().size() >= 1 && s.rows().size() <= limits::schedule_rows,
+                   "schedule " + shown_name(s.name()) + " has " + std::to_string(s.rows().size()) +
+                       " rows; a checkpoint holds 1 to " + std::to_string(limits::schedule_rows));
   w.str(s.name());
   w.f64(s.norm_divisor());
   w.u32(static_cast<std::uint32_t>(s.rows().size()));
@@ -184,6 +252,7 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
                             (m.ns.norm_divisor ? 1 : 0) + (other_form ? 1 : 0) + (scaled ? 1 : 0) +
                             (cycles ? 1 : 0) + family_count + (other_variant ? 1 : 0) +
                             (aol ? 1 : 0) + (form ? 1 : 0);
+  require_writable(count <= limits::options, "too many group options");
   w.u32(static_cast<std::uint32_t>(count));
   for (const Number& n : numbers) {
     w.str(n.key);
@@ -243,6 +312,11 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
 
 /// The record of one parameter, up to its buffer count.
 inline void write_param(checkpoint::Writer& w, const ParamRecord& p, std::uint32_t buffers) {
+  require_name(p.name, "parameter");
+  require_steps(p.steps, "parameter " + shown_name(p.name) + "'s");
+  require_writable(p.blocks.size() <= std::numeric_limits<std::uint32_t>::max() &&
+                       buffers <= limits::buffers,
+                   "parameter " + shown_name(p.name) + " has too many blocks or buffers");
   w.str(p.name);
   w.u8(static_cast<std::uint8_t>(p.route));
   w.u32(static_cast<std::uint32_t>(p.group));
@@ -258,6 +332,7 @@ inline void write_param(checkpoint::Writer& w, const ParamRecord& p, std::uint32
 /// One buffer: name, dtype, count, then `count` elements of host memory.
 inline void write_buffer(checkpoint::Writer& w, std::string_view name, checkpoint::Dtype dtype,
                          std::uint64_t count, const void* data) {
+  require_writable(name.size() <= limits::word_bytes, "buffer name " + shown_name(name) + " too long");
   w.str(name);
   w.u8(static_cast<std::uint8_t>(dtype));
   w.u64(count);
@@ -288,7 +363,7 @@ inline TensorShape read_shape(checkpoint::Reader& r, const std::string& where, b
 /// Structure of one parameter record, version 1 or 2.
 inline StoredParam read_param(checkpoint::Reader& r, std::uint32_t version) {
   StoredParam p;
-  p.name = r.str("parameter name");
+  p.name = r.str("parameter name", limits::name_bytes);
   const std::string where = "parameter '" + p.name + "': ";
   p.route = static_cast<Route>(r.u8());
   p.group = r.u32();
@@ -301,10 +376,10 @@ inline StoredParam read_param(checkpoint::Reader& r, std::uint32_t version) {
   }
   p.steps = r.i64();
   const std::uint32_t buffers = r.u32();
-  if (buffers > 16) r.fail(where + "implausible buffer count");
+  if (buffers > limits::buffers) r.fail(where + "implausible buffer count");
   for (std::uint32_t b = 0; b < buffers; ++b) {
     StoredBuffer buf;
-    buf.name = r.str("buffer name", 256);
+    buf.name = r.str("buffer name", limits::word_bytes);
     buf.dtype = read_dtype(r, "buffer");
     buf.count = r.u64();
     buf.data = r.items(buf.count, checkpoint::dtype_size(buf.dtype), "buffer element");
@@ -370,7 +445,7 @@ inline void apply_group_option(checkpoint::Reader& r, GroupOptions& g, bool& use
     else
       r.fail(where + "unknown numeric option '" + key + "' (written by a newer version?)");
   } else if (kind == 1) {
-    const std::string v = r.str("option value", 256);
+    const std::string v = r.str("option value", limits::word_bytes);
     const auto bad = [&]() {
       r.fail(where + "option '" + key + "' has an unknown value '" + v + "'");
     };
@@ -428,10 +503,10 @@ inline void apply_group_option(checkpoint::Reader& r, GroupOptions& g, bool& use
       r.fail(where + "unknown option '" + key + "' (written by a newer version?)");
     }
   } else if (kind == 2 && key == "ns_schedule") {
-    std::string name = r.str("schedule name", 256);
+    std::string name = r.str("schedule name", limits::name_bytes);
     const double divisor = r.f64();
     const std::uint32_t rows = r.u32();
-    if (rows == 0 || rows > 4096) r.fail(where + "implausible schedule length");
+    if (rows == 0 || rows > limits::schedule_rows) r.fail(where + "implausible schedule length");
     const unsigned char* bytes = r.items(rows, 24, "schedule row");
     std::vector<Coefficients> coefficients(rows);
     checkpoint::Reader cr(bytes, std::size_t(rows) * 24, r.origin());
@@ -455,10 +530,10 @@ inline GroupOptions read_group_v2(checkpoint::Reader& r, std::size_t index, bool
   GroupOptions g;
   user_rule = false;
   const std::uint32_t count = r.u32();
-  if (count > 256) r.fail(where + "implausible option count");
+  if (count > limits::options) r.fail(where + "implausible option count");
   std::set<std::string> seen;
   for (std::uint32_t i = 0; i < count; ++i) {
-    const std::string key = r.str("option key", 256);
+    const std::string key = r.str("option key", limits::word_bytes);
     if (!seen.insert(key).second) r.fail(where + "option '" + key + "' appears twice");
     apply_group_option(r, g, user_rule, key, r.u8(), where);
   }
@@ -501,9 +576,10 @@ inline GroupOptions read_group_v1(checkpoint::Reader& r, bool& user_rule) {
   const bool has_divisor = r.boolean("has_norm_divisor");
   const double divisor = r.f64();
   if (has_divisor) m.ns.norm_divisor = divisor;
-  std::string name = r.str("schedule name", 256);
+  std::string name = r.str("schedule name", limits::name_bytes);
   const double schedule_divisor = r.f64();
   const std::uint32_t rows = r.u32();
+  if (rows > limits::schedule_rows) r.fail("implausible schedule length");
   const unsigned char* bytes = r.items(rows, 24, "schedule row");
   std::vector<Coefficients> coefficients(rows);
   checkpoint::Reader cr(bytes, std::size_t(rows) * 24, r.origin());
@@ -540,7 +616,7 @@ inline StoredState read_state(std::istream& is, const std::string& origin = "str
   s.payload = std::move(envelope.payload);
   checkpoint::Reader r(s.payload.data(), s.payload.size(), "checkpoint " + origin);
   if (s.version >= 2) {
-    const std::string kind = r.str("payload kind", 256);
+    const std::string kind = r.str("payload kind", limits::word_bytes);
     if (kind != kStateKind) r.fail("holds a '" + kind + "' payload, not an optimizer state");
     s.buffer_dtype = state_io::read_dtype(r, "buffer");
     s.param_dtype = state_io::read_dtype(r, "parameter");
@@ -551,7 +627,7 @@ inline StoredState read_state(std::istream& is, const std::string& origin = "str
   s.step_count = r.i64();
   if (!(s.step_count >= 0 && s.step_count < kMaxSteps)) r.fail("step count out of range");
   const std::uint32_t groups = r.u32();
-  if (groups == 0 || groups > 4096) r.fail("implausible group count");
+  if (groups == 0 || groups > limits::groups) r.fail("implausible group count");
   for (std::uint32_t i = 0; i < groups; ++i) {
     bool user_rule = false;
     GroupOptions g = s.version >= 2 ? state_io::read_group_v2(r, i, user_rule)
