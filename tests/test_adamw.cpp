@@ -192,3 +192,51 @@ TEST_CASE("adamw_step rejects bad options, steps and shapes, leaving all data un
   REQUIRE(m_wrong.isZero(0.0));
   REQUIRE(v_wrong.isZero(0.0));
 }
+
+TEST_CASE("adamw_step refuses a non-finite gradient or an overflow, writing nothing",
+          "[adamw][errors]") {
+  // Without the check, a NaN gradient turns the parameter and both moments
+  // NaN at that element, and a huge one makes exp_avg_sq infinite.
+  Eigen::MatrixXf p = random_matrix(3, 4, 91).cast<float>(), m = random_matrix(3, 4, 92).cast<float>();
+  Eigen::MatrixXf v = random_matrix(3, 4, 93).cwiseAbs().cast<float>();
+  const Eigen::MatrixXf p0 = p, m0 = m, v0 = v;
+  const muon::AdamWOptions o;
+  const auto refused = [&](const Eigen::MatrixXf& g, const char* field, const std::string& part) {
+    std::string message;
+    try {
+      muon::adamw_step(p, g, m, v, 3, o);
+    } catch (const muon::Error& e) {
+      message = e.what();
+    }
+    INFO(message);
+    CHECK(message.rfind(std::string("muon: ") + field + ":", 0) == 0);
+    CHECK(message.find(part) != std::string::npos);
+    CHECK(p == p0);
+    CHECK(m == m0);
+    CHECK(v == v0);
+  };
+  Eigen::MatrixXf g = random_matrix(3, 4, 94).cast<float>();
+  g(2, 3) = std::nanf("");
+  refused(g, "grad", "holds NaN or Inf at (2, 3); nothing was written");
+  g(2, 3) = INFINITY;
+  refused(g, "grad", "at (2, 3)");
+  g(2, 3) = 1e30f;  // (1 - beta2) g^2 = 1e57: beyond float
+  refused(g, "exp_avg_sq", "would overflow at (2, 3)");
+  g(2, 3) = 0.5f;
+  v(1, 1) = std::nanf("");  // a corrupt moment is not stepped on either
+  const Eigen::MatrixXf v_bad = v;
+  std::string message;
+  try {
+    muon::adamw_step(p, g, m, v, 3, o);
+  } catch (const muon::Error& e) {
+    message = e.what();
+  }
+  CHECK(message.rfind("muon: exp_avg_sq:", 0) == 0);
+  CHECK(p == p0);
+  CHECK(m == m0);
+  v = v0;
+  // Finite input still steps.
+  muon::adamw_step(p, g, m, v, 3, o);
+  CHECK(p != p0);
+  CHECK(p.allFinite());
+}

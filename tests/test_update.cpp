@@ -219,3 +219,30 @@ TEST_CASE("per-step functions perform no heap allocation", "[update][alloc]") {
   REQUIRE_THROWS_AS(muon::adamw_step(param, grad, exp_avg, exp_avg_sq, 0, adamw), muon::Error);
   REQUIRE(scope.news() > during);
 }
+
+TEST_CASE("apply_muon_update refuses a non-finite update or an overflow, writing nothing",
+          "[update][errors]") {
+  Eigen::MatrixXf p = random_matrix(3, 4, 51).cast<float>();
+  const Eigen::MatrixXf p0 = p;
+  const auto message_of = [&](const Eigen::MatrixXf& u, double lr_adjusted) {
+    try {
+      muon::apply_muon_update(p, u, 0.1, lr_adjusted, 0.1, false);
+    } catch (const muon::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("<applied>");
+  };
+  Eigen::MatrixXf u = random_matrix(3, 4, 52).cast<float>();
+  u(1, 2) = std::nanf("");
+  CHECK(message_of(u, 0.1) == "muon: update: holds NaN or Inf at (1, 2); nothing was written");
+  CHECK(p == p0);
+  u(1, 2) = -INFINITY;
+  CHECK(message_of(u, 0.1).rfind("muon: update:", 0) == 0);
+  CHECK(p == p0);
+  u(1, 2) = 10.0f;  // 1e38 * 10 is beyond float
+  CHECK(message_of(u, 1e38) == "muon: param: would overflow at (1, 2); nothing was written");
+  CHECK(p == p0);
+  u(1, 2) = 0.5f;
+  CHECK(message_of(u, 0.1) == "<applied>");
+  CHECK(p != p0);
+}

@@ -29,8 +29,15 @@ namespace muon {
 /// Hutter, "Decoupled Weight Decay Regularization", arXiv 1711.05101. The four
 /// arguments must share a shape; their scalars may differ (fp32 moments for
 /// bf16 parameters). Arithmetic is in float, or double when any operand is
-/// double. Allocates nothing. Throws muon::Error naming "step", an option, or
-/// the mismatched argument before writing anything.
+/// double. Allocates nothing.
+///
+/// Checked: a first, read-only pass computes every new value, so a NaN or
+/// Inf gradient (or moment, or parameter), or a moment or parameter that
+/// would overflow its type, throws muon::Error naming the argument and the
+/// element, and nothing is written; so do a bad "step", option or shape.
+/// The pass costs one more read of the four arguments. (muon::Optimizer
+/// checks every parameter of a step this way, and can skip instead of
+/// throwing: NonFinitePolicy.)
 template <class DP, class DG, class DM, class DV>
 void adamw_step(const Eigen::DenseBase<DP>& param, const Eigen::DenseBase<DG>& grad,
                 const Eigen::DenseBase<DM>& exp_avg, const Eigen::DenseBase<DV>& exp_avg_sq,
@@ -53,6 +60,26 @@ void adamw_step(const Eigen::DenseBase<DP>& param, const Eigen::DenseBase<DG>& g
   auto& m_out = detail::writable(exp_avg);
   auto& v_out = detail::writable(exp_avg_sq);
   const auto k = optim::adamw_coefficients<C>(opt, opt.lr, step);
+  // Read only: every value the write pass will store must be finite.
+  for (Eigen::Index j = 0; j < param.cols(); ++j) {
+    for (Eigen::Index i = 0; i < param.rows(); ++i) {
+      const C g = detail::read<C>(grad, i, j);
+      const C m0 = detail::read<C>(exp_avg, i, j), v0 = detail::read<C>(exp_avg_sq, i, j);
+      const C p0 = detail::read<C>(param, i, j);
+      if (!std::isfinite(g)) detail::fail_at("grad", "holds NaN or Inf", i, j);
+      if (!std::isfinite(m0)) detail::fail_at("exp_avg", "holds NaN or Inf", i, j);
+      if (!(std::isfinite(v0) && v0 >= C(0)))
+        detail::fail_at("exp_avg_sq", "holds NaN, Inf or a negative value", i, j);
+      if (!std::isfinite(p0)) detail::fail_at("param", "holds NaN or Inf", i, j);
+      const C m = optim::rules::adamw_exp_avg(m0, g, k);
+      const C v = optim::rules::adamw_exp_avg_sq(v0, g, k);
+      if (!detail::finite_in<MS>(m)) detail::fail_at("exp_avg", "would overflow", i, j);
+      if (!detail::finite_in<VS>(v)) detail::fail_at("exp_avg_sq", "would overflow", i, j);
+      const C p = optim::rules::adamw_parameter(p0, static_cast<C>(static_cast<MS>(m)),
+                                                static_cast<C>(static_cast<VS>(v)), k);
+      if (!detail::finite_in<PS>(p)) detail::fail_at("param", "would overflow", i, j);
+    }
+  }
   for (Eigen::Index j = 0; j < param.cols(); ++j) {
     for (Eigen::Index i = 0; i < param.rows(); ++i) {
       const C g = detail::read<C>(grad, i, j);

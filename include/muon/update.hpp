@@ -34,8 +34,14 @@ namespace muon {
 /// towards zero ("Cautious Weight Decay", Chen et al. 2025, arXiv 2510.12402).
 /// `update` must have param's shape; its scalar may differ. Arithmetic is in
 /// float, or double when either operand is double, and p is rounded once.
-/// Allocates nothing. Throws muon::Error naming "lr", "lr_adjusted",
-/// "weight_decay" or "update" before writing anything.
+/// Allocates nothing.
+///
+/// Checked: a first, read-only pass computes every new p, so a NaN or Inf
+/// update (or parameter), or a p that would overflow its type, throws
+/// muon::Error naming the argument and the element, and nothing is written;
+/// so do a bad "lr", "lr_adjusted", "weight_decay" or shape. The pass costs
+/// one more read of both arguments. (muon::Optimizer checks every parameter
+/// of a step this way, and can skip instead of throwing: NonFinitePolicy.)
 template <class DP, class DU>
 void apply_muon_update(const Eigen::DenseBase<DP>& param, const Eigen::DenseBase<DU>& update,
                        double lr, double lr_adjusted, double weight_decay, bool cautious) {
@@ -54,6 +60,15 @@ void apply_muon_update(const Eigen::DenseBase<DP>& param, const Eigen::DenseBase
   const auto k = optim::rules::muon_update_coefficients<C>(
       weight_decay_multiplier(WeightDecayForm::decoupled, lr, weight_decay, lr), lr_adjusted,
       cautious);
+  // Read only: every new p must be finite.
+  for (Eigen::Index j = 0; j < param.cols(); ++j)
+    for (Eigen::Index i = 0; i < param.rows(); ++i) {
+      const C p = detail::read<C>(param, i, j), u = detail::read<C>(update, i, j);
+      if (!std::isfinite(u)) detail::fail_at("update", "holds NaN or Inf", i, j);
+      if (!std::isfinite(p)) detail::fail_at("param", "holds NaN or Inf", i, j);
+      if (!detail::finite_in<PS>(optim::rules::muon_parameter(p, u, k)))
+        detail::fail_at("param", "would overflow", i, j);
+    }
   for (Eigen::Index j = 0; j < param.cols(); ++j)
     for (Eigen::Index i = 0; i < param.rows(); ++i)
       detail::write(p_out, i, j,

@@ -12,6 +12,7 @@
 /// reference and is written through.
 
 #include <Eigen/Core>
+#include <cmath>
 #include <string>
 #include <type_traits>
 
@@ -68,6 +69,20 @@ void require_same_shape(const Eigen::DenseBase<DR>& reference, const char* refer
 template <class C, class D>
 C read(const Eigen::DenseBase<D>& x, Eigen::Index i, Eigen::Index j) {
   return static_cast<C>(x.coeff(i, j));
+}
+
+/// True when `value`, rounded to storage scalar S as write() rounds it, is
+/// neither NaN nor infinite.
+template <class S, class C>
+bool finite_in(C value) {
+  return std::isfinite(static_cast<compute_t<S>>(static_cast<S>(value)));
+}
+
+/// Throws muon::Error("<name>: <problem> at (i, j); nothing was written").
+[[noreturn]] inline void fail_at(const char* name, const char* problem, Eigen::Index i,
+                                 Eigen::Index j) {
+  fail(name, std::string(problem) + " at (" + std::to_string(i) + ", " + std::to_string(j) +
+                 "); nothing was written");
 }
 
 /// Writes one element, rounding from compute type C to the storage scalar.
