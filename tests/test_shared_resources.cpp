@@ -285,6 +285,41 @@ TEST_CASE("small matrices run one per thread and give bitwise what one thread gi
   }
 }
 
+TEST_CASE("with bf16 products, small matrices one per thread give bitwise what one thread gives",
+          "[bf16]") {
+  // Each extra thread builds workspaces of its own for the small matrices:
+  // they must use the engine the optimizer was given, or the matrices dealt
+  // to that thread get fp32 products while the rest get bf16 ones. (The
+  // ctest entry runs this where the CPU has AVX512-BF16: muon_products_probe.)
+  REQUIRE(muon::eigen::products_available(muon::eigen::Products::bf16));
+  muon::MuonGroupOptions mo;
+  mo.with_lr(0.1).with_weight_decay(0.1);
+  SmallMatrices one, side, fp32;
+  muon::Optimizer<float> a(mo), b(mo), c(mo);
+  a.set_ns_threads(1);
+  b.set_ns_threads(2);
+  c.set_ns_threads(2);
+  a.set_ns_products(muon::eigen::Products::bf16);
+  b.set_ns_products(muon::eigen::Products::bf16);
+  one.attach(a);
+  side.attach(b);
+  fp32.attach(c);  // the default engine: what a lane's workspaces must not fall back to
+  CHECK(a.threads_used_for_small() == 1);
+  REQUIRE(b.threads_used_for_small() == 2);
+  for (int k = 0; k < 3; ++k) {
+    a.step();
+    b.step();
+    c.step();
+  }
+  for (std::size_t j = 0; j < one.params.size(); ++j) {
+    INFO(one.params[j].name);
+    CHECK(one.params[j].w == side.params[j].w);
+    CHECK(bitwise_equal(a.momentum_buffer(one.params[j].name),
+                        b.momentum_buffer(one.params[j].name)));
+    CHECK(one.params[j].w != fp32.params[j].w);  // the engines differ on every matrix
+  }
+}
+
 TEST_CASE("matrices are dealt to threads longest first, ties to the lowest") {
   // Hand-worked: in decreasing cost 5 (job 0) -> w0, 4 (job 2) -> w1,
   // 3 (job 4) -> w1 (load 4 < 5), 2 (job 3) -> w0 (5 < 7), 1 (job 1) -> w0
