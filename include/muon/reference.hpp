@@ -78,9 +78,10 @@ double default_singular_value_cutoff(Eigen::Index rows, Eigen::Index cols) {
 
 /// Exact polar factor via BDCSVD, computed in Scalar: U_r V_r^T with r the
 /// number of singular values above `relative_cutoff` times the largest
-/// (default: default_singular_value_cutoff<Scalar>). For a full-rank G that
-/// is U V^T; for a rank-deficient G, the partial isometry on G's range (zero
-/// on its null space); for G = 0, zero.
+/// (negative, the default argument: default_singular_value_cutoff<Scalar>).
+/// For a full-rank G that is U V^T, bitwise as BDCSVD gives it; for a
+/// rank-deficient G, the partial isometry on G's range (zero on its null
+/// space); for G = 0, zero.
 template <class Scalar = double, class Derived>
 Matrix<Scalar> polar_svd(const Eigen::MatrixBase<Derived>& G, double relative_cutoff = -1) {
   if (!(G.rows() > 0 && G.cols() > 0)) detail::fail("G", "is empty");
@@ -195,9 +196,9 @@ struct RangeOrthogonalityError {
 ///    O = U_r diag(d) V_r^T (Newton–Schulz's output) sqrt(sum (d_i^2 - 1)^2)
 ///    over the r directions G has;
 ///  - off_range = ||O - U_r B V_r^T||_F: what O maps to or from G's null
-///    spaces; zero for any function of G that maps zero to zero (polar_svd,
-///    Newton–Schulz), sqrt(min(m, n) - r) for a U V^T that fills the null
-///    space with unit singular values.
+///    spaces; zero for any O = U f(S) V^T with f(0) = 0 (polar_svd,
+///    Newton–Schulz's odd polynomials), sqrt(min(m, n) - r) for a U V^T that
+///    fills the null space with unit singular values.
 /// For a full-rank G and off_range = 0, on_range equals orthogonality_error(O).
 template <class DerivedO, class DerivedG>
 RangeOrthogonalityError orthogonality_error_on_range(const Eigen::MatrixBase<DerivedO>& O,
