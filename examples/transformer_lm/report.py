@@ -519,8 +519,18 @@ def main(argv):
           "over the batch and the allowed (causal) positions, measured in the forward "
           "pass before any clip.")
         w("")
-        w("| arm | largest logit (any layer, any step) | at the last step (max over layers) | head clips | final val loss |")
-        w("|---|---:|---:|---:|---:|")
+        # The exact-cap check of each clipping arm, from runs.csv (the QK-Clip
+        # runs are the ones at the QK lr on the default width).
+        cap = {}
+        for run in runs:
+            if (run["optimizer"] == "muon" and run["d_model"] == info["d_model"]
+                    and math.isclose(num(run["lr"]), float(qk_lr), rel_tol=1e-5)):
+                clip = float(run["qk_clip_tau"]) > 0
+                arm = ("heads-clip" if clip else "heads") if run["qkv"] == "heads" else (
+                    "clip" if clip else "none")
+                cap[arm] = run.get("exact_cap_check", "-")
+        w("| arm | largest logit (any layer, any step) | at the last step (max over layers) | head clips | exact-cap check | final val loss |")
+        w("|---|---:|---:|---:|---|---:|")
         final_of = {}
         for r in qk_evals:
             final_of[r["arm"]] = num(r["val_loss"])
@@ -530,7 +540,8 @@ def main(argv):
             last_step = max(int(r["step"]) for r in rows)
             last = max(num(r["max_logit"]) for r in rows if int(r["step"]) == last_step)
             clips = sum(int(r["heads_clipped"]) for r in rows)
-            w(f"| `{a}` | {peak:.1f} | {last:.1f} | {clips} | {f4(final_of.get(a, math.nan))} |")
+            w(f"| `{a}` | {peak:.1f} | {last:.1f} | {clips} | {cap.get(a, '-')} | "
+              f"{f4(final_of.get(a, math.nan))} |")
         w("")
         evals = read_csv(os.path.join(out, "evals.csv"))
         last_logit = {}
@@ -579,11 +590,13 @@ def main(argv):
                 w(f"Without the clip the largest logit stayed at {peak_none:.1f}, below "
                   f"τ = {tau}: at this lr and length the clip never acts.")
             w("")
-        w("A check the program runs after every clipping arm (and `--quick` asserts): "
-          "layer by layer, one forward pass, QK-Clip with its maxima, the same forward "
-          "again — every head that was above τ then peaks at τ exactly (within 1e-4) "
-          "and the others are unchanged, i.e. the clip scaled the rows of the right "
-          "heads of the fused weight.")
+        w("*Exact-cap check*, run after every clipping arm (its result is in the "
+          "table; `--quick` fails unless it passes): layer by layer, one forward "
+          "pass, QK-Clip with its maxima, the same forward again — every head that "
+          "was above τ must then peak at τ (within 1e-4 relative) and the others must "
+          "be unchanged, i.e. the clip scaled the query and key rows of the right "
+          "heads of the fused weight. Scaling the V rows instead of the K rows (a "
+          "wrong `key_row`) makes it fail.")
         w("")
 
     # ------------------------------------------------------------ sample
