@@ -30,6 +30,11 @@
 ///    complex dtypes, sparse gradients, CUDA or other devices, mixed dtypes
 ///    or devices between a parameter and its gradient) is refused with
 ///    muon::Error naming the parameter;
+///  - one tensor listed twice in a group (tied weights: GPT-2's wte.weight
+///    is lm_head.weight, and named_parameters() lists it under both names)
+///    is registered once; a tensor in two groups, or two tensors sharing
+///    memory, are refused naming both (each step would update the shared
+///    elements twice);
 ///  - one muon::Optimizer per dtype present (a bf16 model with fp32 norms
 ///    has two), stepped all-or-nothing together: every parameter is checked
 ///    before any is written;
@@ -38,7 +43,8 @@
 ///    own checkpoint bytes, so save_checkpoint() and muon::Optimizer read
 ///    the same format.
 /// A parameter with no gradient (undefined grad()) is skipped, as in
-/// libtorch. See docs/torch.md.
+/// libtorch. See docs/torch.md. To compile the adapter once per program
+/// rather than in every file that uses it: muon/torch_extern_templates.hpp.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -48,17 +54,20 @@
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <sstream>
 #include <string>
 #include <tuple>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -79,8 +88,22 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
 
   MuonOptions(double lr = 1e-3) : lr_(lr) {}  // NOLINT: implicit, as libtorch's options
 
-  /// Muon learning rate before the shape adjustment.
-  TORCH_ARG(double, lr) = 1e-3;
+  /// Muon learning rate before the shape adjustment. Set by hand (here, in
+  /// the constructor or with adamw_lr) it fixes the ratio set_lr keeps.
+  MuonOptions& lr(double lr) {
+    lr_ = lr;
+    ratio_fixed_ = false;
+    return *this;
+  }
+  double lr() const noexcept { return lr_; }
+  /// The AdamW half's lr (set by hand: see lr).
+  MuonOptions& adamw_lr(double lr) {
+    adamw_lr_ = lr;
+    ratio_fixed_ = false;
+    return *this;
+  }
+  double adamw_lr() const noexcept { return adamw_lr_; }
+
   TORCH_ARG(double, momentum) = 0.95;
   TORCH_ARG(bool, nesterov) = true;
   /// Weight decay of the Muon parameters (decoupled: times the unadjusted lr).
@@ -115,7 +138,6 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
   TORCH_ARG(AdaMuonForm, adamuon_form) = AdaMuonForm::sign;
   TORCH_ARG(double, adamuon_beta2) = 0.95;
   TORCH_ARG(double, adamuon_eps) = 1e-8;
-  TORCH_ARG(double, adamw_lr) = 1e-3;
   TORCH_ARG(betas_t, adamw_betas) = std::make_tuple(0.9, 0.999);
   TORCH_ARG(double, adamw_eps) = 1e-8;
   TORCH_ARG(double, adamw_weight_decay) = 0.01;
@@ -126,13 +148,16 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
 
  public:
   /// libtorch's LR schedulers scale the group's lr through these. set_lr
-  /// moves adamw_lr with it, keeping the ratio adamw_lr / lr they had (at
-  /// the last call where lr was > 0), so one scheduler drives both halves of
-  /// the hybrid, through 0 and back (a warmup from 0, a decay to 0).
-  double get_lr() const override { return lr(); }
+  /// moves adamw_lr with it at the ratio adamw_lr / lr of the pair last set
+  /// by hand (the constructor, lr(), adamw_lr(); a load does not change
+  /// it), so one scheduler drives both halves of the hybrid, through 0 and
+  /// back (a warmup from 0, a decay to 0). A pair set by hand with lr 0 has
+  /// no ratio: set_lr then leaves adamw_lr as it is (give the options the
+  /// peak pair and let the scheduler start from 0: docs/torch.md).
+  double get_lr() const override { return lr_; }
   void set_lr(const double new_lr) override {
-    if (lr_ > 0) adamw_ratio_ = adamw_lr_ / lr_;
-    if (adamw_ratio_) adamw_lr_ = *adamw_ratio_ * new_lr;
+    fix_ratio();
+    if (adamw_per_lr_) adamw_lr_ = *adamw_per_lr_ * new_lr;
     lr_ = new_lr;
   }
 
@@ -176,8 +201,11 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
   }
 
   /// Sets every field but route from the library's group options (a
-  /// checkpoint's, after load).
+  /// checkpoint's, after load). Not a pair set by hand: set_lr keeps the
+  /// ratio of the pair set before (the resumed run's constructor's, so a
+  /// resumed run scales adamw_lr exactly as the saved one did).
   MuonOptions& set_group_options(const GroupOptions& g) {
+    fix_ratio();
     const MuonGroupOptions& m = g.muon;
     lr_ = m.lr;
     weight_decay_ = m.weight_decay;
@@ -205,12 +233,22 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
     adamw_betas_ = std::make_tuple(g.adamw.beta1, g.adamw.beta2);
     adamw_eps_ = g.adamw.eps;
     adamw_weight_decay_ = g.adamw.weight_decay;
-    adamw_ratio_.reset();
     return *this;
   }
 
  private:
-  std::optional<double> adamw_ratio_;  // adamw_lr / lr at the last set_lr with lr > 0
+  // The ratio set_lr keeps, taken from the pair set by hand at the first
+  // set_lr after it (nullopt: that pair's lr was 0).
+  void fix_ratio() {
+    if (ratio_fixed_) return;
+    ratio_fixed_ = true;
+    adamw_per_lr_ = lr_ > 0 ? std::optional<double>(adamw_lr_ / lr_) : std::nullopt;
+  }
+
+  double lr_ = 1e-3;
+  double adamw_lr_ = 1e-3;
+  bool ratio_fixed_ = false;
+  std::optional<double> adamw_per_lr_;
 };
 
 /// How the optimizer names, routes and runs its parameters (read once, at
@@ -223,6 +261,11 @@ struct HybridOptions {
   std::map<std::string, std::vector<std::ptrdiff_t>> splits;
   /// Per-head orthogonalization, by parameter name: that many equal row
   /// blocks (an attention projection's heads; 3*heads for fused QKV).
+  /// The keys of splits and heads must name parameters given at
+  /// construction (either name of a tied tensor, one entry per tensor):
+  /// the constructor throws muon::Error naming a key that matches none and
+  /// the closest names (a typo would leave that weight orthogonalized
+  /// whole, silently).
   std::map<std::string, std::int64_t> heads;
   /// Newton–Schulz and elementwise threads (0: libtorch's
   /// at::get_num_threads(), so torch::set_num_threads governs both).
@@ -234,7 +277,11 @@ struct HybridOptions {
 };
 
 /// muon::Optimizer over libtorch tensors, as a torch::optim::Optimizer.
-class Muon : public ::torch::optim::Optimizer {
+/// Use it as muon::torch::Muon: it is a class template (Tag is always
+/// void) only so that a program can compile it once, in one file, and
+/// declare it extern elsewhere (muon/torch_extern_templates.hpp).
+template <class Tag = void>
+class BasicMuon : public ::torch::optim::Optimizer {
  public:
   using Tensor = at::Tensor;
   using ParamGroup = ::torch::optim::OptimizerParamGroup;
@@ -242,33 +289,39 @@ class Muon : public ::torch::optim::Optimizer {
 
   /// One group of unnamed parameters, as torch.optim.Muon(params, ...): they
   /// are named "group0.param<i>" and routed by shape.
-  explicit Muon(std::vector<Tensor> params, MuonOptions defaults = MuonOptions())
-      : Muon(std::vector<ParamGroup>{ParamGroup(std::move(params))}, std::move(defaults)) {}
+  explicit BasicMuon(std::vector<Tensor> params, MuonOptions defaults = MuonOptions())
+      : BasicMuon(std::vector<ParamGroup>{ParamGroup(std::move(params))}, std::move(defaults)) {}
 
   /// Several groups, each with its own MuonOptions or the defaults. Every
   /// parameter is checked and registered now (muon::Error naming the first
   /// bad one; parameters added later with add_param_group are registered at
   /// the next step()). The parameters have no names here: they are called
-  /// "group<g>.param<i>" and routed by shape.
-  explicit Muon(std::vector<ParamGroup> groups, MuonOptions defaults = MuonOptions(),
-                HybridOptions hybrid = quiet())
+  /// "group<g>.param<i>" and routed by shape. A tensor listed twice in a
+  /// group (model->parameters() of a model with tied weights) is registered
+  /// once, under its first name.
+  explicit BasicMuon(std::vector<ParamGroup> groups, MuonOptions defaults = MuonOptions(),
+                     HybridOptions hybrid = quiet())
       : Optimizer(std::move(groups), std::make_unique<MuonOptions>(std::move(defaults))),
         hybrid_(std::move(hybrid)) {
     register_new_params();
+    check_name_keys();
   }
 
   /// The named parameters of a model in one group: routed by name and shape
-  /// (the library's rules), the routing table printed to hybrid.log.
-  Muon(const NamedTensors& named, MuonOptions options, HybridOptions hybrid = HybridOptions())
+  /// (the library's rules), the routing table printed to hybrid.log. A
+  /// tensor under two names (tied weights) is registered once, under its
+  /// first name, and routed to AdamW when either name's rule says so.
+  BasicMuon(const NamedTensors& named, MuonOptions options, HybridOptions hybrid = HybridOptions())
       : Optimizer(std::vector<ParamGroup>{ParamGroup(named.values())},
                   std::make_unique<MuonOptions>(std::move(options))),
         hybrid_(std::move(hybrid)) {
-    for (const auto& item : named) names_[item.value().unsafeGetTensorImpl()] = item.key();
+    for (const auto& item : named) names_.push_back(item.key());
     register_new_params();
+    check_name_keys();
     if (hybrid_.log) *hybrid_.log << routing();
   }
 
-  Muon(Muon&&) = default;
+  BasicMuon(BasicMuon&&) = default;
 
   /// One step over every parameter with a gradient, all-or-nothing (see
   /// muon::Optimizer::step). `closure`, if given, is called first with
@@ -286,18 +339,41 @@ class Muon : public ::torch::optim::Optimizer {
     report_ = StepReport();
     if (engine_count() > 1)  // every engine checks before any writes
       for_each_engine([](auto& e) { e.check(); });
-    for_each_engine([this](auto& e) { merge(e.step()); });
+    for_each_engine([this](auto& e) {
+      e.enable_metrics(metrics_on_);
+      merge(e.step());
+    });
+    if (metrics_on_) collect_metrics();
     return loss;
   }
 
   /// The last step's outcome, over every dtype.
   const StepReport& report() const { return report_; }
 
+  // ---- metrics -------------------------------------------------------------------
+
+  /// Computes post-step metrics at every step (muon::Optimizer's: gradient
+  /// and momentum norms, the update's RMS and orthogonality error, a
+  /// spectral-norm estimate; off by default, and they cost about a tenth of
+  /// a Newton–Schulz per Muon parameter).
+  void enable_metrics(bool on = true) { metrics_on_ = on; }
+  bool metrics_enabled() const { return metrics_on_; }
+  /// Called after every step with metrics() (turns them on). An empty
+  /// function removes the hook.
+  void on_step(std::function<void(const StepMetrics&)> hook) {
+    hook_ = std::move(hook);
+    if (hook_) metrics_on_ = true;
+  }
+  /// The last step's metrics: every parameter, all dtypes, in registration
+  /// order (meaningful while metrics are on; the names stay valid until the
+  /// next step).
+  const StepMetrics& metrics() const { return metrics_; }
+
   /// QK-Clip after a step (muon::Optimizer::qk_clip; docs/muon_family.md):
   /// scales the query and key rows of the heads whose measured largest
-  /// logit is above options.tau. `heads` names the parameters as
-  /// registered (name_of); both must have the same dtype. Throws
-  /// muon::Error (nothing written) for NaN/Inf maxima, naming the head.
+  /// logit is above options.tau. `heads` names the parameters (any name of
+  /// a tied tensor); both must have the same dtype. Throws muon::Error
+  /// (nothing written) for NaN/Inf maxima, naming the head.
   QkClipReport qk_clip(const QkClipHeads& heads, const std::vector<double>& max_logits,
                        const QkClipOptions& options = QkClipOptions()) {
     at::NoGradGuard no_grad;
@@ -309,21 +385,38 @@ class Muon : public ::torch::optim::Optimizer {
       detail::fail("qk_clip key", "'" + heads.key + "' is " + dtype_name(k.dtype) + ", '" +
                                       heads.query + "' " + dtype_name(q.dtype) +
                                       " (both must have one dtype)");
+    QkClipHeads registered = heads;  // the names the engine knows
+    registered.query = q.name;
+    registered.key = k.name;
     QkClipReport report;
-    visit(q.dtype, [&](auto& e) { report = e.qk_clip(heads, max_logits, options); });
+    visit(q.dtype, [&](auto& e) { report = e.qk_clip(registered, max_logits, options); });
     return report;
   }
 
-  /// The routing table of every parameter, in registration order.
+  /// The routing table of every parameter, in registration order. A tied
+  /// tensor's row names its other names (and, when one of them decided its
+  /// route, that name's rule).
   RoutingReport routing() const {
     RoutingReport all;
     std::map<at::ScalarType, RoutingReport> by_dtype;
     for_each_engine([&by_dtype](const auto& e, at::ScalarType t) { by_dtype[t] = e.routing(); });
-    for (const Binding& b : bindings_) all.entries.push_back(by_dtype[b.dtype].at(b.name));
+    for (const Binding& b : bindings_) {
+      RoutingEntry e = by_dtype[b.dtype].at(b.name);
+      if (!b.aliases.empty()) {
+        std::string others;
+        for (const Alias& a : b.aliases) others += (others.empty() ? "'" : ", '") + a.name + "'";
+        const std::string tied = "tied: one tensor with " + others + ", updated once";
+        e.reason = b.decided_by.empty()
+                       ? e.reason + "; " + tied
+                       : tied + "; '" + b.decided_by + "': " + b.decided_reason;
+      }
+      all.entries.push_back(std::move(e));
+    }
     return all;
   }
 
-  /// The name a parameter was registered under (muon::Error if it is not one).
+  /// The name a parameter was registered under (muon::Error if it is not
+  /// one); a tied tensor's first name.
   const std::string& name_of(const Tensor& param) const { return binding(param).name; }
   Route route_of(const Tensor& param) const {
     const Binding& b = binding(param);
@@ -369,7 +462,8 @@ class Muon : public ::torch::optim::Optimizer {
   /// torch::load(optimizer, ...): restores what save() wrote into an
   /// optimizer over the same parameters, with every group's options (the
   /// route excepted). Throws muon::Error listing the mismatches; the
-  /// optimizer is then as before.
+  /// optimizer is then as before. libtorch saves no LR scheduler: step a
+  /// new scheduler to where the run was BEFORE loading (docs/torch.md).
   void load(::torch::serialize::InputArchive& archive) override {
     c10::IValue format;
     if (!archive.try_read("muon_format", format))
@@ -424,14 +518,33 @@ class Muon : public ::torch::optim::Optimizer {
   template <class E>
   using scalar_t = typename scalar_of<std::decay_t<E>>::type;
 
+  // Another place and name of a registered tensor in its group (tied weights).
+  struct Alias {
+    std::size_t index = 0;
+    std::string name;
+  };
+
   // A registered parameter: where it sits in param_groups_ and the memory
   // it was last bound to.
   struct Binding {
-    std::size_t group = 0, index = 0;
+    std::size_t group = 0, index = 0;  // its first place
     const c10::TensorImpl* impl = nullptr;
-    std::string name;
+    std::string name;            // the name the engine knows (the first)
+    std::vector<Alias> aliases;  // its other places in the group
+    // The other name whose rule routed a tied tensor, and the rule's reason
+    // (empty: its own name's rule decided).
+    std::string decided_by, decided_reason;
     at::ScalarType dtype = at::kFloat;
     void* data = nullptr;
+  };
+
+  // A new place in param_groups_ met by register_new_params: a tensor to
+  // register (added[fresh]) or one registered already (the same impl).
+  struct Place {
+    std::size_t group = 0, index = 0;
+    std::string name;
+    std::size_t fresh = 0;
+    const c10::TensorImpl* tied_to = nullptr;  // non-null: an alias
   };
 
   static HybridOptions quiet() {
@@ -507,7 +620,7 @@ class Muon : public ::torch::optim::Optimizer {
   }
   template <class F>
   void visit(at::ScalarType t, F&& f) const {
-    const_cast<Muon*>(this)->visit(t, [&f](const auto& e) { f(e); });
+    const_cast<BasicMuon*>(this)->visit(t, [&f](const auto& e) { f(e); });
   }
   template <class T>
   ::muon::Optimizer<T>& engine_of(bool create) {
@@ -548,10 +661,75 @@ class Muon : public ::torch::optim::Optimizer {
       if (b.impl == param.unsafeGetTensorImpl()) return b;
     detail::fail("param", "is not a parameter of this optimizer");
   }
+  // The parameter with this name (any name of a tied tensor), or null.
+  const Binding* find_binding(const std::string& name) const {
+    for (const Binding& b : bindings_) {
+      if (b.name == name) return &b;
+      for (const Alias& a : b.aliases)
+        if (a.name == name) return &b;
+    }
+    return nullptr;
+  }
   const Binding& binding(const std::string& name) const {
-    for (const Binding& b : bindings_)
-      if (b.name == name) return b;
-    detail::fail("name", "'" + name + "' is not a parameter of this optimizer");
+    if (const Binding* b = find_binding(name)) return *b;
+    detail::fail("name", "'" + name + "' is not a parameter of this optimizer" + closest_names(name));
+  }
+
+  // " (closest: 'a', 'b', 'c')": the registered names nearest to `name` by
+  // edit distance, for a message about a name that matches none.
+  std::string closest_names(const std::string& name) const {
+    std::vector<std::pair<std::size_t, const std::string*>> near;
+    for (const Binding& b : bindings_) {
+      near.emplace_back(optim::keys::edit_distance(name, b.name), &b.name);
+      for (const Alias& a : b.aliases)
+        near.emplace_back(optim::keys::edit_distance(name, a.name), &a.name);
+    }
+    if (near.empty()) return " (this optimizer has no parameters)";
+    const std::size_t shown = std::min<std::size_t>(3, near.size());
+    std::partial_sort(near.begin(), near.begin() + std::ptrdiff_t(shown), near.end(),
+                      [](const auto& x, const auto& y) {
+                        return x.first != y.first ? x.first < y.first : *x.second < *y.second;
+                      });
+    std::string list;
+    for (std::size_t i = 0; i < shown; ++i)
+      list += (i ? ", '" : "'") + *near[i].second + "'";
+    return " (closest: " + list + ")";
+  }
+
+  // Every key of hybrid_.splits and hybrid_.heads names a parameter: a
+  // typo would otherwise leave that weight orthogonalized whole, silently.
+  void check_name_keys() const {
+    const auto check = [this](const char* field, const std::string& key) {
+      if (!find_binding(key))
+        detail::fail(field, "'" + key + "' matches no parameter" + closest_names(key));
+    };
+    for (const auto& entry : hybrid_.splits) check("splits", entry.first);
+    for (const auto& entry : hybrid_.heads) check("heads", entry.first);
+  }
+
+  // The entry of `map` (splits or heads) for any of a tensor's names; two
+  // entries for one tensor are refused.
+  template <class Map>
+  static const typename Map::mapped_type* entry_for(const Map& map, const Binding& b,
+                                                    const char* field) {
+    const typename Map::value_type* found = nullptr;
+    const auto look = [&](const std::string& name) {
+      const auto it = map.find(name);
+      if (it == map.end()) return;
+      if (found)
+        detail::fail(field, "'" + found->first + "' and '" + name +
+                                "' are one tensor (tied weights): give it one entry");
+      found = &*it;
+    };
+    look(b.name);
+    for (const Alias& a : b.aliases) look(a.name);
+    return found ? &found->second : nullptr;
+  }
+
+  // The name of place i of group g: the named constructor's, else "group<g>.param<i>".
+  std::string name_at(std::size_t g, std::size_t i) const {
+    if (g == 0 && i < names_.size()) return names_[i];
+    return "group" + std::to_string(g) + ".param" + std::to_string(i);
   }
 
   // ---- tensors as views --------------------------------------------------------------
@@ -562,27 +740,61 @@ class Muon : public ::torch::optim::Optimizer {
     return os.str();
   }
 
-  // The tensor's memory as a ParamView<T>, without a copy; fails naming
-  // `what` ("param" or "grad") and the parameter when it cannot be one.
-  template <class T>
-  static ParamView<T> view_of(const Tensor& t, const std::string& name, const char* what) {
+  // How a usable tensor lies in memory: dense (contiguous, row-major), or a
+  // 2-D matrix whose rows (row-major) or columns (column-major) start
+  // `stride` elements apart.
+  struct Layout {
+    enum Kind { dense, rows, columns } kind = dense;
+    std::int64_t stride = 0;
+  };
+  static std::optional<Layout> layout_of(const Tensor& t) {
+    if (t.dim() > 4) return std::nullopt;
+    if (t.is_contiguous()) return Layout{Layout::dense, 0};
+    if (t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= t.size(1))
+      return Layout{Layout::rows, t.stride(0)};
+    if (t.dim() == 2 && t.stride(0) == 1 && t.stride(1) >= t.size(0))
+      return Layout{Layout::columns, t.stride(1)};
+    return std::nullopt;
+  }
+  // The layout, or muon::Error naming `what` ("param" or "grad") and the parameter.
+  static Layout usable_layout(const Tensor& t, const std::string& name, const char* what) {
     if (t.dim() > 4)
       detail::fail(what, "'" + name + "' has " + std::to_string(t.dim()) +
                              " dimensions; at most 4 are supported");
-    T* data = static_cast<T*>(t.data_ptr());
-    if (t.is_contiguous()) {
-      ParamView<T> v;
-      v.data = data;
-      v.ndim = int(t.dim());
-      for (int i = 0; i < v.ndim; ++i) v.shape[std::size_t(i)] = t.size(i);
-      return v;
-    }
-    if (t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= t.size(1))
-      return ParamView<T>::matrix(data, t.size(0), t.size(1), t.stride(0));
-    if (t.dim() == 2 && t.stride(0) == 1 && t.stride(1) >= t.size(0))
-      return ParamView<T>::col_major(data, t.size(0), t.size(1), t.stride(1));
+    if (const auto l = layout_of(t)) return *l;
     detail::fail(what, "'" + name + "' is not contiguous (" + describe(t) +
                            "): only dense tensors and 2-D row or column slices are used in place");
+  }
+
+  // The tensor's memory as a ParamView<T>, without a copy; fails naming
+  // `what` and the parameter when it cannot be one.
+  template <class T>
+  static ParamView<T> view_of(const Tensor& t, const std::string& name, const char* what) {
+    const Layout l = usable_layout(t, name, what);
+    T* data = static_cast<T*>(t.data_ptr());
+    if (l.kind == Layout::rows) return ParamView<T>::matrix(data, t.size(0), t.size(1), l.stride);
+    if (l.kind == Layout::columns)
+      return ParamView<T>::col_major(data, t.size(0), t.size(1), l.stride);
+    ParamView<T> v;
+    v.data = data;
+    v.ndim = int(t.dim());
+    for (int i = 0; i < v.ndim; ++i) v.shape[std::size_t(i)] = t.size(i);
+    return v;
+  }
+
+  // The bytes a tensor's elements occupy (for the overlap check: the
+  // library's MemoryFootprint, over any dtype).
+  static optim::MemoryFootprint footprint(const Tensor& t, const Layout& l,
+                                          const std::string& name) {
+    const std::uint64_t item = std::uint64_t(t.element_size());
+    if (l.kind == Layout::dense) {
+      const std::uint64_t n = std::uint64_t(t.numel());
+      return optim::MemoryFootprint::strided(name, t.data_ptr(), 1, n, n, item);
+    }
+    const bool rows = l.kind == Layout::rows;  // lines: the rows, else the columns
+    return optim::MemoryFootprint::strided(name, t.data_ptr(), std::uint64_t(t.size(rows ? 0 : 1)),
+                                           std::uint64_t(t.size(rows ? 1 : 0)),
+                                           std::uint64_t(l.stride), item);
   }
 
   static void check_param(const Tensor& p, const std::string& name) {
@@ -603,53 +815,135 @@ class Muon : public ::torch::optim::Optimizer {
 
   // ---- registration ------------------------------------------------------------------
 
-  // Registers every parameter of param_groups_ not registered yet (new
-  // groups from add_param_group included), all-or-nothing per call.
+  // The tensor now at a binding's first place (null if it was removed or
+  // replaced: bind_tensors reports that).
+  const Tensor* current(const Binding& b) const {
+    if (b.group >= param_groups_.size()) return nullptr;
+    const auto& params = param_groups_[b.group].params();
+    if (b.index >= params.size() || params[b.index].unsafeGetTensorImpl() != b.impl) return nullptr;
+    return &params[b.index];
+  }
+
+  // Registers every place of param_groups_ not registered yet (new groups
+  // from add_param_group included). Everything is checked first, with
+  // nothing changed: each tensor, a tensor met again (a second name in its
+  // group: tied, registered once; in another group: refused), memory that
+  // overlaps another parameter's (refused, naming both).
   void register_new_params() {
     std::vector<Binding> added;
+    std::vector<Place> places;
+    // Every parameter's memory, gathered at the first new tensor (most
+    // calls, one per step, have none).
+    std::vector<std::pair<optim::MemoryFootprint, std::string>> memory;
+    const auto gather_memory = [&] {
+      for (const Binding& b : bindings_)
+        if (const Tensor* t = current(b))
+          if (const auto l = layout_of(*t)) memory.emplace_back(footprint(*t, *l, b.name), b.name);
+    };
     for (std::size_t g = 0; g < param_groups_.size(); ++g) {
       options_of(g).group_options();  // checked before anything changes
       const auto& params = param_groups_[g].params();
-      for (std::size_t i = 0; i < params.size(); ++i) {
-        if (g < registered_.size() && i < registered_[g]) continue;
+      for (std::size_t i = g < registered_.size() ? registered_[g] : 0; i < params.size(); ++i) {
         const Tensor& p = params[i];
-        const auto named = names_.find(p.unsafeGetTensorImpl());
+        Place place{g, i, name_at(g, i), 0, nullptr};
+        check_param(p, place.name);
+        const c10::TensorImpl* impl = p.unsafeGetTensorImpl();
+        const Binding* first = nullptr;
+        for (const Binding& b : bindings_)
+          if (b.impl == impl) first = &b;
+        for (Binding& b : added)
+          if (b.impl == impl) {
+            first = &b;
+            b.aliases.push_back(Alias{i, place.name});  // for its route and entries
+          }
+        if (first) {
+          if (first->group != g)
+            detail::fail("param_groups", "'" + place.name + "' (group " + std::to_string(g) +
+                                             ") is the tensor '" + first->name + "' of group " +
+                                             std::to_string(first->group) +
+                                             " again: a tensor can be in one group only");
+          place.tied_to = impl;
+          places.push_back(std::move(place));
+          continue;
+        }
+        const optim::MemoryFootprint bytes =
+            footprint(p, usable_layout(p, place.name, "param"), place.name);
+        if (added.empty()) gather_memory();
+        for (const auto& other : memory)
+          if (optim::overlaps(bytes, other.first))
+            detail::fail("param", "'" + place.name + "' shares memory with '" + other.second +
+                                      "' (views of one storage): the shared elements would be "
+                                      "updated twice per step");
+        memory.emplace_back(bytes, place.name);
         Binding b;
         b.group = g;
         b.index = i;
-        b.impl = p.unsafeGetTensorImpl();
-        b.name = named != names_.end() ? named->second
-                                       : "group" + std::to_string(g) + ".param" + std::to_string(i);
-        check_param(p, b.name);
+        b.impl = impl;
+        b.name = place.name;
         b.dtype = p.scalar_type();
         b.data = p.data_ptr();
+        place.fresh = added.size();
         added.push_back(std::move(b));
+        places.push_back(std::move(place));
       }
     }
-    if (added.empty() && registered_.size() == param_groups_.size()) return;
-    // Groups first (every engine has every group), then the parameters. A
-    // failure part-way leaves earlier additions registered: they are valid,
-    // and the error names the one that is not.
-    for_each_engine([this](auto& e) { add_groups(e); });
+    for (const Binding& b : added) {  // one splits and one heads entry per tensor at most
+      entry_for(hybrid_.splits, b, "splits");
+      entry_for(hybrid_.heads, b, "heads");
+    }
+    if (places.empty() && registered_.size() == param_groups_.size()) return;
+    // Groups first (every engine has every group), then the places in
+    // order. A failure part-way (an engine refusing a split) leaves earlier
+    // places registered: they are valid, and the error names the one that
+    // is not.
+    for_each_engine([&](auto& e) { add_groups(e); });
     registered_.resize(param_groups_.size(), 0);
-    for (Binding& b : added) {
-      const Tensor& p = param_groups_[b.group].params()[b.index];
-      ParamOptions po;
-      po.group = b.group;
-      po.route = options_of(b.group).route();
-      const auto split = hybrid_.splits.find(b.name);
-      if (split != hybrid_.splits.end()) po.split = split->second;
-      const auto heads = hybrid_.heads.find(b.name);
-      if (heads != hybrid_.heads.end()) po.heads = heads->second;
-      visit(
-          b.dtype,
-          [&](auto& e) {
-            using T = scalar_t<decltype(e)>;
-            e.add_param(b.name, view_of<T>(p, b.name, "param"), ParamView<T>::absent(), po);
-          },
-          true);
-      bindings_.push_back(b);
-      registered_[b.group] = b.index + 1;
+    for (Place& place : places) {
+      if (place.tied_to) {
+        Binding& b = *std::find_if(bindings_.begin(), bindings_.end(),
+                                   [&](const Binding& x) { return x.impl == place.tied_to; });
+        const bool known = std::any_of(b.aliases.begin(), b.aliases.end(),
+                                       [&](const Alias& a) { return a.index == place.index; });
+        if (!known) b.aliases.push_back(Alias{place.index, place.name});
+      } else {
+        Binding& b = added[place.fresh];
+        const Tensor& p = param_groups_[b.group].params()[b.index];
+        ParamOptions po;
+        po.group = b.group;
+        po.route = options_of(b.group).route();
+        if (const auto* split = entry_for(hybrid_.splits, b, "splits")) po.split = *split;
+        if (const auto* heads = entry_for(hybrid_.heads, b, "heads")) po.heads = *heads;
+        route_tied(b, p, po);
+        visit(
+            b.dtype,
+            [&](auto& e) {
+              using T = scalar_t<decltype(e)>;
+              e.add_param(b.name, view_of<T>(p, b.name, "param"), ParamView<T>::absent(), po);
+            },
+            true);
+        bindings_.push_back(std::move(b));
+      }
+      registered_[place.group] = place.index + 1;
+    }
+  }
+
+  // A tied tensor goes where either name's rule sends it: the rules send
+  // only by name to AdamW (an embedding tied to an output head), so when
+  // its names disagree, AdamW, for the name that says so.
+  void route_tied(Binding& b, const Tensor& p, ParamOptions& po) const {
+    if (b.aliases.empty()) return;
+    std::array<std::ptrdiff_t, 4> shape{{0, 0, 0, 0}};
+    for (int d = 0; d < int(p.dim()); ++d) shape[std::size_t(d)] = p.size(d);
+    const int ndim = int(p.dim());
+    const Route own = decide_route(b.name, ndim, shape, po.route, hybrid_.rules).route;
+    for (const Alias& a : b.aliases) {
+      const RouteDecision d = decide_route(a.name, ndim, shape, po.route, hybrid_.rules);
+      if (d.route != own && d.route == Route::adamw) {
+        po.route = Route::adamw;
+        b.decided_by = a.name;
+        b.decided_reason = d.reason;
+        return;
+      }
     }
   }
 
@@ -665,20 +959,27 @@ class Muon : public ::torch::optim::Optimizer {
     }
   }
 
+  // Fails when the place of a registered tensor no longer holds it.
+  void check_place(std::size_t g, std::size_t i, const c10::TensorImpl* impl,
+                   const std::string& name) const {
+    if (g >= param_groups_.size() || i >= param_groups_[g].params().size())
+      detail::fail("param_groups", "parameter '" + name + "' was removed from group " +
+                                       std::to_string(g) +
+                                       " (an optimizer's parameters cannot be removed)");
+    if (param_groups_[g].params()[i].unsafeGetTensorImpl() != impl)
+      detail::fail("param_groups", "parameter " + std::to_string(i) + " of group " +
+                                       std::to_string(g) + " ('" + name +
+                                       "') was replaced by another tensor");
+  }
+
   // Points every engine at this step's tensors: the parameter where it is
   // now (libtorch's set_data may have moved it), the gradient or none.
   void bind_tensors() {
     grad_copies_.clear();
     for (Binding& b : bindings_) {
-      if (b.group >= param_groups_.size() || b.index >= param_groups_[b.group].params().size())
-        detail::fail("param_groups", "parameter '" + b.name + "' was removed from group " +
-                                         std::to_string(b.group) +
-                                         " (an optimizer's parameters cannot be removed)");
+      check_place(b.group, b.index, b.impl, b.name);
+      for (const Alias& a : b.aliases) check_place(b.group, a.index, b.impl, a.name);
       const Tensor& p = param_groups_[b.group].params()[b.index];
-      if (p.unsafeGetTensorImpl() != b.impl)
-        detail::fail("param_groups", "parameter " + std::to_string(b.index) + " of group " +
-                                         std::to_string(b.group) + " ('" + b.name +
-                                         "') was replaced by another tensor");
       check_param(p, b.name);
       if (p.scalar_type() != b.dtype)
         detail::fail("param", "'" + b.name + "' changed dtype from " + dtype_name(b.dtype) +
@@ -728,6 +1029,24 @@ class Muon : public ::torch::optim::Optimizer {
     return view_of<T>(copy, name, "grad");
   }
 
+  // The engines' metrics of this step as one StepMetrics, in registration
+  // order; the hook, if any, called with it.
+  void collect_metrics() {
+    metrics_.step = report_.step;
+    metrics_.params.resize(bindings_.size());
+    metric_names_.resize(bindings_.size());
+    for (std::size_t i = 0; i < bindings_.size(); ++i) {
+      const Binding& b = bindings_[i];
+      visit(b.dtype, [&](const auto& e) {
+        metrics_.lr_factor = e.metrics().lr_factor;
+        metrics_.params[i] = e.metrics().params[e.core().index(b.name)];
+      });
+      metric_names_[i] = b.name;  // names of its own: the engines' move when they grow
+      metrics_.params[i].name = metric_names_[i];
+    }
+    if (hook_) hook_(metrics_);
+  }
+
   // ---- checkpoint helpers ------------------------------------------------------------
 
   // Before a save: parameters added since the last step registered, the
@@ -735,7 +1054,7 @@ class Muon : public ::torch::optim::Optimizer {
   // hold what the next step would use). libtorch's save() is const; this
   // changes what the engines mirror, not what the optimizer is.
   void synchronize() const {
-    Muon& self = const_cast<Muon&>(*this);
+    BasicMuon& self = const_cast<BasicMuon&>(*this);
     self.register_new_params();
     self.push_options();
   }
@@ -796,15 +1115,22 @@ class Muon : public ::torch::optim::Optimizer {
   }
 
   HybridOptions hybrid_;
-  std::unordered_map<const c10::TensorImpl*, std::string> names_;
+  std::vector<std::string> names_;  // the named constructor's, by place in group 0
   std::tuple<EnginePtr<float>, EnginePtr<double>, EnginePtr<Eigen::bfloat16>,
              EnginePtr<Eigen::half>>
       engines_;
   std::vector<Binding> bindings_;        // registration order
-  std::vector<std::size_t> registered_;  // per group: parameters registered
+  std::vector<std::size_t> registered_;  // per group: places registered
   std::vector<Tensor> grad_copies_;      // this step's re-laid-out gradients
   StepReport report_;
+  bool metrics_on_ = false;
+  std::function<void(const StepMetrics&)> hook_;
+  StepMetrics metrics_;
+  std::vector<std::string> metric_names_;  // what metrics_.params[i].name views
 };
+
+/// The optimizer (BasicMuon's one instance).
+using Muon = BasicMuon<>;
 
 /// The hybrid in one line: the model's >= 2-D weights to Muon, embeddings,
 /// heads, biases and norms to AdamW (the library's routing rules, by name
