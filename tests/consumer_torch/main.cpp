@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 // The README's libtorch snippet, as a user's project builds it: a model's
-// optimizer replaced by muon::torch's hybrid in a few lines.
+// optimizer replaced by muon::torch's hybrid in a few lines. The adapter is
+// compiled once, in muon_instances.cpp: this file includes it extern.
 #include <torch/torch.h>
-#include <muon/torch.hpp>
+#include <muon/torch_extern_templates.hpp>
 
 #include <cstdio>
 
