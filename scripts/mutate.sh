@@ -24,6 +24,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 list="$root/tests/mutations.txt"
 work=${MUTATE_DIR:-$root/build/mutate}
+[[ $work == /* ]] || work=$root/$work  # relative to the repository; ccache's CCACHE_BASEDIR must be absolute
 workers=${MUTATE_JOBS:-$(nproc)}
 ((workers > 4)) && workers=4
 ((workers < 1)) && workers=1
