@@ -186,13 +186,15 @@ OptParam param(const char* name, std::vector<std::int64_t> shape,
 muon::RoutingReport cpu_routing(const std::vector<OptParam>& params,
                                 const muon::MuonGroupOptions& o,
                                 const muon::RoutingRules* rules = nullptr) {
-  static std::vector<float> bank(1 << 22, 0.5f);
+  static std::vector<float> bank(1 << 23, 0.5f);
   muon::Optimizer<float> opt(o);
   opt.add_group(o);
   if (rules) opt.set_routing_rules(*rules);
+  std::size_t offset = 0;  // memory of its own for each (shared memory is refused)
   for (const auto& q : params) {
     muon::ParamView<float> v;
-    v.data = bank.data();
+    v.data = bank.data() + offset;
+    offset += q.value.size();
     v.ndim = static_cast<int>(q.shape.size());
     for (std::size_t d = 0; d < q.shape.size(); ++d) v.shape[d] = q.shape[d];
     v.column_major = q.col_major;
@@ -306,10 +308,10 @@ TEST_CASE(
   CHECK(bad.error.find("parameter 'qkv': split differs") != std::string::npos);
   CHECK(bad.unchanged);
   // A double optimizer's checkpoint holds float64 buffers: named as such.
-  std::vector<double> wd(12, 0.5), bd(4, 0.5);
+  std::vector<double> wd(12, 0.5), qd(18, 0.5), bd(4, 0.5);
   muon::Optimizer<double> cpu64;
   cpu64.add_param("w", {wd.data(), {4, 3}}, {wd.data(), {4, 3}});
-  cpu64.add_param("qkv", {wd.data(), {6, 3}}, {wd.data(), {6, 3}}, po);
+  cpu64.add_param("qkv", {qd.data(), {6, 3}}, {qd.data(), {6, 3}}, po);
   cpu64.add_param("b", {bd.data(), {4}}, {bd.data(), {4}});
   std::ostringstream os64;
   cpu64.save(os64);

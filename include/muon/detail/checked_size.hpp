@@ -13,11 +13,23 @@
 namespace muon {
 namespace detail {
 
+/// x < 0, written so that no compiler sees a comparison of an unsigned
+/// value with zero (nvcc warns about one).
+template <class I>
+constexpr bool negative(I x) {
+  if constexpr (std::is_signed<I>::value) {
+    return x < I(0);
+  } else {
+    (void)x;
+    return false;
+  }
+}
+
 /// a * b when both are >= 0 and the product fits I; nullopt otherwise.
 template <class I>
 constexpr std::optional<I> checked_mul(I a, I b) {
   static_assert(std::is_integral<I>::value, "muon: sizes are integers");
-  if (a < I(0) || b < I(0)) return std::nullopt;
+  if (negative(a) || negative(b)) return std::nullopt;
   if (a != I(0) && b > std::numeric_limits<I>::max() / a) return std::nullopt;
   return static_cast<I>(a * b);
 }
@@ -26,7 +38,7 @@ constexpr std::optional<I> checked_mul(I a, I b) {
 template <class I>
 constexpr std::optional<I> checked_add(I a, I b) {
   static_assert(std::is_integral<I>::value, "muon: sizes are integers");
-  if (a < I(0) || b < I(0)) return std::nullopt;
+  if (negative(a) || negative(b)) return std::nullopt;
   if (b > std::numeric_limits<I>::max() - a) return std::nullopt;
   return static_cast<I>(a + b);
 }
@@ -35,7 +47,7 @@ constexpr std::optional<I> checked_add(I a, I b) {
 template <class I, class... More>
 constexpr std::optional<I> checked_product(I first, More... more) {
   static_assert((std::is_same<I, More>::value && ...), "muon: sizes of one type");
-  std::optional<I> p = first < I(0) ? std::nullopt : std::optional<I>(first);
+  std::optional<I> p = negative(first) ? std::nullopt : std::optional<I>(first);
   ((p = p ? checked_mul<I>(*p, more) : std::nullopt), ...);
   return p;
 }
