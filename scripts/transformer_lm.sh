@@ -47,8 +47,12 @@ publish=0
 mkdir -p "$out_dir"
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
-# The machine's load through the run, every 30 s: how much it was shared.
-(while sleep 30; do cut -d' ' -f1 /proc/loadavg; done) >"$out_dir/load.txt" &
+# The machine's load through the run, every 30 s, and the other processes then
+# busy (over 20% of a CPU over their lifetime): how much it was shared, and with what.
+(while sleep 30; do
+  echo "$(cut -d' ' -f1 /proc/loadavg) $(ps -eo comm=,pcpu= --sort=-pcpu |
+    awk '$1 != "transformer_lm" && $2 > 20 {print $1}' | head -3 | tr '\n' ' ')"
+done) >"$out_dir/load.txt" &
 sampler=$!
 trap 'kill "$sampler" 2>/dev/null || true' EXIT
 date_start=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
@@ -77,8 +81,10 @@ row() { local v=${2//\"/\"\"}; printf '%s,"%s"\n' "$1" "$v"; }  # CSV, the value
   row libtorch_package "libtorch-dev $(dpkg-query -W -f='${Version}' libtorch-dev 2>/dev/null)"
   row load_start "$load_start"
   row load_end "$load_end"
-  row load_samples "$(sort -g "$out_dir/load.txt" |
+  row load_samples "$(cut -d' ' -f1 "$out_dir/load.txt" | sort -g |
     awk '{v[NR]=$1} END {if (NR) printf "%s %s %s %d", v[1], v[int((NR+1)/2)], v[NR], NR}')"
+  row other_processes "$(cut -d' ' -f2- "$out_dir/load.txt" | tr ' ' '\n' | sed '/^$/d' | sort |
+    uniq -c | sort -rn | head -5 | awk '{printf "%s%s:%s", (NR > 1 ? " " : ""), $2, $1}')"
 } >"$out_dir/machine.csv"
 
 if ((publish)); then

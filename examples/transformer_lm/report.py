@@ -160,11 +160,19 @@ def main(argv):
         lo, med, hi, n = samples
         shared = (f" Sampled every 30 s through the run ({n} samples), the 1-minute load "
                   f"was {lo} at least, {med} at the median, {hi} at most. ")
+        others = machine.get("other_processes", "").split()
+        counts = [(o.rsplit(":", 1)[0], o.rsplit(":", 1)[1]) for o in others if ":" in o]
+        if counts:
+            shared += ("Other processes busy at those samples (name: samples): "
+                       + ", ".join(f"`{n}`: {k}" for n, k in counts) + ". ")
         if float(med) > 1.5:
+            builds = any(n in ("cc1plus", "cc1", "clang", "clang++", "ld", "ninja", "make")
+                         for n, _ in counts)
             shared += ("The program runs one thread, so a load above 1 is other work: the "
-                       "machine was **shared with other jobs** (other agents' builds and "
-                       "tests) during the run, which slows every step alike; the interleaved "
-                       "timing keeps the ratios comparable, the absolute times are inflated.")
+                       "machine was **shared with other jobs**"
+                       + (" — compilers among them, i.e. builds —" if builds else "")
+                       + " during the run, which slows every step; the interleaved timing "
+                       "keeps the ratios comparable, the absolute times are inflated.")
     w(f"- Load average (1, 5, 15 min) at the start: {load[0]}; at the end: {load[1]}."
       + shared)
     w("")
