@@ -877,6 +877,18 @@ TEST_CASE("a checkpoint after steps some parameters missed is muon::Optimizer's,
   }
 }
 
+TEST_CASE("two parameters over the same memory are refused, naming both") {
+  // Each step would update the shared elements twice (the core's check,
+  // shared with muon::Optimizer: include/muon/optim/registry.hpp).
+  muon::dist::MpiCommunicator comm(MPI_COMM_WORLD);
+  muon::dist::Optimizer<float> opt(comm, GradMode::sum);
+  std::vector<float> w(24), g(24);
+  opt.add_param("a", {w.data(), {4, 6}}, {g.data(), {4, 6}});
+  CHECK(contains(error_of([&] { opt.add_param("b", {w.data() + 6, {2, 6}}, {g.data(), {2, 6}}); }),
+                 "'b' shares memory with 'a'"));
+  CHECK(opt.param_count() == 1);
+}
+
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   const int rc = Catch::Session().run(argc, argv);
