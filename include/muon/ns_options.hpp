@@ -13,6 +13,7 @@
 
 #include "coefficients.hpp"
 #include "error.hpp"
+#include "optim/step_rules.hpp"
 
 namespace muon {
 
@@ -183,8 +184,7 @@ namespace detail {
 
 /// The normalization denominator, shared by every backend's normalize().
 inline double normalization_denominator(double norm, double divisor, double eps, EpsMode mode) {
-  const double scaled = divisor * norm;
-  return mode == EpsMode::add ? scaled + eps : (scaled > eps ? scaled : eps);
+  return optim::step::normalization_denominator(norm, divisor, eps, mode == EpsMode::max);
 }
 
 }  // namespace detail

@@ -40,51 +40,9 @@
 #include "registry.hpp"
 #include "rules.hpp"
 #include "state_io.hpp"
+#include "step_report.hpp"
 
 namespace muon {
-
-/// Overall outcome of a step.
-enum class StepStatus {
-  ok,       ///< every parameter was updated
-  partial,  ///< some were skipped (no gradient, or non-finite under NonFinitePolicy::skip)
-  nothing   ///< none was updated
-};
-
-/// Why a parameter was left alone by a step.
-enum class SkipReason {
-  no_grad,           ///< no gradient this step
-  non_finite_grad,   ///< the gradient holds NaN or Inf
-  non_finite_state,  ///< the new momentum or an AdamW moment would overflow
-  non_finite_update  ///< the updated parameter would overflow its type
-};
-
-inline const char* skip_reason_name(SkipReason r) {
-  switch (r) {
-    case SkipReason::no_grad:
-      return "no gradient";
-    case SkipReason::non_finite_grad:
-      return "gradient holds NaN or Inf";
-    case SkipReason::non_finite_state:
-      return "optimizer state would overflow";
-    case SkipReason::non_finite_update:
-      return "parameter would overflow";
-  }
-  return "unknown";
-}
-
-struct SkippedParam {
-  std::string_view name;  ///< valid while the optimizer lives
-  SkipReason reason;
-};
-
-/// What step() did. Returned by reference to a member reused every step, so
-/// producing it allocates nothing; valid until the next step().
-struct StepReport {
-  StepStatus status = StepStatus::nothing;
-  std::int64_t step = 0;    ///< the optimizer's step count after this step
-  std::size_t updated = 0;  ///< parameters updated
-  std::vector<SkippedParam> skipped;
-};
 
 /// Options of Optimizer::load.
 struct LoadOptions {
@@ -341,9 +299,7 @@ class Core {
     ++step_count_;
     report_.step = step_count_;
     report_.updated = updated;
-    report_.status = report_.skipped.empty()
-                         ? (updated > 0 ? StepStatus::ok : StepStatus::nothing)
-                         : (updated > 0 ? StepStatus::partial : StepStatus::nothing);
+    report_.status = step::status_of(updated, report_.skipped.size());
     return report_;
   }
   const StepReport& last_report() const { return report_; }
@@ -361,9 +317,7 @@ class Core {
       for (std::size_t i = 0; i < registry_.size(); ++i) updated += updates(i) ? 1 : 0;
     report_.step = step_count_;
     report_.updated = updated;
-    report_.status = updated == 0
-                         ? StepStatus::nothing
-                         : (report_.skipped.empty() ? StepStatus::ok : StepStatus::partial);
+    report_.status = step::status_of(updated, report_.skipped.size());
     return report_;
   }
   /// Replaces the counters by the ones a backend kept (the device's).
