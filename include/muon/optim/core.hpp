@@ -132,6 +132,12 @@ class Core {
     o.validate();
     groups_[g].muon = o;
   }
+  /// Replaces group g's options (validated; nothing changes on error).
+  void set_group_options(GroupOptions o, std::size_t g) {
+    checked_group(g);
+    o.validate();
+    groups_[g] = std::move(o);
+  }
   void set_adamw_options(const AdamWOptions& o, std::size_t g) {
     checked_group(g);
     o.validate();
