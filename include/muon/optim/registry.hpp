@@ -26,6 +26,12 @@
 
 namespace muon {
 
+/// The memory order of a matrix given as rows x cols (rows = outputs).
+enum class Layout : std::uint8_t {
+  row_major,    ///< element (i, j) at i * stride + j (PyTorch's (out, in) weights; the default)
+  column_major  ///< element (i, j) at i + j * stride (Eigen's default, cuBLAS)
+};
+
 // ---- routing ----------------------------------------------------------------------
 
 /// Which update a parameter receives.
