@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -585,6 +586,106 @@ TEMPLATE_TEST_CASE("checkpoints written by muon 0.1 (format version 1) still loa
   REQUIRE(save_bytes(trained.opt) == v2);
   REQUIRE(muon::checkpoint_param_names(path) ==
           std::vector<std::string>{"w", "qkv", "conv", "batch", "bias"});
+}
+
+namespace {
+
+// A user lr rule (a checkpoint stores only that the group had one).
+double doubled_lr(double lr, Eigen::Index, Eigen::Index) { return 2 * lr; }
+
+// The option sets of tests/data/checkpoint_option_sets.muonckpt, one group
+// each: the defaults; every option away from its default; each variant with
+// its defaults; and the rules by which some keys are stored only when not
+// the default (or always in an AdaMuon group). The file was written by the
+// hand-written writer that preceded the option table (optim/option_table.hpp):
+// the table's writer must store the same bytes, and the reader read them.
+std::vector<muon::GroupOptions> stored_option_sets() {
+  std::vector<muon::GroupOptions> sets(7);
+  sets[0] = muon::GroupOptions();  // the defaults
+  muon::MuonGroupOptions& every = sets[1].muon;
+  every.lr = 0.03;
+  every.weight_decay = 0.2;
+  every.weight_decay_form = muon::WeightDecayForm::palm;
+  every.momentum = 0.8;
+  every.nesterov = false;
+  every.momentum_kind = muon::MomentumKind::sum;
+  every.ns.schedule = muon::Schedule({{3.0, -3.2, 1.2}, {1.875, -1.25, 0.375}}, 1.02, "mine",
+                                     muon::Schedule::PastEnd::cycle);
+  every.ns.steps = 7;
+  every.ns.eps = 1e-6;
+  every.ns.eps_mode = muon::EpsMode::add;
+  every.ns.norm_divisor = 1.05;
+  every.ns.method = muon::NsMethod::standard;
+  every.ns.normalization = muon::NsNormalization::aol;
+  every.adjust_lr = muon::LrAdjust::match_rms_adamw;
+  every.adjust_lr_fn = doubled_lr;
+  every.cautious_weight_decay = true;
+  every.lr_scale = 0.5;
+  every.variant = muon::MuonVariant::adamuon;
+  every.normuon_beta2 = 0.9;
+  every.normuon_eps = 1e-9;
+  every.adamuon_form = muon::AdaMuonForm::plain;
+  every.adamuon_beta2 = 0.99;
+  every.adamuon_eps = 1e-7;
+  sets[1].adamw = muon::AdamWOptions{4e-4, 0.8, 0.95, 1e-10, 0.03};
+  sets[2].muon = muon::MuonGroupOptions::normuon();
+  sets[3].muon = muon::MuonGroupOptions::adamuon();  // form and beta2 stored though default
+  // The plain form on a Muon group (stored: not the default), an lr scale
+  // and the independent decay.
+  sets[4].muon.adamuon_form = muon::AdaMuonForm::plain;
+  sets[4].muon.lr_scale = 2.0;
+  sets[4].muon.weight_decay_form = muon::WeightDecayForm::independent;
+  // AdaMuon's plain form with beta2 at today's default.
+  sets[5].muon = muon::MuonGroupOptions::adamuon().with_adamuon_form(muon::AdaMuonForm::plain);
+  // A built-in schedule with its own divisor, L2 decay, NorMuon's eps.
+  sets[6].muon.ns = muon::NewtonSchulzOptions(muon::Schedule::polar_express(), 6);
+  sets[6].muon.ns.eps_mode = muon::EpsMode::max;
+  sets[6].muon.weight_decay_form = muon::WeightDecayForm::l2;
+  sets[6].muon.variant = muon::MuonVariant::normuon;
+  sets[6].muon.normuon_eps = 1e-12;
+  sets[6].adamw.beta2 = 0.95;
+  return sets;
+}
+
+// An optimizer with one group per option set and no parameters.
+muon::Optimizer<float> optimizer_of(const std::vector<muon::GroupOptions>& sets) {
+  muon::Optimizer<float> opt(sets[0].muon, sets[0].adamw);
+  for (std::size_t g = 1; g < sets.size(); ++g) opt.add_group(sets[g].muon, sets[g].adamw);
+  return opt;
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream is(path, std::ios::binary);
+  REQUIRE(is.good());
+  return std::string(std::istreambuf_iterator<char>(is), {});
+}
+
+}  // namespace
+
+TEST_CASE("group options are stored byte for byte as before the option table; the file loads",
+          "[checkpoint][options]") {
+  const std::vector<muon::GroupOptions> sets = stored_option_sets();
+  const std::string bytes = save_bytes(optimizer_of(sets));
+  const std::string path = data_file("checkpoint_option_sets.muonckpt");
+  // MUON_WRITE_TEST_DATA=1 wrote the file (once, with the hand-written writer).
+  if (std::getenv("MUON_WRITE_TEST_DATA")) {
+    std::ofstream os(path, std::ios::binary);
+    os << bytes;
+  }
+  REQUIRE(bytes == read_bytes(path));
+  // Read into an optimizer of default groups (group 1 with a user rule, as
+  // a group saved with one needs): every set comes back, so it saves the
+  // same bytes again.
+  std::vector<muon::GroupOptions> defaults(sets.size());
+  defaults[1].muon.adjust_lr_fn = [](double lr, Eigen::Index, Eigen::Index) { return lr; };
+  muon::Optimizer<float> loaded = optimizer_of(defaults);
+  loaded.load_file(path);
+  CHECK(save_bytes(loaded) == bytes);
+  CHECK(loaded.muon_options(1).ns.schedule.past_end() == muon::Schedule::PastEnd::cycle);
+  CHECK(loaded.muon_options(1).adamuon_form == muon::AdaMuonForm::plain);
+  CHECK(loaded.muon_options(3).adamuon_form == muon::AdaMuonForm::sign);
+  CHECK(loaded.muon_options(6).ns.divisor() == 1.01);
+  CHECK(loaded.adamw_options(1).eps == 1e-10);
 }
 
 TEST_CASE("checkpoint_param_names lists a file's parameters; rename maps them", "[checkpoint]") {
