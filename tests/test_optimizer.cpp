@@ -183,7 +183,7 @@ TEMPLATE_TEST_CASE("2-D matrices and a bias: steps match the double reference", 
   muon::MuonGroupOptions mo;
   mo.with_lr(0.02).with_weight_decay(0.5).with_momentum(0.9).with_nesterov(nesterov);
   mo.with_momentum_kind(ema ? muon::MomentumKind::ema : muon::MomentumKind::sum);
-  mo.with_adjust_lr(muon::lr_adjust_from_name(rule));
+  mo.with_adjust_lr(*muon::lr_adjust_from_name(rule));
   muon::AdamWOptions ao;
   ao.lr = 0.01;
   ao.weight_decay = 0.2;
@@ -339,7 +339,7 @@ TEST_CASE("conv filter: lr scale from the flattened (out, in*kh*kw) shape", "[op
   RowMat R = to_rowmat(f, o, i * kh * kw);
   const auto rule = GENERATE(as<std::string>{}, "original", "match_rms_adamw");
   muon::MuonGroupOptions mo;
-  mo.with_lr(0.01).with_adjust_lr(muon::lr_adjust_from_name(rule));
+  mo.with_lr(0.01).with_adjust_lr(*muon::lr_adjust_from_name(rule));
   muon::Optimizer<double> opt(mo);
   opt.add_param("conv1.weight", {f.data(), {o, i, kh, kw}}, {g.data(), {o, i, kh, kw}});
   REQUIRE(std::abs(opt.routing().at("conv1.weight").lr_scale - ref_scale(rule, 16, 4)) < 1e-12);
@@ -1081,7 +1081,7 @@ TEST_CASE("options under which Newton-Schulz would write NaN are refused up fron
   const muon::Schedule typo({{3.4445, 4.7750, 2.0315}});
   muon::MuonGroupOptions bad;
   bad.ns.schedule = typo;
-  CHECK(contains(error_of([&] { muon::Optimizer<float> opt(bad); }), "ns_schedule"));
+  CHECK(contains(error_of([&] { muon::Optimizer<float> opt(bad); }), "ns_coefficients"));
   CHECK(contains(error_of([&] { muon::Optimizer<float> opt(bad); }), "diverges"));
   muon::NewtonSchulzOptions ns(typo, 5);
   const Eigen::MatrixXf G = Eigen::MatrixXf::Random(4, 6);

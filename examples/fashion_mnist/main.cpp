@@ -274,7 +274,7 @@ Config parse_args(int argc, char** argv) {
       c.muon_first_layer = true;
     } else if (flag == "--muon-adjust") {
       c.muon_adjust = value();
-      muon::lr_adjust_from_name(c.muon_adjust);  // throws naming the choices
+      (void)muon::parse_name<muon::LrAdjust>(c.muon_adjust, "--muon-adjust");  // throws naming the choices
     } else if (flag == "--threads") {
       c.threads = static_cast<int>(parse_long(flag, value(), 1));
     } else if (flag == "--width-transfer") {
@@ -421,7 +421,7 @@ std::unique_ptr<fm::TrainOptimizer<Scalar>> make_optimizer(const RunSpec& r, fm:
   if (!variant) throw std::invalid_argument("unknown optimizer \"" + r.optimizer + "\"");
   muon::MuonGroupOptions muon_options = muon::MuonGroupOptions{}.with_variant(*variant);
   muon_options.lr = r.lr;
-  muon_options.adjust_lr = muon::lr_adjust_from_name(r.adjust);
+  muon_options.adjust_lr = muon::parse_name<muon::LrAdjust>(r.adjust, "--muon-adjust");
   if (r.adam_lr > 0) adam.lr = r.adam_lr;
   std::set<fm::ParameterRole> muon_roles{fm::ParameterRole::hidden_matrix};
   if (r.muon_first_layer) muon_roles.insert(fm::ParameterRole::input_matrix);

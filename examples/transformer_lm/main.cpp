@@ -318,7 +318,8 @@ Config parse_args(int argc, char** argv) {
       c.width_steps = parse_int(flag, value(), 1);
     } else if (flag == "--width-rules") {
       c.width_rules = split_list(value());
-      for (const auto& rule : c.width_rules) muon::lr_adjust_from_name(rule);  // throws if unknown
+      for (const auto& rule : c.width_rules)  // throws naming the choices
+        (void)muon::parse_name<muon::LrAdjust>(rule, "--width-rules");
       if (c.width_rules.empty()) usage_error("--width-rules: empty list");
     } else if (flag == "--qk") {
       c.qk = parse_on_off(flag, value());
@@ -581,7 +582,7 @@ Optimizer make_optimizer(const RunSpec& r, tlm::Gpt& model, std::ostream* routin
                      .adamw_lr(r.adamw_lr)
                      .adamw_betas(std::make_tuple(0.9, 0.95))
                      .adamw_weight_decay(0.1)
-                     .adjust_lr(muon::lr_adjust_from_name(r.lr_rule));
+                     .adjust_lr(muon::parse_name<muon::LrAdjust>(r.lr_rule, "lr rule"));
   if (r.optimizer == "normuon") options.variant(muon::MuonVariant::normuon);
   muon::torch::HybridOptions hybrid;
   hybrid.log = routing_log;

@@ -14,13 +14,20 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
+#include "detail/option_values.hpp"
 #include "error.hpp"
 
 namespace muon {
+
+/// The valid input divisors d (X / (d ||X||_F)): a schedule's own and
+/// NewtonSchulzOptions::norm_divisor, checked against this one range.
+inline constexpr detail::Range kNormDivisorRange = detail::Range::at_least(1e-3);
 
 /// Coefficients of one odd quintic step p(s) = a s + b s^3 + c s^5.
 struct Coefficients {
@@ -56,8 +63,7 @@ class Schedule {
     for (const auto& r : data_->rows)
       if (!(finite(r.a) && finite(r.b) && finite(r.c)))
         detail::fail("schedule", "coefficients must be finite");
-    if (!(finite(norm_divisor) && norm_divisor >= 1e-3))
-      detail::fail("schedule.norm_divisor", "must be finite and >= 1e-3");
+    kNormDivisorRange.check("schedule.norm_divisor", norm_divisor);
   }
 
   /// Keller Jordan's quintic (3.4445, -4.7750, 2.0315) every step. It does
@@ -161,21 +167,42 @@ class Schedule {
     return Schedule(std::move(rows), 1.0, "cans");
   }
 
-  /// Looks a built-in schedule up by name: "jordan", "cubic", "quintic",
+  /// A built-in schedule and its name.
+  struct Builtin {
+    const char* name;
+    Schedule (*make)();
+  };
+  /// The built-in schedules, by name: "jordan", "cubic", "quintic",
   /// "polar_express", "deepseek_v4", "cubic5", "turbo_muon", "cans" (cans()
-  /// with its defaults). Throws muon::Error for any other name.
+  /// with its defaults).
+  static const std::vector<Builtin>& builtins() {
+    static const std::vector<Builtin> all = {{"jordan", &jordan},
+                                             {"cubic", &cubic},
+                                             {"quintic", &quintic},
+                                             {"polar_express", &polar_express},
+                                             {"deepseek_v4", &deepseek_v4},
+                                             {"cubic5", &cubic5},
+                                             {"turbo_muon", &turbo_muon},
+                                             {"cans", [] { return cans(); }}};
+    return all;
+  }
+  /// The built-in names as "jordan, cubic, ... or cans".
+  static std::string builtin_names_text() {
+    const auto& all = builtins();
+    return detail::or_list(all.size(), [&all](std::size_t i) { return all[i].name; });
+  }
+  /// The built-in schedule named `name` (see builtins()); nullopt for any
+  /// other name. The contract of every `*_from_name`.
+  static std::optional<Schedule> from_name(std::string_view name) {
+    for (const Builtin& b : builtins())
+      if (name == b.name) return b.make();
+    return std::nullopt;
+  }
+  /// The built-in schedule named `name`; throws muon::Error for any other
+  /// name, listing the built-in ones.
   static Schedule by_name(const std::string& name) {
-    if (name == "jordan") return jordan();
-    if (name == "cubic") return cubic();
-    if (name == "quintic") return quintic();
-    if (name == "polar_express") return polar_express();
-    if (name == "deepseek_v4") return deepseek_v4();
-    if (name == "cubic5") return cubic5();
-    if (name == "turbo_muon") return turbo_muon();
-    if (name == "cans") return cans();
-    throw Error("schedule: unknown name '" + name +
-                "' (expected jordan, cubic, quintic, polar_express, deepseek_v4, cubic5, "
-                "turbo_muon or cans)");
+    if (std::optional<Schedule> s = from_name(name)) return *s;
+    throw Error("schedule: unknown name '" + name + "' (expected " + builtin_names_text() + ")");
   }
 
   /// The same rows, divisor and name, with other steps past the end.

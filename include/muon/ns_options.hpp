@@ -48,29 +48,48 @@ enum class NsNormalization {
   aol
 };
 
-/// True for the named EpsMode / NsMethod / NsNormalization values (false
-/// for a value cast from an out-of-range integer).
-constexpr bool is_valid(EpsMode m) { return m == EpsMode::add || m == EpsMode::max; }
-constexpr bool is_valid(NsNormalization n) {
-  return n == NsNormalization::frobenius || n == NsNormalization::aol;
-}
-inline const char* ns_normalization_name(NsNormalization n) {
-  return n == NsNormalization::aol ? "aol" : "frobenius";
-}
-/// The normalization named `name` (ns_normalization_name's names); nullopt otherwise.
-inline std::optional<NsNormalization> ns_normalization_from_name(std::string_view name) {
-  for (NsNormalization n : {NsNormalization::frobenius, NsNormalization::aol})
-    if (name == ns_normalization_name(n)) return n;
-  return std::nullopt;
-}
-constexpr bool is_valid(NsMethod m) {
-  return m == NsMethod::automatic || m == NsMethod::standard || m == NsMethod::gram;
+/// The names of the EpsMode, NsMethod and NsNormalization values (see
+/// detail::Names): each enum's parser, printer, validity test and the
+/// "expected ..." of its errors come from its one list.
+inline constexpr detail::Named<EpsMode> eps_mode_names[] = {{EpsMode::add, "add"},
+                                                            {EpsMode::max, "max"}};
+inline constexpr detail::Named<NsMethod> ns_method_names[] = {
+    {NsMethod::automatic, "automatic"}, {NsMethod::standard, "standard"}, {NsMethod::gram, "gram"}};
+inline constexpr detail::Named<NsNormalization> ns_normalization_names[] = {
+    {NsNormalization::frobenius, "frobenius"}, {NsNormalization::aol, "aol"}};
+constexpr detail::Names<EpsMode> name_list(EpsMode) { return eps_mode_names; }
+constexpr detail::Names<NsMethod> name_list(NsMethod) { return ns_method_names; }
+constexpr detail::Names<NsNormalization> name_list(NsNormalization) {
+  return ns_normalization_names;
 }
 
-inline const char* eps_mode_name(EpsMode m) { return m == EpsMode::add ? "add" : "max"; }
-inline const char* ns_method_name(NsMethod m) {
-  return m == NsMethod::automatic ? "automatic" : m == NsMethod::standard ? "standard" : "gram";
+/// True for the named values (false for a value cast from an out-of-range
+/// integer).
+constexpr bool is_valid(EpsMode m) { return detail::is_named(m); }
+constexpr bool is_valid(NsMethod m) { return detail::is_named(m); }
+constexpr bool is_valid(NsNormalization n) { return detail::is_named(n); }
+
+/// The name of a value ("invalid" for none); the `*_from_name` functions
+/// read it back, and return nullopt for any other name (the one contract
+/// of every enum's `*_from_name`).
+inline const char* eps_mode_name(EpsMode m) { return detail::name_of(m); }
+inline const char* ns_method_name(NsMethod m) { return detail::name_of(m); }
+inline const char* ns_normalization_name(NsNormalization n) { return detail::name_of(n); }
+[[nodiscard]] inline std::optional<EpsMode> eps_mode_from_name(std::string_view name) {
+  return detail::from_name<EpsMode>(name);
 }
+[[nodiscard]] inline std::optional<NsMethod> ns_method_from_name(std::string_view name) {
+  return detail::from_name<NsMethod>(name);
+}
+[[nodiscard]] inline std::optional<NsNormalization> ns_normalization_from_name(
+    std::string_view name) {
+  return detail::from_name<NsNormalization>(name);
+}
+
+/// The valid step counts and eps values: NewtonSchulzOptions::validate and
+/// the optimizer's ns_steps and ns_eps options check these same ranges.
+inline constexpr detail::Range kNsStepsRange = detail::Range::integers(0, 100);
+inline constexpr detail::Range kNsEpsRange = detail::Range::above(0);
 
 /// The aspect ratio n/m (n >= m) from which NsMethod::automatic picks the Gram
 /// form on the CPU backend. Measured at m = 768 (docs/performance_cpu.md):
@@ -161,19 +180,27 @@ struct NewtonSchulzOptions {
   /// instead. Builds a message only once a check has failed.
   void validate(std::string_view prefix = "options.") const {
     const auto field = [&prefix](const char* name) { return std::string(prefix) + name; };
-    if (!(steps >= 0 && steps < 100)) detail::fail(field("steps"), "must be in [0, 100)");
-    if (!(std::isfinite(eps) && eps > 0)) detail::fail(field("eps"), "must be finite and > 0");
+    if (!kNsStepsRange.contains(steps)) kNsStepsRange.check(field("steps"), steps);
+    if (!kNsEpsRange.contains(eps)) kNsEpsRange.check(field("eps"), eps);
     if (!is_valid(eps_mode)) detail::fail(field("eps_mode"), "is not an EpsMode value");
     if (!is_valid(method)) detail::fail(field("method"), "is not an NsMethod value");
     if (!is_valid(normalization))
       detail::fail(field("normalization"), "is not an NsNormalization value");
     const double d = divisor();
-    if (!(std::isfinite(d) && d >= 1e-3))
-      detail::fail(field("norm_divisor"), "must be finite and >= 1e-3");
+    if (!kNormDivisorRange.contains(d)) kNormDivisorRange.check(field("norm_divisor"), d);
+    check_growth(prefix, "schedule");
+  }
+
+  /// Throws muon::Error naming `<prefix><name>` when the schedule and
+  /// divisor diverge over `steps` (a singular value could exceed
+  /// kMaxScheduleGrowth): the one check that reads several options
+  /// together. Needs a divisor in kNormDivisorRange (validate checks that
+  /// first).
+  void check_growth(std::string_view prefix, std::string_view name) const {
     const Schedule::Growth g = schedule.growth_bound(steps, initial_bound());
     if (!(g.peak <= kMaxScheduleGrowth))
-      detail::fail(field("schedule"),
-                   "'" + schedule.name() + "' with norm divisor " + std::to_string(d) +
+      detail::fail(std::string(prefix) + std::string(name),
+                   "'" + schedule.name() + "' with norm divisor " + detail::number_text(divisor()) +
                        " diverges: a normalized singular value can grow to " +
                        std::to_string(g.peak) + " by step " + std::to_string(g.peak_step + 1) +
                        " (check the coefficients' signs and the norm divisor)");

@@ -72,184 +72,10 @@
 #include <vector>
 
 #include "optimizer.hpp"
+#include "torch/options.hpp"
 
 namespace muon {
 namespace torch {
-
-/// The options of one libtorch parameter group, in libtorch's style
-/// (chainable setters, as torch::optim::AdamWOptions): Muon's for the
-/// group's Muon-routed parameters, the adamw_* fields for its AdamW-routed
-/// ones. Defaults are torch.optim.Muon's and torch.optim.AdamW's. Values are
-/// checked when the optimizer reads them (construction and every step):
-/// muon::Error names the field.
-class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions> {
- public:
-  using betas_t = std::tuple<double, double>;
-
-  MuonOptions(double lr = 1e-3) : lr_(lr) {}  // NOLINT: implicit, as libtorch's options
-
-  /// Muon learning rate before the shape adjustment. Set by hand (here, in
-  /// the constructor or with adamw_lr) it fixes the ratio set_lr keeps.
-  MuonOptions& lr(double lr) {
-    lr_ = lr;
-    ratio_fixed_ = false;
-    return *this;
-  }
-  double lr() const noexcept { return lr_; }
-  /// The AdamW half's lr (set by hand: see lr).
-  MuonOptions& adamw_lr(double lr) {
-    adamw_lr_ = lr;
-    ratio_fixed_ = false;
-    return *this;
-  }
-  double adamw_lr() const noexcept { return adamw_lr_; }
-
-  TORCH_ARG(double, momentum) = 0.95;
-  TORCH_ARG(bool, nesterov) = true;
-  /// Weight decay of the Muon parameters (decoupled: times the unadjusted lr).
-  TORCH_ARG(double, weight_decay) = 0.1;
-  /// decoupled W(1 - lr wd); independent W(1 - wd); palm W(1 - lr^2 wd);
-  /// l2: wd W added to the gradient before the momentum.
-  TORCH_ARG(WeightDecayForm, weight_decay_form) = WeightDecayForm::decoupled;
-  /// ema: torch.optim.Muon's lerp; sum: Moonlight's mu m + g.
-  TORCH_ARG(MomentumKind, momentum_kind) = MomentumKind::ema;
-  TORCH_ARG(std::int64_t, ns_steps) = 5;
-  /// The Newton–Schulz schedule (Schedule::jordan(), cubic(),
-  /// polar_express(), by_name(...) or your own rows).
-  TORCH_ARG(Schedule, ns_coefficients) = Schedule::jordan();
-  TORCH_ARG(double, ns_eps) = 1e-7;
-  /// max: X / max(||X||, eps) (torch.optim.Muon); add: X / (||X|| + eps).
-  TORCH_ARG(EpsMode, ns_eps_mode) = EpsMode::max;
-  /// Unset: the schedule's own (1.01 for Polar Express, else 1).
-  TORCH_ARG(std::optional<double>, ns_norm_divisor) = std::nullopt;
-  TORCH_ARG(NsMethod, ns_method) = NsMethod::automatic;
-  /// frobenius (default) or aol (Turbo-Muon's preconditioner; pair it with
-  /// ns_steps 4).
-  TORCH_ARG(NsNormalization, ns_normalization) = NsNormalization::frobenius;
-  /// torch.optim.Muon's adjust_lr_fn: original (its default), match_rms_adamw, ...
-  TORCH_ARG(LrAdjust, adjust_lr) = LrAdjust::original;
-  TORCH_ARG(bool, cautious_weight_decay) = false;
-  /// An extra factor on every Muon block's shape-adjusted lr.
-  TORCH_ARG(double, lr_scale) = 1.0;
-  /// muon, normuon or adamuon (docs/muon_family.md), with their constants.
-  TORCH_ARG(MuonVariant, variant) = MuonVariant::muon;
-  TORCH_ARG(double, normuon_beta2) = 0.95;
-  TORCH_ARG(double, normuon_eps) = 1e-10;
-  TORCH_ARG(AdaMuonForm, adamuon_form) = AdaMuonForm::sign;
-  TORCH_ARG(double, adamuon_beta2) = 0.95;
-  TORCH_ARG(double, adamuon_eps) = 1e-8;
-  TORCH_ARG(betas_t, adamw_betas) = std::make_tuple(0.9, 0.999);
-  TORCH_ARG(double, adamw_eps) = 1e-8;
-  TORCH_ARG(double, adamw_weight_decay) = 0.01;
-  /// automatic: the routing rules (>= 2-D weights to Muon; vectors,
-  /// embeddings and heads to AdamW); muon or adamw: every parameter of the
-  /// group. Read when a parameter is registered.
-  TORCH_ARG(Route, route) = Route::automatic;
-
- public:
-  /// libtorch's LR schedulers scale the group's lr through these. set_lr
-  /// moves adamw_lr with it at the ratio adamw_lr / lr of the pair last set
-  /// by hand (the constructor, lr(), adamw_lr(); a load does not change
-  /// it), so one scheduler drives both halves of the hybrid, through 0 and
-  /// back (a warmup from 0, a decay to 0). A pair set by hand with lr 0 has
-  /// no ratio: set_lr then leaves adamw_lr as it is (give the options the
-  /// peak pair and let the scheduler start from 0: docs/torch.md).
-  double get_lr() const override { return lr_; }
-  void set_lr(const double new_lr) override {
-    fix_ratio();
-    if (adamw_per_lr_) adamw_lr_ = *adamw_per_lr_ * new_lr;
-    lr_ = new_lr;
-  }
-
-  /// The library's group options these stand for (checked: muon::Error
-  /// naming the field).
-  GroupOptions group_options() const {
-    GroupOptions g;
-    MuonGroupOptions& m = g.muon;
-    m.lr = lr_;
-    m.weight_decay = weight_decay_;
-    m.weight_decay_form = weight_decay_form_;
-    m.lr_scale = lr_scale_;
-    m.variant = variant_;
-    m.normuon_beta2 = normuon_beta2_;
-    m.normuon_eps = normuon_eps_;
-    m.adamuon_form = adamuon_form_;
-    m.adamuon_beta2 = adamuon_beta2_;
-    m.adamuon_eps = adamuon_eps_;
-    m.momentum = momentum_;
-    m.nesterov = nesterov_;
-    m.momentum_kind = momentum_kind_;
-    if (!(ns_steps_ >= 0 && ns_steps_ < 100))
-      detail::fail("ns_steps", "must be in [0, 100), got " + std::to_string(ns_steps_));
-    m.ns = NewtonSchulzOptions(ns_coefficients_, static_cast<int>(ns_steps_));
-    m.ns.eps = ns_eps_;
-    m.ns.eps_mode = ns_eps_mode_;
-    m.ns.norm_divisor = ns_norm_divisor_;
-    m.ns.method = ns_method_;
-    m.ns.normalization = ns_normalization_;
-    m.adjust_lr = adjust_lr_;
-    m.cautious_weight_decay = cautious_weight_decay_;
-    AdamWOptions& a = g.adamw;
-    a.lr = adamw_lr_;
-    a.beta1 = std::get<0>(adamw_betas_);
-    a.beta2 = std::get<1>(adamw_betas_);
-    a.eps = adamw_eps_;
-    a.weight_decay = adamw_weight_decay_;
-    g.validate();
-    if (!is_valid(route_)) detail::fail("route", "is not a Route value");
-    return g;
-  }
-
-  /// Sets every field but route from the library's group options (a
-  /// checkpoint's, after load). Not a pair set by hand: set_lr keeps the
-  /// ratio of the pair set before (the resumed run's constructor's, so a
-  /// resumed run scales adamw_lr exactly as the saved one did).
-  MuonOptions& set_group_options(const GroupOptions& g) {
-    fix_ratio();
-    const MuonGroupOptions& m = g.muon;
-    lr_ = m.lr;
-    weight_decay_ = m.weight_decay;
-    weight_decay_form_ = m.weight_decay_form;
-    lr_scale_ = m.lr_scale;
-    variant_ = m.variant;
-    normuon_beta2_ = m.normuon_beta2;
-    normuon_eps_ = m.normuon_eps;
-    adamuon_form_ = m.adamuon_form;
-    adamuon_beta2_ = m.adamuon_beta2;
-    adamuon_eps_ = m.adamuon_eps;
-    momentum_ = m.momentum;
-    nesterov_ = m.nesterov;
-    momentum_kind_ = m.momentum_kind;
-    ns_steps_ = m.ns.steps;
-    ns_coefficients_ = m.ns.schedule;
-    ns_eps_ = m.ns.eps;
-    ns_eps_mode_ = m.ns.eps_mode;
-    ns_norm_divisor_ = m.ns.norm_divisor;
-    ns_method_ = m.ns.method;
-    ns_normalization_ = m.ns.normalization;
-    adjust_lr_ = m.adjust_lr;
-    cautious_weight_decay_ = m.cautious_weight_decay;
-    adamw_lr_ = g.adamw.lr;
-    adamw_betas_ = std::make_tuple(g.adamw.beta1, g.adamw.beta2);
-    adamw_eps_ = g.adamw.eps;
-    adamw_weight_decay_ = g.adamw.weight_decay;
-    return *this;
-  }
-
- private:
-  // The ratio set_lr keeps, taken from the pair set by hand at the first
-  // set_lr after it (nullopt: that pair's lr was 0).
-  void fix_ratio() {
-    if (ratio_fixed_) return;
-    ratio_fixed_ = true;
-    adamw_per_lr_ = lr_ > 0 ? std::optional<double>(adamw_lr_ / lr_) : std::nullopt;
-  }
-
-  double lr_ = 1e-3;
-  double adamw_lr_ = 1e-3;
-  bool ratio_fixed_ = false;
-  std::optional<double> adamw_per_lr_;
-};
 
 /// How the optimizer names, routes and runs its parameters (read once, at
 /// construction).
@@ -774,7 +600,8 @@ class BasicMuon : public ::torch::optim::Optimizer {
     T* data = static_cast<T*>(t.data_ptr());
     if (l.kind == Layout::rows) return ParamView<T>::matrix(data, t.size(0), t.size(1), l.stride);
     if (l.kind == Layout::columns)
-      return ParamView<T>::col_major(data, t.size(0), t.size(1), l.stride);
+      return ParamView<T>::matrix(data, t.size(0), t.size(1), l.stride,
+                                  ::muon::Layout::column_major);
     ParamView<T> v;
     v.data = data;
     v.ndim = int(t.dim());

@@ -545,42 +545,17 @@ class Optimizer {
   using Lines = std::vector<std::pair<std::string, std::string>>;
   Lines registration() const {
     Lines lines;
-    const auto number = [](double v) {
-      std::ostringstream os;
-      os.precision(17);
-      os << v;
-      return os.str();
-    };
     lines.push_back({"grad mode", grad_mode_name(mode_)});
     lines.push_back({"window", window_ == 0 ? "default" : std::to_string(window_)});
     lines.push_back({"groups", std::to_string(plan_.group_count())});
+    // Every row of the option table, each as its exact text (the schedule
+    // with its every coefficient): nothing a step reads can be left out.
     for (std::size_t g = 0; g < plan_.group_count(); ++g) {
       const GroupOptions& o = plan_.group(g);
-      const std::string group = "group " + std::to_string(g) + " option ";
-      const std::pair<const char*, double> numbers[] = {
-          {"lr", o.muon.lr},
-          {"weight_decay", o.muon.weight_decay},
-          {"momentum", o.muon.momentum},
-          {"lr_scale", o.muon.lr_scale},
-          {"normuon_beta2", o.muon.normuon_beta2},
-          {"normuon_eps", o.muon.normuon_eps},
-          {"adamuon_beta2", o.muon.adamuon_beta2},
-          {"adamuon_eps", o.muon.adamuon_eps},
-          {"adamw_lr", o.adamw.lr},
-          {"adamw_beta1", o.adamw.beta1},
-          {"adamw_beta2", o.adamw.beta2},
-          {"adamw_eps", o.adamw.eps},
-          {"adamw_weight_decay", o.adamw.weight_decay},
-          {"nesterov", o.muon.nesterov ? 1.0 : 0.0},
-          {"ns_steps", double(o.muon.ns.steps)}};
-      for (const auto& [key, v] : numbers) lines.push_back({group + "'" + key + "'", number(v)});
-      lines.push_back(
-          {group + "'weight_decay_form'", weight_decay_form_name(o.muon.weight_decay_form)});
-      lines.push_back({group + "'variant'", muon_variant_name(o.muon.variant)});
-      lines.push_back({group + "'adamuon_form'", adamuon_form_name(o.muon.adamuon_form)});
-      lines.push_back(
-          {group + "'ns_normalization'", ns_normalization_name(o.muon.ns.normalization)});
-      lines.push_back({group + "'adjust_lr'", lr_adjust_name(o.muon.adjust_lr)});
+      const std::string group = "group " + std::to_string(g) + " option '";
+      optim::for_each_option([&](auto row) {
+        lines.push_back({group + decltype(row)::key + "'", optim::value_text(row, o)});
+      });
     }
     for (std::size_t i = 0; i < plan_.size(); ++i) {
       const optim::ParamRecord& p = plan_.param(i);

@@ -2,8 +2,12 @@
 #pragma once
 /// \file optim/options.hpp
 /// \brief The options of a parameter group, shared by every backend: the
-/// learning-rate rule by shape, the momentum recurrence, Muon's and AdamW's
-/// options with one validator each, and set_option's string keys.
+/// learning-rate rule by shape, the momentum recurrence, the weight-decay
+/// forms, the Muon family, and the structs MuonGroupOptions, AdamWOptions
+/// and GroupOptions. Each option's key, range, checkpoint rule and
+/// documentation are a row of the option table (optim/option_table.hpp,
+/// included at the end), which also gives validate(), set_option and
+/// option_keys.
 ///
 /// Free of Eigen and CUDA: muon::Optimizer (CPU) and muon::cuda::Optimizer
 /// include this one definition.
@@ -20,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "../detail/option_values.hpp"
 #include "../error.hpp"
 #include "../ns_options.hpp"
 #include "rules.hpp"
@@ -43,11 +48,18 @@ enum class LrAdjust {
   none
 };
 
+/// The rules' names: torch.optim.Muon's `adjust_lr_fn` names, and
+/// "spectral_unclamped" (torch's) as an alias of "spectral".
+inline constexpr detail::Named<LrAdjust> lr_adjust_names[] = {
+    {LrAdjust::original, "original"},
+    {LrAdjust::match_rms_adamw, "match_rms_adamw"},
+    {LrAdjust::spectral, "spectral"},
+    {LrAdjust::spectral, "spectral_unclamped"},
+    {LrAdjust::none, "none"}};
+constexpr detail::Names<LrAdjust> name_list(LrAdjust) { return lr_adjust_names; }
+
 /// True for the four named LrAdjust values.
-constexpr bool is_valid(LrAdjust rule) {
-  return rule == LrAdjust::original || rule == LrAdjust::match_rms_adamw ||
-         rule == LrAdjust::spectral || rule == LrAdjust::none;
-}
+constexpr bool is_valid(LrAdjust rule) { return detail::is_named(rule); }
 
 namespace detail {
 // The arguments every adjustment rule, named or user-supplied, must accept.
@@ -93,33 +105,16 @@ inline double adjusted_lr(double lr, std::ptrdiff_t out_dim, std::ptrdiff_t in_d
   return adjusted;
 }
 
-/// Parses torch.optim.Muon's `adjust_lr_fn` names: "original",
-/// "match_rms_adamw", "spectral" (alias "spectral_unclamped", torch's name)
-/// and "none". Anything else throws muon::Error naming "adjust_lr".
-inline LrAdjust lr_adjust_from_name(std::string_view name) {
-  if (name == "original") return LrAdjust::original;
-  if (name == "match_rms_adamw") return LrAdjust::match_rms_adamw;
-  if (name == "spectral" || name == "spectral_unclamped") return LrAdjust::spectral;
-  if (name == "none") return LrAdjust::none;
-  detail::fail("adjust_lr", "unknown rule \"" + std::string(name) +
-                                "\" (expected original, match_rms_adamw, spectral, "
-                                "spectral_unclamped or none)");
+/// The rule named `name`: torch.optim.Muon's `adjust_lr_fn` names
+/// "original", "match_rms_adamw", "spectral" (alias "spectral_unclamped",
+/// torch's name) and "none"; nullopt for anything else, as every
+/// `*_from_name` (muon::parse_name<LrAdjust>(name, field) throws instead).
+[[nodiscard]] inline std::optional<LrAdjust> lr_adjust_from_name(std::string_view name) {
+  return detail::from_name<LrAdjust>(name);
 }
 
 /// The canonical name of a rule (round-trips through lr_adjust_from_name).
-inline const char* lr_adjust_name(LrAdjust rule) {
-  switch (rule) {
-    case LrAdjust::original:
-      return "original";
-    case LrAdjust::match_rms_adamw:
-      return "match_rms_adamw";
-    case LrAdjust::spectral:
-      return "spectral";
-    case LrAdjust::none:
-      return "none";
-  }
-  return "invalid";
-}
+inline const char* lr_adjust_name(LrAdjust rule) { return detail::name_of(rule); }
 
 // ---- momentum -------------------------------------------------------------------
 
@@ -130,13 +125,18 @@ enum class MomentumKind {
   sum   ///< m <- mu m + g (Moonlight, Dion)
 };
 
-/// True for the two named MomentumKind values.
-constexpr bool is_valid(MomentumKind kind) {
-  return kind == MomentumKind::ema || kind == MomentumKind::sum;
-}
+inline constexpr detail::Named<MomentumKind> momentum_kind_names[] = {{MomentumKind::ema, "ema"},
+                                                                      {MomentumKind::sum, "sum"}};
+constexpr detail::Names<MomentumKind> name_list(MomentumKind) { return momentum_kind_names; }
 
-inline const char* momentum_kind_name(MomentumKind k) {
-  return k == MomentumKind::ema ? "ema" : "sum";
+/// True for the two named MomentumKind values.
+constexpr bool is_valid(MomentumKind kind) { return detail::is_named(kind); }
+
+inline const char* momentum_kind_name(MomentumKind k) { return detail::name_of(k); }
+
+/// The kind named `name` (momentum_kind_name's names); nullopt otherwise.
+[[nodiscard]] inline std::optional<MomentumKind> momentum_kind_from_name(std::string_view name) {
+  return detail::from_name<MomentumKind>(name);
 }
 
 // ---- weight decay -----------------------------------------------------------------
@@ -165,32 +165,24 @@ enum class WeightDecayForm {
   l2
 };
 
-/// True for the four named WeightDecayForm values.
-constexpr bool is_valid(WeightDecayForm f) {
-  return f == WeightDecayForm::decoupled || f == WeightDecayForm::independent ||
-         f == WeightDecayForm::palm || f == WeightDecayForm::l2;
+inline constexpr detail::Named<WeightDecayForm> weight_decay_form_names[] = {
+    {WeightDecayForm::decoupled, "decoupled"},
+    {WeightDecayForm::independent, "independent"},
+    {WeightDecayForm::palm, "palm"},
+    {WeightDecayForm::l2, "l2"}};
+constexpr detail::Names<WeightDecayForm> name_list(WeightDecayForm) {
+  return weight_decay_form_names;
 }
 
-inline const char* weight_decay_form_name(WeightDecayForm f) {
-  switch (f) {
-    case WeightDecayForm::decoupled:
-      return "decoupled";
-    case WeightDecayForm::independent:
-      return "independent";
-    case WeightDecayForm::palm:
-      return "palm";
-    case WeightDecayForm::l2:
-      return "l2";
-  }
-  return "invalid";
-}
+/// True for the four named WeightDecayForm values.
+constexpr bool is_valid(WeightDecayForm f) { return detail::is_named(f); }
+
+inline const char* weight_decay_form_name(WeightDecayForm f) { return detail::name_of(f); }
 
 /// The form named `name` (weight_decay_form_name's names); nullopt otherwise.
-inline std::optional<WeightDecayForm> weight_decay_form_from_name(std::string_view name) {
-  for (WeightDecayForm f : {WeightDecayForm::decoupled, WeightDecayForm::independent,
-                            WeightDecayForm::palm, WeightDecayForm::l2})
-    if (name == weight_decay_form_name(f)) return f;
-  return std::nullopt;
+[[nodiscard]] inline std::optional<WeightDecayForm> weight_decay_form_from_name(
+    std::string_view name) {
+  return detail::from_name<WeightDecayForm>(name);
 }
 
 /// The number a Muon step multiplies W by under `form`, at the step's
@@ -236,28 +228,18 @@ enum class MuonVariant {
   adamuon
 };
 
-/// True for the three named MuonVariant values.
-constexpr bool is_valid(MuonVariant v) {
-  return v == MuonVariant::muon || v == MuonVariant::normuon || v == MuonVariant::adamuon;
-}
+inline constexpr detail::Named<MuonVariant> muon_variant_names[] = {
+    {MuonVariant::muon, "muon"}, {MuonVariant::normuon, "normuon"}, {MuonVariant::adamuon, "adamuon"}};
+constexpr detail::Names<MuonVariant> name_list(MuonVariant) { return muon_variant_names; }
 
-inline const char* muon_variant_name(MuonVariant v) {
-  switch (v) {
-    case MuonVariant::muon:
-      return "muon";
-    case MuonVariant::normuon:
-      return "normuon";
-    case MuonVariant::adamuon:
-      return "adamuon";
-  }
-  return "invalid";
-}
+/// True for the three named MuonVariant values.
+constexpr bool is_valid(MuonVariant v) { return detail::is_named(v); }
+
+inline const char* muon_variant_name(MuonVariant v) { return detail::name_of(v); }
 
 /// The variant named `name` (muon_variant_name's names); nullopt otherwise.
-inline std::optional<MuonVariant> muon_variant_from_name(std::string_view name) {
-  for (MuonVariant v : {MuonVariant::muon, MuonVariant::normuon, MuonVariant::adamuon})
-    if (name == muon_variant_name(v)) return v;
-  return std::nullopt;
+[[nodiscard]] inline std::optional<MuonVariant> muon_variant_from_name(std::string_view name) {
+  return detail::from_name<MuonVariant>(name);
 }
 
 /// Which of the AdaMuon authors' two algorithms MuonVariant::adamuon runs
@@ -278,18 +260,18 @@ enum class AdaMuonForm {
   plain
 };
 
-/// True for the two named AdaMuonForm values.
-constexpr bool is_valid(AdaMuonForm f) { return f == AdaMuonForm::sign || f == AdaMuonForm::plain; }
+inline constexpr detail::Named<AdaMuonForm> adamuon_form_names[] = {{AdaMuonForm::sign, "sign"},
+                                                                    {AdaMuonForm::plain, "plain"}};
+constexpr detail::Names<AdaMuonForm> name_list(AdaMuonForm) { return adamuon_form_names; }
 
-inline const char* adamuon_form_name(AdaMuonForm f) {
-  return f == AdaMuonForm::sign ? "sign" : f == AdaMuonForm::plain ? "plain" : "invalid";
-}
+/// True for the two named AdaMuonForm values.
+constexpr bool is_valid(AdaMuonForm f) { return detail::is_named(f); }
+
+inline const char* adamuon_form_name(AdaMuonForm f) { return detail::name_of(f); }
 
 /// The form named `name` (adamuon_form_name's names); nullopt otherwise.
-inline std::optional<AdaMuonForm> adamuon_form_from_name(std::string_view name) {
-  for (AdaMuonForm f : {AdaMuonForm::sign, AdaMuonForm::plain})
-    if (name == adamuon_form_name(f)) return f;
-  return std::nullopt;
+[[nodiscard]] inline std::optional<AdaMuonForm> adamuon_form_from_name(std::string_view name) {
+  return detail::from_name<AdaMuonForm>(name);
 }
 
 // ---- group options ----------------------------------------------------------------
@@ -434,36 +416,12 @@ struct MuonGroupOptions {
     return variant == MuonVariant::adamuon && adamuon_form == AdaMuonForm::plain;
   }
 
-  /// Throws muon::Error naming the field (lr, weight_decay, momentum,
-  /// momentum_kind, adjust_lr, ns_steps, ns_eps, ...) when an option is out
-  /// of range; see NewtonSchulzOptions::validate for the Newton–Schulz checks.
-  void validate() const {
-    if (!(std::isfinite(lr) && lr >= 0.0)) detail::fail("lr", "must be finite and >= 0");
-    if (!(std::isfinite(weight_decay) && weight_decay >= 0.0))
-      detail::fail("weight_decay", "must be finite and >= 0");
-    if (!(std::isfinite(momentum) && momentum >= 0.0 && momentum < 1.0))
-      detail::fail("momentum", "must be in [0, 1), got " + std::to_string(momentum));
-    if (!is_valid(momentum_kind)) detail::fail("momentum_kind", "is not a MomentumKind value");
-    if (!is_valid(weight_decay_form))
-      detail::fail("weight_decay_form", "is not a WeightDecayForm value");
-    if (!(std::isfinite(lr_scale) && lr_scale > 0.0))
-      detail::fail("lr_scale", "must be finite and > 0");
-    if (!is_valid(adjust_lr)) detail::fail("adjust_lr", "is not an LrAdjust value");
-    if (!is_valid(variant)) detail::fail("variant", "is not a MuonVariant value");
-    if (!is_valid(adamuon_form)) detail::fail("adamuon_form", "is not an AdaMuonForm value");
-    const auto beta = [](double b, const char* key) {
-      if (!(std::isfinite(b) && b >= 0.0 && b < 1.0))
-        detail::fail(key, "must be in [0, 1), got " + std::to_string(b));
-    };
-    const auto positive = [](double e, const char* key) {
-      if (!(std::isfinite(e) && e > 0.0)) detail::fail(key, "must be finite and > 0");
-    };
-    beta(normuon_beta2, "normuon_beta2");
-    positive(normuon_eps, "normuon_eps");
-    beta(adamuon_beta2, "adamuon_beta2");
-    positive(adamuon_eps, "adamuon_eps");
-    ns.validate("ns_");
-  }
+  /// Throws muon::Error naming the option by its set_option key when one is
+  /// out of range (each row's check in optim/option_table.hpp), or when the
+  /// Newton–Schulz schedule diverges under the divisor and step count
+  /// (named ns_coefficients). Builds no message and allocates nothing
+  /// unless a check fails.
+  void validate() const;
 
   /// Jordan quintic, 5 steps, eps 1e-7 as max(norm, eps): torch.optim.Muon.
   static NewtonSchulzOptions torch_newton_schulz() {
@@ -492,17 +450,9 @@ struct AdamWOptions {
   /// and >= 0.
   double weight_decay = 0.01;
 
-  /// Throws muon::Error naming the field (adamw_lr, adamw_beta1, ...).
-  void validate() const {
-    if (!(std::isfinite(lr) && lr >= 0.0)) detail::fail("adamw_lr", "must be finite and >= 0");
-    if (!(std::isfinite(beta1) && beta1 >= 0.0 && beta1 < 1.0))
-      detail::fail("adamw_beta1", "must be in [0, 1)");
-    if (!(std::isfinite(beta2) && beta2 >= 0.0 && beta2 < 1.0))
-      detail::fail("adamw_beta2", "must be in [0, 1)");
-    if (!(std::isfinite(eps) && eps > 0.0)) detail::fail("adamw_eps", "must be finite and > 0");
-    if (!(std::isfinite(weight_decay) && weight_decay >= 0.0))
-      detail::fail("adamw_weight_decay", "must be finite and >= 0");
-  }
+  /// Throws muon::Error naming the field by its set_option key (adamw_lr,
+  /// adamw_beta1, ...): the rows of optim/option_table.hpp.
+  void validate() const;
 };
 
 namespace optim {
@@ -531,226 +481,15 @@ struct GroupOptions {
   MuonGroupOptions muon;
   AdamWOptions adamw;
 
+  /// Throws muon::Error naming the first option out of range by its key.
   void validate() const {
     muon.validate();
     adamw.validate();
   }
 };
 
-// ---- set_option: the string keys -------------------------------------------------
-
-namespace optim {
-
-/// How a key of set_option takes its value.
-enum class OptionType { number, flag, integer, name };
-
-/// One key of set_option, for the documentation and the error messages.
-struct OptionKey {
-  const char* key;
-  OptionType type;
-  const char* values;  ///< the accepted range or names, as a user reads it
-};
-
-/// Every key set_option accepts (docs/optimizer.md lists the same table).
-inline const std::vector<OptionKey>& option_keys() {
-  static const std::vector<OptionKey> keys = {
-      {"lr", OptionType::number, "finite, >= 0"},
-      {"weight_decay", OptionType::number, "finite, >= 0"},
-      {"momentum", OptionType::number, "in [0, 1)"},
-      {"nesterov", OptionType::flag, "0 or 1"},
-      {"ns_steps", OptionType::integer, "integer in [0, 100)"},
-      {"ns_eps", OptionType::number, "finite, > 0"},
-      {"ns_norm_divisor", OptionType::number, "finite, >= 1e-3"},
-      {"cautious_weight_decay", OptionType::flag, "0 or 1"},
-      {"lr_scale", OptionType::number, "finite, > 0"},
-      {"normuon_beta2", OptionType::number, "in [0, 1)"},
-      {"normuon_eps", OptionType::number, "finite, > 0"},
-      {"adamuon_beta2", OptionType::number, "in [0, 1)"},
-      {"adamuon_eps", OptionType::number, "finite, > 0"},
-      {"adamw_lr", OptionType::number, "finite, >= 0"},
-      {"adamw_beta1", OptionType::number, "in [0, 1)"},
-      {"adamw_beta2", OptionType::number, "in [0, 1)"},
-      {"adamw_eps", OptionType::number, "finite, > 0"},
-      {"adamw_weight_decay", OptionType::number, "finite, >= 0"},
-      {"adjust_lr", OptionType::name,
-       "original, match_rms_adamw, spectral, spectral_unclamped or none"},
-      {"ns_coefficients", OptionType::name,
-       "jordan, cubic, quintic, polar_express, deepseek_v4, cubic5, turbo_muon or cans"},
-      {"ns_eps_mode", OptionType::name, "add or max"},
-      {"ns_method", OptionType::name, "automatic, standard or gram"},
-      {"ns_normalization", OptionType::name, "frobenius or aol"},
-      {"momentum_kind", OptionType::name, "ema or sum"},
-      {"weight_decay_form", OptionType::name, "decoupled, independent, palm or l2"},
-      {"variant", OptionType::name, "muon, normuon or adamuon"},
-      {"adamuon_form", OptionType::name, "sign or plain"},
-  };
-  return keys;
-}
-
-namespace keys {
-
-// Levenshtein distance, for "did you mean".
-inline std::size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diagonal = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = up;
-    }
-  }
-  return row[b.size()];
-}
-
-inline const OptionKey* find_key(std::string_view key) {
-  for (const OptionKey& k : option_keys())
-    if (key == k.key) return &k;
-  return nullptr;
-}
-
-// What other optimizers call our keys (torch.optim.Muon's own names among them).
-inline const char* alias_of(std::string_view key) {
-  static const std::pair<const char*, const char*> aliases[] = {{"learning_rate", "lr"},
-                                                                {"wd", "weight_decay"},
-                                                                {"mu", "momentum"},
-                                                                {"beta", "momentum"},
-                                                                {"eps", "ns_eps"},
-                                                                {"adjust_lr_fn", "adjust_lr"},
-                                                                {"beta1", "adamw_beta1"},
-                                                                {"beta2", "adamw_beta2"},
-                                                                {"steps", "ns_steps"},
-                                                                {"coefficients", "ns_coefficients"},
-                                                                {"nesterov_momentum", "nesterov"}};
-  for (const auto& a : aliases)
-    if (key == a.first) return a.second;
-  return nullptr;
-}
-
-[[noreturn]] inline void unknown_key(std::string_view key) {
-  const OptionKey* nearest = find_key(alias_of(key) ? alias_of(key) : "");
-  std::size_t best = 0;
-  std::string all;
-  for (const OptionKey& k : option_keys()) {
-    all += all.empty() ? "" : ", ";
-    all += k.key;
-    if (alias_of(key)) continue;
-    const std::size_t d = edit_distance(key, k.key);
-    // A key that contains the typed text, or is a few edits away, is the hint.
-    const std::string_view name(k.key);
-    const std::size_t score =
-        (!key.empty() && (name.find(key) != name.npos || key.find(name) != key.npos)) ? 0 : d;
-    if (!nearest || score < best) {
-      nearest = &k;
-      best = score;
-    }
-  }
-  std::string message = "unknown key '" + std::string(key) + "'";
-  if (nearest && best <= std::max<std::size_t>(3, key.size() / 3))
-    message += " (did you mean '" + std::string(nearest->key) + "'?)";
-  detail::fail("option", message + "; valid keys: " + all);
-}
-
-[[noreturn]] inline void wrong_type(const OptionKey& k) {
-  const bool named = k.type == OptionType::name;
-  detail::fail(k.key, std::string("takes ") + (named ? "a name" : "a number") + " (" + k.values +
-                          "), not " + (named ? "a number" : "a string"));
-}
-
-}  // namespace keys
-
-/// Sets `key` of `g` to a number. Throws muon::Error for an unknown key
-/// (listing the valid ones, suggesting the nearest), a key that takes a name,
-/// or a value out of range; `g` is then unchanged.
-inline void set_option(GroupOptions& g, std::string_view key, double value) {
-  const OptionKey* k = keys::find_key(key);
-  if (!k) keys::unknown_key(key);
-  if (k->type == OptionType::name) keys::wrong_type(*k);
-  if (k->type == OptionType::flag && !(value == 0.0 || value == 1.0))
-    detail::fail(k->key, "must be 0 or 1, got " + std::to_string(value));
-  if (k->type == OptionType::integer &&
-      !(std::isfinite(value) && value == std::floor(value) && value >= 0 && value < 100))
-    detail::fail(k->key, "must be an integer in [0, 100), got " + std::to_string(value));
-  GroupOptions next = g;
-  MuonGroupOptions& m = next.muon;
-  AdamWOptions& a = next.adamw;
-  if (key == "lr") m.lr = value;
-  if (key == "weight_decay") m.weight_decay = value;
-  if (key == "momentum") m.momentum = value;
-  if (key == "nesterov") m.nesterov = value == 1.0;
-  if (key == "ns_steps") m.ns.steps = static_cast<int>(value);
-  if (key == "ns_eps") m.ns.eps = value;
-  if (key == "ns_norm_divisor") m.ns.norm_divisor = value;
-  if (key == "cautious_weight_decay") m.cautious_weight_decay = value == 1.0;
-  if (key == "lr_scale") m.lr_scale = value;
-  if (key == "normuon_beta2") m.normuon_beta2 = value;
-  if (key == "normuon_eps") m.normuon_eps = value;
-  if (key == "adamuon_beta2") m.adamuon_beta2 = value;
-  if (key == "adamuon_eps") m.adamuon_eps = value;
-  if (key == "adamw_lr") a.lr = value;
-  if (key == "adamw_beta1") a.beta1 = value;
-  if (key == "adamw_beta2") a.beta2 = value;
-  if (key == "adamw_eps") a.eps = value;
-  if (key == "adamw_weight_decay") a.weight_decay = value;
-  next.validate();
-  g = std::move(next);
-}
-
-/// Sets `key` of `g` to a name. Throws muon::Error for an unknown key, a key
-/// that takes a number, or an unknown name; `g` is then unchanged.
-inline void set_option(GroupOptions& g, std::string_view key, std::string_view value) {
-  const OptionKey* k = keys::find_key(key);
-  if (!k) keys::unknown_key(key);
-  if (k->type != OptionType::name) keys::wrong_type(*k);
-  const auto bad = [k, value]() {
-    detail::fail(k->key, "unknown value '" + std::string(value) + "' (expected " + k->values + ")");
-  };
-  GroupOptions next = g;
-  MuonGroupOptions& m = next.muon;
-  if (key == "adjust_lr") {
-    if (!(value == "original" || value == "match_rms_adamw" || value == "spectral" ||
-          value == "spectral_unclamped" || value == "none"))
-      bad();
-    m.adjust_lr = lr_adjust_from_name(value);
-    m.adjust_lr_fn = nullptr;
-  } else if (key == "ns_coefficients") {
-    if (!(value == "jordan" || value == "cubic" || value == "quintic" || value == "polar_express" ||
-          value == "deepseek_v4" || value == "cubic5" || value == "turbo_muon" || value == "cans"))
-      bad();
-    m.ns.schedule = Schedule::by_name(std::string(value));
-  } else if (key == "ns_eps_mode") {
-    if (value != "add" && value != "max") bad();
-    m.ns.eps_mode = value == "add" ? EpsMode::add : EpsMode::max;
-  } else if (key == "ns_method") {
-    if (value != "automatic" && value != "standard" && value != "gram") bad();
-    m.ns.method = value == "automatic"  ? NsMethod::automatic
-                  : value == "standard" ? NsMethod::standard
-                                        : NsMethod::gram;
-  } else if (key == "ns_normalization") {
-    const auto normalization = ns_normalization_from_name(value);
-    if (!normalization) bad();
-    m.ns.normalization = *normalization;
-  } else if (key == "momentum_kind") {
-    if (value != "ema" && value != "sum") bad();
-    m.momentum_kind = value == "ema" ? MomentumKind::ema : MomentumKind::sum;
-  } else if (key == "weight_decay_form") {
-    const auto form = weight_decay_form_from_name(value);
-    if (!form) bad();
-    m.weight_decay_form = *form;
-  } else if (key == "variant") {
-    const auto variant = muon_variant_from_name(value);
-    if (!variant) bad();
-    m.variant = *variant;
-  } else if (key == "adamuon_form") {
-    const auto form = adamuon_form_from_name(value);
-    if (!form) bad();
-    m.adamuon_form = *form;
-  }
-  next.validate();
-  g = std::move(next);
-}
-
-}  // namespace optim
 }  // namespace muon
+
+// The table of the options above: their keys, ranges, checkpoint rules and
+// documentation; validate(), set_option and option_keys.
+#include "option_table.hpp"

@@ -23,15 +23,16 @@
 ///          u32 buffer count, then per buffer:
 ///            str name | u8 dtype | u64 count | count elements (little-endian)
 ///
-/// Group options are keyed by their set_option names (lr, ns_steps,
-/// adamw_eps, ...; plus ns_schedule, ns_norm_divisor when set,
-/// weight_decay_form, lr_scale, ns_schedule_cycle (after ns_schedule),
-/// variant, ns_normalization and the family's normuon_*/adamuon_* when not
-/// the defaults, so that files of default
-/// groups stay readable by the reader of the previous release, and adjust_lr_fn = 1 when the group
-/// had a user rule, which a checkpoint cannot hold). A reader starts from the defaults and applies
-/// each key, so options added later stay readable; an unknown key is refused. Version 1 files (muon
-/// 0.1) are read too.
+/// Group options are the rows of the option table (option_table.hpp), in
+/// its order, each under its key (the schedule under ns_schedule) and by
+/// its rule: always, or only when not the default, so that files of default
+/// groups stay readable by the readers from before the option. By type:
+/// numbers, flags (0/1) and integers kind 0; names kind 1; the schedule
+/// kind 2 (then ns_schedule_cycle = 1 when its rows cycle); adjust_lr_fn
+/// kind 0, 1 when the group had a user rule (a checkpoint cannot hold the
+/// function). A reader starts from the defaults and applies each key, so
+/// options added later stay readable; an unknown key is refused. Version 1
+/// files (muon 0.1) are read too.
 ///
 /// An AdaMuon group always stores adamuon_form and adamuon_beta2: AdaMuon's
 /// defaults changed (sign form, beta2 0.95, from plain and 0.999), and an
@@ -45,9 +46,11 @@
 #include <istream>
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -55,6 +58,7 @@
 #include "../error.hpp"
 #include "../ns_options.hpp"
 #include "checkpoint_format.hpp"
+#include "option_table.hpp"
 #include "options.hpp"
 #include "registry.hpp"
 
@@ -197,117 +201,71 @@ inline void write_schedule(checkpoint::Writer& w, const Schedule& s) {
   }
 }
 
+// One stored option: str key | u8 kind | value, per type of value.
+inline void write_number(checkpoint::Writer& w, const char* key, double v) {
+  w.str(key);
+  w.u8(0);
+  w.f64(v);
+}
+inline void write_name(checkpoint::Writer& w, const char* key, const char* name) {
+  w.str(key);
+  w.u8(1);
+  w.str(name);
+}
+
+/// The entries a value takes: one, none for an unset number, two for a
+/// schedule whose rows cycle.
+template <class T>
+std::size_t entry_count(const T&) {
+  return 1;
+}
+inline std::size_t entry_count(const std::optional<double>& v) { return v ? 1 : 0; }
+inline std::size_t entry_count(const Schedule& s) {
+  return s.past_end() == Schedule::PastEnd::cycle ? 2 : 1;
+}
+
+inline void write_entries(checkpoint::Writer& w, const char* key, double v) {
+  write_number(w, key, v);
+}
+inline void write_entries(checkpoint::Writer& w, const char* key, bool v) {
+  write_number(w, key, v ? 1.0 : 0.0);
+}
+inline void write_entries(checkpoint::Writer& w, const char* key, int v) {
+  write_number(w, key, double(v));
+}
+inline void write_entries(checkpoint::Writer& w, const char* key, const std::optional<double>& v) {
+  if (v) write_number(w, key, *v);
+}
+inline void write_entries(checkpoint::Writer& w, const char* key, const LrAdjustFn& f) {
+  write_number(w, key, f ? 1.0 : 0.0);  // whether the group had a rule: the rule cannot be stored
+}
+template <class E, class = std::enable_if_t<std::is_enum<E>::value>>
+void write_entries(checkpoint::Writer& w, const char* key, E v) {
+  write_name(w, key, detail::name_of(v));
+}
+/// The cycling of a schedule is a key of its own after it: the reader
+/// applies it to the schedule it has just read.
+inline std::string cycle_key(const char* key) { return std::string(key) + "_cycle"; }
+inline void write_entries(checkpoint::Writer& w, const char* key, const Schedule& s) {
+  w.str(key);
+  w.u8(2);
+  write_schedule(w, s);
+  if (s.past_end() == Schedule::PastEnd::cycle) write_number(w, cycle_key(key).c_str(), 1.0);
+}
+
+/// A group's options: every row the table's rule stores, in its order.
 inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
-  const MuonGroupOptions& m = g.muon;
-  const AdamWOptions& a = g.adamw;
-  struct Number {
-    const char* key;
-    double value;
-  };
-  const Number numbers[] = {{"lr", m.lr},
-                            {"weight_decay", m.weight_decay},
-                            {"momentum", m.momentum},
-                            {"nesterov", m.nesterov ? 1.0 : 0.0},
-                            {"cautious_weight_decay", m.cautious_weight_decay ? 1.0 : 0.0},
-                            {"adjust_lr_fn", m.adjust_lr_fn ? 1.0 : 0.0},
-                            {"ns_steps", double(m.ns.steps)},
-                            {"ns_eps", m.ns.eps},
-                            {"adamw_lr", a.lr},
-                            {"adamw_beta1", a.beta1},
-                            {"adamw_beta2", a.beta2},
-                            {"adamw_eps", a.eps},
-                            {"adamw_weight_decay", a.weight_decay}};
-  struct Name {
-    const char* key;
-    const char* value;
-  };
-  const Name names[] = {{"adjust_lr", lr_adjust_name(m.adjust_lr)},
-                        {"momentum_kind", momentum_kind_name(m.momentum_kind)},
-                        {"ns_eps_mode", eps_mode_name(m.ns.eps_mode)},
-                        {"ns_method", ns_method_name(m.ns.method)}};
-  const bool other_form = m.weight_decay_form != WeightDecayForm::decoupled;
-  const bool scaled = m.lr_scale != 1.0;
-  const bool cycles = m.ns.schedule.past_end() == Schedule::PastEnd::cycle;
-  // The family's options, written only when not the defaults (older readers).
-  const MuonGroupOptions defaults;
-  // An AdaMuon group also stores its form and beta2 when they are the
-  // defaults: their absence marks a file from before the defaults changed.
-  const bool adamuon = m.variant == MuonVariant::adamuon;
-  const Number family[] = {{"normuon_beta2", m.normuon_beta2},
-                           {"normuon_eps", m.normuon_eps},
-                           {"adamuon_beta2", m.adamuon_beta2},
-                           {"adamuon_eps", m.adamuon_eps}};
-  const double family_defaults[] = {defaults.normuon_beta2, defaults.normuon_eps,
-                                    defaults.adamuon_beta2, defaults.adamuon_eps};
-  const bool family_always[] = {false, false, adamuon, false};
-  const auto family_written = [&](std::size_t k) {
-    return family_always[k] || family[k].value != family_defaults[k];
-  };
-  std::size_t family_count = 0;
-  for (std::size_t k = 0; k < std::size(family); ++k) family_count += family_written(k) ? 1 : 0;
-  const bool other_variant = m.variant != MuonVariant::muon;
-  const bool aol = m.ns.normalization == NsNormalization::aol;
-  const bool form = adamuon || m.adamuon_form != defaults.adamuon_form;
-  const std::size_t count = std::size(numbers) + std::size(names) + 1 +
-                            (m.ns.norm_divisor ? 1 : 0) + (other_form ? 1 : 0) + (scaled ? 1 : 0) +
-                            (cycles ? 1 : 0) + family_count + (other_variant ? 1 : 0) +
-                            (aol ? 1 : 0) + (form ? 1 : 0);
+  std::size_t count = 0;
+  for_each_option([&](auto row) {
+    using Row = decltype(row);
+    if (is_stored(row, g)) count += entry_count(Row::of(g));
+  });
   require_writable(count <= limits::options, "too many group options");
   w.u32(static_cast<std::uint32_t>(count));
-  for (const Number& n : numbers) {
-    w.str(n.key);
-    w.u8(0);
-    w.f64(n.value);
-  }
-  for (std::size_t k = 0; k < std::size(family); ++k)
-    if (family_written(k)) {
-      w.str(family[k].key);
-      w.u8(0);
-      w.f64(family[k].value);
-    }
-  if (other_variant) {
-    w.str("variant");
-    w.u8(1);
-    w.str(muon_variant_name(m.variant));
-  }
-  if (form) {
-    w.str("adamuon_form");
-    w.u8(1);
-    w.str(adamuon_form_name(m.adamuon_form));
-  }
-  if (aol) {
-    w.str("ns_normalization");
-    w.u8(1);
-    w.str(ns_normalization_name(m.ns.normalization));
-  }
-  if (m.ns.norm_divisor) {
-    w.str("ns_norm_divisor");
-    w.u8(0);
-    w.f64(*m.ns.norm_divisor);
-  }
-  if (scaled) {
-    w.str("lr_scale");
-    w.u8(0);
-    w.f64(m.lr_scale);
-  }
-  if (other_form) {
-    w.str("weight_decay_form");
-    w.u8(1);
-    w.str(weight_decay_form_name(m.weight_decay_form));
-  }
-  for (const Name& n : names) {
-    w.str(n.key);
-    w.u8(1);
-    w.str(n.value);
-  }
-  w.str("ns_schedule");
-  w.u8(2);
-  write_schedule(w, m.ns.schedule);
-  if (cycles) {  // after ns_schedule: the reader applies it to the schedule just read
-    w.str("ns_schedule_cycle");
-    w.u8(0);
-    w.f64(1.0);
-  }
+  for_each_option([&](auto row) {
+    using Row = decltype(row);
+    if (is_stored(row, g)) write_entries(w, stored_key(row), Row::of(g));
+  });
 }
 
 /// The record of one parameter, up to its buffer count.
@@ -388,163 +346,143 @@ inline StoredParam read_param(checkpoint::Reader& r, std::uint32_t version) {
   return p;
 }
 
-/// Applies one stored group option (version 2) to `g`.
-inline void apply_group_option(checkpoint::Reader& r, GroupOptions& g, bool& user_rule,
-                               const std::string& key, std::uint8_t kind,
-                               const std::string& where) {
-  MuonGroupOptions& m = g.muon;
-  AdamWOptions& a = g.adamw;
-  if (kind == 0) {
-    const double v = r.f64();
-    const auto flag = [&](bool& field) {
-      if (!(v == 0.0 || v == 1.0)) r.fail(where + "option '" + key + "' is not 0 or 1");
-      field = v == 1.0;
-    };
-    if (key == "lr")
-      m.lr = v;
-    else if (key == "weight_decay")
-      m.weight_decay = v;
-    else if (key == "momentum")
-      m.momentum = v;
-    else if (key == "nesterov")
-      flag(m.nesterov);
-    else if (key == "cautious_weight_decay")
-      flag(m.cautious_weight_decay);
-    else if (key == "adjust_lr_fn")
-      flag(user_rule);
-    else if (key == "ns_steps") {
-      if (!(v >= 0 && v < 100 && v == std::floor(v))) r.fail(where + "ns_steps out of range");
-      m.ns.steps = static_cast<int>(v);
-    } else if (key == "ns_eps")
-      m.ns.eps = v;
-    else if (key == "ns_norm_divisor")
-      m.ns.norm_divisor = v;
-    else if (key == "lr_scale")
-      m.lr_scale = v;
-    else if (key == "normuon_beta2")
-      m.normuon_beta2 = v;
-    else if (key == "normuon_eps")
-      m.normuon_eps = v;
-    else if (key == "adamuon_beta2")
-      m.adamuon_beta2 = v;
-    else if (key == "adamuon_eps")
-      m.adamuon_eps = v;
-    else if (key == "ns_schedule_cycle") {
-      if (v != 1.0) r.fail(where + "option 'ns_schedule_cycle' is not 1");
-      m.ns.schedule = m.ns.schedule.with_past_end(Schedule::PastEnd::cycle);
-    } else if (key == "adamw_lr")
-      a.lr = v;
-    else if (key == "adamw_beta1")
-      a.beta1 = v;
-    else if (key == "adamw_beta2")
-      a.beta2 = v;
-    else if (key == "adamw_eps")
-      a.eps = v;
-    else if (key == "adamw_weight_decay")
-      a.weight_decay = v;
-    else
-      r.fail(where + "unknown numeric option '" + key + "' (written by a newer version?)");
-  } else if (kind == 1) {
-    const std::string v = r.str("option value", limits::word_bytes);
-    const auto bad = [&]() {
-      r.fail(where + "option '" + key + "' has an unknown value '" + v + "'");
-    };
-    if (key == "adjust_lr") {
-      if (v == "original")
-        m.adjust_lr = LrAdjust::original;
-      else if (v == "match_rms_adamw")
-        m.adjust_lr = LrAdjust::match_rms_adamw;
-      else if (v == "spectral")
-        m.adjust_lr = LrAdjust::spectral;
-      else if (v == "none")
-        m.adjust_lr = LrAdjust::none;
-      else
-        bad();
-    } else if (key == "momentum_kind") {
-      if (v == "ema")
-        m.momentum_kind = MomentumKind::ema;
-      else if (v == "sum")
-        m.momentum_kind = MomentumKind::sum;
-      else
-        bad();
-    } else if (key == "weight_decay_form") {
-      const auto form = weight_decay_form_from_name(v);
-      if (!form) bad();
-      m.weight_decay_form = *form;
-    } else if (key == "ns_normalization") {
-      const auto normalization = ns_normalization_from_name(v);
-      if (!normalization) bad();
-      m.ns.normalization = *normalization;
-    } else if (key == "variant") {
-      const auto variant = muon_variant_from_name(v);
-      if (!variant) bad();
-      m.variant = *variant;
-    } else if (key == "adamuon_form") {
-      const auto form = adamuon_form_from_name(v);
-      if (!form) bad();
-      m.adamuon_form = *form;
-    } else if (key == "ns_eps_mode") {
-      if (v == "add")
-        m.ns.eps_mode = EpsMode::add;
-      else if (v == "max")
-        m.ns.eps_mode = EpsMode::max;
-      else
-        bad();
-    } else if (key == "ns_method") {
-      if (v == "automatic")
-        m.ns.method = NsMethod::automatic;
-      else if (v == "standard")
-        m.ns.method = NsMethod::standard;
-      else if (v == "gram")
-        m.ns.method = NsMethod::gram;
-      else
-        bad();
-    } else {
-      r.fail(where + "unknown option '" + key + "' (written by a newer version?)");
-    }
-  } else if (kind == 2 && key == "ns_schedule") {
-    std::string name = r.str("schedule name", limits::name_bytes);
-    const double divisor = r.f64();
-    const std::uint32_t rows = r.u32();
-    if (rows == 0 || rows > limits::schedule_rows) r.fail(where + "implausible schedule length");
-    const unsigned char* bytes = r.items(rows, 24, "schedule row");
-    std::vector<Coefficients> coefficients(rows);
-    checkpoint::Reader cr(bytes, std::size_t(rows) * 24, r.origin());
-    for (Coefficients& c : coefficients) {
-      c.a = cr.f64();
-      c.b = cr.f64();
-      c.c = cr.f64();
-    }
-    try {
-      m.ns.schedule = Schedule(std::move(coefficients), divisor, std::move(name));
-    } catch (const Error& e) {
-      r.fail(where + std::string(e.detail()));
-    }
-  } else {
-    r.fail(where + "option '" + key + "' has an unknown kind " + std::to_string(kind));
+/// A group as the reader builds it.
+struct ReadGroup {
+  GroupOptions options;
+  bool user_rule = false;  ///< saved with an adjust_lr_fn
+  std::string where;       ///< "group <i>: ", for the messages
+};
+
+inline double read_flag(checkpoint::Reader& r, const ReadGroup& g, const std::string& key) {
+  const double v = r.f64();
+  if (!(v == 0.0 || v == 1.0)) r.fail(g.where + "option '" + key + "' is not 0 or 1");
+  return v;
+}
+
+// One stored entry of a row into its member, per type of value (`valid`:
+// the row's check, for the values that must be checked before they are
+// converted).
+template <class Valid>
+void read_entry(checkpoint::Reader& r, ReadGroup&, const std::string&, double& field,
+                const Valid&) {
+  field = r.f64();
+}
+template <class Valid>
+void read_entry(checkpoint::Reader& r, ReadGroup& g, const std::string& key, bool& field,
+                const Valid&) {
+  field = read_flag(r, g, key) == 1.0;
+}
+inline void read_entry(checkpoint::Reader& r, ReadGroup& g, const std::string& key, int& field,
+                       const detail::Range& valid) {
+  const double v = r.f64();
+  if (!valid.contains(v))
+    r.fail(g.where + "option '" + key + "' must be an integer " + valid.text() + ", got " +
+           detail::number_text(v));
+  field = static_cast<int>(v);
+}
+template <class Valid>
+void read_entry(checkpoint::Reader& r, ReadGroup&, const std::string&,
+                std::optional<double>& field, const Valid&) {
+  field = r.f64();
+}
+template <class Valid>
+void read_entry(checkpoint::Reader& r, ReadGroup& g, const std::string& key, LrAdjustFn&,
+                const Valid&) {
+  g.user_rule = read_flag(r, g, key) == 1.0;  // the rule itself is the loading group's
+}
+template <class E, class Valid, class = std::enable_if_t<std::is_enum<E>::value>>
+void read_entry(checkpoint::Reader& r, ReadGroup& g, const std::string& key, E& field,
+                const Valid&) {
+  const std::string v = r.str("option value", limits::word_bytes);
+  const std::optional<E> value = detail::from_name<E>(v);
+  if (!value)
+    r.fail(g.where + "option '" + key + "' has an unknown value '" + v + "' (expected " +
+           detail::names_text<E>() + ")");
+  field = *value;
+}
+template <class Valid>
+void read_entry(checkpoint::Reader& r, ReadGroup& g, const std::string&, Schedule& field,
+                const Valid&) {
+  std::string name = r.str("schedule name", limits::name_bytes);
+  const double divisor = r.f64();
+  const std::uint32_t rows = r.u32();
+  if (rows == 0 || rows > limits::schedule_rows) r.fail(g.where + "implausible schedule length");
+  const unsigned char* bytes = r.items(rows, 24, "schedule row");
+  std::vector<Coefficients> coefficients(rows);
+  checkpoint::Reader cr(bytes, std::size_t(rows) * 24, r.origin());
+  for (Coefficients& c : coefficients) {
+    c.a = cr.f64();
+    c.b = cr.f64();
+    c.c = cr.f64();
+  }
+  try {
+    field = Schedule(std::move(coefficients), divisor, std::move(name));
+  } catch (const Error& e) {
+    r.fail(g.where + std::string(e.detail()));
   }
 }
 
+/// The kind a value of type T is stored as.
+template <class T>
+constexpr std::uint8_t kind_of() {
+  if constexpr (std::is_same<T, Schedule>::value) return 2;
+  if constexpr (std::is_enum<T>::value) return 1;
+  return 0;
+}
+
+/// Applies one stored group option (version 2) to `g`: the row stored
+/// under `key` reads it, checked by kind.
+inline void apply_group_option(checkpoint::Reader& r, ReadGroup& g, const std::string& key,
+                               std::uint8_t kind) {
+  bool found = false;
+  for_each_option([&](auto row) {
+    using Row = decltype(row);
+    using T = typename Row::type;
+    if (found) return;
+    if constexpr (std::is_same<T, Schedule>::value) {
+      if (key == cycle_key(stored_key(row))) {  // after the schedule: it cycles
+        found = true;
+        if (kind != 0) r.fail(g.where + "option '" + key + "' has kind " + std::to_string(kind));
+        if (r.f64() != 1.0) r.fail(g.where + "option '" + key + "' is not 1");
+        Row::of(g.options) = Row::of(g.options).with_past_end(Schedule::PastEnd::cycle);
+        return;
+      }
+    }
+    if (key != stored_key(row)) return;
+    found = true;
+    if (kind != kind_of<T>())
+      r.fail(g.where + "option '" + key + "' has kind " + std::to_string(kind) + ", not " +
+             std::to_string(kind_of<T>()));
+    read_entry(r, g, key, Row::of(g.options), Row::check);
+  });
+  if (found) return;
+  if (kind == 0) r.fail(g.where + "unknown numeric option '" + key + "' (written by a newer version?)");
+  if (kind == 1) r.fail(g.where + "unknown option '" + key + "' (written by a newer version?)");
+  r.fail(g.where + "option '" + key + "' has an unknown kind " + std::to_string(kind));
+}
+
 inline GroupOptions read_group_v2(checkpoint::Reader& r, std::size_t index, bool& user_rule) {
-  const std::string where = "group " + std::to_string(index) + ": ";
-  GroupOptions g;
-  user_rule = false;
+  ReadGroup g;
+  g.where = "group " + std::to_string(index) + ": ";
   const std::uint32_t count = r.u32();
-  if (count > limits::options) r.fail(where + "implausible option count");
+  if (count > limits::options) r.fail(g.where + "implausible option count");
   std::set<std::string> seen;
   for (std::uint32_t i = 0; i < count; ++i) {
     const std::string key = r.str("option key", limits::word_bytes);
-    if (!seen.insert(key).second) r.fail(where + "option '" + key + "' appears twice");
-    apply_group_option(r, g, user_rule, key, r.u8(), where);
+    if (!seen.insert(key).second) r.fail(g.where + "option '" + key + "' appears twice");
+    const std::uint8_t kind = r.u8();
+    apply_group_option(r, g, key, kind);
   }
   // An AdaMuon group saved before the sign form became the default (the
   // writer stores adamuon_form for every AdaMuon group since): the plain
   // form, with the default beta2 of that time where the file left it out.
-  if (g.muon.variant == MuonVariant::adamuon && seen.count("adamuon_form") == 0) {
-    g.muon.adamuon_form = AdaMuonForm::plain;
-    if (seen.count("adamuon_beta2") == 0) g.muon.adamuon_beta2 = kPlainAdaMuonBeta2;
+  MuonGroupOptions& m = g.options.muon;
+  if (m.variant == MuonVariant::adamuon && seen.count(option::adamuon_form::key) == 0) {
+    m.adamuon_form = AdaMuonForm::plain;
+    if (seen.count(option::adamuon_beta2::key) == 0) m.adamuon_beta2 = kPlainAdaMuonBeta2;
   }
-  return g;
+  user_rule = g.user_rule;
+  return std::move(g.options);
 }
 
 // Version 1 (muon 0.1): fixed fields in a fixed order.
@@ -564,7 +502,7 @@ inline GroupOptions read_group_v1(checkpoint::Reader& r, bool& user_rule) {
   m.adjust_lr = static_cast<LrAdjust>(rule);
   user_rule = r.boolean("adjust_lr_fn");
   const std::uint32_t steps = r.u32();
-  if (steps >= 100) r.fail("ns steps out of range");
+  if (!kNsStepsRange.contains(steps)) r.fail("ns steps out of range");
   m.ns.steps = static_cast<int>(steps);
   m.ns.eps = r.f64();
   const std::uint8_t mode = r.u8();
