@@ -23,6 +23,7 @@
 #include <muon/dist/optimizer.hpp>
 #include <muon/optimizer.hpp>
 
+#include "option_samples.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -556,6 +557,51 @@ TEST_CASE("a registration difference names the first differing parameter, option
                                 who +
                                 " has 'h0.qkv.weight' (muon, group 0, shape (72, "
                                 "24), blocks 48 24)")));
+}
+
+TEST_CASE("ranks that differ in any one option are refused on every rank, naming it") {
+  // Every row of the option table (option_samples.hpp finds another valid
+  // value for each): the last rank's group 0 differs in that row alone, and
+  // every rank refuses before anything moves, naming the row's key and both
+  // values. Each home would otherwise run its own options: the result would
+  // depend on the rank layout.
+  if (world_size() < 2) return;
+  const int last = world_size() - 1;
+  const bool odd_one = world_rank() == last;
+  const std::string who = "rank " + std::to_string(last);
+  muon::dist::MpiCommunicator comm(MPI_COMM_WORLD);
+  const muon::GroupOptions defaults;
+  std::size_t rows = 0;
+  for (const muon::optim::OptionRow& row : muon::optim::option_table()) {
+    INFO("option " << row.key);
+    ++rows;
+    const muon::GroupOptions other = muon_test::other_value(defaults, row);
+    const muon::GroupOptions& mine = odd_one ? other : defaults;
+    Model m;
+    muon::dist::Optimizer<float> opt(comm, GradMode::sum, mine.muon, mine.adamw);
+    m.attach(opt);
+    std::ostringstream os;
+    const std::string message = error_of([&] { opt.save(os); });
+    INFO(message);
+    CHECK(everywhere(contains(message, "muon: save: rank(s) " + std::to_string(last) +
+                                           " registered other parameters or options")));
+    CHECK(everywhere(contains(message, "the first difference: group 0 option '" +
+                                           std::string(row.key) + "': rank 0 has " +
+                                           row.text(defaults) + ", " + who + " has " +
+                                           row.text(other))));
+  }
+  CHECK(rows == muon::optim::kOptionCount);
+  // A schedule under the same name with one coefficient changed: its
+  // coefficients are compared, not its name.
+  muon::MuonGroupOptions typo;
+  if (odd_one) typo.ns.schedule = muon::Schedule({{3.4445, -4.7750, 2.0316}}, 1.0, "jordan");
+  Model m;
+  muon::dist::Optimizer<float> opt(comm, GradMode::sum, typo);
+  m.attach(opt);
+  const std::string message = error_of([&] { (void)opt.home("h0.qkv.weight"); });
+  INFO(message);
+  CHECK(everywhere(contains(message, "group 0 option 'ns_coefficients': rank 0 has jordan")));
+  CHECK(everywhere(contains(message, "2.0316")));
 }
 
 TEST_CASE(
