@@ -13,12 +13,16 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "catch.hpp"
 #include "muon/torch.hpp"
+#include "option_samples.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -1056,94 +1060,112 @@ TEST_CASE("metrics and on_step reach every parameter of every dtype", "[torch]")
 
 namespace {
 
-bool same_schedule(const muon::Schedule& a, const muon::Schedule& b) {
-  if (a.name() != b.name() || a.norm_divisor() != b.norm_divisor() ||
-      a.past_end() != b.past_end() || a.rows().size() != b.rows().size())
-    return false;
-  for (std::size_t i = 0; i < a.rows().size(); ++i)
-    if (a.rows()[i].a != b.rows()[i].a || a.rows()[i].b != b.rows()[i].b ||
-        a.rows()[i].c != b.rows()[i].c)
-      return false;
-  return true;
-}
-
-// The MuonOptions fields in which a and b differ: EVERY field, by hand
-// (until an option table lists them), so a field a load forgets is named.
+// The MuonOptions options in which a and b differ: every row of the option
+// table, read through its getter, and the route, so an option a load
+// forgets is named.
 std::vector<std::string> fields_that_differ(const MuonOptions& a, const MuonOptions& b) {
   std::vector<std::string> d;
-  const auto field = [&d](bool same, const char* name) {
-    if (!same) d.push_back(name);
-  };
-  field(a.lr() == b.lr(), "lr");
-  field(a.momentum() == b.momentum(), "momentum");
-  field(a.nesterov() == b.nesterov(), "nesterov");
-  field(a.weight_decay() == b.weight_decay(), "weight_decay");
-  field(a.weight_decay_form() == b.weight_decay_form(), "weight_decay_form");
-  field(a.momentum_kind() == b.momentum_kind(), "momentum_kind");
-  field(a.ns_steps() == b.ns_steps(), "ns_steps");
-  field(same_schedule(a.ns_coefficients(), b.ns_coefficients()), "ns_coefficients");
-  field(a.ns_eps() == b.ns_eps(), "ns_eps");
-  field(a.ns_eps_mode() == b.ns_eps_mode(), "ns_eps_mode");
-  field(a.ns_norm_divisor() == b.ns_norm_divisor(), "ns_norm_divisor");
-  field(a.ns_method() == b.ns_method(), "ns_method");
-  field(a.ns_normalization() == b.ns_normalization(), "ns_normalization");
-  field(a.adjust_lr() == b.adjust_lr(), "adjust_lr");
-  field(a.cautious_weight_decay() == b.cautious_weight_decay(), "cautious_weight_decay");
-  field(a.lr_scale() == b.lr_scale(), "lr_scale");
-  field(a.variant() == b.variant(), "variant");
-  field(a.normuon_beta2() == b.normuon_beta2(), "normuon_beta2");
-  field(a.normuon_eps() == b.normuon_eps(), "normuon_eps");
-  field(a.adamuon_form() == b.adamuon_form(), "adamuon_form");
-  field(a.adamuon_beta2() == b.adamuon_beta2(), "adamuon_beta2");
-  field(a.adamuon_eps() == b.adamuon_eps(), "adamuon_eps");
-  field(a.adamw_lr() == b.adamw_lr(), "adamw_lr");
-  field(a.adamw_betas() == b.adamw_betas(), "adamw_betas");
-  field(a.adamw_eps() == b.adamw_eps(), "adamw_eps");
-  field(a.adamw_weight_decay() == b.adamw_weight_decay(), "adamw_weight_decay");
-  field(a.route() == b.route(), "route");
+#define MUON_TEST_COMPARE(KEY, PART, MEMBER, TYPE, ...)                                  \
+  if (muon::optim::Codec<TYPE>::text(a.KEY()) != muon::optim::Codec<TYPE>::text(b.KEY())) \
+    d.push_back(#KEY);
+  MUON_GROUP_OPTIONS(MUON_TEST_COMPARE)
+#undef MUON_TEST_COMPARE
+  if (a.route() != b.route()) d.push_back("route");
   return d;
 }
-constexpr std::size_t kMuonOptionsFields = 27;
 
-// Every field away from its default (the route stays automatic: a load keeps
-// the route the optimizer was built with, by design).
+// Sets the option `key` of `o` to its value in `g`, through its setter.
+void set_through_accessor(MuonOptions& o, const std::string& key, const muon::GroupOptions& g) {
+#define MUON_TEST_SET(KEY, ...) \
+  if (key == #KEY) o.KEY(muon::optim::option::KEY::of(g));
+  MUON_GROUP_OPTIONS(MUON_TEST_SET)
+#undef MUON_TEST_SET
+}
+
+// Every option away from its default, through the setters (the route stays
+// automatic: a load keeps the route the optimizer was built with, by
+// design; and no adjust_lr_fn, which a checkpoint cannot hold): each row
+// takes another valid value in turn, then the schedule becomes one of
+// two custom rows that cycle.
 MuonOptions every_option_changed() {
-  return MuonOptions(0.03)
-      .momentum(0.8)
-      .nesterov(false)
-      .weight_decay(0.2)
-      .weight_decay_form(muon::WeightDecayForm::palm)
-      .momentum_kind(muon::MomentumKind::sum)
-      .ns_steps(7)
-      .ns_coefficients(muon::Schedule({{3.0, -3.2, 1.2}, {1.875, -1.25, 0.375}}, 1.02, "mine",
-                                      muon::Schedule::PastEnd::cycle))
-      .ns_eps(1e-6)
-      .ns_eps_mode(muon::EpsMode::add)
-      .ns_norm_divisor(1.05)
-      .ns_method(muon::NsMethod::standard)
-      .ns_normalization(muon::NsNormalization::aol)
-      .adjust_lr(muon::LrAdjust::match_rms_adamw)
-      .cautious_weight_decay(true)
-      .lr_scale(0.5)
-      .variant(muon::MuonVariant::adamuon)
-      .normuon_beta2(0.9)
-      .normuon_eps(1e-9)
-      .adamuon_form(muon::AdaMuonForm::plain)
-      .adamuon_beta2(0.99)
-      .adamuon_eps(1e-7)
-      .adamw_lr(4e-4)
-      .adamw_betas({0.8, 0.95})
-      .adamw_eps(1e-10)
-      .adamw_weight_decay(0.03);
+  muon::GroupOptions g;
+  for (const muon::optim::OptionRow& row : muon::optim::option_table())
+    if (row.type != muon::optim::OptionType::function) g = muon_test::other_value(g, row);
+  g.muon.ns.schedule = muon::Schedule({{3.0, -3.2, 1.2}, {1.875, -1.25, 0.375}}, 1.02, "mine",
+                                      muon::Schedule::PastEnd::cycle);
+  MuonOptions o;
+  for (const muon::optim::OptionRow& row : muon::optim::option_table())
+    set_through_accessor(o, row.key, g);
+  return o;
+}
+
+// A value of the row's type outside its range (nullopt: the type has none).
+template <class Row>
+std::optional<typename Row::type> out_of_range(Row) {
+  using T = typename Row::type;
+  if constexpr (std::is_same<T, double>::value || std::is_same<T, int>::value)
+    return static_cast<T>(Row::check.lo - 1);
+  else if constexpr (std::is_same<T, std::optional<double>>::value)
+    return T(Row::check.lo / 2);
+  else if constexpr (std::is_enum<T>::value)
+    return static_cast<T>(97);
+  else
+    return std::nullopt;
 }
 
 }  // namespace
+
+TEST_CASE("every option of the table is a MuonOptions setter and getter of its key",
+          "[torch][options]") {
+  // One row at a time through its own setter: the library's options get
+  // that row and nothing else, the getter reads it back, and a load's way
+  // back (set_group_options) gives the same MuonOptions.
+  for (const muon::optim::OptionRow& row : muon::optim::option_table()) {
+    INFO("option " << row.key);
+    const muon::GroupOptions changed = muon_test::other_value(muon::GroupOptions(), row);
+    MuonOptions o;
+    set_through_accessor(o, row.key, changed);
+    const muon::GroupOptions got = o.group_options();
+    for (const muon::optim::OptionRow& r : muon::optim::option_table()) {
+      INFO("reading " << r.key);
+      CHECK(r.text(got) == r.text(changed));
+    }
+    CHECK(fields_that_differ(o, MuonOptions()) == std::vector<std::string>{row.key});
+    MuonOptions back;
+    back.set_group_options(changed);
+    CHECK(fields_that_differ(back, o).empty());
+  }
+  // A value out of a row's range is refused when the optimizer reads the
+  // options, naming the row's key.
+  std::size_t refused = 0;
+#define MUON_TEST_REFUSED(KEY, ...)                                                     \
+  if (const auto bad = out_of_range(muon::optim::option::KEY{})) {                     \
+    INFO("option " #KEY);                                                               \
+    ++refused;                                                                          \
+    CHECK(muon_test::contains(                                                          \
+        muon_test::error_message([&] { (void)MuonOptions().KEY(*bad).group_options(); }), \
+        "muon: " #KEY ": "));                                                           \
+  }
+  MUON_GROUP_OPTIONS(MUON_TEST_REFUSED)
+#undef MUON_TEST_REFUSED
+  CHECK(refused >= 20);
+  // A step count beyond int is refused by the setter (it cannot be held).
+  CHECK(muon_test::contains(
+      muon_test::error_message([] { (void)MuonOptions().ns_steps(std::int64_t(1) << 40); }),
+      "muon: ns_steps: "));
+  // adamw_betas is the pair of rows adamw_beta1 and adamw_beta2.
+  const MuonOptions betas = MuonOptions().adamw_betas({0.8, 0.9});
+  CHECK(betas.adamw_beta1() == 0.8);
+  CHECK(betas.adamw_beta2() == 0.9);
+  CHECK(MuonOptions().adamw_beta2(0.95).adamw_betas() == std::make_tuple(0.9, 0.95));
+}
 
 TEST_CASE("torch::load restores every libtorch-side option, checked field by field",
           "[torch][checkpoint]") {
   const MuonOptions every = every_option_changed();
   std::vector<std::string> all_but_route = fields_that_differ(every, MuonOptions());
-  CHECK(all_but_route.size() == kMuonOptionsFields - 1);  // every field but the route moved
+  // Every option but the route and adjust_lr_fn moved.
+  CHECK(all_but_route.size() == muon::optim::kOptionCount - 1);
   CHECK(fields_that_differ(MuonOptions(), MuonOptions().route(muon::Route::muon)) ==
         std::vector<std::string>{"route"});
 
