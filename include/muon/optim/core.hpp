@@ -2,21 +2,26 @@
 #pragma once
 /// \file optim/core.hpp
 /// \brief The backend-neutral optimizer core: parameter groups and their
-/// options, the parameter registry, lr schedule and momentum warmup, the
-/// sequencing of a step and the checkpoint of the whole state. Free of Eigen
-/// and CUDA: muon::Optimizer (CPU) and muon::cuda::Optimizer hold a Core and
-/// add only buffers and kernels.
+/// options, the parameter registry, lr schedule and momentum warmup, each
+/// step's scalars (by parameter and block), the step's decision and the
+/// checkpoint of the whole state. Free of Eigen and CUDA. Every facade
+/// (muon::Optimizer, muon::cuda::Optimizer, the distributed optimizer,
+/// muon::torch) holds one Core (optim::Front gives them one method set);
+/// what a backend adds is its buffers, its indexing and its executor (CPU
+/// threads and lanes: backend/eigen/engine.hpp; CUDA kernels and launches),
+/// calling the per-element maths of rules.hpp and step_rules.hpp.
 ///
 /// A step is a transaction (see Optimizer::step):
 ///   1. begin_step(): the lr factor, every group's lr and momentum, every
 ///      block's adjusted lr. Nothing changes; a bad value throws.
 ///   2. the backend checks, reading only, that every update it is about to
-///      make is finite (gradient, new momentum or moments, parameter), and
-///      calls skip() for the parameters it must leave alone;
+///      make is finite (gradient, new momentum or moments, parameter): one
+///      word of step::Flag bits per parameter; decide() refuses the step
+///      (raise) or skip()s the parameters it must leave alone;
 ///   3. the backend writes every parameter not skipped: nothing can fail
 ///      any more;
 ///   4. finish_step(): counters advance, the report is filled.
-/// begin_step and finish_step allocate nothing.
+/// begin_step, decide and finish_step allocate nothing.
 
 #include <algorithm>
 #include <cmath>
@@ -292,6 +297,31 @@ class Core {
     report_.skipped.push_back({registry_[i].name, why});
   }
   bool updates(std::size_t i) const { return plan_.fate[i] == StepPlan::Fate::update; }
+
+  /// The step's decision from its checks, the same on every backend:
+  /// flags[i] holds the step::Flag bits found for parameter i (ORed over its
+  /// elements, and over every engine and rank that holds a part of it).
+  /// Under NonFinitePolicy::raise the first parameter (registration order)
+  /// whose flags block its update refuses the whole step: step::refuse
+  /// throws, naming it and its storage types (`types_of(i)`, a
+  /// step::StorageTypes), and the backend writes nothing. Otherwise every
+  /// such parameter is skipped, reason_of(its flags), as is one without a
+  /// gradient. Call between begin_step and the writes. Allocates nothing.
+  template <class TypesOf>
+  void decide(const std::vector<int>& flags, TypesOf&& types_of) {
+    for (std::size_t i = 0; i < registry_.size(); ++i) {
+      const int f = flags[i];
+      if (f == 0) continue;
+      if (step::blocks_update(f) && policy_ == NonFinitePolicy::raise) {
+        const step::StorageTypes t = types_of(i);
+        step::refuse(registry_[i].name, f, registry_[i].muon(), t.buffer, t.param);
+      }
+      skip(i, step::reason_of(f));
+    }
+  }
+  void decide(const std::vector<int>& flags, step::StorageTypes types) {
+    decide(flags, [types](std::size_t) { return types; });
+  }
 
   /// Advances the counters of the parameters updated and of the optimizer;
   /// returns the report. Allocates nothing.

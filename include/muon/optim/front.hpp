@@ -16,7 +16,10 @@
 ///
 ///     void front_check_group(const GroupOptions& next, std::size_t g) const;
 ///         refuse (muon::Error) options this backend cannot run, BEFORE
-///         anything changes (the CUDA backend refuses NsMethod::gram);
+///         anything changes (the CUDA backend refuses NsMethod::gram); may
+///         be non-const to make, aside, what the change will need (the
+///         CUDA backend allocates a new variant's state here, so a failed
+///         allocation changes nothing);
 ///     void front_group_changed(std::size_t g);
 ///         after a group's options changed (a change of variant gives the
 ///         parameters the new variant's state);
@@ -35,6 +38,7 @@
 #include <vector>
 
 #include "core.hpp"
+#include "qk_clip.hpp"
 
 namespace muon {
 namespace optim {
@@ -136,6 +140,19 @@ class Front {
   }
   /// Steps the optimizer has taken (schedules read this, 0-based, before the step).
   std::int64_t step_count() const { return core().step_count(); }
+
+  /// The report of the last step (or check): valid until the next one.
+  const StepReport& last_report() const { return core().last_report(); }
+
+  // ---- QK-Clip ------------------------------------------------------------------
+
+  /// QK-Clip with the maxima in a vector: the facade's
+  /// qk_clip(heads, max_logits, count, options) (a facade brings this
+  /// overload in with `using optim::Front<Facade>::qk_clip;`).
+  QkClipReport qk_clip(const QkClipHeads& heads, const std::vector<double>& max_logits,
+                       const QkClipOptions& options = QkClipOptions()) {
+    return self().qk_clip(heads, max_logits.data(), max_logits.size(), options);
+  }
 
   /// The backend-neutral core (options, registry, counters).
   const Core& core() const { return self().front_core(); }

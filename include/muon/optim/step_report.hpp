@@ -101,6 +101,12 @@ constexpr StepStatus status_of(std::size_t updated, std::size_t skipped) {
   return updated == 0 ? StepStatus::nothing : (skipped == 0 ? StepStatus::ok : StepStatus::partial);
 }
 
+/// The names of a parameter's storage types for the refusal message: its
+/// optimizer buffers' ("float") and its own ("bfloat16").
+struct StorageTypes {
+  std::string_view buffer, param;
+};
+
 /// What a refused step throws (NonFinitePolicy::raise), for parameter
 /// `name` whose checks raised `flags`: a muon::Error naming "grad" for a
 /// non-finite gradient, else "step" with what would overflow. `muon` says
