@@ -715,7 +715,8 @@ TEST_CASE("set_param moves a parameter to new memory and keeps its state",
                    "'w' has shape (2, 5), registered as (6, 9)"));
   REQUIRE(contains(error_of([&] { moved.set_param("w", {nullptr, {r, c}}); }), "null"));
   REQUIRE(contains(error_of([&] {
-                     moved.set_param("w", muon::ParamView<double>::col_major(copy.data(), r, c));
+                     moved.set_param("w", muon::ParamView<double>::matrix(copy.data(), r, c, 0,
+                                                                      muon::Layout::column_major));
                    }),
                    "registered as"));
   refill(g, gaussian(g.size(), 180));

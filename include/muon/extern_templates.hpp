@@ -20,8 +20,9 @@
 ///
 /// Covered: Eigen's BDCSVD and SelfAdjointEigenSolver on dynamic float and
 /// double matrices (the exact references: the largest saving), the CPU
-/// products, Workspace, the Newton–Schulz loop and Optimizer (storage float,
-/// double, Eigen::bfloat16, Eigen::half). Measured gains:
+/// products, Workspace, the Newton–Schulz loop, and Optimizer with its CPU
+/// engine and executor and its optim::Front (storage float, double,
+/// Eigen::bfloat16, Eigen::half). Measured gains:
 /// docs/compile_time.md. Everything else (orthogonalize_into over your Eigen
 /// expression types, the elementwise functions) is still instantiated where
 /// it is used.
@@ -101,6 +102,20 @@ MUON_TEMPLATE_INSTANCE class Workspace<Eigen::half>;
 #define MUON_TEMPLATE_INSTANCE extern template
 #endif
 namespace muon {
+namespace eigen {
+MUON_TEMPLATE_INSTANCE class Executor<float>;
+MUON_TEMPLATE_INSTANCE class Executor<double>;
+MUON_TEMPLATE_INSTANCE class Engine<float>;
+MUON_TEMPLATE_INSTANCE class Engine<double>;
+MUON_TEMPLATE_INSTANCE class Engine<Eigen::bfloat16>;
+MUON_TEMPLATE_INSTANCE class Engine<Eigen::half>;
+}  // namespace eigen
+namespace optim {
+MUON_TEMPLATE_INSTANCE class Front<Optimizer<float>>;
+MUON_TEMPLATE_INSTANCE class Front<Optimizer<double>>;
+MUON_TEMPLATE_INSTANCE class Front<Optimizer<Eigen::bfloat16>>;
+MUON_TEMPLATE_INSTANCE class Front<Optimizer<Eigen::half>>;
+}  // namespace optim
 MUON_TEMPLATE_INSTANCE class Optimizer<float>;
 MUON_TEMPLATE_INSTANCE class Optimizer<double>;
 MUON_TEMPLATE_INSTANCE class Optimizer<Eigen::bfloat16>;

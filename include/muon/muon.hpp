@@ -15,6 +15,7 @@
 #include "optim/core.hpp"
 #include "optimizer.hpp"
 #include "orthogonalize.hpp"
+#include "param_view.hpp"
 #include "reference.hpp"
 #include "scalar.hpp"
 #include "update.hpp"

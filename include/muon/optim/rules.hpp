@@ -2,10 +2,10 @@
 #pragma once
 /// \file optim/rules.hpp
 /// \brief The per-element maths of every update the optimizer makes, written
-/// once: the CPU loops (optimizer.hpp, momentum.hpp, update.hpp, adamw.hpp)
-/// and the CUDA kernels (backend/cuda/kernels.cuh) call these functions and
-/// add only their indexing. A CPU test of a rule is a test of the kernel's
-/// maths.
+/// once: the CPU loops (backend/eigen/engine.hpp, momentum.hpp, update.hpp,
+/// adamw.hpp) and the CUDA kernels (backend/cuda/kernels.cuh) call these
+/// functions, composed by step_rules.hpp, and add their indexing. A CPU test
+/// of a rule is a test of the kernel's maths.
 ///
 /// C is the compute scalar (float, or double for double parameters). The
 /// per-step scalars (mu, decays, step sizes) are computed once per step on

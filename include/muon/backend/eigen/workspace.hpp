@@ -208,16 +208,16 @@ class Workspace {
 
   /// X <- f(r, c) over the input's rows() x cols() (cast to the compute
   /// scalar, transposed if tall), for inputs computed on the fly (the
-  /// optimizer's Newton–Schulz input from momentum and gradient). Visited in
-  /// 32 x 32 tiles, so X's columns and an f that reads row-major memory both
-  /// stay in cache. Returns false when a value is NaN or Inf.
+  /// optimizer's Newton–Schulz input, made as it writes the momentum), each
+  /// (r, c) once. Visited in 32 x 32 tiles, so X's columns and an f that
+  /// reads row-major memory both stay in cache. No finiteness pass: the
+  /// optimizer checked every input before its step (engine.hpp).
   template <class F>
-  bool load_generated(F&& f) {
+  void load_generated(F&& f) {
     bind();
     xt_current_ = false;
     const bool t = transposed();
     for_tiles([&](Index i, Index j) { x_[i + j * m_] = static_cast<S>(t ? f(j, i) : f(i, j)); });
-    return X().allFinite();
   }
 
   /// g(r, c, o) for every element o = O(r, c) of the result, in the input's
