@@ -173,6 +173,54 @@ TEST_CASE("validate() and the checkpoint reader check each row as set_option doe
   CHECK(contains(error_message([&] { read_one_group(diverging); }), "ns_coefficients: "));
 }
 
+TEST_CASE("the reader refuses an entry of another kind than its row's, naming the key",
+          "[option_table]") {
+  // A number row stored as a name, a name row as a number, the schedule as
+  // a number: each refused naming the key (the value is not read as
+  // another type's bytes).
+  const std::pair<const char*, int> entries[] = {{"lr", 1}, {"momentum_kind", 0}, {"ns_schedule", 0}};
+  for (const auto& [key, kind] : entries) {
+    INFO(key << " as kind " << kind);
+    std::ostringstream os;
+    muon::checkpoint::write(os, [&, key = key, kind = kind](muon::checkpoint::Writer& w) {
+      w.str(muon::optim::kStateKind);
+      w.u8(static_cast<std::uint8_t>(muon::checkpoint::Dtype::float32));
+      w.u8(static_cast<std::uint8_t>(muon::checkpoint::Dtype::float32));
+      muon::optim::state_io::write_head(w, 0, 1);
+      w.u32(1);
+      w.str(key);
+      w.u8(static_cast<std::uint8_t>(kind));
+      if (kind == 0)
+        w.f64(0.5);
+      else
+        w.str("ema");
+      muon::optim::state_io::write_param_count(w, 0);
+    });
+    std::istringstream is(os.str());
+    const std::string message = error_message([&] { (void)muon::optim::read_state(is); });
+    INFO(message);
+    CHECK(contains(message, std::string("option '") + key + "' has kind " + std::to_string(kind)));
+  }
+}
+
+TEST_CASE("setting adjust_lr by its key drops a user adjust_lr_fn, as with_adjust_lr does",
+          "[option_table]") {
+  GroupOptions g;
+  g.muon.adjust_lr_fn = muon_test::halved_lr;
+  muon::optim::set_option(g, "adjust_lr", "spectral");
+  CHECK(!g.muon.adjust_lr_fn);
+  CHECK(g.muon.adjust_lr == muon::LrAdjust::spectral);
+  // Any other key keeps it.
+  g.muon.adjust_lr_fn = muon_test::halved_lr;
+  muon::optim::set_option(g, "lr", 0.5);
+  muon::optim::set_option(g, "momentum_kind", "sum");
+  CHECK(g.muon.adjust_lr_fn);
+  CHECK(!muon::MuonGroupOptions()
+             .with_adjust_lr(muon::LrAdjustFn(muon_test::halved_lr))
+             .with_adjust_lr(muon::LrAdjust::none)
+             .adjust_lr_fn);
+}
+
 namespace {
 
 // The number of members of an aggregate: the most initializers T{...}
