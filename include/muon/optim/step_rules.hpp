@@ -153,6 +153,14 @@ MUON_HOST_DEVICE C normuon_entry(C o, double factor, C ratio) {
   return o * static_cast<C>(factor) * ratio;
 }
 
+/// AdaMuon's element: V <- beta2 V + (1 - beta2) o^2, stored as S; returns
+/// the direction D = o / (sqrt(V_hat) + eps) from the stored V.
+template <class S, class C>
+MUON_HOST_DEVICE C adamuon_element(S& v, C o, const rules::SecondMomentCoefficients<C>& k) {
+  v = static_cast<S>(rules::second_moment(static_cast<C>(v), o * o, k));
+  return rules::adamuon_direction(o, static_cast<C>(v), k);
+}
+
 /// AdaMuon's block scalar: sqrt(min(m, n)) / ||D||_F (an orthogonal
 /// matrix's Frobenius norm), from ||D||_F^2.
 template <class C>
