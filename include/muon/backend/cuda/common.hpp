@@ -25,24 +25,28 @@
 #include <vector>
 
 #include "../../error.hpp"
+#include "../../optim/checkpoint_format.hpp"
 
 namespace muon {
 namespace cuda {
 
 // ---- errors -----------------------------------------------------------------
 
+// A failed CUDA or cuBLAS call is a muon::Error like any other, thrown by
+// ::muon::detail::fail with the call as its field.
+
 /// Throws muon::Error("<call>: <code name>: <message>") unless `e` is cudaSuccess.
 inline void check(cudaError_t e, const char* call) {
   if (e != cudaSuccess)
-    throw Error(std::string(call) + ": " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+    ::muon::detail::fail(call, std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e));
 }
 
 /// Throws muon::Error("<call>: <status name>: <message>") unless `s` is
 /// CUBLAS_STATUS_SUCCESS.
 inline void check(cublasStatus_t s, const char* call) {
   if (s != CUBLAS_STATUS_SUCCESS)
-    throw Error(std::string(call) + ": " + cublasGetStatusName(s) + ": " +
-                cublasGetStatusString(s));
+    ::muon::detail::fail(call,
+                         std::string(cublasGetStatusName(s)) + ": " + cublasGetStatusString(s));
 }
 
 /// Checks a CUDA runtime or cuBLAS call, naming it in the error message.
@@ -108,6 +112,9 @@ constexpr double storage_max() {
     return 3.4028234663852886e38;
 }
 
+/// What the backend needs to know of a device scalar, in one place: its
+/// cuBLAS type, its name in messages, its checkpoint dtype and its largest
+/// finite value (as a double).
 template <class T>
 struct device_scalar {
   static_assert(sizeof(T) == 0,
@@ -117,16 +124,22 @@ template <>
 struct device_scalar<__nv_bfloat16> {
   static constexpr cudaDataType_t data_type = CUDA_R_16BF;
   static constexpr const char* name = "bfloat16";
+  static constexpr checkpoint::Dtype dtype = checkpoint::Dtype::bfloat16;
+  static constexpr double max = 3.3895313892515355e38;
 };
 template <>
 struct device_scalar<__half> {
   static constexpr cudaDataType_t data_type = CUDA_R_16F;
   static constexpr const char* name = "half";
+  static constexpr checkpoint::Dtype dtype = checkpoint::Dtype::float16;
+  static constexpr double max = 65504.0;
 };
 template <>
 struct device_scalar<float> {
   static constexpr cudaDataType_t data_type = CUDA_R_32F;
   static constexpr const char* name = "float";
+  static constexpr checkpoint::Dtype dtype = checkpoint::Dtype::float32;
+  static constexpr double max = 3.4028234663852886e38;
 };
 
 // ---- views ------------------------------------------------------------------
@@ -214,8 +227,7 @@ inline void* allocate_or_throw(const Allocator& a, std::size_t bytes, cudaStream
   void* p = a.allocate(bytes, stream, a.context);
   if (!p) {
     (void)cudaGetLastError();
-    throw Error(std::string(what) + ": device allocation of " + std::to_string(bytes) +
-                " bytes failed");
+    ::muon::detail::fail(what, "device allocation of " + std::to_string(bytes) + " bytes failed");
   }
   return p;
 }

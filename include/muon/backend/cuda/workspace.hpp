@@ -586,8 +586,9 @@ class Orthogonalizer {
     const std::vector<int> flags = ws_.nonfinite_flags_now(stream);
     for (std::size_t k = 0; k < flags.size(); ++k)
       if (flags[k])
-        throw Error(std::string(parameter) + ": matrix " + std::to_string(k) +
-                    (batch_ > 1 ? " of the batch" : "") + " contains NaN or Inf");
+        ::muon::detail::fail(parameter, "matrix " + std::to_string(k) +
+                                            (batch_ > 1 ? " of the batch" : "") +
+                                            " contains NaN or Inf");
   }
 
   Workspace<T>& workspace() { return ws_; }
