@@ -14,7 +14,10 @@
 ///  - muon::cuda::Optimizer<P>: the optimizer core (optim/core.hpp: options,
 ///    routing, groups, schedules, checkpoints; the same as the CPU
 ///    muon::Optimizer's) over device parameters, one CUDA graph per step
-///    (backend/cuda/optimizer.hpp)
+///    (backend/cuda/optimizer.hpp; its device state, per-step values,
+///    launches and graph in device_state.hpp, step_scalars.hpp,
+///    step_launch.hpp and step_graph.hpp; its kernels, over the step rules
+///    of optim/step_rules.hpp, in kernels.cuh)
 ///
 /// See docs/cuda.md.
 

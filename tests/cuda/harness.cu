@@ -355,12 +355,11 @@ std::string check_normuon(std::int64_t rows, std::int64_t cols, bool by_row, boo
   for (int t = 0; t < kThreads; ++t)
     norms[t] = k::normuon_line_share(v.data(), sums.data(), lines, averaged, km, t, kThreads);
   const k::NormuonNorms total = tree_sum(norms);
-  const float ratio = k::norm_ratio(total.o_sq, total.scaled_sq);
-  for (std::size_t e = 0; e < n; ++e) {  // normuon_commit
-    const std::int64_t line = by_row ? std::int64_t(e) / cols : std::int64_t(e) % cols;
-    p[e] = r::muon_parameter(
-        p[e], k::normuon_update_entry(o[e], sums[static_cast<std::size_t>(line)], ratio), ku);
-  }
+  const float ratio = muon::optim::step::normuon_ratio<float>(total.o_sq, total.scaled_sq);
+  const std::int64_t commit_threads = std::int64_t(k::elementwise_blocks(rows * cols)) * 256;
+  for (std::int64_t t = 0; t < commit_threads; ++t)  // normuon_commit
+    k::normuon_commit_share(p.data(), o.data(), rows * cols, cols, by_row, sums.data(), ratio, ku,
+                            t, commit_threads);
 
   // The CPU optimizer's normuon_update, as plain loops.
   std::vector<double> line_sq(static_cast<std::size_t>(lines), 0.0);
@@ -425,9 +424,10 @@ std::string check_adamuon(std::int64_t rows, std::int64_t cols, bool zero_o) {
   std::vector<double> shares(kThreads);  // adamuon_ratio: one CUDA block
   for (int t = 0; t < kThreads; ++t)
     shares[t] = k::partials_share(partials.data(), static_cast<int>(blocks), t, kThreads);
-  const float ratio = k::norm_ratio(target, tree_sum(shares));
-  for (std::size_t e = 0; e < un; ++e)  // adamuon_commit
-    p[e] = r::muon_parameter(p[e], r::adamuon_direction(o[e], v[e], km) * ratio, ku);
+  const float ratio = muon::optim::step::adamuon_ratio<float>(rows, cols, tree_sum(shares));
+  const std::int64_t commit_threads = std::int64_t(k::elementwise_blocks(n)) * 256;
+  for (std::int64_t t = 0; t < commit_threads; ++t)  // adamuon_commit
+    k::adamuon_commit_share(p.data(), o.data(), v.data(), n, km, ratio, ku, t, commit_threads);
 
   // The CPU optimizer's adamuon_update, as plain loops.
   std::vector<float> v_ref = v0;
@@ -467,6 +467,314 @@ std::string emulate_variant_kernels() {
   // More entries than the elementwise grid's 4096 x 256 threads: the
   // grid-stride loop comes round.
   return check_adamuon(1100, 1000, false);
+}
+
+namespace {
+
+// ---- the step's check and commit kernels, thread by thread ----------------------
+//
+// The references are the formulas written out in float, in the order the
+// CPU optimizer evaluates them (torch.optim.Muon's and torch.optim.AdamW's
+// steps), so a kernel's values must agree to the bit.
+
+constexpr float kHuge = std::numeric_limits<float>::max();
+
+// Every thread of a grid-stride launch of `threads` threads, in order.
+template <class F>
+void each_thread(std::int64_t threads, F&& f) {
+  for (std::int64_t t = 0; t < threads; ++t) f(t);
+}
+
+// The threads of an elementwise launch over n entries (256 per block).
+std::int64_t launch_threads(std::int64_t n) { return std::int64_t(k::elementwise_blocks(n)) * 256; }
+
+template <class P>
+float as_stored(float x) {  // x rounded to P and back
+  return k::to_float(k::from_float<P>(x));
+}
+
+template <class P>
+std::vector<P> stored(const std::vector<float>& v) {
+  std::vector<P> out(v.size());
+  for (std::size_t e = 0; e < v.size(); ++e) out[e] = k::from_float<P>(v[e]);
+  return out;
+}
+
+// Muon's momentum step on one entry, as the formulas say, with the float
+// scalars the host uploads (mu, and 1 - mu computed in double): g (+ lambda
+// p under the l2 form); ema: m + (1 - mu)(g - m), sum: mu m + g; the
+// Newton–Schulz input from the new m: m, or with Nesterov m + (1 - mu)(g -
+// m) (ema) / g + mu m (sum); its sign under AdaMuon's sign form.
+struct MomentumFormula {
+  double mu_d, lambda_d;
+  bool ema, nesterov, sign;
+  float mu() const { return static_cast<float>(mu_d); }
+  float one_minus_mu() const { return static_cast<float>(1.0 - mu_d); }
+  float lambda() const { return static_cast<float>(lambda_d); }
+  float grad(float raw, float p) const { return lambda_d != 0 ? raw + lambda() * p : raw; }
+  float momentum(float m, float g) const {
+    return ema ? m + one_minus_mu() * (g - m) : mu() * m + g;
+  }
+  float input(float m, float g) const {
+    const float x = !nesterov ? m : ema ? m + one_minus_mu() * (g - m) : g + mu() * m;
+    if (!sign) return x;
+    return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : x;
+  }
+};
+
+// The largest finite value of P.
+template <class P>
+float top_of() {
+  return std::is_same<P, float>::value    ? kHuge
+         : std::is_same<P, __half>::value ? 65504.0f
+                                          : 3.3895313892515355e38f;
+}
+
+template <class P>
+std::string check_muon_step(const char* type, const MomentumFormula& f, std::int64_t threads_in) {
+  const std::string where = std::string("muon step ") + type + (f.ema ? " ema" : " sum") +
+                            (f.nesterov ? " nesterov" : "") + (f.lambda_d != 0 ? " l2" : "") +
+                            (f.sign ? " sign" : "") +
+                            (threads_in ? " (" + std::to_string(threads_in) + " threads)" : "");
+  const std::int64_t n = 1000;
+  const std::size_t un = static_cast<std::size_t>(n);
+  const std::int64_t threads = threads_in ? threads_in : launch_threads(n);
+  const r::MomentumCoefficients<float> km = r::momentum_coefficients<float>(
+      f.mu_d, f.ema, f.nesterov, f.lambda_d, f.sign);  // what the host uploads
+  // The entries as stored: p and g in P, m in float.
+  std::vector<float> p = uniform(un, -2.0f, 2.0f, 31), g = uniform(un, -1.0f, 1.0f, 32),
+                     m0 = uniform(un, -0.5f, 0.5f, 33);
+  for (std::size_t e = 0; e < un; ++e) p[e] = as_stored<P>(p[e]), g[e] = as_stored<P>(g[e]);
+  const std::vector<P> pp = stored<P>(p), gp = stored<P>(g);
+
+  // 1. every entry fine: no flag, max |p| over all, then the commit.
+  k::MuonCheck found{0, 0.0f};
+  each_thread(threads, [&](std::int64_t t) {
+    const k::MuonCheck s = k::muon_check_share(gp.data(), m0.data(), pp.data(), n, km, t, threads);
+    found.flags |= s.flags;
+    found.max_abs = std::max(found.max_abs, s.max_abs);
+  });
+  float max_abs = 0;
+  for (float x : p) max_abs = std::max(max_abs, std::abs(x));
+  if (found.flags != 0) return where + ": flags " + std::to_string(found.flags) + " on finite data";
+  if (found.max_abs != max_abs) return where + ": max |p| " + std::to_string(found.max_abs);
+  std::vector<float> m = m0, staging(un, std::nanf(""));
+  each_thread(threads, [&](std::int64_t t) {
+    k::momentum_commit_share(gp.data(), pp.data(), m.data(), staging.data(), n, km, t, threads);
+  });
+  for (std::size_t e = 0; e < un; ++e) {
+    const float gr = f.grad(g[e], p[e]), mn = f.momentum(m0[e], gr);
+    if (m[e] != mn) return where + ": momentum wrong at " + std::to_string(e);
+    if (staging[e] != f.input(mn, gr)) return where + ": NS input wrong at " + std::to_string(e);
+  }
+
+  // 2. a NaN and an Inf gradient entry: flagged; their |p| (the largest) not counted.
+  std::vector<float> gbad = g;
+  std::vector<float> pbig = p;
+  gbad[7] = std::nanf("");
+  gbad[500] = std::numeric_limits<float>::infinity();
+  pbig[7] = as_stored<P>(3.5f);
+  pbig[500] = as_stored<P>(-3.25f);
+  const std::vector<P> gbp = stored<P>(gbad), pbp = stored<P>(pbig);
+  found = {0, 0.0f};
+  each_thread(threads, [&](std::int64_t t) {
+    const k::MuonCheck s =
+        k::muon_check_share(gbp.data(), m0.data(), pbp.data(), n, km, t, threads);
+    found.flags |= s.flags;
+    found.max_abs = std::max(found.max_abs, s.max_abs);
+  });
+  if (found.flags != muon::optim::step::kNonFiniteGrad)
+    return where + ": a NaN/Inf gradient gives flags " + std::to_string(found.flags);
+  if (found.max_abs != max_abs) return where + ": max |p| counts a NaN gradient's entry";
+
+  // 3. a momentum that overflows float, from a momentum and a gradient
+  // finite on their own (P's largest gradient: none for half).
+  std::vector<float> mbig = m0, gbig = g;
+  mbig[300] = kHuge;
+  gbig[300] = f.ema ? -top_of<P>() : top_of<P>();
+  const std::vector<P> gbigp = stored<P>(gbig);
+  found = {0, 0.0f};
+  each_thread(threads, [&](std::int64_t t) {
+    const k::MuonCheck s =
+        k::muon_check_share(gbigp.data(), mbig.data(), pp.data(), n, km, t, threads);
+    found.flags |= s.flags;
+  });
+  const float gr = f.grad(gbig[300], p[300]), mn = f.momentum(kHuge, gr);
+  const bool overflows = !std::isfinite(mn) || !std::isfinite(f.input(mn, gr));
+  if (!overflows && !std::is_same<P, __half>::value) return where + ": the case did not overflow";
+  if (found.flags != (overflows ? muon::optim::step::kNonFiniteState : 0))
+    return where + ": an overflowing momentum gives flags " + std::to_string(found.flags);
+
+  // 4. the parameter commit (decay where cautious allows, then the step), rounded to P.
+  const std::vector<float> o = uniform(un, -1.0f, 1.0f, 34);
+  for (bool cautious : {false, true}) {
+    const auto ku = r::muon_update_coefficients<float>(0.98, 0.0625, cautious);
+    std::vector<P> w = pp;
+    each_thread(threads, [&](std::int64_t t) {
+      k::muon_commit_share(w.data(), o.data(), n, ku, t, threads);
+    });
+    for (std::size_t e = 0; e < un; ++e) {
+      const float decayed = !cautious || o[e] * p[e] > 0.0f ? p[e] * 0.98f : p[e];
+      if (k::to_float(w[e]) != as_stored<P>(decayed - 0.0625f * o[e]))
+        return where + (cautious ? ": cautious" : "") + ": parameter wrong at " + std::to_string(e);
+    }
+  }
+  return {};
+}
+
+template <class P>
+std::string check_adamw_step(const char* type, std::int64_t threads_in) {
+  const std::string where = std::string("adamw step ") + type +
+                            (threads_in ? " (" + std::to_string(threads_in) + " threads)" : "");
+  const std::int64_t n = 777;
+  const std::size_t un = static_cast<std::size_t>(n);
+  const std::int64_t threads = threads_in ? threads_in : launch_threads(n);
+  const double lr = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.1, t = 3;
+  const r::AdamWCoefficients<float> kc = r::adamw_coefficients<float>(lr, b1, b2, eps, wd, t);
+  std::vector<float> p = uniform(un, -2.0f, 2.0f, 41), g = uniform(un, -1.0f, 1.0f, 42),
+                     m0 = uniform(un, -0.1f, 0.1f, 43), v0 = uniform(un, 0.0f, 0.01f, 44);
+  for (std::size_t e = 0; e < un; ++e) p[e] = as_stored<P>(p[e]), g[e] = as_stored<P>(g[e]);
+  // torch.optim.AdamW, from the moments as stored (float).
+  const float decay = static_cast<float>(1.0 - lr * wd), one_minus_b1 = static_cast<float>(1 - b1),
+              beta2 = static_cast<float>(b2), one_minus_b2 = static_cast<float>(1 - b2),
+              step_size = static_cast<float>(lr / (1 - std::pow(b1, t))),
+              sqrt_bc2 = static_cast<float>(std::sqrt(1 - std::pow(b2, t))),
+              epsf = static_cast<float>(eps);
+  auto exp_avg = [&](float m, float gr) { return m + one_minus_b1 * (gr - m); };
+  auto exp_avg_sq = [&](float v, float gr) { return beta2 * v + one_minus_b2 * gr * gr; };
+  auto param = [&](float w, float a, float b) {
+    return w * decay - step_size * a / (std::sqrt(b) / sqrt_bc2 + epsf);
+  };
+  auto flags_of = [&](const std::vector<P>& pp, const std::vector<P>& gp,
+                      const std::vector<float>& m, const std::vector<float>& v) {
+    int flags = 0;
+    each_thread(threads, [&](std::int64_t th) {
+      flags |= k::adamw_check_share(pp.data(), gp.data(), m.data(), v.data(), n, kc, th, threads);
+    });
+    return flags;
+  };
+  const std::vector<P> pp = stored<P>(p), gp = stored<P>(g);
+  if (const int f = flags_of(pp, gp, m0, v0); f != 0)
+    return where + ": flags " + std::to_string(f) + " on finite data";
+  std::vector<P> w = pp;
+  std::vector<float> m = m0, v = v0;
+  each_thread(threads, [&](std::int64_t th) {
+    k::adamw_commit_share(w.data(), gp.data(), m.data(), v.data(), n, kc, th, threads);
+  });
+  for (std::size_t e = 0; e < un; ++e) {
+    const float a = exp_avg(m0[e], g[e]), b = exp_avg_sq(v0[e], g[e]);
+    if (m[e] != a || v[e] != b) return where + ": moments wrong at " + std::to_string(e);
+    if (k::to_float(w[e]) != as_stored<P>(param(p[e], a, b)))
+      return where + ": parameter wrong at " + std::to_string(e);
+  }
+  // A NaN gradient; a second moment that overflows float; a parameter that
+  // overflows its type (P's largest value, pushed past it by the step).
+  std::vector<float> gbad = g;
+  gbad[5] = std::nanf("");
+  if (const int f = flags_of(pp, stored<P>(gbad), m0, v0); f != muon::optim::step::kNonFiniteGrad)
+    return where + ": a NaN gradient gives flags " + std::to_string(f);
+  std::vector<float> ghuge = g;  // (1 - beta2) g^2 overflows float (P's largest: none for half)
+  ghuge[600] = std::is_same<P, __half>::value ? 65504.0f : as_stored<P>(1e30f);
+  const bool overflows = !std::isfinite(exp_avg_sq(v0[600], ghuge[600]));
+  if (!overflows && !std::is_same<P, __half>::value) return where + ": the case did not overflow";
+  if (const int f = flags_of(pp, stored<P>(ghuge), m0, v0);
+      f != (overflows ? muon::optim::step::kNonFiniteState : 0))
+    return where + ": an overflowing moment gives flags " + std::to_string(f);
+  std::vector<float> pbig = p, gone = g, mbig = m0;
+  pbig[70] = -top_of<P>();  // decays toward 0, but the step pushes it past -top
+  gone[70] = 1.0f;
+  mbig[70] = 1e38f;
+  const float after = param(pbig[70], exp_avg(mbig[70], 1.0f), exp_avg_sq(v0[70], 1.0f));
+  const int want = std::isfinite(as_stored<P>(after)) ? 0 : muon::optim::step::kNonFiniteUpdate;
+  if (const int f = flags_of(stored<P>(pbig), stored<P>(gone), mbig, v0); f != want)
+    return where + ": a parameter at its type's limit gives flags " + std::to_string(f) +
+           ", expected " + std::to_string(want);
+  if (want == 0) return where + ": the overflow case did not overflow";
+  return {};
+}
+
+// decide's per-parameter rule and verdict, case by case.
+std::string check_decide() {
+  namespace s = muon::optim::step;
+  k::ParamStep muon_param;
+  muon_param.present = 1;
+  muon_param.update_limit = 2.0f;
+  k::ParamStep adamw = muon_param, absent = muon_param;
+  adamw.adamw = 1;
+  absent.present = 0;
+  struct Case {
+    k::ParamStep q;
+    int flags;
+    float max_abs;
+    int want;
+  };
+  const Case cases[] = {
+      {muon_param, 0, 1.5f, 0},
+      {muon_param, 0, 2.0f, 0},  // at the limit: still fine
+      {muon_param, 0, 2.5f, s::kNonFiniteUpdate},
+      {muon_param, 0, std::nanf(""), s::kNonFiniteUpdate},
+      {muon_param, s::kNonFiniteState, 2.5f, s::kNonFiniteState | s::kNonFiniteUpdate},
+      {adamw, 0, 99.0f, 0},  // AdamW's bound is its own check's
+      {adamw, s::kNonFiniteUpdate, 0.0f, s::kNonFiniteUpdate},
+      {absent, s::kNoGrad, 99.0f, s::kNoGrad},
+  };
+  for (const Case& c : cases) {
+    const int got = k::decided_flags(c.q, c.flags, c.max_abs);
+    if (got != c.want)
+      return "decide: flags " + std::to_string(got) + ", expected " + std::to_string(c.want) +
+             " (max |p| " + std::to_string(c.max_abs) + ")";
+    if (s::blocks_update(got) != ((got & ~s::kNoGrad) != 0))
+      return "decide: the verdict of flags " + std::to_string(got);
+  }
+  if (s::blocks_update(s::kNoGrad)) return "decide: a missing gradient refuses the step";
+  return {};
+}
+
+// finalize_scale's per-matrix value: 1 / (d ||X|| + eps) or 1 / max(d ||X||, eps).
+std::string check_normalization_scale() {
+  const double sums[] = {0.0, 1e-20, 0.25, 2.0, 1e6, 1e300};
+  for (double sumsq : sums)
+    for (double divisor : {1.0, 1.01})
+      for (double eps : {1e-7, 1e-3})
+        for (bool eps_max : {false, true}) {
+          const k::NormalizationScale got = k::normalization_scale(sumsq, divisor, eps, eps_max);
+          const double norm = divisor * std::sqrt(sumsq);
+          const float want = static_cast<float>(1.0 / (eps_max ? std::max(norm, eps) : norm + eps));
+          if (got.nonfinite != 0 || got.scale != want)
+            return "normalization scale of sum " + std::to_string(sumsq) +
+                   (eps_max ? " (max)" : "") + ": " + std::to_string(got.scale) + ", expected " +
+                   std::to_string(want);
+        }
+  for (double bad : {std::nan(""), std::numeric_limits<double>::infinity()}) {
+    const k::NormalizationScale got = k::normalization_scale(bad, 1.0, 1e-7, false);
+    if (got.nonfinite != 1 || got.scale != 0.0f) return "normalization scale of a NaN/Inf norm";
+  }
+  return {};
+}
+
+template <class P>
+std::string check_step_type(const char* type) {
+  const MomentumFormula forms[] = {
+      {0.95, 0.0, true, true, false},  {0.95, 0.0, true, false, false},
+      {0.9, 0.0, false, true, false},  {0.9, 0.0, false, false, false},
+      {0.95, 0.01, true, true, false}, {0.95, 0.0, true, true, true},
+  };
+  for (const MomentumFormula& f : forms)
+    for (std::int64_t threads : {std::int64_t(0), std::int64_t(96)})
+      if (auto e = check_muon_step<P>(type, f, threads); !e.empty()) return e;
+  for (std::int64_t threads : {std::int64_t(0), std::int64_t(96)})
+    if (auto e = check_adamw_step<P>(type, threads); !e.empty()) return e;
+  return {};
+}
+
+}  // namespace
+
+std::string emulate_step_kernels() {
+  if (auto e = check_decide(); !e.empty()) return e;
+  if (auto e = check_normalization_scale(); !e.empty()) return e;
+  if (auto e = check_step_type<float>("float"); !e.empty()) return e;
+  if (auto e = check_step_type<__half>("half"); !e.empty()) return e;
+  return check_step_type<__nv_bfloat16>("bfloat16");
 }
 
 namespace {
@@ -721,7 +1029,7 @@ OptResult run_optimizer_typed(const std::vector<OptParam>& params, const OptRun&
     }
     result.steps.push_back(outcome);
     if (run.clip_after == s + 1)
-      for (const ClipCall& c : run.clips) opt->qk_clip(c.heads, c.maxima, st.s, c.options);
+      for (const ClipCall& c : run.clips) opt->qk_clip(c.heads, c.maxima, c.options, st.s);
     if (run.save_after == s + 1) {
       std::stringstream buf;
       opt->save(buf, st.s);
@@ -852,8 +1160,8 @@ std::vector<float> widened(const std::vector<P>& v) {
   return out;
 }
 
-mc::Layout layout_of(const ClipParam& q) {
-  return q.col_major ? mc::Layout::col_major : mc::Layout::row_major;
+muon::Layout layout_of(const ClipParam& q) {
+  return q.col_major ? muon::Layout::column_major : muon::Layout::row_major;
 }
 
 template <class P>
@@ -871,7 +1179,7 @@ ClipOutcome device_qk_clip_typed(const std::vector<ClipParam>& params, const Cli
   }
   ClipOutcome r;
   try {
-    r.report = opt.qk_clip(call.heads, call.maxima, st.s, call.options);
+    r.report = opt.qk_clip(call.heads, call.maxima, call.options, st.s);
   } catch (const muon::Error& e) {
     r.error = e.what();
   }
@@ -908,7 +1216,7 @@ ClipOutcome host_qk_clip(const std::vector<ClipParam>& params, const ClipCall& c
              .scalings.empty())
       r.error = "would launch";
     else
-      r.report = opt.qk_clip(call.heads, call.maxima, nullptr, call.options);
+      r.report = opt.qk_clip(call.heads, call.maxima, call.options, nullptr);
   } catch (const muon::Error& e) {
     r.error = e.what();
   }
@@ -979,7 +1287,7 @@ std::string qk_clip_while_capturing(bool* untouched) {
   MUON_CUDA_CHECK(cudaStreamSynchronize(st.s));
   MUON_CUDA_CHECK(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal));
   try {
-    opt.qk_clip(h, {400.0, 50.0}, st.s);
+    opt.qk_clip(h, {400.0, 50.0}, muon::QkClipOptions(), st.s);
   } catch (const muon::Error& e) {
     error = e.what();
   }

@@ -64,6 +64,20 @@ std::string emulate_tiled_kernels();
 /// No device needed.
 std::string emulate_variant_kernels();
 
+/// Runs the per-thread functions of the step's check and commit kernels
+/// (muon_check, momentum_commit, muon_commit, adamw_check, adamw_commit),
+/// decide's rule and finalize_scale's value on the host, thread by thread
+/// with the kernels' launch shapes (and a grid-stride loop that comes
+/// round), with float, half and bfloat16 parameters, against the formulas
+/// written out in float (torch.optim.Muon's momentum forms, Nesterov, the
+/// l2 form, AdaMuon's sign input, cautious decay; torch.optim.AdamW; the
+/// normalization 1 / (d ||X|| + eps) or 1 / max(d ||X||, eps)): values to
+/// the bit; the flags of a NaN/Inf gradient, an overflowing momentum or
+/// moment, a parameter overflowing its type; the largest |p| without the
+/// entries of a non-finite gradient; the update bound and the verdict.
+/// "" when all agree, else the first disagreement. No device needed.
+std::string emulate_step_kernels();
+
 /// Runs the AOL kernels' per-thread functions (aol_row_factors' shares,
 /// lane sums and factors, aol_scale's grid-stride entries) on the host with
 /// the kernels' launch shapes, in float, half and bfloat16, on batches of

@@ -339,6 +339,13 @@ TEST_CASE(
   CHECK(muon_cuda_test::emulate_variant_kernels() == "");
 }
 
+TEST_CASE(
+    "cuda: the step's check and commit kernels, emulated on the host, follow the formulas to the "
+    "bit (flags, update bound, verdict, normalization scale; no device needed)",
+    "[cuda][host]") {
+  CHECK(muon_cuda_test::emulate_step_kernels() == "");
+}
+
 TEST_CASE("cuda: variant options of the device optimizer (no device needed)", "[cuda][host]") {
   using muon_cuda_test::optimizer_error;
   // Before the first step a change of variant is options only: no CUDA call.

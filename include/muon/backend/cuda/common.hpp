@@ -101,17 +101,6 @@ std::vector<T> download_now(const T* device, std::size_t count, cudaStream_t str
 
 // ---- scalar types -----------------------------------------------------------
 
-/// The largest finite value of a device scalar, as a double.
-template <class T>
-constexpr double storage_max() {
-  if constexpr (std::is_same_v<T, __half>)
-    return 65504.0;
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    return 3.3895313892515355e38;
-  else
-    return 3.4028234663852886e38;
-}
-
 /// What the backend needs to know of a device scalar, in one place: its
 /// cuBLAS type, its name in messages, its checkpoint dtype and its largest
 /// finite value (as a double).

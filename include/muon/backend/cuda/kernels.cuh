@@ -13,12 +13,17 @@
 ///  - aol_row_factors / aol_scale: AOL rescaling (NsNormalization::aol), the
 ///    absolute row sums of A = X X^T and the scalings of X's rows and of A
 ///  - the optimizer's step: check kernels (read only), decide, commit
-///    kernels (momentum, Muon update, AdamW) and finish_step, all calling
-///    the per-element rules of optim/rules.hpp
+///    kernels (momentum, Muon update, AdamW) and finish_step
 ///  - the Muon variants (NorMuon, AdaMuon) between Newton–Schulz and the
 ///    parameter commit, with their sums reduced in a fixed order
 ///  - scale_rows: QK-Clip's row scalings, launched by the optimizer's
 ///    qk_clip() after a step (not part of the step or its graph)
+///
+/// The maths of the optimizer's kernels and of the normalization's scale
+/// are the step rules of optim/step_rules.hpp (over optim/rules.hpp), which
+/// the CPU optimizer calls too; a kernel adds launch geometry, indexing and
+/// the fixed-order reductions. Per-thread work is written as __host__
+/// __device__ functions that tests/cuda runs on the host.
 ///
 /// Every step kernel reads its per-step values from device memory or from
 /// launch arguments fixed for the shape, so a captured CUDA graph replays
@@ -36,6 +41,7 @@
 #include <cstdint>
 
 #include "../../optim/rules.hpp"
+#include "../../optim/step_rules.hpp"
 
 namespace muon {
 namespace cuda {
@@ -167,9 +173,25 @@ __global__ void sumsq_partial(const T* __restrict__ x, std::int64_t count,
   if (threadIdx.x == 0) partials[z * gridDim.x + blockIdx.x] = s[0];
 }
 
-/// One block per matrix z: norm = sqrt(sum of its P partials);
-/// scale[z] = 1 / denominator(norm); nonfinite[z] = 1 when the norm is NaN/Inf
-/// (then scale[z] = 0). Deterministic (fixed summation order).
+/// What normalizes a matrix of squared Frobenius norm `sumsq`: the factor
+/// 1 / step::normalization_denominator(norm) (in double, rounded once to
+/// float), or, when the norm is NaN/Inf, the factor 0 and the flag that
+/// keeps the matrix from being stored.
+struct NormalizationScale {
+  float scale;
+  int nonfinite;
+};
+__host__ __device__ inline NormalizationScale normalization_scale(double sumsq, double divisor,
+                                                                  double eps, bool eps_max) {
+  const double norm = optim::rules::square_root(sumsq);
+  if (!optim::rules::finite(norm)) return {0.0f, 1};
+  return {
+      static_cast<float>(1.0 / optim::step::normalization_denominator(norm, divisor, eps, eps_max)),
+      0};
+}
+
+/// One block per matrix z: the sum of its P partials (fixed order:
+/// deterministic), then scale[z] and nonfinite[z] by normalization_scale.
 __global__ void finalize_scale(const double* __restrict__ partials, int P,
                                float* __restrict__ scale, int* __restrict__ nonfinite,
                                double divisor, double eps, bool eps_max) {
@@ -184,12 +206,9 @@ __global__ void finalize_scale(const double* __restrict__ partials, int P,
     __syncthreads();
   }
   if (threadIdx.x == 0) {
-    const double norm = sqrt(s[0]);
-    const bool bad = !isfinite(norm);
-    const double scaled = divisor * norm;
-    const double den = eps_max ? (scaled > eps ? scaled : eps) : scaled + eps;
-    scale[z] = bad ? 0.0f : static_cast<float>(1.0 / den);
-    nonfinite[z] = bad ? 1 : 0;
+    const NormalizationScale found = normalization_scale(s[0], divisor, eps, eps_max);
+    scale[z] = found.scale;
+    nonfinite[z] = found.nonfinite;
   }
 }
 
@@ -373,19 +392,26 @@ __global__ void symmetrize(T* src, T* out, std::int64_t m, bool mirror, float s,
 
 // ---- optimizer kernels ------------------------------------------------------------
 //
-// The per-element maths are muon::optim::rules (optim/rules.hpp), the same
-// functions the CPU optimizer runs; these kernels add the indexing, the
-// per-step values read from device memory (so a captured graph replays
-// with new learning rates) and the all-or-nothing gating of a step:
-//   1. check kernels read gradient, state and parameter and set flag bits;
-//   2. decide turns the flags into the verdict (raise: any flag refuses the
-//      whole step) and per-parameter skips (skip policy);
+// A kernel here indexes memory and calls the step rules of
+// optim/step_rules.hpp (which compose the per-element rules of
+// optim/rules.hpp): the same functions the CPU optimizer's loops call, so
+// the CPU tests run these kernels' maths. What a kernel adds: the per-step
+// values read from device memory (so a captured graph replays with new
+// learning rates), the launch geometry, the fixed-order reductions, and the
+// all-or-nothing gating of a step:
+//   1. check kernels read gradient, state and parameter and raise the flags
+//      of optim::step::Flag;
+//   2. decide turns the flags into the verdict (raise: any flag but "no
+//      gradient" refuses the whole step) and per-parameter skips (skip);
 //   3. commit kernels return at once when the step is refused or their
 //      parameter skipped, else write;
 //   4. finish advances the step counters of what was written.
+// Each elementwise kernel's per-thread work is a __host__ __device__
+// function of the thread's index t among `threads` (a grid-stride loop over
+// elements e = t, t + threads, ...), so the tests run it on the host, thread
+// by thread, with the kernel's launch shape.
 
-/// Flag bits of one parameter in one step (optim::SkipReason order).
-enum StepFlag : int { kNoGrad = 1, kNonFiniteGrad = 2, kNonFiniteState = 4, kNonFiniteUpdate = 8 };
+namespace step = ::muon::optim::step;
 
 /// The scalars of one parameter group for one step, from the host.
 struct GroupStep {
@@ -415,46 +441,65 @@ struct StepState {
   int raise = 1;             ///< the policy: 1 raise, 0 skip
 };
 
-/// flags[i] = kNoGrad for absent gradients, 0 otherwise; max_abs[i] = 0.
+/// This thread's index in the grid and the grid's number of threads (a
+/// grid-stride loop's start and step).
+__device__ __forceinline__ std::int64_t grid_thread() {
+  return static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ std::int64_t grid_threads() {
+  return static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+}
+
+/// flags[i] = step::kNoGrad for absent gradients, 0 otherwise; max_abs[i] = 0.
 __global__ void begin_step(int n, const ParamStep* __restrict__ params, int* __restrict__ flags,
                            unsigned* __restrict__ max_abs) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) {
-    flags[i] = params[i].present ? 0 : kNoGrad;
+    flags[i] = params[i].present ? 0 : step::kNoGrad;
     max_abs[i] = 0u;
   }
 }
 
-__device__ __forceinline__ void raise_flag(int* flag, int bit) {
-  if ((*flag & bit) == 0) atomicOr(flag, bit);
+/// ORs `bits` into a parameter's flags (one atomic per thread at most).
+__device__ __forceinline__ void raise_flags(int* flag, int bits) {
+  if (bits != 0 && (*flag & bits) != bits) atomicOr(flag, bits);
 }
 
-/// Muon, reading only: gradient finite, new momentum and Newton–Schulz input
-/// (from the regularized gradient) finite in float, and max |p| (as float
-/// bits: non-negative floats order like their bit patterns) for the update
-/// bound.
+/// What one thread of muon_check finds: the OR of its elements' flags
+/// (step::muon_element_flags), and the largest |p| among the elements whose
+/// gradient is finite (for the update bound).
+struct MuonCheck {
+  int flags;
+  float max_abs;
+};
+
+/// Thread t's elements e = t, t + threads, ... of a Muon parameter, read
+/// only: the gradient, the new momentum and the Newton–Schulz input finite.
+template <class P>
+__host__ __device__ inline MuonCheck muon_check_share(
+    const P* grad, const float* m, const P* p, std::int64_t n,
+    const optim::rules::MomentumCoefficients<float>& k, std::int64_t t, std::int64_t threads) {
+  MuonCheck found{0, 0.0f};
+  for (std::int64_t e = t; e < n; e += threads) {
+    const float w = to_float(p[e]);
+    const int flags = step::muon_element_flags<float>(m[e], to_float(grad[e]), w, k);
+    found.flags |= flags;
+    if (flags != step::kNonFiniteGrad) found.max_abs = fmaxf(found.max_abs, fabsf(w));
+  }
+  return found;
+}
+
+/// Muon, reading only: muon_check_share's flags, and max |p| (as float
+/// bits: non-negative floats order like their bit patterns).
 template <class P>
 __global__ void muon_check(const P* __restrict__ grad, const float* __restrict__ m,
                            const P* __restrict__ p, std::int64_t n,
                            const GroupStep* __restrict__ group, int* __restrict__ flag,
                            unsigned* __restrict__ max_abs) {
-  namespace r = optim::rules;
   const auto k = group->momentum;
-  float local = 0.0f;
-  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const float raw = to_float(grad[e]);
-    if (!r::finite(raw)) {
-      raise_flag(flag, kNonFiniteGrad);
-      continue;
-    }
-    const float w = to_float(p[e]);
-    const float g = r::regularized_grad(raw, w, k);  // + lambda p under the l2 form
-    const float mn = r::momentum_buffer(m[e], g, k);
-    if (!r::finite(mn) || !r::finite(r::ns_input(mn, g, k))) raise_flag(flag, kNonFiniteState);
-    local = fmaxf(local, fabsf(w));
-  }
-  if (local > 0.0f) atomicMax(max_abs, __float_as_uint(local));
+  const MuonCheck found = muon_check_share(grad, m, p, n, k, grid_thread(), grid_threads());
+  raise_flags(flag, found.flags);
+  if (found.max_abs > 0.0f) atomicMax(max_abs, __float_as_uint(found.max_abs));
 }
 
 /// AdamW coefficients of every AdamW parameter for this step, from the
@@ -488,45 +533,55 @@ __global__ void second_moment_prepare(
                                                            g.second_moment_eps, t);
 }
 
-/// AdamW, reading only: gradient, new moments and new parameter finite.
+/// x rounded to the parameter's type P and back: what the AdamW check
+/// tests for overflow (step::adamw_element_flags' to_param).
+template <class P>
+struct RoundThrough {
+  __host__ __device__ float operator()(float x) const { return to_float(from_float<P>(x)); }
+};
+
+/// Thread t's elements of an AdamW parameter, read only: the OR of their
+/// flags (step::adamw_element_flags: gradient, new moments, new parameter).
+template <class P>
+__host__ __device__ inline int adamw_check_share(const P* p, const P* grad, const float* m1,
+                                                 const float* m2, std::int64_t n,
+                                                 const optim::rules::AdamWCoefficients<float>& k,
+                                                 std::int64_t t, std::int64_t threads) {
+  int flags = 0;
+  for (std::int64_t e = t; e < n; e += threads)
+    flags |= step::adamw_element_flags<float>(to_float(p[e]), to_float(grad[e]), m1[e], m2[e], k,
+                                              RoundThrough<P>());
+  return flags;
+}
+
+/// AdamW, reading only: adamw_check_share's flags.
 template <class P>
 __global__ void adamw_check(const P* __restrict__ p, const P* __restrict__ grad,
                             const float* __restrict__ m1, const float* __restrict__ m2,
                             std::int64_t n,
                             const optim::rules::AdamWCoefficients<float>* __restrict__ coef,
                             int* __restrict__ flag) {
-  namespace r = optim::rules;
   const auto k = *coef;
-  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const float g = to_float(grad[e]);
-    if (!r::finite(g)) {
-      raise_flag(flag, kNonFiniteGrad);
-      continue;
-    }
-    const float a = r::adamw_exp_avg(m1[e], g, k), b = r::adamw_exp_avg_sq(m2[e], g, k);
-    if (!r::finite(a) || !r::finite(b)) {
-      raise_flag(flag, kNonFiniteState);
-      continue;
-    }
-    const float w = to_float(from_float<P>(r::adamw_parameter(to_float(p[e]), a, b, k)));
-    if (!r::finite(w)) raise_flag(flag, kNonFiniteUpdate);
-  }
+  raise_flags(flag, adamw_check_share(p, grad, m1, m2, n, k, grid_thread(), grid_threads()));
+}
+
+/// A parameter's flags once its checks are in: a Muon parameter with a
+/// gradient whose largest |p| passes its update bound is flagged too.
+__host__ __device__ inline int decided_flags(const ParamStep& q, int flags, float max_abs) {
+  return !q.adamw && q.present ? step::with_update_bound(flags, max_abs, q.update_limit) : flags;
 }
 
 /// One block: the Muon update bounds, then the verdict. Under the raise
-/// policy any flag (but "no gradient") refuses the whole step; under skip,
-/// a flagged parameter is left alone.
+/// policy any flag that blocks an update (step::blocks_update) refuses the
+/// whole step; under skip, a flagged parameter is left alone.
 __global__ void decide(int n, const ParamStep* __restrict__ params, int* __restrict__ flags,
                        const unsigned* __restrict__ max_abs, StepState* __restrict__ state) {
   __shared__ int refuse;
   if (threadIdx.x == 0) refuse = 0;
   __syncthreads();
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    if (!params[i].adamw && params[i].present &&
-        !(__uint_as_float(max_abs[i]) <= params[i].update_limit))
-      flags[i] |= kNonFiniteUpdate;
-    if (flags[i] & ~kNoGrad) atomicOr(&refuse, 1);
+    flags[i] = decided_flags(params[i], flags[i], __uint_as_float(max_abs[i]));
+    if (step::blocks_update(flags[i])) atomicOr(&refuse, 1);
   }
   __syncthreads();
   if (threadIdx.x == 0) state->verdict = state->raise && refuse ? 1 : 0;
@@ -536,26 +591,32 @@ __device__ __forceinline__ bool leaves(const StepState* state, const int* flag) 
   return state->verdict != 0 || *flag != 0;
 }
 
-/// Muon: m <- rule(m, g); staging <- the Newton–Schulz input, in float (the
+/// Thread t's elements: m <- the new momentum, staging <- the Newton–Schulz
+/// input (step::momentum_element), in float. p is read (the l2 form's
+/// g + lambda p) before the parameter commit writes it.
+template <class P>
+__host__ __device__ inline void momentum_commit_share(
+    const P* grad, const P* p, float* m, float* staging, std::int64_t n,
+    const optim::rules::MomentumCoefficients<float>& k, std::int64_t t, std::int64_t threads) {
+  for (std::int64_t e = t; e < n; e += threads) {
+    const step::MomentumElement<float> x =
+        step::momentum_element<float>(m[e], to_float(grad[e]), to_float(p[e]), k);
+    m[e] = x.momentum;
+    staging[e] = x.input;
+  }
+}
+
+/// Muon: momentum_commit_share over the grid. The staging stays float: the
 /// workspace normalizes it before casting to its scalar, so a half
-/// workspace never sees an un-normalized value above 65504). g is the
-/// regularized gradient (g + lambda p under the l2 form): p is read here,
-/// before the parameter commit writes it.
+/// workspace never sees an un-normalized value above 65504.
 template <class P>
 __global__ void momentum_commit(const P* __restrict__ grad, const P* __restrict__ p,
                                 float* __restrict__ m, float* __restrict__ staging, std::int64_t n,
                                 const GroupStep* __restrict__ group,
                                 const StepState* __restrict__ state, const int* __restrict__ flag) {
   if (leaves(state, flag)) return;
-  namespace r = optim::rules;
   const auto k = group->momentum;
-  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const float g = r::regularized_grad(to_float(grad[e]), to_float(p[e]), k);
-    const float mn = r::momentum_buffer(m[e], g, k);
-    m[e] = mn;
-    staging[e] = r::ns_input(mn, g, k);
-  }
+  momentum_commit_share(grad, p, m, staging, n, k, grid_thread(), grid_threads());
 }
 
 /// The update scalars of a Muon block: the group's decay, the block's
@@ -569,6 +630,15 @@ __device__ __forceinline__ optim::rules::MuonUpdateCoefficients<float> block_upd
   return k;
 }
 
+/// Thread t's elements: p <- rules::muon_parameter(p, o), rounded to P.
+template <class P, class O>
+__host__ __device__ inline void muon_commit_share(
+    P* p, const O* o, std::int64_t n, const optim::rules::MuonUpdateCoefficients<float>& k,
+    std::int64_t t, std::int64_t threads) {
+  for (std::int64_t e = t; e < n; e += threads)
+    p[e] = from_float<P>(optim::rules::muon_parameter(to_float(p[e]), to_float(o[e]), k));
+}
+
 /// Muon: p <- rule(p, O) with the block's adjusted lr (*block_lr).
 template <class P, class O>
 __global__ void muon_commit(P* __restrict__ p, const O* __restrict__ o, std::int64_t n,
@@ -576,9 +646,7 @@ __global__ void muon_commit(P* __restrict__ p, const O* __restrict__ o, std::int
                             const StepState* __restrict__ state, const int* __restrict__ flag) {
   if (leaves(state, flag)) return;
   const auto k = block_update(group, block_lr);
-  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
-    p[e] = from_float<P>(optim::rules::muon_parameter(to_float(p[e]), to_float(o[e]), k));
+  muon_commit_share(p, o, n, k, grid_thread(), grid_threads());
 }
 
 // ---- deterministic sums -------------------------------------------------------------
@@ -613,24 +681,16 @@ __device__ S block_sum(S mine, S* shared) {
   return shared[0];
 }
 
-/// The factor that rescales an update of squared Frobenius norm actual_sq
-/// to the squared norm target_sq: sqrt(target_sq / actual_sq), in double as
-/// the CPU optimizer computes it; 0 when actual_sq is 0 (a zero update
-/// stays zero).
-__host__ __device__ inline float norm_ratio(double target_sq, double actual_sq) {
-  return actual_sq > 0.0 ? static_cast<float>(optim::rules::square_root(target_sq / actual_sq))
-                         : 0.0f;
-}
-
 // ---- NorMuon ---------------------------------------------------------------------
 //
 // A block of O is row-major rows x cols in memory: o(r, c) at r * cols + c.
 // NorMuon's second moment V holds one number per "line" of the block: per
 // row (by_row) or per column, whichever runs along the longer side of the
-// (out, in) matrix (the host decides, as the CPU optimizer does). Three
-// kernels per block: the lines' sums of squares, the V update with the
-// factors f_j = 1 / sqrt(max(V_j, eps)) and the ratio ||O||_F / ||O f||_F,
-// then the commit with U = O f ratio, which has O's Frobenius norm.
+// (out, in) matrix (step::normuon_lines, as on the CPU). Three kernels per
+// block: the lines' sums of squares, the V update with the factors (the
+// lines' step::normuon_line) and the ratio step::normuon_ratio, then the
+// commit with U = O f ratio (step::normuon_entry), which has O's Frobenius
+// norm.
 
 constexpr int kColumnLanes = 32;                          ///< columns per CUDA block
 constexpr int kRowLanes = kReduceThreads / kColumnLanes;  ///< threads sharing a column
@@ -716,18 +776,16 @@ struct NormuonNorms {
 };
 
 /// Thread t's lines j = t, t + threads, ... of a block with `lines` lines of
-/// `averaged` entries: V_j <- beta2 V_j + (1 - beta2) s_j / averaged, and
+/// `averaged` entries: V_j and the factor f_j by step::normuon_line, and
 /// line_sums[j] <- f_j (its sum is not needed past here). Returns its share
 /// of the two norms.
 __host__ __device__ inline NormuonNorms normuon_line_share(
     float* v, double* line_sums, std::int64_t lines, double averaged,
     const optim::rules::SecondMomentCoefficients<float>& k, int t, int threads) {
-  namespace r = optim::rules;
   NormuonNorms share{0.0, 0.0};
   for (std::int64_t j = t; j < lines; j += threads) {
     const double s = line_sums[j];
-    v[j] = r::second_moment(v[j], static_cast<float>(s / averaged), k);
-    const double f = r::normuon_factor(v[j], k);
+    const double f = step::normuon_line<float>(v[j], s, averaged, k);
     share.o_sq += s;
     share.scaled_sq += s * f * f;
     line_sums[j] = f;
@@ -737,7 +795,7 @@ __host__ __device__ inline NormuonNorms normuon_line_share(
 
 /// One CUDA block: the V update and factors of the block's `lines` lines
 /// (line_sums: their sums of squares in, their factors out), and *ratio =
-/// ||O||_F / ||O f||_F.
+/// step::normuon_ratio (||O||_F / ||O f||_F).
 __global__ void normuon_factors(
     float* __restrict__ v, double* __restrict__ line_sums, std::int64_t lines, double averaged,
     const optim::rules::SecondMomentCoefficients<float>* __restrict__ coef,
@@ -748,15 +806,24 @@ __global__ void normuon_factors(
       block_sum(normuon_line_share(v, line_sums, lines, averaged, *coef,
                                    static_cast<int>(threadIdx.x), kReduceThreads),
                 shared);
-  if (threadIdx.x == 0) *ratio = norm_ratio(total.o_sq, total.scaled_sq);
+  if (threadIdx.x == 0) *ratio = step::normuon_ratio<float>(total.o_sq, total.scaled_sq);
 }
 
-/// NorMuon's update entry: o f ratio, multiplied in the CPU optimizer's order.
-__host__ __device__ inline float normuon_update_entry(float o, double factor, float ratio) {
-  return o * static_cast<float>(factor) * ratio;
+/// Thread t's elements: p <- rule(p, step::normuon_entry(o, f, ratio)), f
+/// the factor of the element's line (its row when by_row, else its column).
+template <class P, class O>
+__host__ __device__ inline void normuon_commit_share(
+    P* p, const O* o, std::int64_t n, std::int64_t cols, bool by_row, const double* factors,
+    float ratio, const optim::rules::MuonUpdateCoefficients<float>& k, std::int64_t t,
+    std::int64_t threads) {
+  for (std::int64_t e = t; e < n; e += threads) {
+    const double f = factors[by_row ? e / cols : e % cols];
+    p[e] = from_float<P>(optim::rules::muon_parameter(
+        to_float(p[e]), step::normuon_entry(to_float(o[e]), f, ratio), k));
+  }
 }
 
-/// NorMuon: p <- rule(p, o f ratio), f the factor of the entry's line.
+/// NorMuon: normuon_commit_share over the grid.
 template <class P, class O>
 __global__ void normuon_commit(P* __restrict__ p, const O* __restrict__ o, std::int64_t n,
                                std::int64_t cols, bool by_row, const double* __restrict__ factors,
@@ -765,35 +832,27 @@ __global__ void normuon_commit(P* __restrict__ p, const O* __restrict__ o, std::
                                const StepState* __restrict__ state, const int* __restrict__ flag) {
   if (leaves(state, flag)) return;
   const auto k = block_update(group, block_lr);
-  const float scale = *ratio;
-  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const double f = factors[by_row ? e / cols : e % cols];
-    p[e] = from_float<P>(optim::rules::muon_parameter(
-        to_float(p[e]), normuon_update_entry(to_float(o[e]), f, scale), k));
-  }
+  normuon_commit_share(p, o, n, cols, by_row, factors, *ratio, k, grid_thread(), grid_threads());
 }
 
 // ---- AdaMuon ---------------------------------------------------------------------
 //
 // V is elementwise, in the block's layout. Three kernels per block: the V
 // update with the partial sums of ||D||_F^2 (D = O / (sqrt(V_hat) + eps))
-// per CUDA block, the ratio sqrt(min(m, n)) / ||D||_F from them, then the
-// commit with U = D ratio (an orthogonal matrix's Frobenius norm).
+// per CUDA block, the ratio step::adamuon_ratio (sqrt(min(m, n)) /
+// ||D||_F) from them, then the commit with U = D ratio (an orthogonal
+// matrix's Frobenius norm).
 
 /// Thread t's elements e = t, t + threads, ... (t counts over the whole
-/// grid): V_e <- beta2 V_e + (1 - beta2) o_e^2. Returns its share of
-/// ||D||_F^2.
+/// grid): V_e and the direction D_e by step::adamuon_element. Returns its
+/// share of ||D||_F^2.
 template <class O>
 __host__ __device__ inline double adamuon_moment_share(
     const O* o, float* v, std::int64_t n, const optim::rules::SecondMomentCoefficients<float>& k,
     std::int64_t t, std::int64_t threads) {
-  namespace r = optim::rules;
   double share = 0;
   for (std::int64_t e = t; e < n; e += threads) {
-    const float x = to_float(o[e]);
-    v[e] = r::second_moment(v[e], x * x, k);
-    const double d = r::adamuon_direction(x, v[e], k);
+    const double d = step::adamuon_element<float>(v[e], to_float(o[e]), k);
     share += d * d;
   }
   return share;
@@ -823,18 +882,32 @@ __host__ __device__ inline double partials_share(const double* partials, int cou
   return share;
 }
 
-/// One CUDA block: *ratio = norm_ratio(target_sq, sum of the partials).
-__global__ void adamuon_ratio(const double* __restrict__ partials, int count, double target_sq,
-                              float* __restrict__ ratio, const StepState* __restrict__ state,
-                              const int* __restrict__ flag) {
+/// One CUDA block: *ratio = step::adamuon_ratio of a rows x cols block from
+/// the sum of the partials (||D||_F^2).
+__global__ void adamuon_ratio(const double* __restrict__ partials, int count, std::int64_t rows,
+                              std::int64_t cols, float* __restrict__ ratio,
+                              const StepState* __restrict__ state, const int* __restrict__ flag) {
   if (leaves(state, flag)) return;
   __shared__ double shared[kReduceThreads];
   const double total = block_sum(
       partials_share(partials, count, static_cast<int>(threadIdx.x), kReduceThreads), shared);
-  if (threadIdx.x == 0) *ratio = norm_ratio(target_sq, total);
+  if (threadIdx.x == 0) *ratio = step::adamuon_ratio<float>(rows, cols, total);
 }
 
-/// AdaMuon: p <- rule(p, D ratio), D from V as updated by adamuon_moment.
+/// Thread t's elements: p <- rule(p, D ratio), D from V as updated by
+/// adamuon_moment.
+template <class P, class O>
+__host__ __device__ inline void adamuon_commit_share(
+    P* p, const O* o, const float* v, std::int64_t n,
+    const optim::rules::SecondMomentCoefficients<float>& km, float ratio,
+    const optim::rules::MuonUpdateCoefficients<float>& k, std::int64_t t, std::int64_t threads) {
+  for (std::int64_t e = t; e < n; e += threads) {
+    const float d = optim::rules::adamuon_direction(to_float(o[e]), v[e], km) * ratio;
+    p[e] = from_float<P>(optim::rules::muon_parameter(to_float(p[e]), d, k));
+  }
+}
+
+/// AdaMuon: adamuon_commit_share over the grid.
 template <class P, class O>
 __global__ void adamuon_commit(
     P* __restrict__ p, const O* __restrict__ o, const float* __restrict__ v, std::int64_t n,
@@ -845,31 +918,35 @@ __global__ void adamuon_commit(
   if (leaves(state, flag)) return;
   const auto k = block_update(group, block_lr);
   const auto km = *coef;
-  const float scale = *ratio;
-  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const float d = optim::rules::adamuon_direction(to_float(o[e]), v[e], km) * scale;
-    p[e] = from_float<P>(optim::rules::muon_parameter(to_float(p[e]), d, k));
+  adamuon_commit_share(p, o, v, n, km, *ratio, k, grid_thread(), grid_threads());
+}
+
+/// Thread t's elements of an AdamW parameter: the moments and the
+/// parameter by step::adamw_element (the parameter from the moments as
+/// stored), the parameter rounded to P.
+template <class P>
+__host__ __device__ inline void adamw_commit_share(P* p, const P* grad, float* m1, float* m2,
+                                                   std::int64_t n,
+                                                   const optim::rules::AdamWCoefficients<float>& k,
+                                                   std::int64_t t, std::int64_t threads) {
+  for (std::int64_t e = t; e < n; e += threads) {
+    const step::AdamWElement<float> x =
+        step::adamw_element<float>(to_float(p[e]), to_float(grad[e]), m1[e], m2[e], k);
+    m1[e] = x.exp_avg;
+    m2[e] = x.exp_avg_sq;
+    p[e] = from_float<P>(x.param);
   }
 }
 
-/// AdamW: moments and parameter, the parameter from the moments as stored.
+/// AdamW: adamw_commit_share over the grid.
 template <class P>
 __global__ void adamw_commit(P* __restrict__ p, const P* __restrict__ grad, float* __restrict__ m1,
                              float* __restrict__ m2, std::int64_t n,
                              const optim::rules::AdamWCoefficients<float>* __restrict__ coef,
                              const StepState* __restrict__ state, const int* __restrict__ flag) {
   if (leaves(state, flag)) return;
-  namespace r = optim::rules;
   const auto k = *coef;
-  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const float g = to_float(grad[e]);
-    const float a = r::adamw_exp_avg(m1[e], g, k), b = r::adamw_exp_avg_sq(m2[e], g, k);
-    m1[e] = a;
-    m2[e] = b;
-    p[e] = from_float<P>(r::adamw_parameter(to_float(p[e]), a, b, k));
-  }
+  adamw_commit_share(p, grad, m1, m2, n, k, grid_thread(), grid_threads());
 }
 
 /// One block: unless the step was refused, advance the optimizer's count and
