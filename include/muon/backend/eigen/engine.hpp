@@ -453,15 +453,20 @@ class Engine {
     const auto G = job.grad_view.matrix();
     const auto W = job.param_view.matrix();
     int f = 0;
-    double m = 0;
-    for (Index r = r0; r < r1; ++r)
+    C largest = 0;
+    for (Index r = r0; r < r1; ++r) {
+      const B* m = &job.first(r, 0);
+      const T* g = &G(r, 0);
+      const T* w = &W(r, 0);
       for (Index c = 0; c < job.cols; ++c) {
-        f |= optim::step::muon_element_flags<B>(static_cast<C>(job.first(r, c)),
-                                                static_cast<C>(G(r, c)), static_cast<C>(W(r, c)), k);
-        m = std::max(m, std::abs(as_double(W(r, c))));
+        f |= optim::step::muon_element_flags<B>(static_cast<C>(m[c]), static_cast<C>(g[c]),
+                                                static_cast<C>(w[c]), k);
+        const C a = std::abs(static_cast<C>(w[c]));  // exact in C; a NaN is passed over
+        largest = a > largest ? a : largest;
       }
+    }
     flags = f;
-    max_p = m;
+    max_p = static_cast<double>(largest);
   }
 
   void check_adamw_rows(const optim::Core& core, const Job& job, Index r0, Index r1,
@@ -471,11 +476,16 @@ class Engine {
     const auto W = job.param_view.matrix();
     const auto to_param = [](C x) { return static_cast<C>(static_cast<T>(x)); };
     int f = 0;
-    for (Index r = r0; r < r1; ++r)
+    for (Index r = r0; r < r1; ++r) {
+      const B* m = &job.first(r, 0);
+      const B* v = &job.second(r, 0);
+      const T* g = &G(r, 0);
+      const T* w = &W(r, 0);
       for (Index c = 0; c < job.cols; ++c)
-        f |= optim::step::adamw_element_flags<B>(
-            static_cast<C>(W(r, c)), static_cast<C>(G(r, c)), static_cast<C>(job.first(r, c)),
-            static_cast<C>(job.second(r, c)), k, to_param);
+        f |= optim::step::adamw_element_flags<B>(static_cast<C>(w[c]), static_cast<C>(g[c]),
+                                                 static_cast<C>(m[c]), static_cast<C>(v[c]), k,
+                                                 to_param);
+    }
     flags = f;
   }
 
@@ -485,15 +495,19 @@ class Engine {
     const auto k = core.adamw_coefficients<C>(job.param);
     const auto G = job.grad_view.matrix();
     auto W = job.param_view.matrix();
-    for (Index r = r0; r < r1; ++r)
+    for (Index r = r0; r < r1; ++r) {
+      B* m = &job.first(r, 0);
+      B* v = &job.second(r, 0);
+      const T* g = &G(r, 0);
+      T* w = &W(r, 0);
       for (Index c = 0; c < job.cols; ++c) {
-        const auto e = optim::step::adamw_element<B>(
-            static_cast<C>(W(r, c)), static_cast<C>(G(r, c)), static_cast<C>(job.first(r, c)),
-            static_cast<C>(job.second(r, c)), k);
-        job.first(r, c) = static_cast<B>(e.exp_avg);
-        job.second(r, c) = static_cast<B>(e.exp_avg_sq);
-        W(r, c) = static_cast<T>(e.param);
+        const auto e = optim::step::adamw_element<B>(static_cast<C>(w[c]), static_cast<C>(g[c]),
+                                                     static_cast<C>(m[c]), static_cast<C>(v[c]), k);
+        m[c] = static_cast<B>(e.exp_avg);
+        v[c] = static_cast<B>(e.exp_avg_sq);
+        w[c] = static_cast<T>(e.param);
       }
+    }
   }
 
   // Each block of a Muon job on the workspaces of `lane`: momentum and
@@ -512,13 +526,19 @@ class Engine {
       const std::size_t b = job.first_block + local;
       const Index rows = Index(p.blocks[b]);
       WS& ws = exec_.workspace(job.block_ws[local], lane);
-      // W is not written yet: the l2 form reads it.
-      ws.load_generated([&M, &G, &W, &k, r0](Index r, Index c) {
-        B& m = M(r0 + r, c);
-        const auto e = optim::step::momentum_element<B>(
-            static_cast<C>(m), static_cast<C>(G(r0 + r, c)), static_cast<C>(W(r0 + r, c)), k);
-        m = static_cast<B>(e.momentum);
-        return e.input;
+      // One pass: the momentum written, the input loaded. W is not written
+      // yet (the l2 form reads it).
+      ws.load_rows([&M, &G, &W, &k, r0](Index r, Index c, Index n, C* out) {
+        B* m = &M(r0 + r, c);
+        const T* g = &G(r0 + r, c);
+        const T* w = &W(r0 + r, c);
+        for (Index e = 0; e < n; ++e) {
+          const auto x = optim::step::momentum_element<B>(static_cast<C>(m[e]),
+                                                          static_cast<C>(g[e]),
+                                                          static_cast<C>(w[e]), k);
+          m[e] = static_cast<B>(x.momentum);
+          out[e] = x.input;
+        }
       });
       detail::newton_schulz_iterate(ws, ns);
       const auto u = core.muon_update_coefficients<C>(job.param, b);
@@ -590,9 +610,9 @@ class Engine {
     return update_sumsq;
   }
 
-  // AdaMuon on one block after Newton–Schulz: V <- beta2 V + (1-beta2) O^2
-  // (elementwise, in the momentum's layout); D = adamuon_direction from V as
-  // stored; U = D adamuon_ratio. Returns ||U||_F^2.
+  // AdaMuon on one block after Newton–Schulz: step::adamuon_element (V <-
+  // beta2 V + (1-beta2) O^2 in the momentum's layout, the direction D from V
+  // as stored); U = D adamuon_ratio. Returns ||U||_F^2.
   double adamuon_block(const optim::Core& core, Job& job, WS& ws, Index r0, Index rows,
                        const optim::rules::MuonUpdateCoefficients<C>& u) {
     const optim::ParamRecord& p = core.param(job.param);
@@ -600,9 +620,7 @@ class Engine {
     Buffer& V = job.second;
     double direction_sumsq = 0;
     ws.visit_result([&](Index r, Index c, C o) {
-      B& v = V(r0 + r, c);
-      v = static_cast<B>(optim::rules::second_moment(static_cast<C>(v), o * o, k));
-      const C d = optim::rules::adamuon_direction(o, static_cast<C>(v), k);
+      const C d = optim::step::adamuon_element<B>(V(r0 + r, c), o, k);
       direction_sumsq += static_cast<double>(d) * static_cast<double>(d);
     });
     const C ratio = optim::step::adamuon_ratio<C>(rows, p.cols, direction_sumsq);

@@ -206,18 +206,32 @@ class Workspace {
     return X().allFinite();
   }
 
-  /// X <- f(r, c) over the input's rows() x cols() (cast to the compute
-  /// scalar, transposed if tall), for inputs computed on the fly (the
-  /// optimizer's Newton–Schulz input, made as it writes the momentum), each
-  /// (r, c) once. Visited in 32 x 32 tiles, so X's columns and an f that
-  /// reads row-major memory both stay in cache. No finiteness pass: the
-  /// optimizer checked every input before its step (engine.hpp).
+  /// X <- an input computed on the fly, a row segment at a time (cast to
+  /// the compute scalar, transposed if tall): fill(r, c, n, out) writes
+  /// input(r, c + k) to out[k] for k < n (a contiguous loop over row-major
+  /// memory, which the compiler can vectorize: the optimizer makes the
+  /// momentum and the Newton–Schulz input in it, writing the momentum as it
+  /// goes); each (r, c) is asked for once. The segments of a tile of
+  /// kLoadRows x kLoadCols are gathered in a buffer on the stack, then
+  /// placed into X (transposed if tall). No finiteness pass: the optimizer
+  /// checked every input before its step (engine.hpp).
   template <class F>
-  void load_generated(F&& f) {
+  void load_rows(F&& fill) {
     bind();
     xt_current_ = false;
+    alignas(64) S tile[kLoadRows * kLoadCols];
     const bool t = transposed();
-    for_tiles([&](Index i, Index j) { x_[i + j * m_] = static_cast<S>(t ? f(j, i) : f(i, j)); });
+    for (Index r0 = 0; r0 < rows_; r0 += kLoadRows)
+      for (Index c0 = 0; c0 < cols_; c0 += kLoadCols) {
+        const Index nr = std::min(kLoadRows, rows_ - r0), nc = std::min(kLoadCols, cols_ - c0);
+        for (Index r = 0; r < nr; ++r) fill(r0 + r, c0, nc, tile + r * kLoadCols);
+        if (t)  // X(c, r): the segments are X's columns
+          for (Index r = 0; r < nr; ++r)
+            std::copy(tile + r * kLoadCols, tile + r * kLoadCols + nc, x_ + c0 + (r0 + r) * m_);
+        else  // X(r, c)
+          for (Index c = 0; c < nc; ++c)
+            for (Index r = 0; r < nr; ++r) x_[r0 + r + (c0 + c) * m_] = tile[r * kLoadCols + c];
+      }
   }
 
   /// g(r, c, o) for every element o = O(r, c) of the result, in the input's
@@ -457,6 +471,7 @@ class Workspace {
     detail::ParallelSyrk<S>::mirror_rows(dst, n, 0, n);
   }
 
+  static constexpr Index kLoadRows = 16, kLoadCols = 64;  // load_rows' tile (4 KiB in float)
   Index rows_, cols_, m_ = 0, n_ = 0;
   std::shared_ptr<Resources> shared_;  // before the products that point into it
   std::size_t offset_[6] = {};         // X, Y, A, B, Q, T in the shared arena
