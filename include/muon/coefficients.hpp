@@ -147,10 +147,11 @@ class Schedule {
   /// assumed for sigma_min / ||X||_F (smaller ones still grow, by a factor
   /// of about a per step). Unlike Jordan's rows it converges: from
   /// lower = 1e-3, E is 5e-2 after 8 steps and 2e-3 after 9. Throws
-  /// muon::Error for lower outside (0, 1) or steps outside [1, 100).
+  /// muon::Error naming `cans.lower` outside (0, 1) or `cans.steps` outside
+  /// [1, 100).
   static Schedule cans(double lower = 1e-3, int steps = 9) {
-    if (!(lower > 0.0 && lower < 1.0)) throw Error("cans: lower must be in (0, 1)");
-    if (!(steps >= 1 && steps < 100)) throw Error("cans: steps must be in [1, 100)");
+    detail::Range{0.0, true, 1.0, false}.check("cans.lower", lower);
+    detail::Range::integers(1, 100).check("cans.steps", steps);
     std::vector<Coefficients> rows;
     double lo = lower, hi = 1.0;
     for (int k = 0; k < steps; ++k) {
@@ -202,7 +203,7 @@ class Schedule {
   /// name, listing the built-in ones.
   static Schedule by_name(const std::string& name) {
     if (std::optional<Schedule> s = from_name(name)) return *s;
-    throw Error("schedule: unknown name '" + name + "' (expected " + builtin_names_text() + ")");
+    detail::fail("schedule", "unknown name '" + name + "' (expected " + builtin_names_text() + ")");
   }
 
   /// The same rows, divisor and name, with other steps past the end.

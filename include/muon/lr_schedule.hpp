@@ -15,6 +15,7 @@
 #include <string>
 
 #include "error.hpp"
+#include "ns_options.hpp"
 
 namespace muon {
 
@@ -139,8 +140,7 @@ inline WidthTransferConfig scale_to_width(const WidthTransferConfig& base, std::
     detail::fail("base.warmup_steps", "must be >= 0 and small enough to double");
   if (!(std::isfinite(base.momentum) && base.momentum >= 0.0 && base.momentum < 1.0))
     detail::fail("base.momentum", "must be in [0, 1)");
-  if (!(base.ns_steps >= 0 && base.ns_steps < 100))
-    detail::fail("base.ns_steps", "must be in [0, 100)");
+  kNsStepsRange.check("base.ns_steps", base.ns_steps);
   WidthTransferConfig scaled = base;
   scaled.width = width;
   scaled.lr = base.lr * std::sqrt(static_cast<double>(base.width) / static_cast<double>(width));

@@ -93,7 +93,8 @@ struct StoredParam {
 };
 
 /// A whole checkpoint, read and structurally checked, not yet matched
-/// against an optimizer (Core::load does that).
+/// against an optimizer (Core::match does that; the backends then decode
+/// their buffers from the match and Core::commit takes it over).
 struct StoredState {
   std::string origin;  ///< the file's path, or "stream"
   std::uint32_t version = 0;

@@ -121,8 +121,9 @@ class Optimizer : public optim::Front<Optimizer<P, C>> {
   void add_param(const std::string& name, P* param, const P* grad, const optim::TensorShape& shape,
                  const ParamOptions& options = ParamOptions()) {
     if (device_)
-      ::muon::detail::fail("add_param",
-                           "parameters must be added before the first step/capture/save/load");
+      ::muon::detail::fail("param", "'" + name +
+                                        "': parameters must be added before the first "
+                                        "step/capture/save/load");
     if (param == nullptr) ::muon::detail::fail("param", "'" + name + "' has a null device pointer");
     core_.add_param(name, shape, options);
     param_ptrs_.push_back(param);
