@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /// \file dist_cost_model.cpp
 /// \brief Prints what one optimizer step costs each rank under each way of
-/// distributing Muon (include/muon/dist/cost_model.hpp), for the built-in
+/// distributing Muon (include/muon/distributed/cost_model.hpp), for the built-in
 /// models (GPT-2 small, Llama-like 7B and 70B, a 64-expert MoE bank) and
 /// rank counts: bytes sent and received by the worst rank, Newton–Schulz
 /// flops on the busiest rank, load imbalance (busiest / mean), and optimizer
@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include <muon/dist/cost_model.hpp>
+#include <muon/distributed/cost_model.hpp>
 
 namespace cost = muon::dist::cost;
 

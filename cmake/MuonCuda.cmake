@@ -38,7 +38,7 @@ if(NOT TARGET muon_cuda_project_warnings)
 endif()
 
 # NCCL (shipped with the CUDA toolkit here; or a separate install): the
-# target muon::nccl for dist/nccl.hpp, when found.
+# target muon::nccl for distributed/nccl.hpp, when found.
 find_path(MUON_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
 find_library(MUON_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
 if(MUON_NCCL_INCLUDE_DIR AND MUON_NCCL_LIBRARY)

@@ -27,8 +27,8 @@
 #include <string>
 #include <vector>
 
-#include <muon/dist/mpi.hpp>
-#include <muon/dist/optimizer.hpp>
+#include <muon/distributed/mpi.hpp>
+#include <muon/distributed/optimizer.hpp>
 
 #include "idx.hpp"
 #include "mlp.hpp"

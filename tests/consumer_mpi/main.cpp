@@ -4,8 +4,8 @@
 // code 0 when every rank ends with the same weights and they moved.
 #include <mpi.h>
 
-#include <muon/dist/mpi.hpp>
-#include <muon/dist/optimizer.hpp>
+#include <muon/distributed/mpi.hpp>
+#include <muon/distributed/optimizer.hpp>
 
 #include <cstdio>
 #include <vector>

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include <muon/dist/nccl.hpp>
+#include <muon/distributed/nccl.hpp>
 
 #include "catch.hpp"
 

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-/// \file dist/communicator.hpp
+/// \file distributed/communicator.hpp
 /// \brief The collectives a distributed optimizer needs, over the
 /// communication library the user already runs: MPI for CPU ranks
-/// (dist/mpi.hpp), NCCL for GPU ranks (dist/nccl.hpp). The library never
+/// (distributed/mpi.hpp), NCCL for GPU ranks (distributed/nccl.hpp). The library never
 /// initializes either: the user passes in their own communicator.
 ///
 /// Buffers are raw pointers to `count` elements of a DType (host memory for

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-/// \file dist/cost_model.hpp
+/// \file distributed/cost_model.hpp
 /// \brief What one optimizer step costs each rank under the ways of
 /// distributing Muon: bytes sent and received, Newton–Schulz flops on the
 /// busiest rank, load imbalance, and optimizer state per rank — against

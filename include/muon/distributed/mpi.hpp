@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-/// \file dist/mpi.hpp
+/// \file distributed/mpi.hpp
 /// \brief dist::Communicator over the user's MPI communicator (host
 /// buffers). Needs <mpi.h> and an MPI library (CMake: MUON_ENABLE_MPI, the
 /// target muon::mpi). The user initializes and finalizes MPI; this class

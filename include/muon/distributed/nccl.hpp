@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-/// \file dist/nccl.hpp
+/// \file distributed/nccl.hpp
 /// \brief dist::Communicator over the user's NCCL communicator, for device
 /// buffers, enqueued on the user's stream (CMake: the target muon::nccl,
 /// made when MUON_ENABLE_CUDA finds NCCL). The user creates and destroys the

@@ -307,17 +307,23 @@ class Core {
   /// step::StorageTypes), and the backend writes nothing. Otherwise every
   /// such parameter is skipped, reason_of(its flags), as is one without a
   /// gradient. Call between begin_step and the writes. Allocates nothing.
-  template <class TypesOf>
-  void decide(const std::vector<int>& flags, TypesOf&& types_of) {
+  /// `where_of(i, flags)`, called only to refuse, gives step::refuse's
+  /// `where` (a distributed step: which rank; every rank calls it alike).
+  template <class TypesOf, class WhereOf>
+  void decide(const std::vector<int>& flags, TypesOf&& types_of, WhereOf&& where_of) {
     for (std::size_t i = 0; i < registry_.size(); ++i) {
       const int f = flags[i];
       if (f == 0) continue;
       if (step::blocks_update(f) && policy_ == NonFinitePolicy::raise) {
         const step::StorageTypes t = types_of(i);
-        step::refuse(registry_[i].name, f, registry_[i].muon(), t.buffer, t.param);
+        step::refuse(registry_[i].name, f, registry_[i].muon(), t.buffer, t.param, where_of(i, f));
       }
       skip(i, step::reason_of(f));
     }
+  }
+  template <class TypesOf>
+  void decide(const std::vector<int>& flags, TypesOf&& types_of) {
+    decide(flags, types_of, [](std::size_t, int) { return std::string(); });
   }
   void decide(const std::vector<int>& flags, step::StorageTypes types) {
     decide(flags, [types](std::size_t) { return types; });

@@ -5,7 +5,7 @@
 /// shares — groups and their options, set_option, the non-finite policy,
 /// routing rules, lr schedule and momentum warmup, the current_* values, and
 /// the registry queries — written once over the facade's optim::Core, so
-/// muon::Optimizer (CPU), muon::cuda::Optimizer, muon::distributed::Optimizer
+/// muon::Optimizer (CPU), muon::cuda::Optimizer, muon::dist::Optimizer
 /// and muon::torch::Muon answer to the same names with the same types.
 ///
 /// A facade derives from Front<Facade> (CRTP) and gives it its core:

@@ -6,7 +6,7 @@
 /// Everything that handles options by key reads it: validate(),
 /// set_option and option_keys (here), the checkpoint writer and reader
 /// (state_io.hpp), the distributed optimizer's "same on every rank" check
-/// (dist/optimizer.hpp), muon::torch::MuonOptions' accessors
+/// (distributed/optimizer.hpp), muon::torch::MuonOptions' accessors
 /// (torch/options.hpp) and the option reference in docs/optimizer.md
 /// (generated: tests/test_option_table.cpp).
 ///
