@@ -111,13 +111,20 @@ mapfile -t specs < <(for t in "${tests[@]}"; do for p in $t; do echo "$p"; done;
 # "prog@N" runs prog under mpiexec with N ranks: the build then needs MPI.
 mpi=()
 [[ " ${specs[*]}" == *@* ]] && mpi=(-DMUON_ENABLE_MPI=ON)
+# test_cuda's [host] tests run the kernels' per-thread code on the CPU: an
+# entry naming test_cuda builds with CUDA on (compiled only; nvcc needed).
+cuda=(-DMUON_ENABLE_CUDA=OFF)
+if [[ " ${targets[*]} " == *" test_cuda "* ]]; then
+  command -v nvcc >/dev/null || { echo "mutate: test_cuda entries need nvcc" >&2; exit 1; }
+  cuda=(-DMUON_ENABLE_CUDA=ON -DMUON_CUDA_ARCHITECTURES="${MUON_CUDA_ARCHITECTURES:-90}")
+fi
 
 setup() {  # worker index
   local w=$1 src="$work/w$1/src" bld="$work/w$1/build"
   sync_copy "$src"
   (cd "$work/w$w" && cmake -S src -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_CXX_FLAGS_RELEASE="-O0 -DNDEBUG" -DMUON_BUILD_BENCHMARKS=OFF \
-      -DMUON_BUILD_EXAMPLES=OFF -DMUON_ENABLE_CUDA=OFF -DMUON_INSTALL=OFF "${compiler[@]}" \
+      -DMUON_BUILD_EXAMPLES=OFF "${cuda[@]}" -DMUON_INSTALL=OFF "${compiler[@]}" \
       ${mpi[@]+"${mpi[@]}"}) \
       >"$work/configure$w.log" 2>&1 || { echo "mutate: configure failed ($work/configure$w.log)" >&2; return 1; }
 }
@@ -125,8 +132,9 @@ setup() {  # worker index
 run_tests() {  # build dir, "prog[filter] prog ..."; returns nonzero when any fails
   local bld=$1 spec failed=0
   for spec in $2; do
-    local prog tag="" run=(timeout 300)
+    local prog tag="" run=(timeout 300) dir="$bld/tests"
     prog=$(prog_of "$spec")
+    [[ -x $dir/$prog ]] || dir="$bld/tests/cuda"  # test_cuda
     [[ $spec == *"["* ]] && tag="[${spec#*\[}"
     if [[ ${spec%%\[*} == *@* ]]; then
       # Under MPI (as ctest runs test_dist_npN; Open MPI refuses root and
@@ -139,9 +147,9 @@ run_tests() {  # build dir, "prog[filter] prog ..."; returns nonzero when any fa
     if [[ -n $tag ]]; then
       # NoTests: a filter that matches nothing fails (the baseline then stops
       # the run) instead of passing and letting every mutant "survive".
-      (cd "$bld/tests" && "${run[@]}" "./$prog" --warn NoTests "$tag") >/dev/null 2>&1 || failed=1
+      (cd "$dir" && "${run[@]}" "./$prog" --warn NoTests "$tag") >/dev/null 2>&1 || failed=1
     else
-      (cd "$bld/tests" && "${run[@]}" "./$prog") >/dev/null 2>&1 || failed=1
+      (cd "$dir" && "${run[@]}" "./$prog") >/dev/null 2>&1 || failed=1
     fi
   done
   return $failed
