@@ -322,6 +322,43 @@ TEST_CASE("a non-finite gradient: raise refuses on every rank, skip leaves it ou
   (void)P;
 }
 
+TEST_CASE("a parameter whose blocks fail differently is skipped for one process's reason") {
+  // The reason is decided from the flags of the whole parameter, ORed over
+  // its blocks and their homes, as one process decides it: the first in
+  // SkipReason order. Here block 0 of the fused QKV overflows its
+  // Newton-Schulz input (a finite gradient of 3e38; the sum form of
+  // momentum with Nesterov feeds g + mu m = 1.95 g) and block 1 has a NaN
+  // gradient: non_finite_grad (the homes' reports, merged by lowest block,
+  // said non_finite_state).
+  muon::dist::MpiCommunicator comm(MPI_COMM_WORLD);
+  muon::MuonGroupOptions o = muon_options();
+  o.with_momentum_kind(muon::MomentumKind::sum);
+  Model dist_model, ref_model;
+  muon::dist::Optimizer<float> opt(comm, GradMode::reduced, o, adamw_options());
+  muon::Optimizer<float> ref(o, adamw_options());
+  dist_model.attach(opt);
+  ref_model.attach(ref);
+  for (Model* m : {&dist_model, &ref_model}) {
+    m->fill_grads(0, -1);
+    m->t[1].g[5] = 3e38f;
+    m->t[1].g[24 * 24 + 5] = NAN;
+  }
+  opt.set_non_finite_policy(muon::NonFinitePolicy::skip);
+  ref.set_non_finite_policy(muon::NonFinitePolicy::skip);
+  const muon::StepReport& r = opt.step();
+  const muon::StepReport& expected = ref.step();
+  REQUIRE(expected.skipped.size() == 1);
+  REQUIRE(expected.skipped[0].reason == muon::SkipReason::non_finite_grad);
+  CHECK(everywhere(r.skipped.size() == 1 && r.skipped[0].name == "h0.qkv.weight" &&
+                   r.skipped[0].reason == expected.skipped[0].reason));
+  CHECK(everywhere(same_weights(dist_model, ref_model)));
+  // Under raise, the refusal is the gradient's, on every rank.
+  opt.set_non_finite_policy(muon::NonFinitePolicy::raise);
+  const std::string message = error_of([&] { opt.step(); });
+  INFO(message);
+  CHECK(everywhere(contains(message, "muon: grad: 'h0.qkv.weight' (")));
+}
+
 TEST_CASE("checkpoints load on any number of ranks and continue bitwise") {
   const int P = world_size();
   for (muon::MuonVariant variant : kVariants) {

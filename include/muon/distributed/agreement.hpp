@@ -74,8 +74,12 @@ inline void agree(Communicator& comm, const std::string& problem, std::int64_t f
   std::vector<std::int64_t> all(2 * std::size_t(P));
   comm.all_gather(mine, all.data(), 2, DType::i64);
   for (int r = 0; r < P; ++r)
-    if (all[2 * std::size_t(r)] != 0)
-      throw Error(broadcast_text(comm, problem, r) + " (on rank " + std::to_string(r) + ")");
+    if (all[2 * std::size_t(r)] != 0) {  // rank r's "field: message", with the rank
+      const std::string text = broadcast_text(comm, problem, r);
+      const std::size_t colon = std::min(text.find(": "), text.size());
+      detail::fail(text.substr(0, colon), text.substr(std::min(colon + 2, text.size())) +
+                                              " (on rank " + std::to_string(r) + ")");
+    }
   const std::string ranks = ranks_differing(P, [&](int r) { return all[2 * std::size_t(r) + 1]; });
   if (!ranks.empty()) detail::fail(field, "rank(s) " + ranks + " " + differs);
 }
