@@ -22,6 +22,28 @@
 ///   sgemm        Eigen's 768x3072 by 3072x768 product on t threads: the
 ///                machine's matrix-multiply rate in this run (the peak the
 ///                others are compared with)
+/// The roofline of this machine and the step's elementwise passes
+/// (bench/roofline.hpp; scripts/bench_roofline.py prints the table):
+///   triad        a = b + s c over three 64 MiB float arrays on t OpenMP
+///                threads: the memory bandwidth (12 B per element, STREAM's count)
+///   bf16_dot     vdpbf16ps on register operands on t threads: the bf16
+///                product peak (CPUs with AVX512-BF16 only)
+///   adamw        muon::Optimizer<float>::step() of GPT-2's token embedding
+///                alone (50257x768 on AdamW, 38.6 M elements): the check pass
+///                and the write pass. Counters: ns per element; GB/s counted at
+///                the minimum 28 B per element (read p, g, m, v; write p, m, v)
+///                and at what the two passes move (check: read 16 B; write:
+///                read 16 B, write 12 B; 44 B, counted as the triad counts)
+///   adamw_check  its check() alone (16 B per element)
+///   muon_load/<shape>    the Muon step's first elementwise pass over 6
+///                matrices (engine.hpp's muon_job: the momentum written, the
+///                Newton-Schulz input loaded into the workspace, the same loop
+///                through Workspace::load_rows): reads m, g, writes m, X: 16 B
+///   muon_update/<shape>  its last (the plain Muon update of W from the
+///                result, Workspace::update_rows as the engine calls it): reads
+///                O, W, writes W: 12 B
+///                Both at 768x3072 (wide) and 3072x768 (tall); they run on one
+///                thread in the step (one lane per matrix), so t = 1 only.
 /// Models: gpt2_layers:<L>: the first L layers of GPT-2 small (per layer
 /// 768x2304, 768x768, 768x3072 and 3072x768 on Muon, biases and norms on
 /// AdamW) plus the embeddings wte (50257x768) and wpe (1024x768) and the final
@@ -46,16 +68,19 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <muon/muon.hpp>
 
 #include "bench_common.hpp"
+#include "roofline.hpp"
 
 namespace {
 
@@ -302,6 +327,120 @@ void bm_sgemm(benchmark::State& state, int threads) {
   state.counters["threads"] = threads;
 }
 
+// ---- the roofline and the elementwise passes --------------------------------------
+
+void bm_triad(benchmark::State& state, int threads) {
+  roofline::TriadArrays x(std::size_t(1) << 24, threads);
+  float s = 0.5f;
+  for (auto _ : state) {
+    roofline::triad(x, s, threads);
+    benchmark::DoNotOptimize(x.a.data());
+    benchmark::ClobberMemory();
+    s = -s;
+  }
+  state.counters["GBps"] = benchmark::Counter(x.bytes(), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
+}
+
+void bm_bf16_dot(benchmark::State& state, int threads) {
+  const std::int64_t iterations = std::int64_t(1) << 22;
+  for (auto _ : state) benchmark::DoNotOptimize(roofline::bf16_dot(iterations, threads));
+  state.counters["GFLOPs"] =
+      benchmark::Counter(roofline::bf16_dot_flops(iterations) * double(threads) * 1e-9,
+                         benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
+}
+
+/// GPT-2's token embedding alone, on AdamW (its name routes it there).
+void bm_adamw(benchmark::State& state, int threads, bool check_only) {
+  bench::use_threads(threads);
+  const Eigen::Index rows = 50257, cols = 768;
+  std::vector<float> w(std::size_t(rows * cols)), g(w.size());
+  std::mt19937 rng(2);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  for (float& x : w) x = normal(rng);
+  for (float& x : g) x = normal(rng);
+  muon::Optimizer<float> opt;
+  muon::ParamView<float> p, gv;
+  p.data = w.data();
+  gv.data = g.data();
+  p.ndim = gv.ndim = 2;
+  p.shape[0] = gv.shape[0] = rows;
+  p.shape[1] = gv.shape[1] = cols;
+  opt.add_param("wte.weight", p, gv);
+  opt.step();
+  for (auto _ : state) {
+    if (check_only)
+      benchmark::DoNotOptimize(opt.check());
+    else
+      benchmark::DoNotOptimize(opt.step());
+  }
+  const double n = double(rows * cols);
+  using C = benchmark::Counter;
+  state.counters["elements"] = n;
+  state.counters["ns_per_element"] = C(n * 1e-9, C::kIsIterationInvariantRate | C::kInvert);
+  if (check_only) {
+    state.counters["GBps"] = C(16.0 * n, C::kIsIterationInvariantRate);
+  } else {
+    state.counters["GBps_min28"] = C(28.0 * n, C::kIsIterationInvariantRate);
+    state.counters["GBps"] = C(44.0 * n, C::kIsIterationInvariantRate);
+  }
+  state.counters["threads"] = threads;
+}
+
+/// The Muon step's elementwise passes over kPassMatrices matrices of rows x
+/// cols (far more than the caches hold, as in the step), as engine.hpp's
+/// muon_job runs them (Nesterov EMA momentum 0.95, decoupled weight decay),
+/// through one workspace: the momentum + Newton-Schulz input pass, or the
+/// update.
+constexpr int kPassMatrices = 6;
+void bm_muon_pass(benchmark::State& state, Eigen::Index rows, Eigen::Index cols, bool update) {
+  bench::use_threads(1);
+  using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  std::vector<Matrix> W, G, M;
+  for (int i = 0; i < kPassMatrices; ++i) {
+    W.push_back(Matrix::Random(rows, cols));
+    G.push_back(Matrix::Random(rows, cols));
+    M.push_back(Matrix::Zero(rows, cols));
+  }
+  muon::Workspace<float> ws(rows, cols, 1);
+  const auto k = muon::optim::rules::momentum_coefficients<float>(0.95, true, true);
+  const auto u = muon::optim::rules::muon_update_coefficients<float>(1.0 - 0.02 * 0.1, 0.02, false);
+  const auto load = [&](int i) {
+    ws.load_rows([&](Eigen::Index r, Eigen::Index c, Eigen::Index n, float* out) {
+      float* m = &M[std::size_t(i)](r, c);
+      const float* g = &G[std::size_t(i)](r, c);
+      const float* w = &W[std::size_t(i)](r, c);
+      for (Eigen::Index e = 0; e < n; ++e) {
+        const auto x = muon::optim::step::momentum_element<float>(m[e], g[e], w[e], k);
+        m[e] = x.momentum;
+        out[e] = x.input;
+      }
+    });
+  };
+  load(0);
+  for (auto _ : state) {
+    for (int i = 0; i < kPassMatrices; ++i) {
+      if (update) {
+        Matrix& Wi = W[std::size_t(i)];
+        ws.update_rows([&](Eigen::Index r, Eigen::Index c, Eigen::Index n, const float* o) {
+          float* w = &Wi(r, c);
+          for (Eigen::Index e = 0; e < n; ++e)
+            w[e] = muon::optim::rules::muon_parameter(w[e], o[e], u);
+        });
+      } else {
+        load(i);
+      }
+    }
+    benchmark::ClobberMemory();
+  }
+  using C = benchmark::Counter;
+  const double n = double(rows * cols) * kPassMatrices;
+  state.counters["ns_per_element"] = C(n * 1e-9, C::kIsIterationInvariantRate | C::kInvert);
+  state.counters["GBps"] = C((update ? 12.0 : 16.0) * n, C::kIsIterationInvariantRate);
+  state.counters["threads"] = 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -334,6 +473,26 @@ int main(int argc, char** argv) {
     timed(benchmark::RegisterBenchmark(("check" + suffix).c_str(), bm_step, t, true,
                                        Products::eigen, MuonVariant::muon));
   }
+  // The roofline and the elementwise passes (not per model).
+  for (const int t : counts) {
+    const std::string suffix = "/t" + std::to_string(t);
+    auto timed = [](benchmark::internal::Benchmark* b) {
+      b->Unit(benchmark::kMillisecond)->UseRealTime();
+    };
+    timed(benchmark::RegisterBenchmark(("triad" + suffix).c_str(), bm_triad, t));
+    if (roofline::has_bf16_dot())
+      timed(benchmark::RegisterBenchmark(("bf16_dot" + suffix).c_str(), bm_bf16_dot, t));
+    timed(benchmark::RegisterBenchmark(("adamw" + suffix + "/wte").c_str(), bm_adamw, t, false));
+    timed(benchmark::RegisterBenchmark(("adamw_check" + suffix + "/wte").c_str(), bm_adamw, t, true));
+  }
+  for (const bool update : {false, true})
+    for (const auto& shape : {std::pair<Eigen::Index, Eigen::Index>{768, 3072}, {3072, 768}}) {
+      const std::string name = std::string(update ? "muon_update" : "muon_load") + "/t1/" +
+                               std::to_string(shape.first) + "x" + std::to_string(shape.second);
+      benchmark::RegisterBenchmark(name.c_str(), bm_muon_pass, shape.first, shape.second, update)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

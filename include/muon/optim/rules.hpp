@@ -247,11 +247,18 @@ MUON_HOST_DEVICE C adamw_exp_avg_sq(C v, C g, const AdamWCoefficients<C>& k) {
 
 /// p <- p (1 - lr wd) - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps),
 /// from the moments as stored (torch.optim.AdamW; Loshchilov & Hutter,
-/// arXiv 1711.05101).
+/// arXiv 1711.05101), given root_v = sqrt(v).
+template <class C>
+MUON_HOST_DEVICE C adamw_parameter_from_root(C p, C m, C root_v, const AdamWCoefficients<C>& k) {
+  const C denominator = root_v / k.sqrt_bias_correction2 + k.eps;
+  return p * k.decay - k.step_size * m / denominator;
+}
+
+/// adamw_parameter_from_root with root_v = sqrt(v) (a loop may take the
+/// square roots of a run of elements at once instead: the same bits).
 template <class C>
 MUON_HOST_DEVICE C adamw_parameter(C p, C m, C v, const AdamWCoefficients<C>& k) {
-  const C denominator = square_root(v) / k.sqrt_bias_correction2 + k.eps;
-  return p * k.decay - k.step_size * m / denominator;
+  return adamw_parameter_from_root(p, m, square_root(v), k);
 }
 
 }  // namespace rules

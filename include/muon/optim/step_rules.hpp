@@ -66,14 +66,29 @@ struct AdamWElement {
   C exp_avg, exp_avg_sq, param;
 };
 
+/// One AdamW element's new moments, rounded to their storage S.
+template <class C>
+struct AdamWMoments {
+  C exp_avg, exp_avg_sq;
+};
+
+/// The first half of adamw_element: the new moments as stored. A loop that
+/// takes the square roots of a run of elements at once (the CPU engine)
+/// calls this, then rules::adamw_parameter_from_root.
+template <class S, class C>
+MUON_HOST_DEVICE AdamWMoments<C> adamw_moments(C g, C m, C v,
+                                               const rules::AdamWCoefficients<C>& k) {
+  return {static_cast<C>(static_cast<S>(rules::adamw_exp_avg(m, g, k))),
+          static_cast<C>(static_cast<S>(rules::adamw_exp_avg_sq(v, g, k)))};
+}
+
 /// torch.optim.AdamW's element: the moments, rounded to their storage S,
 /// then the parameter from the moments as stored.
 template <class S, class C>
 MUON_HOST_DEVICE AdamWElement<C> adamw_element(C p, C g, C m, C v,
                                                const rules::AdamWCoefficients<C>& k) {
-  const C a = static_cast<C>(static_cast<S>(rules::adamw_exp_avg(m, g, k)));
-  const C b = static_cast<C>(static_cast<S>(rules::adamw_exp_avg_sq(v, g, k)));
-  return {a, b, rules::adamw_parameter(p, a, b, k)};
+  const AdamWMoments<C> x = adamw_moments<S>(g, m, v, k);
+  return {x.exp_avg, x.exp_avg_sq, rules::adamw_parameter(p, x.exp_avg, x.exp_avg_sq, k)};
 }
 
 /// The checks of one AdamW element, reading only: the gradient finite, the
@@ -88,6 +103,107 @@ MUON_HOST_DEVICE int adamw_element_flags(C p, C g, C m, C v, const rules::AdamWC
   const AdamWElement<C> e = adamw_element<S>(p, g, m, v, k);
   if (!rules::finite(e.exp_avg) || !rules::finite(e.exp_avg_sq)) return kNonFiniteState;
   return rules::finite(to_param(e.param)) ? 0 : kNonFiniteUpdate;
+}
+
+// ---- AdamW's check without computing the update --------------------------------
+//
+// adamw_element_flags computes each element's whole update (a square root
+// and a divide) only to learn whether it stays finite, and the write pass
+// computes it again. The cheap check instead gathers, over a run of
+// elements, the largest |g|, |m|, |v| and |p| and whether the old moments
+// keep m^2 <= q v (q = adamw_ratio_square(k)), reading only and computing no
+// update; adamw_run_is_finite then bounds every element's new moments and
+// parameter from those few numbers. When the bound stays below the types'
+// limits, no element of the run can overflow, and every check would pass;
+// otherwise (a value that is not finite, values near a limit) the run is
+// checked element by element with adamw_element_flags. The flags are the
+// same either way.
+
+/// What the cheap check gathers over a run of elements (in double; NaN or
+/// infinite when some value of the run is not finite).
+struct AdamWExtent {
+  double grad = 0, exp_avg = 0, exp_avg_sq = 0, param = 0;  ///< the largest magnitudes
+  /// The largest m^2 - q v of the run in C (<= 0: every element keeps
+  /// m^2 <= q v).
+  double ratio_excess = 0;
+};
+
+/// The largest finite values the step may produce: the moments' storage S
+/// (and C), the parameter's type T (and C), and C itself.
+struct AdamWLimits {
+  double state, param, compute;
+};
+
+/// q of m^2 <= q v: twice K^2 = (1-b1)^2 / ((1-b2)(1 - b1^2/b2)), which
+/// bounds m_t^2 / v_t for moments made by this rule from zero with any
+/// gradients when b1^2 < b2 (Cauchy–Schwarz over the sums that define them);
+/// 0 otherwise (the bound then uses eps alone). The factor 2 leaves room for
+/// rounding and for b1, b2 changed between steps.
+template <class C>
+MUON_HOST_DEVICE C adamw_ratio_square(const rules::AdamWCoefficients<C>& k) {
+  const double c1 = static_cast<double>(k.one_minus_beta1), b1 = 1.0 - c1;
+  const double b2 = static_cast<double>(k.beta2), c2 = static_cast<double>(k.one_minus_beta2);
+  if (!(b2 > 0.0) || !(c2 > 0.0) || !(b1 * b1 < b2)) return C(0);
+  return static_cast<C>(2.0 * c1 * c1 / (c2 * (1.0 - b1 * b1 / b2)));
+}
+
+/// The largest |new p| an element of a run can reach, from the run's extent
+/// (mathematically; the caller leaves room for rounding): |p| decay plus
+/// step_size times a bound of |a| / (sqrt(b) / sqrt(1 - b2^t) + eps), where a
+/// and b are the new moments:
+///   always        |a| / eps
+///   m^2 <= q v    sqrt(1 - b2^t) sqrt(b1^2 q / b2 + (1-b1)^2 / (1-b2)), as
+///                 |a| <= b1 |m| + (1-b1) |g| <= that root times sqrt(b)
+///                 (Cauchy–Schwarz with b = b2 v + (1-b2) g^2), plus the
+///                 slack of m^2 and q v rounded below C's normal range.
+/// NaN or infinite when the extent is.
+template <class C>
+MUON_HOST_DEVICE double adamw_parameter_bound(const AdamWExtent& e,
+                                              const rules::AdamWCoefficients<C>& k) {
+  const double c1 = static_cast<double>(k.one_minus_beta1), b1 = 1.0 - c1;
+  const double b2 = static_cast<double>(k.beta2), c2 = static_cast<double>(k.one_minus_beta2);
+  const double eps = static_cast<double>(k.eps), sbc2 = static_cast<double>(k.sqrt_bias_correction2);
+  const double a = (b1 < 0 ? -b1 : b1) * e.exp_avg + (c1 < 0 ? -c1 : c1) * e.grad;
+  double ratio = a / eps;
+  if (e.ratio_excess <= 0.0 && b2 > 0.0 && c2 > 0.0 && sbc2 > 0.0) {
+    const double q = static_cast<double>(adamw_ratio_square(k));
+    const double tiny = rules::square_root(4.0 * static_cast<double>(rules::smallest_normal<C>()));
+    const double root = rules::square_root(b1 * b1 * q / b2 + c1 * c1 / c2);
+    const double adam = sbc2 * root + ((b1 < 0 ? -b1 : b1) + root) * tiny / eps;
+    ratio = adam < ratio ? adam : ratio;
+  }
+  const double decay = static_cast<double>(k.decay), step = static_cast<double>(k.step_size);
+  return e.param * (decay < 0 ? -decay : decay) + (step < 0 ? -step : step) * ratio;
+}
+
+/// True when no element of a run with extent e can produce a value that is
+/// not finite: the new moments within limits.state, every intermediate
+/// within limits.compute, the new parameter within limits.param, each with
+/// room for rounding (a factor 1 + 2^-6: moments stored in bf16 round by
+/// 2^-9 at most). False for an extent that is not finite. When true, every
+/// element's adamw_element_flags is 0.
+template <class C>
+MUON_HOST_DEVICE bool adamw_run_is_finite(const AdamWExtent& e,
+                                          const rules::AdamWCoefficients<C>& k,
+                                          const AdamWLimits& limits) {
+  const double room = 1.0 + 1.0 / 64.0;
+  const double c1 = static_cast<double>(k.one_minus_beta1), b1 = 1.0 - c1;
+  const double b2 = static_cast<double>(k.beta2), c2 = static_cast<double>(k.one_minus_beta2);
+  const double sbc2 = static_cast<double>(k.sqrt_bias_correction2);
+  const double step = static_cast<double>(k.step_size);
+  const double a1 = c1 < 0 ? -c1 : c1, step1 = step < 0 ? -step : step;
+  // The new moments a = m + (1-b1)(g - m) and b = b2 v + ((1-b2) g) g
+  // bound every intermediate of their own rules but g - m.
+  const double diff = e.grad + e.exp_avg;
+  const double a = (b1 < 0 ? -b1 : b1) * e.exp_avg + a1 * e.grad;
+  const double b = (b2 < 0 ? -b2 : b2) * e.exp_avg_sq + (c2 < 0 ? -c2 : c2) * e.grad * e.grad;
+  const double state = (a > b ? a : b) * room;
+  if (!(state < limits.state) || !(diff * room < limits.compute)) return false;
+  // The parameter's rule: sqrt(b) / sqrt(1 - b2^t), step_size a, then the
+  // quotient and the difference, which the parameter's bound bounds.
+  if (!(sbc2 > 0.0) || !(rules::square_root(b) / sbc2 * room < limits.compute)) return false;
+  if (!(step1 * a * room < limits.compute)) return false;
+  return adamw_parameter_bound(e, k) * room < limits.param;
 }
 
 // ---- Newton–Schulz's normalization ----------------------------------------------

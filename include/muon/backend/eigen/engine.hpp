@@ -49,6 +49,7 @@
 #include "../../scalar.hpp"
 #include "executor.hpp"
 #include "metrics.hpp"
+#include "square_roots.hpp"
 #include "workspace.hpp"
 
 namespace muon {
@@ -240,7 +241,8 @@ class Engine {
   /// what every job of parameter i finds (optim::step::Flag): kNoGrad for a
   /// job without gradient; for every element, the step rules' checks
   /// (muon_element_flags, adamw_element_flags: the gradient, the new state,
-  /// AdamW's new parameter); for a Muon job, the update bound
+  /// AdamW's new parameter; AdamW's through step::adamw_run_is_finite's
+  /// bound where it vouches for a chunk); for a Muon job, the update bound
   /// (with_update_bound: the largest |p| against core.update_limit). Chunks
   /// of rows run on the pool's threads. Allocates nothing.
   void check(const optim::Core& core, std::vector<int>& flags) {
@@ -469,11 +471,33 @@ class Engine {
     max_p = static_cast<double>(largest);
   }
 
+  // AdamW's check of rows [r0, r1), reading only, computing no update
+  // (step_rules.hpp, "AdamW's check without computing the update"): the
+  // rows' extent in vectorized reductions, then step::adamw_run_is_finite;
+  // only rows it cannot vouch for (a value that is not finite, values near
+  // a type's limit) are checked element by element with
+  // step::adamw_element_flags. The same flags either way.
   void check_adamw_rows(const optim::Core& core, const Job& job, Index r0, Index r1,
                         int& flags) const {
     const auto k = core.adamw_coefficients<C>(job.param);
     const auto G = job.grad_view.matrix();
     const auto W = job.param_view.matrix();
+    flags = 0;
+    if (job.cols == 0) return;
+    const C q = optim::step::adamw_ratio_square(k);
+    optim::step::AdamWExtent e;
+    for (Index r = r0; r < r1; ++r) {
+      const Row<B> m(&job.first(r, 0), job.cols), v(&job.second(r, 0), job.cols);
+      const Row<T> g(&G(r, 0), job.cols), w(&W(r, 0), job.cols);
+      widen(e.grad, largest_magnitude(g));
+      widen(e.exp_avg, largest_magnitude(m));
+      widen(e.exp_avg_sq, largest_magnitude(v));
+      widen(e.param, largest_magnitude(w));
+      widen(e.ratio_excess,
+            static_cast<double>((m.template cast<C>().square() - q * v.template cast<C>())
+                                    .template maxCoeff<Eigen::PropagateNaN>()));
+    }
+    if (optim::step::adamw_run_is_finite(e, k, adamw_limits())) return;
     const auto to_param = [](C x) { return static_cast<C>(static_cast<T>(x)); };
     int f = 0;
     for (Index r = r0; r < r1; ++r) {
@@ -489,26 +513,66 @@ class Engine {
     flags = f;
   }
 
+  // A row of a parameter, gradient or buffer, as an array.
+  template <class X>
+  using Row = Eigen::Map<const Eigen::Array<X, 1, Eigen::Dynamic>>;
+  // The largest |x| of a row, NaN when one is NaN (infinite when one is).
+  template <class X>
+  static double largest_magnitude(const Row<X>& x) {
+    return to_double(x.abs().template maxCoeff<Eigen::PropagateNaN>());
+  }
+  // x <- max(x, y), keeping a NaN of either.
+  static void widen(double& x, double y) {
+    if (y > x || y != y) x = y;
+  }
+  template <class X>
+  static double to_double(X x) {
+    using Wide = std::conditional_t<std::is_same<X, double>::value, double, float>;
+    return static_cast<double>(static_cast<Wide>(x));
+  }
+  // The largest finite values of AdamW's storage (the moments' B, the
+  // parameter's T), each within C's.
+  static optim::step::AdamWLimits adamw_limits() {
+    const double compute = to_double(std::numeric_limits<C>::max());
+    return {std::min(to_double(std::numeric_limits<B>::max()), compute),
+            std::min(to_double(std::numeric_limits<T>::max()), compute), compute};
+  }
+
   // ---- phase 2 ------------------------------------------------------------------
 
+  // AdamW's write of rows [r0, r1), ONE pass (check() vouched for every
+  // element): per run of up to kRootRun elements of a row, the moments
+  // (step::adamw_moments) written and sqrt(v) kept; the run's square roots
+  // at once (detail::square_roots: the vector instruction, the same bits as
+  // std::sqrt); the parameter (rules::adamw_parameter_from_root). The same
+  // bits as step::adamw_element element by element; loops the compiler
+  // vectorizes.
   void adamw_rows(const optim::Core& core, Job& job, Index r0, Index r1) {
     const auto k = core.adamw_coefficients<C>(job.param);
     const auto G = job.grad_view.matrix();
     auto W = job.param_view.matrix();
-    for (Index r = r0; r < r1; ++r) {
-      B* m = &job.first(r, 0);
-      B* v = &job.second(r, 0);
-      const T* g = &G(r, 0);
-      T* w = &W(r, 0);
-      for (Index c = 0; c < job.cols; ++c) {
-        const auto e = optim::step::adamw_element<B>(static_cast<C>(w[c]), static_cast<C>(g[c]),
-                                                     static_cast<C>(m[c]), static_cast<C>(v[c]), k);
-        m[c] = static_cast<B>(e.exp_avg);
-        v[c] = static_cast<B>(e.exp_avg_sq);
-        w[c] = static_cast<T>(e.param);
+    alignas(64) C root[kRootRun];
+    for (Index r = r0; r < r1; ++r)
+      for (Index c0 = 0; c0 < job.cols; c0 += kRootRun) {
+        const Index n = std::min(kRootRun, job.cols - c0);
+        B* m = &job.first(r, c0);
+        B* v = &job.second(r, c0);
+        const T* g = &G(r, c0);
+        T* w = &W(r, c0);
+        for (Index e = 0; e < n; ++e) {
+          const auto x = optim::step::adamw_moments<B>(static_cast<C>(g[e]), static_cast<C>(m[e]),
+                                                       static_cast<C>(v[e]), k);
+          m[e] = static_cast<B>(x.exp_avg);
+          v[e] = static_cast<B>(x.exp_avg_sq);
+          root[e] = x.exp_avg_sq;
+        }
+        detail::square_roots(root, n);
+        for (Index e = 0; e < n; ++e)
+          w[e] = static_cast<T>(optim::rules::adamw_parameter_from_root(
+              static_cast<C>(w[e]), static_cast<C>(m[e]), root[e], k));
       }
-    }
   }
+  static constexpr Index kRootRun = 256;  // adamw_rows' run (1 KiB of float on the stack)
 
   // Each block of a Muon job on the workspaces of `lane`: momentum and
   // Newton–Schulz input in one pass, Newton–Schulz, the update.
@@ -544,10 +608,11 @@ class Engine {
       const auto u = core.muon_update_coefficients<C>(job.param, b);
       double update_sumsq = 0;
       switch (job.variant) {
-        case MuonVariant::muon:
-          ws.visit_result([&W, &u, r0](Index r, Index c, C o) {
-            W(r0 + r, c) =
-                static_cast<T>(optim::rules::muon_parameter(static_cast<C>(W(r0 + r, c)), o, u));
+        case MuonVariant::muon:  // by row segments: contiguous writes in either orientation
+          ws.update_rows([&W, &u, r0](Index r, Index c, Index n, const C* o) {
+            T* w = &W(r0 + r, c);
+            for (Index e = 0; e < n; ++e)
+              w[e] = static_cast<T>(optim::rules::muon_parameter(static_cast<C>(w[e]), o[e], u));
           });
           break;
         case MuonVariant::normuon:

@@ -24,6 +24,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include "../../detail/checked_size.hpp"
 #include "../../error.hpp"
 #include "../../newton_schulz.hpp"
@@ -228,9 +232,36 @@ class Workspace {
         if (t)  // X(c, r): the segments are X's columns
           for (Index r = 0; r < nr; ++r)
             std::copy(tile + r * kLoadCols, tile + r * kLoadCols + nc, x_ + c0 + (r0 + r) * m_);
-        else  // X(r, c)
+        else if (!transpose_block(tile, kLoadCols, x_ + r0 + c0 * m_, m_, nc, nr))  // X(r, c)
           for (Index c = 0; c < nc; ++c)
             for (Index r = 0; r < nr; ++r) x_[r0 + r + (c0 + c) * m_] = tile[r * kLoadCols + c];
+      }
+  }
+
+  /// use(r, c, n, o) for every row segment of the result in the input's
+  /// orientation (rows() x cols()): o[k] = O(r, c + k) for k < n, contiguous,
+  /// so that the caller's loop over its row-major memory is a contiguous
+  /// loop too (the compiler vectorizes it) in either orientation: a tall
+  /// input's rows are X's columns, passed in place; a wide input's are
+  /// gathered kLoadRows x kLoadCols at a time into a tile on the stack
+  /// (load_rows' transpose). Each (r, c) once. Before, the update visited
+  /// 32 x 32 tiles of X and wrote a wide row-major W down its columns: 3x
+  /// slower at 768x3072 than at 3072x768.
+  template <class F>
+  void update_rows(F&& use) const {
+    if (transposed()) {  // O(r, c) = X(c, r): O's row r is X's column r
+      for (Index r = 0; r < rows_; ++r) use(r, Index(0), cols_, static_cast<const S*>(x_ + r * m_));
+      return;
+    }
+    alignas(64) S tile[kUpdateRows * kUpdateCols];
+    for (Index r0 = 0; r0 < rows_; r0 += kUpdateRows)
+      for (Index c0 = 0; c0 < cols_; c0 += kUpdateCols) {
+        const Index nr = std::min(kUpdateRows, rows_ - r0), nc = std::min(kUpdateCols, cols_ - c0);
+        if (!transpose_block(x_ + r0 + c0 * m_, m_, tile, kUpdateCols, nr, nc))
+          for (Index r = 0; r < nr; ++r)
+            for (Index c = 0; c < nc; ++c) tile[r * kUpdateCols + c] = x_[r0 + r + (c0 + c) * m_];
+        for (Index r = 0; r < nr; ++r)
+          use(r0 + r, c0, nc, static_cast<const S*>(tile + r * kUpdateCols));
       }
   }
 
@@ -471,7 +502,50 @@ class Workspace {
     detail::ParallelSyrk<S>::mirror_rows(dst, n, 0, n);
   }
 
+  // dst[i * dst_ld + j] = src[i + j * src_ld] for i < n, j < m, both
+  // multiples of 8, in 8 x 8 register transposes where the build has AVX
+  // and S is float; returns false (nothing done) otherwise. A compiler
+  // vectorizes the plain loop with gathers or scatters, slow on some CPUs
+  // (Zen 4: the wide update took 3x the tall one's time).
+  static bool transpose_block(const S* src, Index src_ld, S* dst, Index dst_ld, Index n, Index m) {
+#if defined(__AVX__)
+    if constexpr (std::is_same<S, float>::value) {
+      if (n % 8 != 0 || m % 8 != 0) return false;
+      for (Index i0 = 0; i0 < n; i0 += 8)
+        for (Index j0 = 0; j0 < m; j0 += 8) {
+          __m256 c[8];  // c[j]: src[i0.. i0+7 + (j0 + j) src_ld]
+          for (int j = 0; j < 8; ++j) c[j] = _mm256_loadu_ps(src + i0 + (j0 + j) * src_ld);
+          const __m256 t0 = _mm256_unpacklo_ps(c[0], c[1]), t1 = _mm256_unpackhi_ps(c[0], c[1]);
+          const __m256 t2 = _mm256_unpacklo_ps(c[2], c[3]), t3 = _mm256_unpackhi_ps(c[2], c[3]);
+          const __m256 t4 = _mm256_unpacklo_ps(c[4], c[5]), t5 = _mm256_unpackhi_ps(c[4], c[5]);
+          const __m256 t6 = _mm256_unpacklo_ps(c[6], c[7]), t7 = _mm256_unpackhi_ps(c[6], c[7]);
+          const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+          const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+          const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+          const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+          const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+          const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+          const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+          const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+          const __m256 r[8] = {
+              _mm256_permute2f128_ps(s0, s4, 0x20), _mm256_permute2f128_ps(s1, s5, 0x20),
+              _mm256_permute2f128_ps(s2, s6, 0x20), _mm256_permute2f128_ps(s3, s7, 0x20),
+              _mm256_permute2f128_ps(s0, s4, 0x31), _mm256_permute2f128_ps(s1, s5, 0x31),
+              _mm256_permute2f128_ps(s2, s6, 0x31), _mm256_permute2f128_ps(s3, s7, 0x31)};
+          for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (i0 + i) * dst_ld + j0, r[i]);
+        }
+      return true;
+    }
+#endif
+    (void)src, (void)src_ld, (void)dst, (void)dst_ld, (void)n, (void)m;
+    return false;
+  }
+
   static constexpr Index kLoadRows = 16, kLoadCols = 64;  // load_rows' tile (4 KiB in float)
+  // update_rows' tile (16 KiB in float): of 16x64, 32x32, 64x64, 32x128 and
+  // 128x32, 32x128 was the fastest at 768x3072 here (bench_step's
+  // muon_update), by little.
+  static constexpr Index kUpdateRows = 32, kUpdateCols = 128;
   Index rows_, cols_, m_ = 0, n_ = 0;
   std::shared_ptr<Resources> shared_;  // before the products that point into it
   std::size_t offset_[6] = {};         // X, Y, A, B, Q, T in the shared arena
