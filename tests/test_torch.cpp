@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "muon/optimizer.hpp"
 #include "muon/torch.hpp"
 #include "option_samples.hpp"
 #include "test_support.hpp"
@@ -187,7 +188,7 @@ TEST_CASE("make_hybrid routes by the library's rules and prints the table", "[to
   for (const auto& item : params) {
     INFO(item.key());
     CHECK(opt.name_of(item.value()) == item.key());
-    CHECK(opt.route_of(item.value()) == expected.at(item.key()));
+    CHECK(opt.route(item.value()) == expected.at(item.key()));
     CHECK(log.str().find(item.key()) != std::string::npos);
   }
   // Per-head blocks by name.
@@ -196,7 +197,7 @@ TEST_CASE("make_hybrid routes by the library's rules and prints the table", "[to
     HybridOptions per_head = silent();
     per_head.heads["hidden.weight"] = 4;
     Muon heads = muon::torch::make_hybrid(p2, MuonOptions(0.02), per_head);
-    CHECK(heads.engine<float>().core().param(3).blocks == std::vector<std::int64_t>(4, 6));
+    CHECK(heads.core().param(3).blocks == std::vector<std::int64_t>(4, 6));
   }
   // The 4-D filter is the (out, in*kh*kw) matrix, and its lr scale comes from that shape.
   const muon::RoutingReport report = opt.routing();
@@ -206,6 +207,38 @@ TEST_CASE("make_hybrid routes by the library's rules and prints the table", "[to
   CHECK(std::abs(conv.lr_scale - 1.0) < 1e-12);
   CHECK(std::abs(opt.routing().at("tall.weight").lr_scale - std::sqrt(40.0 / 12.0)) < 1e-12);
   CHECK(log.str() == opt.routing().table());
+}
+
+TEST_CASE("the method set is muon::Optimizer's (optim::Front), over libtorch's groups",
+          "[torch]") {
+  auto params = model_params(torch::kFloat);
+  Muon opt = muon::torch::make_hybrid(params, MuonOptions(0.02), silent());
+  CHECK(opt.route("hidden.weight") == muon::Route::muon);  // by name, and by tensor
+  CHECK(opt.route(params["classifier.weight"]) == muon::Route::adamw);
+  CHECK(opt.param_count() == params.size());
+  CHECK(opt.param_names().front() == "conv1.weight");
+  // A change through the method set reaches libtorch's group options (which
+  // every step reads) and the engine's state.
+  opt.set_option("lr", 0.03);
+  opt.set_option("variant", "normuon");
+  const auto& o = static_cast<const MuonOptions&>(opt.param_groups()[0].options());
+  CHECK(o.lr() == 0.03);
+  CHECK(o.variant() == muon::MuonVariant::normuon);
+  CHECK(opt.current_lr() == 0.03);
+  CHECK(opt.buffer("hidden.weight", "second_momentum_buffer").numel() == 40);
+  CHECK_THROWS_AS(opt.buffer("hidden.weight", "exp_avg"), muon::Error);
+  CHECK_THROWS_AS(opt.add_group(muon::MuonGroupOptions()), muon::Error);  // add_param_group
+  CHECK(opt.group_count() == 1);
+  set_grads(params, random_grads(params, 0));
+  opt.step();
+  CHECK(opt.last_report().updated == params.size());
+  CHECK(&opt.last_report() == &opt.report());
+  CHECK(opt.muon_options().lr == 0.03);
+  // The core has the groups' options from the start: the table's lr scales follow them.
+  auto p2 = model_params(torch::kFloat);
+  Muon rms = muon::torch::make_hybrid(
+      p2, MuonOptions(0.02).adjust_lr(muon::LrAdjust::match_rms_adamw), silent());
+  CHECK(std::abs(rms.routing().at("hidden.weight").lr_scale - 0.2 * std::sqrt(40.0)) < 1e-12);
 }
 
 TEST_CASE("muon::torch::Muon gives muon::Optimizer's bits on the same data", "[torch]") {
@@ -263,7 +296,7 @@ TEST_CASE("the AdamW half matches libtorch's torch::optim::AdamW", "[torch]") {
                                       silent());
   std::vector<torch::Tensor> adamw_twins;
   for (const auto& item : twin)
-    if (opt.route_of(params[item.key()]) == muon::Route::adamw) adamw_twins.push_back(item.value());
+    if (opt.route(params[item.key()]) == muon::Route::adamw) adamw_twins.push_back(item.value());
   REQUIRE(adamw_twins.size() == 4);
   torch::optim::AdamW reference(
       adamw_twins, torch::optim::AdamWOptions(lr).betas({0.85, 0.98}).eps(1e-7).weight_decay(wd));
@@ -275,7 +308,7 @@ TEST_CASE("the AdamW half matches libtorch's torch::optim::AdamW", "[torch]") {
     reference.step();
   }
   for (const auto& item : params) {
-    if (opt.route_of(item.value()) != muon::Route::adamw) continue;
+    if (opt.route(item.value()) != muon::Route::adamw) continue;
     INFO(item.key());
     const double err = (item.value() - twin[item.key()]).abs().max().item<double>();
     CHECK(err < 1e-14);
@@ -329,8 +362,7 @@ TEST_CASE("torch::save / torch::load continue a run bitwise", "[torch]") {
     CHECK(ref.opt.muon_options().lr == 0.015);
     const torch::Tensor m = torch::from_blob(
         const_cast<float*>(ref.opt.momentum_buffer("hidden.weight").data()), {24, 40});
-    const auto& own = opt.engine<float>().momentum_buffer("hidden.weight");
-    CHECK(torch::equal(m, torch::from_blob(const_cast<float*>(own.data()), {24, 40})));
+    CHECK(torch::equal(m, opt.buffer("hidden.weight", "momentum_buffer")));
   }
   SECTION("an archive of other parameters is refused and changes nothing") {
     std::vector<torch::Tensor> other = {torch::randn({5, 5}).requires_grad_()};
@@ -457,8 +489,8 @@ TEST_CASE("parameters of several dtypes step together, all or nothing", "[torch]
   Muon opt({w, gain, bias}, MuonOptions(0.02));
   CHECK(opt.routing().entries.size() == 3);
   CHECK(opt.routing().entries[0].name == "group0.param0");
-  CHECK(opt.route_of(w) == muon::Route::muon);
-  CHECK(opt.route_of(gain) == muon::Route::adamw);
+  CHECK(opt.route(w) == muon::Route::muon);
+  CHECK(opt.route(gain) == muon::Route::adamw);
 
   const torch::Tensor w0 = w.detach().clone(), gain0 = gain.detach().clone(),
                       bias0 = bias.detach().clone();
@@ -480,8 +512,8 @@ TEST_CASE("parameters of several dtypes step together, all or nothing", "[torch]
   CHECK(opt.report().updated == 3);
 
   std::stringstream ss;
-  CHECK_THROWS_AS(opt.save_checkpoint(ss), muon::Error);  // one format per dtype: engine<T>()
-  CHECK(opt.engine<Eigen::bfloat16>().param_count() == 1);
+  CHECK_THROWS_AS(opt.save_checkpoint(ss), muon::Error);  // muon::Optimizer<T>'s format: one dtype
+  CHECK(opt.engine<Eigen::bfloat16>().job_count() == 1);
 }
 
 TEST_CASE("parameters without a gradient are skipped; closures are called", "[torch]") {
@@ -517,7 +549,7 @@ TEST_CASE("groups added with add_param_group are registered at the next step", "
   opt.step();
   CHECK(opt.name_of(b) == "group1.param0");
   CHECK(torch::equal(b, b0));  // its group's lr 0 and no decay
-  CHECK(opt.engine<float>().group_count() == 2);
+  CHECK(opt.group_count() == 2);
 }
 
 TEST_CASE("bad tensors are refused with the parameter's name; nothing changes", "[torch]") {
@@ -577,8 +609,8 @@ TEST_CASE("the Muon family through libtorch: variants bitwise the library's, QK-
   opt.step();
   static_cast<MuonOptions&>(opt.param_groups()[0].options()).variant(muon::MuonVariant::normuon);
   opt.step();
-  CHECK(opt.engine<float>().muon_options().variant == muon::MuonVariant::normuon);
-  CHECK(opt.engine<float>().second_moment("hidden.weight").size() == 40);
+  CHECK(opt.muon_options().variant == muon::MuonVariant::normuon);
+  CHECK(opt.buffer("hidden.weight", "second_momentum_buffer").numel() == 40);
 
   // QK-Clip on named parameters: the engine's rows, scaled as the library does.
   auto clipped = model_params(torch::kFloat);
@@ -750,8 +782,8 @@ TEST_CASE("splits and heads keys that match no parameter are refused, naming the
     h.heads = {{"group0.param1", 2}};  // a key that matches applies
     Muon opt(std::vector<torch::optim::OptimizerParamGroup>{torch::optim::OptimizerParamGroup(two)},
              MuonOptions(0.02), h);
-    CHECK(opt.engine<float>().core().param(1).blocks == std::vector<std::int64_t>{4, 4});
-    CHECK(opt.engine<float>().core().param(0).blocks == std::vector<std::int64_t>{8});
+    CHECK(opt.core().param(1).blocks == std::vector<std::int64_t>{4, 4});
+    CHECK(opt.core().param(0).blocks == std::vector<std::int64_t>{8});
   }
 }
 
@@ -842,7 +874,7 @@ TEST_CASE("tied weights are registered once and routed by either name", "[torch]
     const muon::RoutingReport r = opt.routing();
     REQUIRE(r.entries.size() == 2);
     CHECK(opt.name_of(model->lm_head->weight) == "wte.weight");
-    CHECK(opt.route_of(model->lm_head->weight) == muon::Route::adamw);
+    CHECK(opt.route(model->lm_head->weight) == muon::Route::adamw);
     CHECK(contains(r.at("wte.weight").reason, "tied: one tensor with 'lm_head.weight'"));
     CHECK(contains(log.str(), "'lm_head.weight'"));
 
@@ -869,7 +901,7 @@ TEST_CASE("tied weights are registered once and routed by either name", "[torch]
     n.insert("tok.weight", shared);  // a 2-D weight by its own name (Muon)
     n.insert("lm_head.weight", shared);
     Muon opt = muon::torch::make_hybrid(n, MuonOptions(0.02), silent());
-    CHECK(opt.route_of(shared) == muon::Route::adamw);
+    CHECK(opt.route(shared) == muon::Route::adamw);
     CHECK(opt.routing().at("tok.weight").reason ==
           "tied: one tensor with 'lm_head.weight', updated once; 'lm_head.weight': name contains "
           "'lm_head' (embedding/output head)");
@@ -891,7 +923,7 @@ TEST_CASE("tied weights are registered once and routed by either name", "[torch]
     HybridOptions h = silent();
     h.heads["q_alias.weight"] = 4;
     Muon opt = muon::torch::make_hybrid(n, MuonOptions(0.02), h);
-    CHECK(opt.engine<float>().core().param(0).blocks == std::vector<std::int64_t>(4, 6));
+    CHECK(opt.core().param(0).blocks == std::vector<std::int64_t>(4, 6));
     h.heads["q.weight"] = 2;
     const std::string m =
         construction_error([&] { muon::torch::make_hybrid(n, MuonOptions(0.02), h); });
@@ -1198,8 +1230,8 @@ TEST_CASE("torch::load restores every libtorch-side option, checked field by fie
   loaded.step();
   CHECK(fields_that_differ(options(loaded), options(saved)).empty());
   muon::GroupOptions in_engine;
-  in_engine.muon = loaded.engine<float>().muon_options();
-  in_engine.adamw = loaded.engine<float>().adamw_options();
+  in_engine.muon = loaded.muon_options();
+  in_engine.adamw = loaded.adamw_options();
   MuonOptions engine_side;
   engine_side.set_group_options(in_engine);
   CHECK(fields_that_differ(engine_side, every).empty());

@@ -33,7 +33,7 @@ int main() {
     (step == 0 ? first : last) = loss.item<float>();
   }
   std::printf("loss %.4f -> %.4f\n", first, last);
-  const bool hidden_on_muon = opt.route_of(model->hidden->weight) == muon::Route::muon;
-  const bool head_on_adamw = opt.route_of(model->classifier->weight) == muon::Route::adamw;
+  const bool hidden_on_muon = opt.route(model->hidden->weight) == muon::Route::muon;
+  const bool head_on_adamw = opt.route(model->classifier->weight) == muon::Route::adamw;
   return (last < first && hidden_on_muon && head_on_adamw) ? 0 : 1;
 }

@@ -5,14 +5,22 @@
 /// Its accessors are the option table's rows (optim/option_table.hpp), one
 /// setter and one getter per key, so every option of the library is one of
 /// libtorch's options under the same name, with nothing to map by hand.
+/// And muon::torch::HybridOptions: the optimizer's own (routing rules,
+/// per-name splits and heads, threads, policy, where the table is printed).
 
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <iostream>
+#include <map>
 #include <optional>
+#include <ostream>
+#include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "../optim/options.hpp"
 #include "../optim/registry.hpp"
@@ -121,6 +129,36 @@ class MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions
   GroupOptions options_;
   bool ratio_fixed_ = false;
   std::optional<double> adamw_per_lr_;
+};
+
+/// How the optimizer names, routes and runs its parameters (read once, at
+/// construction).
+struct HybridOptions {
+  /// The name patterns that send >= 2-D tensors to AdamW (embeddings, heads).
+  RoutingRules rules;
+  /// Row blocks orthogonalized separately, by parameter name (a fused QKV
+  /// weight of 3*d rows: {d, d, d}).
+  std::map<std::string, std::vector<std::ptrdiff_t>> splits;
+  /// Per-head orthogonalization, by parameter name: that many equal row
+  /// blocks. The keys of splits and heads must name parameters given at
+  /// construction (either name of a tied tensor, one entry per tensor): the
+  /// constructor throws muon::Error naming a key that matches none and the
+  /// closest names.
+  std::map<std::string, std::int64_t> heads;
+  /// Newton–Schulz and elementwise threads (0: libtorch's
+  /// at::get_num_threads(), so torch::set_num_threads governs both).
+  int threads = 0;
+  NonFinitePolicy non_finite_policy = NonFinitePolicy::raise;
+  /// Where make_hybrid (and the named constructor) print the routing table;
+  /// nullptr: silent.
+  std::ostream* log = &std::cout;
+
+  /// The defaults with log nullptr.
+  static HybridOptions quiet() {
+    HybridOptions h;
+    h.log = nullptr;
+    return h;
+  }
 };
 
 }  // namespace torch
