@@ -6,7 +6,7 @@
 /// that includes muon/torch.hpp.
 ///
 /// muon::torch::Muon is header-only like the rest of the library, so every
-/// file that uses it compiles it again, with a muon::Optimizer for each of
+/// file that uses it compiles it again, with an eigen::Engine for each of
 /// the four dtypes it may meet. Include this header instead of
 /// <muon/torch.hpp> (or after it): it declares the adapter extern, and with
 /// <muon/extern_templates.hpp> the core's heavy templates. ONE translation
