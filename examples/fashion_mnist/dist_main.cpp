@@ -29,6 +29,7 @@
 
 #include <muon/distributed/mpi.hpp>
 #include <muon/distributed/optimizer.hpp>
+#include <muon/optimizer.hpp>
 
 #include "idx.hpp"
 #include "mlp.hpp"
