@@ -169,6 +169,7 @@ class Share {
   void make(const optim::Core& core, int ranks, int rank, std::size_t window, bool summed) {
     const std::size_t P = std::size_t(ranks);
     rank_ = rank;
+    jobs_.clear();
     std::vector<std::size_t> muon_jobs;
     std::vector<double> cost;
     first_job_.assign(core.size(), 0);
