@@ -516,6 +516,50 @@ TEST_CASE("parameters of several dtypes step together, all or nothing", "[torch]
   CHECK(opt.engine<Eigen::bfloat16>().job_count() == 1);
 }
 
+TEST_CASE("torch::save / torch::load of several dtypes continue a run bitwise", "[torch][checkpoint]") {
+  // bfloat16, float and double parameters: one checkpoint, the float
+  // buffers stored as double (exactly) beside the double ones.
+  torch::manual_seed(15);
+  std::vector<torch::Tensor> run = {torch::randn({16, 8}, torch::kBFloat16), torch::randn({16}),
+                                    torch::randn({6, 10}, torch::kDouble), torch::randn({12, 12}),
+                                    torch::randn({5}, torch::kDouble)};
+  for (auto& t : run) t.requires_grad_();
+  const auto set_random_grads = [](const std::vector<torch::Tensor>& params, int seed) {
+    torch::manual_seed(100 + seed);
+    for (const auto& p : params) p.mutable_grad() = torch::randn_like(p);
+  };
+  Muon opt(run, MuonOptions(0.02).adamw_lr(3e-3));
+  for (int s = 0; s < 2; ++s) {
+    set_random_grads(run, s);
+    opt.step();
+  }
+  const muon_test::TempDir dir("torch_dtypes");
+  const std::string path = dir.file("optimizer.pt");
+  torch::save(opt, path);
+
+  std::vector<torch::Tensor> resumed_params;
+  for (const auto& t : run) resumed_params.push_back(t.detach().clone().requires_grad_());
+  Muon resumed(resumed_params, MuonOptions(0.5));
+  torch::load(resumed, path);
+  CHECK(resumed.step_count() == 2);
+  for (int s = 2; s < 4; ++s) {
+    set_random_grads(run, s);
+    set_random_grads(resumed_params, s);
+    opt.step();
+    resumed.step();
+  }
+  for (std::size_t i = 0; i < run.size(); ++i) {
+    INFO("parameter " << i);
+    CHECK(torch::equal(run[i], resumed_params[i]));
+  }
+  // The same shapes in float only keep float buffers: refused, nothing changed.
+  std::vector<torch::Tensor> floats;
+  for (const auto& t : run) floats.push_back(t.detach().to(torch::kFloat).requires_grad_());
+  Muon other(floats, MuonOptions(0.5));
+  CHECK_THROWS_AS(torch::load(other, path), muon::Error);
+  CHECK(static_cast<const MuonOptions&>(other.param_groups()[0].options()).lr() == 0.5);
+}
+
 TEST_CASE("parameters without a gradient are skipped; closures are called", "[torch]") {
   torch::manual_seed(6);
   torch::Tensor w = torch::randn({6, 4}).requires_grad_();
