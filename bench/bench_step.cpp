@@ -35,8 +35,8 @@
 ///                and at what the two passes move (check: read 16 B; write:
 ///                read 16 B, write 12 B; 44 B, counted as the triad counts)
 ///   adamw_check  its check() alone (16 B per element)
-///   muon_load/<shape>    the Muon step's first elementwise pass over 6
-///                matrices (engine.hpp's muon_job: the momentum written, the
+///   muon_load/<shape>    the Muon step's first elementwise pass over 12
+///                matrices (226 MB of W, G and M: no cache holds them) (engine.hpp's muon_job: the momentum written, the
 ///                Newton-Schulz input loaded into the workspace, the same loop
 ///                through Workspace::load_rows): reads m, g, writes m, X: 16 B
 ///   muon_update/<shape>  its last (the plain Muon update of W from the
@@ -393,7 +393,7 @@ void bm_adamw(benchmark::State& state, int threads, bool check_only) {
 /// muon_job runs them (Nesterov EMA momentum 0.95, decoupled weight decay),
 /// through one workspace: the momentum + Newton-Schulz input pass, or the
 /// update.
-constexpr int kPassMatrices = 6;
+constexpr int kPassMatrices = 12;
 void bm_muon_pass(benchmark::State& state, Eigen::Index rows, Eigen::Index cols, bool update) {
   bench::use_threads(1);
   using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;

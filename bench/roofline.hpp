@@ -83,14 +83,36 @@ __attribute__((target("avx512f,avx512bf16"))) inline float bf16_dot_thread(std::
   const __m512 one = _mm512_set1_ps(1.0f + seed * 1e-7f);
   const __m512bh x = _mm512_cvtne2ps_pbh(one, one);
   const __m512bh y = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(1e-3f));
-  __m512 acc[16];
-  for (int k = 0; k < 16; ++k) acc[k] = _mm512_set1_ps(float(k));
+  // 16 independent chains, enough to cover the instruction's latency with
+  // two issue ports; named registers, not an array (GCC 12 kept an array of
+  // accumulators on the stack: a store and a load around every instruction,
+  // which halved the rate).
+  // Different starting values: chains the compiler cannot merge.
+  __m512 a0 = _mm512_set1_ps(0.0f), a1 = _mm512_set1_ps(1.0f), a2 = _mm512_set1_ps(2.0f);
+  __m512 a3 = _mm512_set1_ps(3.0f), a4 = _mm512_set1_ps(4.0f), a5 = _mm512_set1_ps(5.0f);
+  __m512 a6 = _mm512_set1_ps(6.0f), a7 = _mm512_set1_ps(7.0f), a8 = _mm512_set1_ps(8.0f);
+  __m512 a9 = _mm512_set1_ps(9.0f), a10 = _mm512_set1_ps(10.0f), a11 = _mm512_set1_ps(11.0f);
+  __m512 a12 = _mm512_set1_ps(12.0f), a13 = _mm512_set1_ps(13.0f), a14 = _mm512_set1_ps(14.0f);
+  __m512 a15 = _mm512_set1_ps(15.0f);
   for (std::int64_t it = 0; it < iterations; ++it) {
-    // 16 independent chains: enough to cover the instruction's latency
-    // with two issue ports.
-    for (int k = 0; k < 16; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], x, y);
-    __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]));
+    a0 = _mm512_dpbf16_ps(a0, x, y);
+    a1 = _mm512_dpbf16_ps(a1, x, y);
+    a2 = _mm512_dpbf16_ps(a2, x, y);
+    a3 = _mm512_dpbf16_ps(a3, x, y);
+    a4 = _mm512_dpbf16_ps(a4, x, y);
+    a5 = _mm512_dpbf16_ps(a5, x, y);
+    a6 = _mm512_dpbf16_ps(a6, x, y);
+    a7 = _mm512_dpbf16_ps(a7, x, y);
+    a8 = _mm512_dpbf16_ps(a8, x, y);
+    a9 = _mm512_dpbf16_ps(a9, x, y);
+    a10 = _mm512_dpbf16_ps(a10, x, y);
+    a11 = _mm512_dpbf16_ps(a11, x, y);
+    a12 = _mm512_dpbf16_ps(a12, x, y);
+    a13 = _mm512_dpbf16_ps(a13, x, y);
+    a14 = _mm512_dpbf16_ps(a14, x, y);
+    a15 = _mm512_dpbf16_ps(a15, x, y);
   }
+  const __m512 acc[16] = {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15};
   __m512 sum = acc[0];
   for (int k = 1; k < 16; ++k) sum = _mm512_add_ps(sum, acc[k]);
   // Summed through memory: _mm512_reduce_add_ps trips GCC 12's

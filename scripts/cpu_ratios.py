@@ -37,6 +37,8 @@ def load(paths):
             name = b["name"]
             for cut in ("/min_time", "/iterations", "/real_time"):
                 name = name.split(cut)[0]
+            if name.count("/") < 2:  # bench_step's roofline entries (scripts/bench_roofline.py)
+                continue
             method, t, what = name.split("/")[:3]
             b["_context"] = doc.get("context", {})
             key = (int(t[1:]), what)

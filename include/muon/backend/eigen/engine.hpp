@@ -473,7 +473,8 @@ class Engine {
 
   // AdamW's check of rows [r0, r1), reading only, computing no update
   // (step_rules.hpp, "AdamW's check without computing the update"): the
-  // rows' extent in vectorized reductions, then step::adamw_run_is_finite;
+  // rows' extent in one vectorized pass (AdamWLanes), then
+  // step::adamw_run_is_finite;
   // only rows it cannot vouch for (a value that is not finite, values near
   // a type's limit) are checked element by element with
   // step::adamw_element_flags. The same flags either way.
@@ -485,19 +486,10 @@ class Engine {
     flags = 0;
     if (job.cols == 0) return;
     const C q = optim::step::adamw_ratio_square(k);
-    optim::step::AdamWExtent e;
-    for (Index r = r0; r < r1; ++r) {
-      const Row<B> m(&job.first(r, 0), job.cols), v(&job.second(r, 0), job.cols);
-      const Row<T> g(&G(r, 0), job.cols), w(&W(r, 0), job.cols);
-      widen(e.grad, largest_magnitude(g));
-      widen(e.exp_avg, largest_magnitude(m));
-      widen(e.exp_avg_sq, largest_magnitude(v));
-      widen(e.param, largest_magnitude(w));
-      widen(e.ratio_excess,
-            static_cast<double>((m.template cast<C>().square() - q * v.template cast<C>())
-                                    .template maxCoeff<Eigen::PropagateNaN>()));
-    }
-    if (optim::step::adamw_run_is_finite(e, k, adamw_limits())) return;
+    AdamWLanes lanes;
+    for (Index r = r0; r < r1; ++r)
+      lanes.add(&G(r, 0), &W(r, 0), &job.first(r, 0), &job.second(r, 0), job.cols, q);
+    if (optim::step::adamw_run_is_finite(lanes.extent(), k, adamw_limits())) return;
     const auto to_param = [](C x) { return static_cast<C>(static_cast<T>(x)); };
     int f = 0;
     for (Index r = r0; r < r1; ++r) {
@@ -513,14 +505,39 @@ class Engine {
     flags = f;
   }
 
-  // A row of a parameter, gradient or buffer, as an array.
-  template <class X>
-  using Row = Eigen::Map<const Eigen::Array<X, 1, Eigen::Dynamic>>;
-  // The largest |x| of a row, NaN when one is NaN (infinite when one is).
-  template <class X>
-  static double largest_magnitude(const Row<X>& x) {
-    return to_double(x.abs().template maxCoeff<Eigen::PropagateNaN>());
-  }
+  // step::AdamWExtent gathered in kLanes independent maxima per quantity,
+  // in one pass over a row's g, p, m, v (a loop the compiler vectorizes);
+  // a maximum keeps a NaN once it has seen one.
+  struct AdamWLanes {
+    static constexpr int kLanes = 16;
+    C grad[kLanes] = {}, param[kLanes] = {}, exp_avg[kLanes] = {}, exp_avg_sq[kLanes] = {},
+      excess[kLanes] = {};
+    static void keep(C& a, C x) { a = (x > a || x != x) ? x : a; }
+    void add_one(int l, T g, T p, B m, B v, C q) {
+      keep(grad[l], std::abs(static_cast<C>(g)));
+      keep(param[l], std::abs(static_cast<C>(p)));
+      keep(exp_avg[l], std::abs(static_cast<C>(m)));
+      keep(exp_avg_sq[l], std::abs(static_cast<C>(v)));
+      keep(excess[l], static_cast<C>(m) * static_cast<C>(m) - q * static_cast<C>(v));
+    }
+    void add(const T* g, const T* p, const B* m, const B* v, Index n, C q) {
+      Index c = 0;
+      for (; c + kLanes <= n; c += kLanes)
+        for (int l = 0; l < kLanes; ++l) add_one(l, g[c + l], p[c + l], m[c + l], v[c + l], q);
+      for (int l = 0; c < n; ++c, ++l) add_one(l, g[c], p[c], m[c], v[c], q);
+    }
+    optim::step::AdamWExtent extent() const {
+      optim::step::AdamWExtent e;
+      for (int l = 0; l < kLanes; ++l) {
+        widen(e.grad, static_cast<double>(grad[l]));
+        widen(e.param, static_cast<double>(param[l]));
+        widen(e.exp_avg, static_cast<double>(exp_avg[l]));
+        widen(e.exp_avg_sq, static_cast<double>(exp_avg_sq[l]));
+        widen(e.ratio_excess, static_cast<double>(excess[l]));
+      }
+      return e;
+    }
+  };
   // x <- max(x, y), keeping a NaN of either.
   static void widen(double& x, double y) {
     if (y > x || y != y) x = y;
