@@ -475,4 +475,41 @@ TEST_CASE("step::adamw_parameter_bound bounds every element's new parameter",
           }
         }
   CHECK(checked == 5 * 2 * 3 * 5 * 64);
+  // An extent that is not finite (a NaN, an Inf, a negative v counted as
+  // NaN) never passes: those runs are checked element by element.
+  const auto k = muon::optim::rules::adamw_coefficients<float>(1e-3, 0.9, 0.999, 1e-8, 0.1, 3);
+  const step::AdamWLimits limits{3.4e38, 3.4e38, 3.4e38};
+  step::AdamWExtent fine;
+  fine.grad = fine.exp_avg = fine.exp_avg_sq = fine.param = 1.0;
+  CHECK(step::adamw_run_is_finite(fine, k, limits));
+  for (int which = 0; which < 4; ++which)
+    for (const double bad : {double(NAN), double(INFINITY)}) {
+      step::AdamWExtent e = fine;
+      (which == 0 ? e.grad : which == 1 ? e.exp_avg : which == 2 ? e.exp_avg_sq : e.param) = bad;
+      CHECK_FALSE(step::adamw_run_is_finite(e, k, limits));
+    }
+}
+
+TEST_CASE("a negative AdamW second moment is checked element by element",
+          "[adamw][optimizer][transaction]") {
+  // v < 0 cannot come from the rule; a checkpoint could hold one. The new
+  // v = b2 v + (1 - b2) g^2 is then negative, its square root NaN, and the
+  // exact check refuses the step: the bound must not vouch for it.
+  muon::AdamWOptions o;
+  std::vector<float> p(8, 1.0f), g(8, 0.0f);
+  muon::Optimizer<float> opt(muon::MuonGroupOptions(), o);
+  opt.add_param("bias", {p.data(), {8}}, {g.data(), {8}});
+  REQUIRE(opt.step().status == muon::StepStatus::ok);  // m = v = 0: only the decay
+  // The corrupt state, written in place (as a bad checkpoint would leave it).
+  const_cast<float*>(opt.exp_avg_sq("bias").data())[5] = -1.0f;
+  const std::vector<float> p0 = p;
+  std::string message;
+  try {
+    opt.step();
+  } catch (const muon::Error& e) {
+    message = e.what();
+  }
+  INFO(message);
+  CHECK(message.find("'bias'") != std::string::npos);
+  CHECK(same_bits(p0, p));
 }

@@ -120,7 +120,9 @@ MUON_HOST_DEVICE int adamw_element_flags(C p, C g, C m, C v, const rules::AdamWC
 // same either way.
 
 /// What the cheap check gathers over a run of elements (in double; NaN or
-/// infinite when some value of the run is not finite).
+/// infinite when some value of the run is not finite). exp_avg_sq is the
+/// largest v, NaN when some v is negative: the bound relies on v >= 0, which
+/// the rule keeps (a negative v can only come from a corrupt state).
 struct AdamWExtent {
   double grad = 0, exp_avg = 0, exp_avg_sq = 0, param = 0;  ///< the largest magnitudes
   /// The largest m^2 - q v of the run in C (<= 0: every element keeps

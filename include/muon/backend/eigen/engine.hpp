@@ -517,7 +517,10 @@ class Engine {
       keep(grad[l], std::abs(static_cast<C>(g)));
       keep(param[l], std::abs(static_cast<C>(p)));
       keep(exp_avg[l], std::abs(static_cast<C>(m)));
-      keep(exp_avg_sq[l], std::abs(static_cast<C>(v)));
+      // v >= 0 as the rule keeps it; a negative v (a corrupt state) is
+      // counted as NaN, so that the chunk is checked element by element.
+      const C vc = static_cast<C>(v);
+      keep(exp_avg_sq[l], vc >= C(0) ? vc : std::numeric_limits<C>::quiet_NaN());
       keep(excess[l], static_cast<C>(m) * static_cast<C>(m) - q * static_cast<C>(v));
     }
     void add(const T* g, const T* p, const B* m, const B* v, Index n, C q) {
