@@ -29,6 +29,9 @@ layers=${MUON_BENCH_LAYERS:-12}
 model=${MUON_BENCH_MODEL:-gpt2}
 min_time=${BENCH_MIN_TIME:-3}
 mkdir -p "$out"
+# Google Benchmark and the compilers; PyTorch's CPU step (python3-torch)
+# unless NO_TORCH is set.
+if [[ -z ${NO_TORCH:-} ]]; then bash scripts/deps.sh python3-torch; else bash scripts/deps.sh; fi
 
 # Not BLAS: the default step stays on the pure-Eigen products (step_bf16 uses
 # the library's own bf16 kernel, in every build, on CPUs with AVX512-BF16).
