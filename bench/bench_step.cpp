@@ -423,11 +423,15 @@ void bm_muon_pass(benchmark::State& state, Eigen::Index rows, Eigen::Index cols,
     for (int i = 0; i < kPassMatrices; ++i) {
       if (update) {
         Matrix& Wi = W[std::size_t(i)];
-        ws.update_rows([&](Eigen::Index r, Eigen::Index c, Eigen::Index n, const float* o) {
-          float* w = &Wi(r, c);
-          for (Eigen::Index e = 0; e < n; ++e)
-            w[e] = muon::optim::rules::muon_parameter(w[e], o[e], u);
-        });
+        ws.update_rows(
+            [&](Eigen::Index r, Eigen::Index c, Eigen::Index n, const float* o) {
+              float* w = &Wi(r, c);
+              for (Eigen::Index e = 0; e < n; ++e)
+                w[e] = muon::optim::rules::muon_parameter(w[e], o[e], u);
+            },
+            [&](Eigen::Index r, Eigen::Index c, Eigen::Index n) {
+              muon::Workspace<float>::prefetch(&Wi(r, c), std::size_t(n) * sizeof(float));
+            });
       } else {
         load(i);
       }

@@ -629,11 +629,15 @@ class Engine {
       double update_sumsq = 0;
       switch (job.variant) {
         case MuonVariant::muon:  // by row segments: contiguous writes in either orientation
-          ws.update_rows([&W, &u, r0](Index r, Index c, Index n, const C* o) {
-            T* w = &W(r0 + r, c);
-            for (Index e = 0; e < n; ++e)
-              w[e] = static_cast<T>(optim::rules::muon_parameter(static_cast<C>(w[e]), o[e], u));
-          });
+          ws.update_rows(
+              [&W, &u, r0](Index r, Index c, Index n, const C* o) {
+                T* w = &W(r0 + r, c);
+                for (Index e = 0; e < n; ++e)
+                  w[e] = static_cast<T>(optim::rules::muon_parameter(static_cast<C>(w[e]), o[e], u));
+              },
+              [&W, r0](Index r, Index c, Index n) {  // a wide W's segment used soon
+                WS::prefetch(&W(r0 + r, c), std::size_t(n) * sizeof(T));
+              });
           break;
         case MuonVariant::normuon:
           update_sumsq = normuon_block(core, job, ws, r0, rows, v0, u);

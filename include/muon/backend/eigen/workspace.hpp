@@ -24,8 +24,8 @@
 #include <utility>
 #include <vector>
 
-#if defined(__AVX__)
-#include <immintrin.h>
+#if defined(__SSE__) || defined(_M_X64)
+#include <immintrin.h>  // _mm_prefetch; the AVX transposes
 #endif
 
 #include "../../detail/checked_size.hpp"
@@ -241,28 +241,71 @@ class Workspace {
   /// use(r, c, n, o) for every row segment of the result in the input's
   /// orientation (rows() x cols()): o[k] = O(r, c + k) for k < n, contiguous,
   /// so that the caller's loop over its row-major memory is a contiguous
-  /// loop too (the compiler vectorizes it) in either orientation: a tall
-  /// input's rows are X's columns, passed in place; a wide input's are
-  /// gathered kLoadRows x kLoadCols at a time into a tile on the stack
-  /// (load_rows' transpose). Each (r, c) once. Before, the update visited
-  /// 32 x 32 tiles of X and wrote a wide row-major W down its columns: 3x
-  /// slower at 768x3072 than at 3072x768.
-  template <class F>
-  void update_rows(F&& use) const {
+  /// loop too (the compiler vectorizes it) in either orientation. Each (r, c)
+  /// once. A tall input's rows are X's columns, passed in place, in order. A
+  /// wide input's are gathered kUpdateRows x kUpdateCols at a time into a
+  /// tile on the stack (load_rows' transposes, 8 rows at a time, each 8 used
+  /// before the next 8 are transposed), and ahead(r, c, n), called just
+  /// before a row segment is used, names the same tile row's segment
+  /// kUpdateAhead tiles later, for the caller to prefetch (prefetch()) the
+  /// memory it will update there: a wide update visits its rows a short
+  /// segment at a time, which the hardware prefetchers follow poorly, and
+  /// without the hints the memory sat idle while a tile was transposed.
+  /// At 768x3072 here (bench_step's muon_update) the hints and this tile
+  /// shape took the wide update from 2.1-2.3x the tall one's time to
+  /// 1.5-1.75x; the update first visited 32 x 32 tiles of X and wrote W down
+  /// its columns (3x).
+  template <class F, class A>
+  void update_rows(F&& use, A&& ahead) const {
     if (transposed()) {  // O(r, c) = X(c, r): O's row r is X's column r
       for (Index r = 0; r < rows_; ++r) use(r, Index(0), cols_, static_cast<const S*>(x_ + r * m_));
       return;
     }
     alignas(64) S tile[kUpdateRows * kUpdateCols];
+    const Index tiles = (cols_ + kUpdateCols - 1) / kUpdateCols;  // per band of kUpdateRows rows
     for (Index r0 = 0; r0 < rows_; r0 += kUpdateRows)
-      for (Index c0 = 0; c0 < cols_; c0 += kUpdateCols) {
+      for (Index t = 0; t < tiles; ++t) {
+        const Index c0 = t * kUpdateCols;
         const Index nr = std::min(kUpdateRows, rows_ - r0), nc = std::min(kUpdateCols, cols_ - c0);
-        if (!transpose_block(x_ + r0 + c0 * m_, m_, tile, kUpdateCols, nr, nc))
-          for (Index r = 0; r < nr; ++r)
-            for (Index c = 0; c < nc; ++c) tile[r * kUpdateCols + c] = x_[r0 + r + (c0 + c) * m_];
-        for (Index r = 0; r < nr; ++r)
-          use(r0 + r, c0, nc, static_cast<const S*>(tile + r * kUpdateCols));
+        // The tile kUpdateAhead later in this order: (band ra, columns ca).
+        const Index later = r0 / kUpdateRows * tiles + t + kUpdateAhead;
+        const Index ra = later / tiles * kUpdateRows, ca = later % tiles * kUpdateCols;
+        for (Index s0 = 0; s0 < nr; s0 += 8) {
+          const Index ns = std::min(Index(8), nr - s0);
+          S* sub = tile + s0 * kUpdateCols;
+          if (!transpose_block(x_ + r0 + s0 + c0 * m_, m_, sub, kUpdateCols, ns, nc))
+            for (Index r = 0; r < ns; ++r)
+              for (Index c = 0; c < nc; ++c)
+                sub[r * kUpdateCols + c] = x_[r0 + s0 + r + (c0 + c) * m_];
+          for (Index r = s0; r < s0 + ns; ++r) {
+            if (ra + r < rows_) ahead(ra + r, ca, std::min(kUpdateCols, cols_ - ca));
+            use(r0 + r, c0, nc, static_cast<const S*>(tile + r * kUpdateCols));
+          }
+        }
       }
+  }
+
+  /// update_rows without the prefetch hints.
+  template <class F>
+  void update_rows(F&& use) const {
+    update_rows(std::forward<F>(use), [](Index, Index, Index) {});
+  }
+
+  /// A hint: the `bytes` from `p` on will be read (and written) soon; bring
+  /// them toward the core (into L2 where the CPU has such a hint). Never
+  /// reads them itself, so any address is allowed.
+  static void prefetch(const void* p, std::size_t bytes) {
+#if defined(__SSE__) || defined(_M_X64)
+    const auto first = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t(63);
+    const auto last = reinterpret_cast<std::uintptr_t>(p) + bytes;
+    for (std::uintptr_t a = first; a < last; a += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
+#elif defined(__GNUC__)
+    const auto* c = static_cast<const char*>(p);
+    for (std::size_t k = 0; k < bytes; k += 64) __builtin_prefetch(c + k, 0, 2);
+#else
+    (void)p, (void)bytes;
+#endif
   }
 
   /// g(r, c, o) for every element o = O(r, c) of the result, in the input's
@@ -542,10 +585,13 @@ class Workspace {
   }
 
   static constexpr Index kLoadRows = 16, kLoadCols = 64;  // load_rows' tile (4 KiB in float)
-  // update_rows' tile (16 KiB in float): of 16x64, 32x32, 64x64, 32x128 and
-  // 128x32, 32x128 was the fastest at 768x3072 here (bench_step's
-  // muon_update), by little.
-  static constexpr Index kUpdateRows = 32, kUpdateCols = 128;
+  // update_rows' tile (4 KiB in float) and how many tiles ahead it asks for
+  // prefetching. Measured at 768x3072 here (bench_step's muon_update and a
+  // copy of its loop): with hints into L2 (into L1 or for writing: no faster
+  // than none), 16x64 two tiles ahead was the fastest of 8x64, 8x128,
+  // 16x32, 16x48, 16x96, 16x128, 24x64, 32x32, 32x64, 32x128, 64x64,
+  // 64x128 and 128x32 (one to four tiles ahead tried for some).
+  static constexpr Index kUpdateRows = 16, kUpdateCols = 64, kUpdateAhead = 2;
   Index rows_, cols_, m_ = 0, n_ = 0;
   std::shared_ptr<Resources> shared_;  // before the products that point into it
   std::size_t offset_[6] = {};         // X, Y, A, B, Q, T in the shared arena
