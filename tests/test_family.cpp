@@ -608,8 +608,12 @@ TEST_CASE("an AdaMuon checkpoint from before the sign form loads as the plain fo
     then.grads(k);
     then.opt.step();
   }
+  // The file was written by a build without FMA; float Newton-Schulz over
+  // three steps rounds differently where the compiler contracts to FMA
+  // (-march=native: V differs by up to 8.5e-6 of its largest entry). A
+  // wrong form or decay moves V by percents.
   const auto close = [](const auto& x, const auto& y) {
-    return (x - y).cwiseAbs().maxCoeff() <= 1e-6f * y.cwiseAbs().maxCoeff();
+    return (x - y).cwiseAbs().maxCoeff() <= 3e-5f * y.cwiseAbs().maxCoeff();
   };
   for (const char* name : {"a", "b", "c"}) {
     INFO(name);
