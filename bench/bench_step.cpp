@@ -36,9 +36,9 @@
 ///                read 16 B, write 12 B; 44 B, counted as the triad counts)
 ///   adamw_check  its check() alone (16 B per element)
 ///   muon_load/<shape>    the Muon step's first elementwise pass over 12
-///                matrices (226 MB of W, G and M: no cache holds them) (engine.hpp's muon_job: the momentum written, the
-///                Newton-Schulz input loaded into the workspace, the same loop
-///                through Workspace::load_rows): reads m, g, writes m, X: 16 B
+///                matrices (226 MB of W, G and M: no cache holds them) (engine.hpp's muon_job: the
+///                momentum written, the Newton-Schulz input loaded into the workspace, the same
+///                loop through Workspace::load_rows): reads m, g, writes m, X: 16 B
 ///   muon_update/<shape>  its last (the plain Muon update of W from the
 ///                result, Workspace::update_rows as the engine calls it): reads
 ///                O, W, writes W: 12 B
@@ -338,7 +338,8 @@ void bm_triad(benchmark::State& state, int threads) {
     benchmark::ClobberMemory();
     s = -s;
   }
-  state.counters["GBps"] = benchmark::Counter(x.bytes(), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GBps"] =
+      benchmark::Counter(x.bytes(), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = threads;
 }
 
@@ -487,7 +488,8 @@ int main(int argc, char** argv) {
     if (roofline::has_bf16_dot())
       timed(benchmark::RegisterBenchmark(("bf16_dot" + suffix).c_str(), bm_bf16_dot, t));
     timed(benchmark::RegisterBenchmark(("adamw" + suffix + "/wte").c_str(), bm_adamw, t, false));
-    timed(benchmark::RegisterBenchmark(("adamw_check" + suffix + "/wte").c_str(), bm_adamw, t, true));
+    timed(
+        benchmark::RegisterBenchmark(("adamw_check" + suffix + "/wte").c_str(), bm_adamw, t, true));
   }
   for (const bool update : {false, true})
     for (const auto& shape : {std::pair<Eigen::Index, Eigen::Index>{768, 3072}, {3072, 768}}) {

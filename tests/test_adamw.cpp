@@ -201,7 +201,8 @@ TEST_CASE("adamw_step refuses a non-finite gradient or an overflow, writing noth
           "[adamw][errors]") {
   // Without the check, a NaN gradient turns the parameter and both moments
   // NaN at that element, and a huge one makes exp_avg_sq infinite.
-  Eigen::MatrixXf p = random_matrix(3, 4, 91).cast<float>(), m = random_matrix(3, 4, 92).cast<float>();
+  Eigen::MatrixXf p = random_matrix(3, 4, 91).cast<float>(),
+                  m = random_matrix(3, 4, 92).cast<float>();
   Eigen::MatrixXf v = random_matrix(3, 4, 93).cwiseAbs().cast<float>();
   const Eigen::MatrixXf p0 = p, m0 = m, v0 = v;
   const muon::AdamWOptions o;

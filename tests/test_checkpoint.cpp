@@ -881,7 +881,8 @@ TEST_CASE("many groups round-trip; more than a checkpoint holds are refused by s
   while (a.group_count() < muon::optim::limits::groups) a.add_group({});
   CHECK(save_bytes(a).size() > 0);  // exactly at the limit: written
   a.add_group({});
-  CHECK(muon_test::contains(refused_save(a), "65537 parameter groups; a checkpoint holds 1 to 65536"));
+  CHECK(muon_test::contains(refused_save(a),
+                            "65537 parameter groups; a checkpoint holds 1 to 65536"));
 }
 
 TEST_CASE("a parameter name longer than a checkpoint holds is refused by save, by name",
@@ -896,7 +897,8 @@ TEST_CASE("a parameter name longer than a checkpoint holds is refused by save, b
   const std::string message = refused_save(a);
   INFO(message);
   CHECK(muon_test::contains(message, "parameter 'layer.xxxx"));
-  CHECK(muon_test::contains(message, "...' has 70006 bytes; a checkpoint holds names of up to 65536"));
+  CHECK(muon_test::contains(message,
+                            "...' has 70006 bytes; a checkpoint holds names of up to 65536"));
   CHECK(message.size() < 300);  // the name itself is cut
 }
 
@@ -915,7 +917,8 @@ TEST_CASE("a step count at the checkpoint's limit is refused by save, not writte
   REQUIRE(get_le(payload, step_count_at, 8) == 1);
   set_le(payload, step_count_at, std::uint64_t(last), 8);
   // bias: route, group, ndim, 1 size, column-major flag, 1 block, then steps.
-  const std::size_t bias_steps_at = after_name(payload_of(file), "bias") + 1 + 4 + 1 + 8 + 1 + 4 + 8;
+  const std::size_t bias_steps_at =
+      after_name(payload_of(file), "bias") + 1 + 4 + 1 + 8 + 1 + 4 + 8;
   REQUIRE(get_le(payload, bias_steps_at, 8) == 1);
   std::string bias_only = payload_of(file);
   set_le(bias_only, bias_steps_at, std::uint64_t(last), 8);

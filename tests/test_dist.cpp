@@ -967,7 +967,9 @@ TEST_CASE("two parameters over the same memory are refused, naming both") {
   muon::dist::Optimizer<float> opt(comm, GradMode::sum);
   std::vector<float> w(24), g(24);
   opt.add_param("a", {w.data(), {4, 6}}, {g.data(), {4, 6}});
-  CHECK(contains(error_of([&] { opt.add_param("b", {w.data() + 6, {2, 6}}, {g.data(), {2, 6}}); }),
+  CHECK(contains(error_of([&] {
+                   opt.add_param("b", {w.data() + 6, {2, 6}}, {g.data(), {2, 6}});
+                 }),
                  "'b' shares memory with 'a'"));
   CHECK(opt.param_count() == 1);
 }

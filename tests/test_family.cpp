@@ -824,7 +824,8 @@ TEST_CASE("QK-Clip refuses head layouts it cannot place, before writing anything
   // rows the matrices do not have (or gives no maxima), and must leave both
   // weights as they were.
   const Index rows = 12, width = 5;
-  Mat Q = gaussian(rows, width, 31), K = gaussian(rows, width, 32), dQ(rows, width), dK(rows, width);
+  Mat Q = gaussian(rows, width, 31), K = gaussian(rows, width, 32), dQ(rows, width),
+      dK(rows, width);
   const Mat Q0 = Q, K0 = K;
   muon::Optimizer<double> opt;
   opt.add_param("q", Q, dQ);

@@ -715,8 +715,8 @@ TEST_CASE("set_param moves a parameter to new memory and keeps its state",
                    "'w' has shape (2, 5), registered as (6, 9)"));
   REQUIRE(contains(error_of([&] { moved.set_param("w", {nullptr, {r, c}}); }), "null"));
   REQUIRE(contains(error_of([&] {
-                     moved.set_param("w", muon::ParamView<double>::matrix(copy.data(), r, c, 0,
-                                                                      muon::Layout::column_major));
+                     moved.set_param("w", muon::ParamView<double>::matrix(
+                                              copy.data(), r, c, 0, muon::Layout::column_major));
                    }),
                    "registered as"));
   refill(g, gaussian(g.size(), 180));
@@ -1220,15 +1220,25 @@ TEST_CASE("the same memory under two parameters is refused, naming both; disjoin
     CHECK(contains(msg, part));
     CHECK(opt.param_count() == before);
   };
-  refused([&] { opt.add_param("b", {w.data(), {4, 6}}, {g.data(), {4, 6}}); },
-          "'b' shares memory with 'a'");
-  refused([&] { opt.add_param("rows", {w.data() + 6, {2, 6}}, {g.data(), {2, 6}}); },
-          "'rows' shares memory with 'a'");
-  refused([&] { opt.add_param("last", {w.data() + 23, {1}}, {g.data(), {1}}); },
-          "'last' shares memory with 'a'");
   refused(
       [&] {
-        opt.add_param("col", muon::ParamView<float>::matrix(w.data() + 5, 4, 1, 6), {g.data(), {4, 1}});
+        opt.add_param("b", {w.data(), {4, 6}}, {g.data(), {4, 6}});
+      },
+      "'b' shares memory with 'a'");
+  refused(
+      [&] {
+        opt.add_param("rows", {w.data() + 6, {2, 6}}, {g.data(), {2, 6}});
+      },
+      "'rows' shares memory with 'a'");
+  refused(
+      [&] {
+        opt.add_param("last", {w.data() + 23, {1}}, {g.data(), {1}});
+      },
+      "'last' shares memory with 'a'");
+  refused(
+      [&] {
+        opt.add_param("col", muon::ParamView<float>::matrix(w.data() + 5, 4, 1, 6),
+                      {g.data(), {4, 1}});
       },
       "'col' shares memory with 'a'");
   opt.add_param("tail", {w.data() + 24, {8}}, {g.data() + 24, {8}});  // right after 'a'
@@ -1269,14 +1279,18 @@ TEST_CASE("set_param into another parameter's memory is refused; the parameter s
   muon::Optimizer<double> opt;
   opt.add_param("a", {a.data(), {3, 4}}, {g.data(), {3, 4}});
   opt.add_param("b", {b.data(), {3, 4}}, {g.data(), {3, 4}});
-  CHECK(contains(error_of([&] { opt.set_param("a", {b.data(), {3, 4}}); }),
+  CHECK(contains(error_of([&] {
+                   opt.set_param("a", {b.data(), {3, 4}});
+                 }),
                  "'a' shares memory with 'b'"));
   opt.step();  // 'a' still updates a, once; b once
   CHECK(a != std::vector<double>(12, 1.0));
   CHECK(a == b);
   opt.set_param("a", {a.data(), {3, 4}});  // its own memory again: fine
   opt.set_param("a", {c.data() + 12, {3, 4}});
-  CHECK(contains(error_of([&] { opt.set_param("b", {c.data() + 8, {3, 4}}); }),
+  CHECK(contains(error_of([&] {
+                   opt.set_param("b", {c.data() + 8, {3, 4}});
+                 }),
                  "'b' shares memory with 'a'"));
   opt.set_param("b", {c.data(), {3, 4}});  // right before 'a': fine
 }
@@ -1306,16 +1320,20 @@ TEST_CASE("sizes that do not fit are refused by name, not wrapped or thrown as b
   const Index big = Index(1) << 31;
   // 2^62 floats: more bytes than the address space.
   muon::Optimizer<float> opt;
-  CHECK(contains(error_of([&] { opt.add_param("huge", {w.data(), {big, big}}, {}); }),
+  CHECK(contains(error_of([&] {
+                   opt.add_param("huge", {w.data(), {big, big}}, {});
+                 }),
                  "'huge' spans more bytes than the address space"));
   // 2^61 floats fit the address space, but not their double buffers: out of
   // memory, a named error, the optimizer unchanged and usable.
   muon::Optimizer<float, double> wide;
   for (const muon::Route route : {muon::Route::adamw, muon::Route::muon}) {
-    const std::string msg =
-        error_of([&] { wide.add_param("huge", {w.data(), {big, big / 2}}, {}, route); });
+    const std::string msg = error_of([&] {
+      wide.add_param("huge", {w.data(), {big, big / 2}}, {}, route);
+    });
     INFO(msg);
-    CHECK(contains(msg, "'huge' (2147483648, 1073741824): its optimizer state cannot be allocated"));
+    CHECK(
+        contains(msg, "'huge' (2147483648, 1073741824): its optimizer state cannot be allocated"));
     CHECK(wide.param_count() == 0);
     CHECK(wide.workspace_count() == 0);
   }
@@ -1325,7 +1343,9 @@ TEST_CASE("sizes that do not fit are refused by name, not wrapped or thrown as b
   muon::ParamOptions po;
   const std::ptrdiff_t most = std::numeric_limits<std::ptrdiff_t>::max();
   po.split = {most, most, 66};
-  CHECK(contains(error_of([&] { opt.add_param("qkv", {w.data(), {64, 1}}, {g.data(), {64, 1}}, po); }),
+  CHECK(contains(error_of([&] {
+                   opt.add_param("qkv", {w.data(), {64, 1}}, {g.data(), {64, 1}}, po);
+                 }),
                  "block sizes sum to more than the 64 rows of 'qkv'"));
   CHECK(opt.param_count() == 0);
 }

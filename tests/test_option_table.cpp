@@ -178,7 +178,8 @@ TEST_CASE("the reader refuses an entry of another kind than its row's, naming th
   // A number row stored as a name, a name row as a number, the schedule as
   // a number: each refused naming the key (the value is not read as
   // another type's bytes).
-  const std::pair<const char*, int> entries[] = {{"lr", 1}, {"momentum_kind", 0}, {"ns_schedule", 0}};
+  const std::pair<const char*, int> entries[] = {
+      {"lr", 1}, {"momentum_kind", 0}, {"ns_schedule", 0}};
   for (const auto& [key, kind] : entries) {
     INFO(key << " as kind " << kind);
     std::ostringstream os;
@@ -233,8 +234,8 @@ struct AnyMember {
 template <class T, class Seq, class = void>
 struct BracesWith : std::false_type {};
 template <class T, std::size_t... I>
-struct BracesWith<T, std::index_sequence<I...>,
-                  std::void_t<decltype(T{(void(I), AnyMember())...})>> : std::true_type {};
+struct BracesWith<T, std::index_sequence<I...>, std::void_t<decltype(T{(void(I), AnyMember())...})>>
+    : std::true_type {};
 template <class T, std::size_t N = 0>
 constexpr std::size_t member_count() {
   if constexpr (BracesWith<T, std::make_index_sequence<N + 1>>::value)
@@ -340,7 +341,8 @@ const char* type_word(OptionType t) {
 }
 
 std::string stored_words(const OptionRow& r) {
-  std::string words = r.stored.when == muon::optim::Stored::always ? "always" : "when not the default";
+  std::string words =
+      r.stored.when == muon::optim::Stored::always ? "always" : "when not the default";
   if (r.stored.also_in_words) words += std::string("; always in ") + r.stored.also_in_words;
   if (std::string(r.stored_key) != r.key) words += std::string(", as `") + r.stored_key + "`";
   return words;
@@ -396,7 +398,8 @@ TEST_CASE("docs/optimizer.md's option reference is the option table", "[option_t
     WARN("rewrote the option table of " << path);
     return;
   }
-  INFO("docs/optimizer.md's option table differs from the option table; regenerate it with "
-       "MUON_WRITE_DOCS=1 test_option_table \"[docs]\"");
+  INFO(
+      "docs/optimizer.md's option table differs from the option table; regenerate it with "
+      "MUON_WRITE_DOCS=1 test_option_table \"[docs]\"");
   CHECK(doc.substr(from, end - from) == generated);
 }

@@ -340,7 +340,8 @@ TEST_CASE("a workspace whose arena size would wrap is refused by name", "[worksp
   // 4 x 2^62: m n = 2^64 wraps to 0 in std::size_t; the arena would be
   // sized for the 4 x 4 squares only.
   const Eigen::Index huge = Eigen::Index(1) << 62;
-  for (const auto& shape : {std::pair<Eigen::Index, Eigen::Index>{4, huge}, {huge, 4}, {huge, huge}}) {
+  for (const auto& shape :
+       {std::pair<Eigen::Index, Eigen::Index>{4, huge}, {huge, 4}, {huge, huge}}) {
     std::string message;
     try {
       muon::Workspace<float> ws(shape.first, shape.second, 1);

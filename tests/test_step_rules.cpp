@@ -81,8 +81,7 @@ TEST_CASE("muon_element_flags: the gradient, then the stored momentum and the in
   // A momentum of 70000 fits a float but not a half (largest 65504).
   const auto sum = rules::momentum_coefficients<float>(0.0, false, false);
   CHECK(step::muon_element_flags<float>(0.0f, 70000.0f, 0.0f, sum) == 0);
-  CHECK(step::muon_element_flags<Eigen::half>(0.0f, 70000.0f, 0.0f, sum) ==
-        step::kNonFiniteState);
+  CHECK(step::muon_element_flags<Eigen::half>(0.0f, 70000.0f, 0.0f, sum) == step::kNonFiniteState);
 }
 
 TEST_CASE("adamw_element and its flags: torch.optim.AdamW's step, written out", "[step_rules]") {
@@ -199,8 +198,8 @@ TEST_CASE("the decision bits: update bound, blocking, reason order, status, refu
   CHECK(step::blocks_update(step::kNonFiniteUpdate));
 
   // The first reason in SkipReason order, whatever else is set.
-  CHECK(step::reason_of(step::kNonFiniteUpdate | step::kNonFiniteState |
-                        step::kNonFiniteGrad) == muon::SkipReason::non_finite_grad);
+  CHECK(step::reason_of(step::kNonFiniteUpdate | step::kNonFiniteState | step::kNonFiniteGrad) ==
+        muon::SkipReason::non_finite_grad);
   CHECK(step::reason_of(step::kNonFiniteUpdate | step::kNonFiniteState) ==
         muon::SkipReason::non_finite_state);
   CHECK(step::reason_of(step::kNonFiniteUpdate) == muon::SkipReason::non_finite_update);

@@ -209,8 +209,7 @@ TEST_CASE("make_hybrid routes by the library's rules and prints the table", "[to
   CHECK(log.str() == opt.routing().table());
 }
 
-TEST_CASE("the method set is muon::Optimizer's (optim::Front), over libtorch's groups",
-          "[torch]") {
+TEST_CASE("the method set is muon::Optimizer's (optim::Front), over libtorch's groups", "[torch]") {
   auto params = model_params(torch::kFloat);
   Muon opt = muon::torch::make_hybrid(params, MuonOptions(0.02), silent());
   CHECK(opt.route("hidden.weight") == muon::Route::muon);  // by name, and by tensor
@@ -516,7 +515,8 @@ TEST_CASE("parameters of several dtypes step together, all or nothing", "[torch]
   CHECK(opt.engine<Eigen::bfloat16>().job_count() == 1);
 }
 
-TEST_CASE("torch::save / torch::load of several dtypes continue a run bitwise", "[torch][checkpoint]") {
+TEST_CASE("torch::save / torch::load of several dtypes continue a run bitwise",
+          "[torch][checkpoint]") {
   // bfloat16, float and double parameters: one checkpoint, the float
   // buffers stored as double (exactly) beside the double ones.
   torch::manual_seed(15);
@@ -815,9 +815,9 @@ TEST_CASE("splits and heads keys that match no parameter are refused, naming the
     h.log = nullptr;
     h.heads["group0.param2"] = 2;  // there is no third parameter
     const std::string m = construction_error([&] {
-      Muon opt(std::vector<torch::optim::OptimizerParamGroup>{
-                   torch::optim::OptimizerParamGroup(two)},
-               MuonOptions(0.02), h);
+      Muon opt(
+          std::vector<torch::optim::OptimizerParamGroup>{torch::optim::OptimizerParamGroup(two)},
+          MuonOptions(0.02), h);
     });
     INFO(m);
     CHECK(m.rfind("muon: heads: 'group0.param2' matches no parameter", 0) == 0);
@@ -865,15 +865,16 @@ TEST_CASE("one tensor in two groups, or two parameters sharing memory, are refus
     INFO(slices);
     CHECK(contains(slices, "param: 'group0.param1' shares memory with 'group0.param0'"));
     torch::Tensor base = torch::randn({8, 12});
-    const std::string transposed =
-        construction_error([&] { Muon opt({base, base.t()}, MuonOptions(0.02)); });
+    const std::string transposed = construction_error([&] {
+      Muon opt({base, base.t()}, MuonOptions(0.02));
+    });
     CHECK(contains(transposed, "'group0.param1' shares memory with 'group0.param0'"));
     // By name: two names of two views (not one tensor: not tied).
     torch::OrderedDict<std::string, torch::Tensor> named;
     named.insert("a.weight", storage.narrow(0, 0, 6));
     named.insert("b.weight", storage.narrow(0, 4, 6));
-    const std::string by_name = construction_error(
-        [&] { muon::torch::make_hybrid(named, MuonOptions(0.02), silent()); });
+    const std::string by_name =
+        construction_error([&] { muon::torch::make_hybrid(named, MuonOptions(0.02), silent()); });
     CHECK(contains(by_name, "'b.weight' shares memory with 'a.weight'"));
     // Two dtypes over one buffer: two engines, which cannot see each other.
     std::vector<float> buffer(64, 0.5f);
@@ -977,8 +978,7 @@ TEST_CASE("tied weights are registered once and routed by either name", "[torch]
 
 // ---- schedulers, metrics ------------------------------------------------------------
 
-TEST_CASE("set_lr keeps the ratio of the lr pair set by hand, also when that lr is 0",
-          "[torch]") {
+TEST_CASE("set_lr keeps the ratio of the lr pair set by hand, also when that lr is 0", "[torch]") {
   // Built with lr 0: no ratio, so a scheduler leaves adamw_lr as given.
   MuonOptions from_zero = MuonOptions(0).adamw_lr(1e-3);
   from_zero.set_lr(0.01);
@@ -1035,7 +1035,7 @@ TEST_CASE("a run with an LR scheduler resumes bitwise when the scheduler is step
   Muon resumed = muon::torch::make_hybrid(resumed_params, options, silent());
   torch::optim::StepLR resumed_scheduler(resumed, 2, 0.5);
   for (int s = 0; s < saved_at; ++s) resumed_scheduler.step();  // first the scheduler,
-  torch::load(resumed, path);                                    // then the state
+  torch::load(resumed, path);                                   // then the state
   for (int s = saved_at; s < total; ++s) {
     INFO("step " << s);
     CHECK(pair_of(resumed) == used[std::size_t(s)]);
@@ -1060,9 +1060,9 @@ TEST_CASE("a run with an LR scheduler resumes bitwise when the scheduler is step
 TEST_CASE("metrics and on_step reach every parameter of every dtype", "[torch]") {
   torch::manual_seed(13);
   const auto f64 = torch::TensorOptions().dtype(torch::kDouble);
-  torch::Tensor w = torch::randn({6, 20}, f64).requires_grad_();          // Muon, double
-  torch::Tensor gain = torch::ones({6}).requires_grad_();                 // AdamW, float
-  torch::Tensor f = torch::randn({8, 8}).requires_grad_();                // Muon, float
+  torch::Tensor w = torch::randn({6, 20}, f64).requires_grad_();  // Muon, double
+  torch::Tensor gain = torch::ones({6}).requires_grad_();         // AdamW, float
+  torch::Tensor f = torch::randn({8, 8}).requires_grad_();        // Muon, float
   const double mu = 0.9, beta1 = 0.85;
   Muon opt({w, gain, f}, MuonOptions(0.02).momentum(mu).adamw_betas({beta1, 0.99}));
   int calls = 0;
@@ -1102,10 +1102,8 @@ TEST_CASE("metrics and on_step reach every parameter of every dtype", "[torch]")
   CHECK(std::abs(pw.grad_norm - g.norm()) < 1e-12 * g.norm());
   CHECK(std::abs(pw.momentum_norm - buf.norm()) < 1e-12 * buf.norm());
   CHECK(std::abs(pw.update_rms - update.norm() / std::sqrt(double(update.size()))) < 1e-10);
-  CHECK(std::abs(pw.orthogonality_error - (gram - Eigen::MatrixXd::Identity(6, 6)).norm()) <
-        1e-9);
-  const double sigma_max =
-      Eigen::JacobiSVD<Eigen::MatrixXd>(as_matrix(w)).singularValues()(0);
+  CHECK(std::abs(pw.orthogonality_error - (gram - Eigen::MatrixXd::Identity(6, 6)).norm()) < 1e-9);
+  const double sigma_max = Eigen::JacobiSVD<Eigen::MatrixXd>(as_matrix(w)).singularValues()(0);
   CHECK(pw.spectral_norm > 0.5 * sigma_max);  // a power-iteration estimate: a lower bound
   CHECK(pw.spectral_norm <= sigma_max * (1 + 1e-9));
   CHECK(!(as_matrix(w) - w0).isZero());
@@ -1141,7 +1139,7 @@ namespace {
 // forgets is named.
 std::vector<std::string> fields_that_differ(const MuonOptions& a, const MuonOptions& b) {
   std::vector<std::string> d;
-#define MUON_TEST_COMPARE(KEY, PART, MEMBER, TYPE, ...)                                  \
+#define MUON_TEST_COMPARE(KEY, PART, MEMBER, TYPE, ...)                                   \
   if (muon::optim::Codec<TYPE>::text(a.KEY()) != muon::optim::Codec<TYPE>::text(b.KEY())) \
     d.push_back(#KEY);
   MUON_GROUP_OPTIONS(MUON_TEST_COMPARE)
@@ -1214,13 +1212,13 @@ TEST_CASE("every option of the table is a MuonOptions setter and getter of its k
   // A value out of a row's range is refused when the optimizer reads the
   // options, naming the row's key.
   std::size_t refused = 0;
-#define MUON_TEST_REFUSED(KEY, ...)                                                     \
-  if (const auto bad = out_of_range(muon::optim::option::KEY{})) {                     \
-    INFO("option " #KEY);                                                               \
-    ++refused;                                                                          \
-    CHECK(muon_test::contains(                                                          \
+#define MUON_TEST_REFUSED(KEY, ...)                                                       \
+  if (const auto bad = out_of_range(muon::optim::option::KEY{})) {                        \
+    INFO("option " #KEY);                                                                 \
+    ++refused;                                                                            \
+    CHECK(muon_test::contains(                                                            \
         muon_test::error_message([&] { (void)MuonOptions().KEY(*bad).group_options(); }), \
-        "muon: " #KEY ": "));                                                           \
+        "muon: " #KEY ": "));                                                             \
   }
   MUON_GROUP_OPTIONS(MUON_TEST_REFUSED)
 #undef MUON_TEST_REFUSED

@@ -274,7 +274,8 @@ Config parse_args(int argc, char** argv) {
       c.muon_first_layer = true;
     } else if (flag == "--muon-adjust") {
       c.muon_adjust = value();
-      (void)muon::parse_name<muon::LrAdjust>(c.muon_adjust, "--muon-adjust");  // throws naming the choices
+      (void)muon::parse_name<muon::LrAdjust>(c.muon_adjust,
+                                             "--muon-adjust");  // throws naming the choices
     } else if (flag == "--threads") {
       c.threads = static_cast<int>(parse_long(flag, value(), 1));
     } else if (flag == "--width-transfer") {

@@ -177,14 +177,11 @@ class Schedule {
   /// "polar_express", "deepseek_v4", "cubic5", "turbo_muon", "cans" (cans()
   /// with its defaults).
   static const std::vector<Builtin>& builtins() {
-    static const std::vector<Builtin> all = {{"jordan", &jordan},
-                                             {"cubic", &cubic},
-                                             {"quintic", &quintic},
-                                             {"polar_express", &polar_express},
-                                             {"deepseek_v4", &deepseek_v4},
-                                             {"cubic5", &cubic5},
-                                             {"turbo_muon", &turbo_muon},
-                                             {"cans", [] { return cans(); }}};
+    static const std::vector<Builtin> all = {
+        {"jordan", &jordan},           {"cubic", &cubic},
+        {"quintic", &quintic},         {"polar_express", &polar_express},
+        {"deepseek_v4", &deepseek_v4}, {"cubic5", &cubic5},
+        {"turbo_muon", &turbo_muon},   {"cans", [] { return cans(); }}};
     return all;
   }
   /// The built-in names as "jordan, cubic, ... or cans".

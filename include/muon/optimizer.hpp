@@ -401,9 +401,9 @@ class Optimizer : public optim::Front<Optimizer<T, B>> {
   }
 
   optim::Core core_;
-  Engine engine_;             // job i is parameter i, whole
-  std::vector<View> views_;   // as registered (set_param), for shapes and QK-Clip
-  std::vector<int> flags_;    // the checks' findings, per parameter
+  Engine engine_;            // job i is parameter i, whole
+  std::vector<View> views_;  // as registered (set_param), for shapes and QK-Clip
+  std::vector<int> flags_;   // the checks' findings, per parameter
   bool metrics_on_ = false;
   std::function<void(const StepMetrics&)> hook_;
   StepMetrics metrics_;

@@ -31,14 +31,12 @@ struct owns_memory<E, std::void_t<typename E::PlainObject>>
 /// rvalue: a view of it dangles once the call returns. A temporary Map,
 /// Block or Ref views memory that outlives it and is not one.
 template <class E>
-struct owning_temporary
-    : std::integral_constant<bool, !std::is_lvalue_reference<E>::value &&
-                                       owns_memory<std::decay_t<E>>::value> {};
+struct owning_temporary : std::integral_constant<bool, !std::is_lvalue_reference<E>::value &&
+                                                           owns_memory<std::decay_t<E>>::value> {};
 
 /// True for Eigen objects (what add_param/set_grad/set_param accept besides views).
 template <class E>
-struct is_eigen_object
-    : std::is_base_of<Eigen::EigenBase<std::decay_t<E>>, std::decay_t<E>> {};
+struct is_eigen_object : std::is_base_of<Eigen::EigenBase<std::decay_t<E>>, std::decay_t<E>> {};
 
 template <class>
 inline constexpr bool dependent_false = false;

@@ -88,12 +88,11 @@ class BasicMuon : public ::torch::optim::Optimizer, public optim::Front<BasicMuo
   explicit BasicMuon(std::vector<Tensor> params, MuonOptions defaults = MuonOptions())
       : BasicMuon(std::vector<ParamGroup>{ParamGroup(std::move(params))}, std::move(defaults)) {}
 
-  /// Several groups, each with its own MuonOptions or the defaults. Every
-  /// parameter is checked and registered now (muon::Error naming the first
-  /// bad one; groups added later with add_param_group are registered at the
-  /// next step()), named "group<g>.param<i>" and routed by shape. A tensor
-  /// listed twice in a group (tied weights) is registered once, under its
-  /// first name.
+  /// Several groups, each with its own MuonOptions or the defaults. Every parameter is
+  /// checked and registered now (muon::Error naming the first bad one; groups added later
+  /// with add_param_group are registered at the next step()), named "group<g>.param<i>" and
+  /// routed by shape. A tensor listed twice in a group (tied weights) is registered once,
+  /// under its first name.
   explicit BasicMuon(std::vector<ParamGroup> groups, MuonOptions defaults = MuonOptions(),
                      HybridOptions hybrid = HybridOptions::quiet())
       : Optimizer(std::move(groups), std::make_unique<MuonOptions>(std::move(defaults))),
@@ -177,7 +176,7 @@ class BasicMuon : public ::torch::optim::Optimizer, public optim::Front<BasicMuo
                        const QkClipOptions& options = QkClipOptions()) {
     at::NoGradGuard no_grad;
     register_new_params();
-    bind_tensors();  // the views of the tensors' current storage
+    bind_tensors();                  // the views of the tensors' current storage
     QkClipHeads registered = heads;  // the names the core knows
     registered.query = bindings_.named(heads.query).name;
     registered.key = bindings_.named(heads.key).name;
@@ -204,14 +203,14 @@ class BasicMuon : public ::torch::optim::Optimizer, public optim::Front<BasicMuo
     return core_.param(bindings_.index_of(bindings_.of(param))).route;
   }
 
-  /// The engine of the parameters of dtype T (float, double,
-  /// Eigen::bfloat16, Eigen::half); muon::Error if there are none.
+  /// The engine of dtype T's parameters (float, double, bfloat16, half); muon::Error if none.
   template <class T>
-  const Engine<T>& engine() const { return engines_.get<T>(); }
-  /// A copy of a parameter's optimizer buffer by its checkpoint name
-  /// (core().buffer_names: momentum_buffer, second_momentum_buffer,
-  /// exp_avg, exp_avg_sq), in the parameter's memory order, of the buffers'
-  /// dtype (float; double for double parameters).
+  const Engine<T>& engine() const {
+    return engines_.get<T>();
+  }
+  /// A copy of a parameter's optimizer buffer by its checkpoint name (core().buffer_names:
+  /// momentum_buffer, second_momentum_buffer, exp_avg, exp_avg_sq), in the parameter's memory
+  /// order, of the buffers' dtype (float; double for double parameters).
   Tensor buffer(const std::string& name, const std::string& buffer_name) const {
     const Binding& b = bindings_.named(name);
     const auto& names = core_.buffer_names(bindings_.index_of(b));
@@ -251,8 +250,9 @@ class BasicMuon : public ::torch::optim::Optimizer, public optim::Front<BasicMuo
       detail::fail("archive", "has no muon::torch::Muon state (saved by another optimizer?)");
     if (!(format.isInt() && format.toInt() == 2) || !archive.try_read("muon_checkpoint", value) ||
         !value.isTensor() || value.toTensor().scalar_type() != at::kByte)
-      detail::fail("archive", "has a muon::torch::Muon state of an unknown format (format 2 "
-                              "holds a byte tensor 'muon_checkpoint')");
+      detail::fail("archive",
+                   "has a muon::torch::Muon state of an unknown format (format 2 "
+                   "holds a byte tensor 'muon_checkpoint')");
     std::istringstream is(tensors::bytes_of(value.toTensor()), std::ios::binary);
     register_new_params();
     read_state(is, LoadOptions(), "archive", engines_.checkpoint_dtypes().first);
@@ -423,7 +423,7 @@ class BasicMuon : public ::torch::optim::Optimizer, public optim::Front<BasicMuo
 
   optim::Core core_;
   HybridOptions hybrid_;
-  Engines engines_;  // one per dtype present
+  Engines engines_;                      // one per dtype present
   Bindings bindings_;                    // core parameter i is bindings_[i]
   std::vector<std::size_t> registered_;  // per group: places registered
   std::vector<Tensor> grad_copies_;      // this step's gradients, in their parameters' layout

@@ -86,8 +86,8 @@ struct Range {
   void check(std::string_view field, double v) const {
     if (contains(v)) return;
     const bool fraction = integer && std::isfinite(v) && v != std::floor(v);
-    fail(field, std::string("must be ") + (fraction ? "a whole number " : "") + text() +
-                    ", got " + number_text(v));
+    fail(field, std::string("must be ") + (fraction ? "a whole number " : "") + text() + ", got " +
+                    number_text(v));
   }
 
  private:

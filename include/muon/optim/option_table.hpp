@@ -72,7 +72,7 @@ constexpr Stored unless_default{Stored::unless_default, nullptr, nullptr, nullpt
 /// AdaMuon's defaults changed (sign form, beta2 0.95): an AdaMuon group
 /// always stores them, so that their absence marks a file from before.
 constexpr Stored unless_default_or_adamuon{Stored::unless_default, nullptr, &adamuon_group,
-                                            "an AdaMuon group"};
+                                           "an AdaMuon group"};
 constexpr Stored always_as(const char* key) { return {Stored::always, key, nullptr, nullptr}; }
 }  // namespace stored
 

@@ -229,7 +229,9 @@ enum class MuonVariant {
 };
 
 inline constexpr detail::Named<MuonVariant> muon_variant_names[] = {
-    {MuonVariant::muon, "muon"}, {MuonVariant::normuon, "normuon"}, {MuonVariant::adamuon, "adamuon"}};
+    {MuonVariant::muon, "muon"},
+    {MuonVariant::normuon, "normuon"},
+    {MuonVariant::adamuon, "adamuon"}};
 constexpr detail::Names<MuonVariant> name_list(MuonVariant) { return muon_variant_names; }
 
 /// True for the three named MuonVariant values.

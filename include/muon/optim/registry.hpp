@@ -278,7 +278,7 @@ inline bool overlaps(const MemoryFootprint& x, const MemoryFootprint& y) {
   // [off + j s, off + j s + lb): they meet when k = i - j has
   // off - la < k s < off + lb, with i < a.lines and j < b.lines.
   const std::uint64_t off = b.base - a.base;
-  if (off < a.line_bytes) return true;  // b starts inside a's first line
+  if (off < a.line_bytes) return true;                       // b starts inside a's first line
   const std::uint64_t first = (off - a.line_bytes) / s + 1;  // the smallest such k (>= 1)
   const std::uint64_t last = (off + b.line_bytes - 1) / s;   // the largest
   return first <= last && first <= a.lines - 1;

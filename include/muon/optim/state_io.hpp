@@ -273,9 +273,9 @@ inline void write_group(checkpoint::Writer& w, const GroupOptions& g) {
 inline void write_param(checkpoint::Writer& w, const ParamRecord& p, std::uint32_t buffers) {
   require_name(p.name, "parameter");
   require_steps(p.steps, "parameter " + shown_name(p.name) + "'s");
-  require_writable(p.blocks.size() <= std::numeric_limits<std::uint32_t>::max() &&
-                       buffers <= limits::buffers,
-                   "parameter " + shown_name(p.name) + " has too many blocks or buffers");
+  require_writable(
+      p.blocks.size() <= std::numeric_limits<std::uint32_t>::max() && buffers <= limits::buffers,
+      "parameter " + shown_name(p.name) + " has too many blocks or buffers");
   w.str(p.name);
   w.u8(static_cast<std::uint8_t>(p.route));
   w.u32(static_cast<std::uint32_t>(p.group));
@@ -291,7 +291,8 @@ inline void write_param(checkpoint::Writer& w, const ParamRecord& p, std::uint32
 /// One buffer: name, dtype, count, then `count` elements of host memory.
 inline void write_buffer(checkpoint::Writer& w, std::string_view name, checkpoint::Dtype dtype,
                          std::uint64_t count, const void* data) {
-  require_writable(name.size() <= limits::word_bytes, "buffer name " + shown_name(name) + " too long");
+  require_writable(name.size() <= limits::word_bytes,
+                   "buffer name " + shown_name(name) + " too long");
   w.str(name);
   w.u8(static_cast<std::uint8_t>(dtype));
   w.u64(count);
@@ -382,8 +383,8 @@ inline void read_entry(checkpoint::Reader& r, ReadGroup& g, const std::string& k
   field = static_cast<int>(v);
 }
 template <class Valid>
-void read_entry(checkpoint::Reader& r, ReadGroup&, const std::string&,
-                std::optional<double>& field, const Valid&) {
+void read_entry(checkpoint::Reader& r, ReadGroup&, const std::string&, std::optional<double>& field,
+                const Valid&) {
   field = r.f64();
 }
 template <class Valid>
@@ -457,7 +458,8 @@ inline void apply_group_option(checkpoint::Reader& r, ReadGroup& g, const std::s
     read_entry(r, g, key, Row::of(g.options), Row::check);
   });
   if (found) return;
-  if (kind == 0) r.fail(g.where + "unknown numeric option '" + key + "' (written by a newer version?)");
+  if (kind == 0)
+    r.fail(g.where + "unknown numeric option '" + key + "' (written by a newer version?)");
   if (kind == 1) r.fail(g.where + "unknown option '" + key + "' (written by a newer version?)");
   r.fail(g.where + "option '" + key + "' has an unknown kind " + std::to_string(kind));
 }

@@ -68,10 +68,10 @@ namespace step {
 /// or a CUDA kernel ORs what each element shows into one word per
 /// parameter (SkipReason order).
 enum Flag : int {
-  kNoGrad = 1,            ///< no gradient this step
-  kNonFiniteGrad = 2,     ///< a gradient entry is NaN or Inf
-  kNonFiniteState = 4,    ///< a new momentum / moment (or the Newton–Schulz input) overflows
-  kNonFiniteUpdate = 8    ///< the updated parameter could overflow its type
+  kNoGrad = 1,          ///< no gradient this step
+  kNonFiniteGrad = 2,   ///< a gradient entry is NaN or Inf
+  kNonFiniteState = 4,  ///< a new momentum / moment (or the Newton–Schulz input) overflows
+  kNonFiniteUpdate = 8  ///< the updated parameter could overflow its type
 };
 
 /// True when the flags stop the parameter's update: anything but a missing
@@ -117,7 +117,8 @@ struct StorageTypes {
                                 std::string_view buffer_type, std::string_view param_type,
                                 const std::string& where = std::string()) {
   const std::string who = "'" + name + "'" + where;
-  if (flags & kNonFiniteGrad) detail::fail("grad", who + " contains NaN or Inf (nothing was updated)");
+  if (flags & kNonFiniteGrad)
+    detail::fail("grad", who + " contains NaN or Inf (nothing was updated)");
   const std::string what =
       (flags & kNonFiniteState)
           ? std::string(muon ? "its momentum" : "an AdamW moment") + " would overflow " +

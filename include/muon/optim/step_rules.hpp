@@ -164,7 +164,8 @@ MUON_HOST_DEVICE double adamw_parameter_bound(const AdamWExtent& e,
                                               const rules::AdamWCoefficients<C>& k) {
   const double c1 = static_cast<double>(k.one_minus_beta1), b1 = 1.0 - c1;
   const double b2 = static_cast<double>(k.beta2), c2 = static_cast<double>(k.one_minus_beta2);
-  const double eps = static_cast<double>(k.eps), sbc2 = static_cast<double>(k.sqrt_bias_correction2);
+  const double eps = static_cast<double>(k.eps),
+               sbc2 = static_cast<double>(k.sqrt_bias_correction2);
   const double a = (b1 < 0 ? -b1 : b1) * e.exp_avg + (c1 < 0 ? -c1 : c1) * e.grad;
   double ratio = a / eps;
   if (e.ratio_excess <= 0.0 && b2 > 0.0 && c2 > 0.0 && sbc2 > 0.0) {
@@ -254,7 +255,8 @@ MUON_HOST_DEVICE NormuonLines normuon_lines(std::int64_t rows, std::int64_t cols
 template <class S, class C>
 MUON_HOST_DEVICE double normuon_line(S& v, double line_sumsq, double averaged,
                                      const rules::SecondMomentCoefficients<C>& k) {
-  v = static_cast<S>(rules::second_moment(static_cast<C>(v), static_cast<C>(line_sumsq / averaged), k));
+  v = static_cast<S>(
+      rules::second_moment(static_cast<C>(v), static_cast<C>(line_sumsq / averaged), k));
   return static_cast<double>(rules::normuon_factor(static_cast<C>(v), k));
 }
 

@@ -123,8 +123,8 @@ class Engines {
         core.set_param_memory(i, pv.footprint(name));  // refused if another parameter's
         e.set_param(job, pv.memory());
       }
-      e.set_grad(job, grad.defined() ? tensors::view_of<T>(grad, name, "grad").memory()
-                                     : ParamView<T>());
+      e.set_grad(
+          job, grad.defined() ? tensors::view_of<T>(grad, name, "grad").memory() : ParamView<T>());
     });
   }
 

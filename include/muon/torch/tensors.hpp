@@ -55,9 +55,8 @@ inline bool supported(at::ScalarType t) {
 }
 /// The library's name of a supported dtype (float, double, bfloat16, half).
 inline std::string dtype_name(at::ScalarType t) {
-  return visit_dtype(t, [](auto s) {
-    return std::string(scalar_traits<typename decltype(s)::type>::name);
-  });
+  return visit_dtype(
+      t, [](auto s) { return std::string(scalar_traits<typename decltype(s)::type>::name); });
 }
 
 /// The storage types a refused step names for a parameter of dtype t

@@ -350,9 +350,9 @@ class Engine {
     std::size_t param = 0;
     bool muon = false;
     std::size_t first_block = 0, block_count = 0;  // Muon
-    std::int64_t first_element = 0;  // in the parameter's buffers (and memory order)
-    std::int64_t first_line = 0;     // NorMuon: in the parameter's second moment
-    Index rows = 0, cols = 0;        // the part's memory matrix
+    std::int64_t first_element = 0;                // in the parameter's buffers (and memory order)
+    std::int64_t first_line = 0;                   // NorMuon: in the parameter's second moment
+    Index rows = 0, cols = 0;                      // the part's memory matrix
     View param_view, grad_view;
     // Muon: momentum, and the variant's second moment (NorMuon: a column of
     // max(rows, cols) per block; AdaMuon: like the momentum; muon: empty).
@@ -617,9 +617,8 @@ class Engine {
         const T* g = &G(r0 + r, c);
         const T* w = &W(r0 + r, c);
         for (Index e = 0; e < n; ++e) {
-          const auto x = optim::step::momentum_element<B>(static_cast<C>(m[e]),
-                                                          static_cast<C>(g[e]),
-                                                          static_cast<C>(w[e]), k);
+          const auto x = optim::step::momentum_element<B>(
+              static_cast<C>(m[e]), static_cast<C>(g[e]), static_cast<C>(w[e]), k);
           m[e] = static_cast<B>(x.momentum);
           out[e] = x.input;
         }
@@ -633,7 +632,8 @@ class Engine {
               [&W, &u, r0](Index r, Index c, Index n, const C* o) {
                 T* w = &W(r0 + r, c);
                 for (Index e = 0; e < n; ++e)
-                  w[e] = static_cast<T>(optim::rules::muon_parameter(static_cast<C>(w[e]), o[e], u));
+                  w[e] =
+                      static_cast<T>(optim::rules::muon_parameter(static_cast<C>(w[e]), o[e], u));
               },
               [&W, r0](Index r, Index c, Index n) {  // a wide W's segment used soon
                 WS::prefetch(&W(r0 + r, c), std::size_t(n) * sizeof(T));
@@ -648,9 +648,10 @@ class Engine {
       }
       if (metrics) {
         const auto X = ws.iterate();
-        job.metrics.update_sumsq += job.variant == MuonVariant::muon
-                                        ? static_cast<double>(X.template cast<double>().squaredNorm())
-                                        : update_sumsq;
+        job.metrics.update_sumsq +=
+            job.variant == MuonVariant::muon
+                ? static_cast<double>(X.template cast<double>().squaredNorm())
+                : update_sumsq;
         job.metrics.orth_error = std::max(
             job.metrics.orth_error,
             job.metrics.orthogonality_error(local, job.block_count, X, [&](std::size_t k2) -> WS& {
@@ -683,7 +684,8 @@ class Engine {
     const auto k = core.second_moment_coefficients<C>(job.param);
     double scaled_sumsq = 0;  // ||O f||_F^2, from the sums
     for (Index j = 0; j < Index(lines.count); ++j) {
-      const double f = optim::step::normuon_line<B>(job.second(v0 + j, 0), sums[j], lines.averaged, k);
+      const double f =
+          optim::step::normuon_line<B>(job.second(v0 + j, 0), sums[j], lines.averaged, k);
       scaled_sumsq += sums[j] * f * f;
       sums[j] = f;  // from here on: the factor of line j
     }

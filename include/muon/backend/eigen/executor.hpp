@@ -40,12 +40,14 @@ inline constexpr Eigen::Index kChunkElements = Eigen::Index(1) << 16;
 /// of about kChunkElements elements each.
 inline void append_chunks(std::vector<Chunk>& list, std::size_t job, Eigen::Index rows,
                           Eigen::Index cols) {
-  const Eigen::Index per = std::max<Eigen::Index>(1, kChunkElements / std::max<Eigen::Index>(1, cols));
+  const Eigen::Index per =
+      std::max<Eigen::Index>(1, kChunkElements / std::max<Eigen::Index>(1, cols));
   for (Eigen::Index r = 0; r < rows; r += per) list.push_back({job, r, std::min(rows, r + per)});
 }
 /// How many chunks append_chunks makes (to reserve).
 inline std::size_t chunk_count(Eigen::Index rows, Eigen::Index cols) {
-  const Eigen::Index per = std::max<Eigen::Index>(1, kChunkElements / std::max<Eigen::Index>(1, cols));
+  const Eigen::Index per =
+      std::max<Eigen::Index>(1, kChunkElements / std::max<Eigen::Index>(1, cols));
   return std::size_t((rows + per - 1) / per);
 }
 
