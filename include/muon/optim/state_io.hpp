@@ -320,6 +320,32 @@ inline TensorShape read_shape(checkpoint::Reader& r, const std::string& where, b
   return s;
 }
 
+/// A schedule as write_schedule stores it: name, norm divisor, row count,
+/// then each row's a, b and c. `where` starts each message. A count of 0 is
+/// refused as implausible when `refuse_zero_rows` (version 2); version 1
+/// leaves it to Schedule's own check ("needs at least one (a, b, c) row").
+inline Schedule read_schedule(checkpoint::Reader& r, const std::string& where,
+                              bool refuse_zero_rows) {
+  std::string name = r.str("schedule name", limits::name_bytes);
+  const double divisor = r.f64();
+  const std::uint32_t rows = r.u32();
+  if ((rows == 0 && refuse_zero_rows) || rows > limits::schedule_rows)
+    r.fail(where + "implausible schedule length");
+  const unsigned char* bytes = r.items(rows, 24, "schedule row");
+  std::vector<Coefficients> coefficients(rows);
+  checkpoint::Reader cr(bytes, std::size_t(rows) * 24, r.origin());
+  for (Coefficients& c : coefficients) {
+    c.a = cr.f64();
+    c.b = cr.f64();
+    c.c = cr.f64();
+  }
+  try {
+    return Schedule(std::move(coefficients), divisor, std::move(name));
+  } catch (const Error& e) {
+    r.fail(where + std::string(e.detail()));
+  }
+}
+
 /// Structure of one parameter record, version 1 or 2.
 inline StoredParam read_param(checkpoint::Reader& r, std::uint32_t version) {
   StoredParam p;
@@ -405,23 +431,7 @@ void read_entry(checkpoint::Reader& r, ReadGroup& g, const std::string& key, E& 
 template <class Valid>
 void read_entry(checkpoint::Reader& r, ReadGroup& g, const std::string&, Schedule& field,
                 const Valid&) {
-  std::string name = r.str("schedule name", limits::name_bytes);
-  const double divisor = r.f64();
-  const std::uint32_t rows = r.u32();
-  if (rows == 0 || rows > limits::schedule_rows) r.fail(g.where + "implausible schedule length");
-  const unsigned char* bytes = r.items(rows, 24, "schedule row");
-  std::vector<Coefficients> coefficients(rows);
-  checkpoint::Reader cr(bytes, std::size_t(rows) * 24, r.origin());
-  for (Coefficients& c : coefficients) {
-    c.a = cr.f64();
-    c.b = cr.f64();
-    c.c = cr.f64();
-  }
-  try {
-    field = Schedule(std::move(coefficients), divisor, std::move(name));
-  } catch (const Error& e) {
-    r.fail(g.where + std::string(e.detail()));
-  }
+  field = read_schedule(r, g.where, /*refuse_zero_rows=*/true);
 }
 
 /// The kind a value of type T is stored as.
@@ -517,23 +527,7 @@ inline GroupOptions read_group_v1(checkpoint::Reader& r, bool& user_rule) {
   const bool has_divisor = r.boolean("has_norm_divisor");
   const double divisor = r.f64();
   if (has_divisor) m.ns.norm_divisor = divisor;
-  std::string name = r.str("schedule name", limits::name_bytes);
-  const double schedule_divisor = r.f64();
-  const std::uint32_t rows = r.u32();
-  if (rows > limits::schedule_rows) r.fail("implausible schedule length");
-  const unsigned char* bytes = r.items(rows, 24, "schedule row");
-  std::vector<Coefficients> coefficients(rows);
-  checkpoint::Reader cr(bytes, std::size_t(rows) * 24, r.origin());
-  for (Coefficients& c : coefficients) {
-    c.a = cr.f64();
-    c.b = cr.f64();
-    c.c = cr.f64();
-  }
-  try {
-    m.ns.schedule = Schedule(std::move(coefficients), schedule_divisor, std::move(name));
-  } catch (const Error& e) {
-    r.fail(std::string(e.detail()));
-  }
+  m.ns.schedule = read_schedule(r, "", /*refuse_zero_rows=*/false);
   g.adamw.lr = r.f64();
   g.adamw.beta1 = r.f64();
   g.adamw.beta2 = r.f64();
