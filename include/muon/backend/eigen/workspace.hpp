@@ -250,11 +250,12 @@ class Workspace {
   /// kUpdateAhead tiles later, for the caller to prefetch (prefetch()) the
   /// memory it will update there: a wide update visits its rows a short
   /// segment at a time, which the hardware prefetchers follow poorly, and
-  /// without the hints the memory sat idle while a tile was transposed.
-  /// At 768x3072 here (bench_step's muon_update) the hints and this tile
-  /// shape took the wide update from 2.1-2.3x the tall one's time to
-  /// 1.5-1.75x; the update first visited 32 x 32 tiles of X and wrote W down
-  /// its columns (3x).
+  /// without the hints the memory sat idle while a tile was transposed;
+  /// update_rows itself prefetches X's part of that later tile (its columns
+  /// are m apart). At 768x3072 here (bench_step's muon_update) the W hints
+  /// and this tile shape took the wide update from 2.1-2.3x the tall one's
+  /// time to 1.5-1.75x, X's hints to 1.26-1.36x; the update first visited
+  /// 32 x 32 tiles of X and wrote W down its columns (3x).
   template <class F, class A>
   void update_rows(F&& use, A&& ahead) const {
     if (transposed()) {  // O(r, c) = X(c, r): O's row r is X's column r
@@ -279,6 +280,15 @@ class Workspace {
                 sub[r * kUpdateCols + c] = x_[r0 + s0 + r + (c0 + c) * m_];
           for (Index r = s0; r < s0 + ns; ++r) {
             if (ra + r < rows_) ahead(ra + r, ca, std::min(kUpdateCols, cols_ - ca));
+            // And X's part of that tile, a share per row: kUpdateRows entries
+            // (one line in float) of each of its kUpdateCols columns, m apart,
+            // a stride no hardware prefetcher follows.
+            if (ra < rows_) {
+              const Index per = kUpdateCols / kUpdateRows, j0 = ca + r * per;
+              const std::size_t bytes = std::size_t(std::min(kUpdateRows, rows_ - ra)) * sizeof(S);
+              for (Index j = j0; j < std::min(j0 + per, cols_); ++j)
+                prefetch(x_ + ra + j * m_, bytes);
+            }
             use(r0 + r, c0, nc, static_cast<const S*>(tile + r * kUpdateCols));
           }
         }
