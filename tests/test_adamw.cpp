@@ -11,8 +11,12 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "test_support.hpp"
 
 namespace {
+
+using muon_test::error_message;
+using muon_test::throws_naming;
 
 Eigen::MatrixXd random_matrix(Eigen::Index rows, Eigen::Index cols, unsigned seed) {
   std::mt19937 gen(seed);
@@ -21,16 +25,6 @@ Eigen::MatrixXd random_matrix(Eigen::Index rows, Eigen::Index cols, unsigned see
   for (Eigen::Index j = 0; j < cols; ++j)
     for (Eigen::Index i = 0; i < rows; ++i) m(i, j) = dist(gen);
   return m;
-}
-
-template <class F>
-bool throws_naming(F&& f, const std::string& parameter) {
-  try {
-    f();
-  } catch (const muon::Error& e) {
-    return std::string(e.what()).rfind("muon: " + parameter + ":", 0) == 0;
-  }
-  return false;
 }
 
 struct State {
@@ -207,12 +201,7 @@ TEST_CASE("adamw_step refuses a non-finite gradient or an overflow, writing noth
   const Eigen::MatrixXf p0 = p, m0 = m, v0 = v;
   const muon::AdamWOptions o;
   const auto refused = [&](const Eigen::MatrixXf& g, const char* field, const std::string& part) {
-    std::string message;
-    try {
-      muon::adamw_step(p, g, m, v, 3, o);
-    } catch (const muon::Error& e) {
-      message = e.what();
-    }
+    const std::string message = error_message([&] { muon::adamw_step(p, g, m, v, 3, o); });
     INFO(message);
     CHECK(message.rfind(std::string("muon: ") + field + ":", 0) == 0);
     CHECK(message.find(part) != std::string::npos);
@@ -230,12 +219,7 @@ TEST_CASE("adamw_step refuses a non-finite gradient or an overflow, writing noth
   g(2, 3) = 0.5f;
   v(1, 1) = std::nanf("");  // a corrupt moment is not stepped on either
   const Eigen::MatrixXf v_bad = v;
-  std::string message;
-  try {
-    muon::adamw_step(p, g, m, v, 3, o);
-  } catch (const muon::Error& e) {
-    message = e.what();
-  }
+  const std::string message = error_message([&] { muon::adamw_step(p, g, m, v, 3, o); });
   CHECK(message.rfind("muon: exp_avg_sq:", 0) == 0);
   CHECK(p == p0);
   CHECK(m == m0);
@@ -362,12 +346,7 @@ TEST_CASE("near float's largest value the AdamW check falls back to the exact on
   muon::Optimizer<float> refusing(muon::MuonGroupOptions(), big);
   refusing.add_param("bias", {q.data(), {40}}, {h.data(), {40}});
   const std::vector<float> q0 = q;
-  std::string message;
-  try {
-    refusing.step();
-  } catch (const muon::Error& e) {
-    message = e.what();
-  }
+  const std::string message = error_message([&] { refusing.step(); });
   INFO(message);
   CHECK(message.find("'bias'") != std::string::npos);
   CHECK(message.find("overflow float") != std::string::npos);
@@ -390,12 +369,7 @@ TEST_CASE("an AdamW step of a half parameter that overflows from zero is refused
   const auto p0 = p;
   muon::Optimizer<Eigen::half> opt(muon::MuonGroupOptions(), o);
   opt.add_param("bias", {p.data(), {24}}, {g.data(), {24}});
-  std::string message;
-  try {
-    opt.step();
-  } catch (const muon::Error& e) {
-    message = e.what();
-  }
+  const std::string message = error_message([&] { opt.step(); });
   INFO(message);
   CHECK(message.find("overflow half") != std::string::npos);
   CHECK(std::memcmp(p.data(), p0.data(), p.size() * sizeof(Eigen::half)) == 0);
@@ -504,12 +478,7 @@ TEST_CASE("a negative AdamW second moment is checked element by element",
   // The corrupt state, written in place (as a bad checkpoint would leave it).
   const_cast<float*>(opt.exp_avg_sq("bias").data())[5] = -1.0f;
   const std::vector<float> p0 = p;
-  std::string message;
-  try {
-    opt.step();
-  } catch (const muon::Error& e) {
-    message = e.what();
-  }
+  const std::string message = error_message([&] { opt.step(); });
   INFO(message);
   CHECK(message.find("'bias'") != std::string::npos);
   CHECK(same_bits(p0, p));

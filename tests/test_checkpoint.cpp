@@ -813,12 +813,7 @@ namespace {
 // already at the path is kept. Returns save()'s message.
 std::string refused_save(const muon::Optimizer<float>& opt) {
   std::ostringstream os;
-  std::string message = "<saved>";
-  try {
-    opt.save(os);
-  } catch (const muon::Error& e) {
-    message = e.what();
-  }
+  const std::string message = muon_test::error_message([&] { opt.save(os); });
   CHECK(os.str().empty());
   const muon_test::TempDir dir("checkpoint_limits");
   const std::string path = dir.file("kept.muonckpt");

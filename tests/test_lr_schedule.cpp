@@ -7,18 +7,11 @@
 #include <string>
 
 #include "catch.hpp"
+#include "test_support.hpp"
 
 namespace {
 
-template <class F>
-bool throws_naming(F&& f, const std::string& parameter) {
-  try {
-    f();
-  } catch (const muon::Error& e) {
-    return std::string(e.what()).rfind("muon: " + parameter + ":", 0) == 0;
-  }
-  return false;
-}
+using muon_test::throws_naming;
 
 bool near(double a, double b, double tol = 1e-12) { return std::abs(a - b) <= tol; }
 

@@ -10,8 +10,11 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "test_support.hpp"
 
 namespace {
+
+using muon_test::throws_naming;
 
 // Uniform entries in [-1, 1) from a fixed seed.
 Eigen::MatrixXd random_matrix(Eigen::Index rows, Eigen::Index cols, unsigned seed) {
@@ -21,18 +24,6 @@ Eigen::MatrixXd random_matrix(Eigen::Index rows, Eigen::Index cols, unsigned see
   for (Eigen::Index j = 0; j < cols; ++j)
     for (Eigen::Index i = 0; i < rows; ++i) m(i, j) = dist(gen);
   return m;
-}
-
-// True when f throws muon::Error whose message names `parameter` first.
-template <class F>
-bool throws_naming(F&& f, const std::string& parameter) {
-  try {
-    f();
-  } catch (const muon::Error& e) {
-    const std::string what = e.what();
-    return what.rfind("muon: " + parameter + ":", 0) == 0;
-  }
-  return false;
 }
 
 // |a - b| <= tol * (1 + |b|) elementwise; b is the double reference.

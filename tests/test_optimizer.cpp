@@ -150,18 +150,8 @@ struct RefAdamW {
   }
 };
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const muon::Error& e) {
-    return e.what();
-  }
-  return "<no muon::Error>";
-}
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
+using muon_test::contains;
+using muon_test::error_message;
 
 }  // namespace
 
@@ -399,19 +389,19 @@ TEST_CASE("per-head orthogonalization: heads equal row blocks, each with its own
   std::vector<double> w(30), gw(30), f(2 * 6 * 3 * 3), gf(f.size());
   muon::ParamOptions bad = po;
   bad.heads = 4;  // 30 rows
-  CHECK(contains(error_of([&] {
+  CHECK(contains(error_message([&] {
                    opt.add_param("x", {w.data(), {30, 1}}, {gw.data(), {30, 1}}, bad);
                  }),
                  "not a multiple of 4 heads"));
   bad.heads = 3;
   bad.split = {10, 20};
-  CHECK(contains(error_of([&] {
+  CHECK(contains(error_message([&] {
                    opt.add_param("x", {w.data(), {30, 1}}, {gw.data(), {30, 1}}, bad);
                  }),
                  "split or heads"));
   bad.split.clear();
   bad.heads = -1;
-  CHECK(contains(error_of([&] {
+  CHECK(contains(error_message([&] {
                    opt.add_param("x", {w.data(), {30, 1}}, {gw.data(), {30, 1}}, bad);
                  }),
                  "heads"));
@@ -659,7 +649,7 @@ TEST_CASE("a non-finite gradient: raise updates nothing, skip updates the others
   const auto w0 = m.w, b0 = m.b, f0 = m.f;
   const auto mom_w = opt.momentum_buffer("w");
   const auto ea_b = opt.exp_avg("b");
-  const std::string msg = error_of([&] { opt.step(); });
+  const std::string msg = error_message([&] { opt.step(); });
   REQUIRE(contains(msg, "'f'"));
   REQUIRE(contains(msg, "NaN or Inf"));
   REQUIRE(bitwise_equal(m.w, w0));
@@ -709,12 +699,12 @@ TEST_CASE("set_param moves a parameter to new memory and keeps its state",
   REQUIRE(bitwise_equal(a, old));
 
   std::vector<double> small(10);
-  REQUIRE(contains(error_of([&] {
+  REQUIRE(contains(error_message([&] {
                      moved.set_param("w", {small.data(), {2, 5}});
                    }),
                    "'w' has shape (2, 5), registered as (6, 9)"));
-  REQUIRE(contains(error_of([&] { moved.set_param("w", {nullptr, {r, c}}); }), "null"));
-  REQUIRE(contains(error_of([&] {
+  REQUIRE(contains(error_message([&] { moved.set_param("w", {nullptr, {r, c}}); }), "null"));
+  REQUIRE(contains(error_message([&] {
                      moved.set_param("w", muon::ParamView<double>::matrix(
                                               copy.data(), r, c, 0, muon::Layout::column_major));
                    }),
@@ -731,7 +721,7 @@ TEST_CASE("bad registrations and options throw, naming the problem, and change n
   muon::Optimizer<double> opt;
   opt.add_param("w", {w.data(), {3, 4}}, {g.data(), {3, 4}});
   const auto check = [&](auto&& f, const char* part) {
-    const std::string msg = error_of(f);
+    const std::string msg = error_message(f);
     INFO(msg);
     REQUIRE(contains(msg, part));
     REQUIRE(opt.param_count() == 1);
@@ -864,7 +854,7 @@ TEST_CASE("set_option: every key lands in its field; wrong types and ranges are 
     CHECK(n.field(opt.muon_options(1), opt.adamw_options(1)) == n.value);
     CHECK(n.field(opt.muon_options(0), opt.adamw_options(0)) == before);  // other group as was
     // Out of range, or a string where a number is expected: refused, unchanged.
-    CHECK(contains(error_of([&] { opt.set_option(n.key, n.bad, 1); }), n.key));
+    CHECK(contains(error_message([&] { opt.set_option(n.key, n.bad, 1); }), n.key));
     CHECK_THROWS_AS(opt.set_option(n.key, "0.5", 1), muon::Error);
     CHECK(n.field(opt.muon_options(1), opt.adamw_options(1)) == n.value);
   }
@@ -874,7 +864,7 @@ TEST_CASE("set_option: every key lands in its field; wrong types and ranges are 
     REQUIRE(!n.landed(opt.muon_options()));
     opt.set_option(n.key, n.value);
     CHECK(n.landed(opt.muon_options()));
-    CHECK(contains(error_of([&] { opt.set_option(n.key, n.bad); }), n.key));
+    CHECK(contains(error_message([&] { opt.set_option(n.key, n.bad); }), n.key));
     CHECK_THROWS_AS(opt.set_option(n.key, 1.0), muon::Error);
     CHECK(n.landed(opt.muon_options()));
   }
@@ -978,7 +968,7 @@ TEST_CASE("a momentum that would overflow refuses the whole step (raise) or that
   std::ostringstream saved;
   opt.save(saved);
 
-  const std::string msg = error_of([&] { opt.step(); });
+  const std::string msg = error_message([&] { opt.step(); });
   INFO(msg);
   REQUIRE(contains(msg, "'w2'"));
   REQUIRE(contains(msg, "momentum would overflow float"));
@@ -1031,7 +1021,7 @@ TEST_CASE("an AdamW gradient whose square overflows is refused, not silently sta
   p.attach(opt);
   p.gb[2] = 1e30f;  // finite; (1 - beta2) g^2 = 1e57 is not
   const auto w1 = p.w1, b = p.b;
-  const std::string msg = error_of([&] { opt.step(); });
+  const std::string msg = error_message([&] { opt.step(); });
   INFO(msg);
   REQUIRE(contains(msg, "'b'"));
   REQUIRE(contains(msg, "AdamW moment would overflow float"));
@@ -1055,7 +1045,7 @@ TEST_CASE("a parameter update that would overflow its type is refused",
   const auto w0 = w;
   muon::Optimizer<Eigen::half> opt(muon::MuonGroupOptions().with_lr(10000).with_weight_decay(0));
   opt.add_param("w", {w.data(), {4, 6}}, {g.data(), {4, 6}});
-  const std::string msg = error_of([&] { opt.step(); });
+  const std::string msg = error_message([&] { opt.step(); });
   INFO(msg);
   REQUIRE(contains(msg, "'w': the updated parameter could overflow half"));
   REQUIRE(std::memcmp(w.data(), w0.data(), w.size() * sizeof(Eigen::half)) == 0);
@@ -1082,30 +1072,31 @@ TEST_CASE("options under which Newton-Schulz would write NaN are refused up fron
   const muon::Schedule typo({{3.4445, 4.7750, 2.0315}});
   muon::MuonGroupOptions bad;
   bad.ns.schedule = typo;
-  CHECK(contains(error_of([&] { muon::Optimizer<float> opt(bad); }), "ns_coefficients"));
-  CHECK(contains(error_of([&] { muon::Optimizer<float> opt(bad); }), "diverges"));
+  CHECK(contains(error_message([&] { muon::Optimizer<float> opt(bad); }), "ns_coefficients"));
+  CHECK(contains(error_message([&] { muon::Optimizer<float> opt(bad); }), "diverges"));
   muon::NewtonSchulzOptions ns(typo, 5);
   const Eigen::MatrixXf G = Eigen::MatrixXf::Random(4, 6);
-  CHECK(contains(error_of([&] { (void)muon::orthogonalize(G, ns); }), "options.schedule"));
+  CHECK(contains(error_message([&] { (void)muon::orthogonalize(G, ns); }), "options.schedule"));
   // A norm divisor of 1e-6: singular values start at up to 1e6.
   muon::MuonGroupOptions tiny;
   tiny.ns.norm_divisor = 1e-6;
-  CHECK(contains(error_of([&] { muon::Optimizer<float> opt(tiny); }), "ns_norm_divisor"));
+  CHECK(contains(error_message([&] { muon::Optimizer<float> opt(tiny); }), "ns_norm_divisor"));
   muon::MuonGroupOptions half_divisor;  // Jordan from singular values up to 2: diverges too
   half_divisor.ns.norm_divisor = 0.5;
-  CHECK(contains(error_of([&] { muon::Optimizer<float> opt(half_divisor); }), "diverges"));
+  CHECK(contains(error_message([&] { muon::Optimizer<float> opt(half_divisor); }), "diverges"));
   muon::Optimizer<float> opt;
-  CHECK(contains(error_of([&] { opt.set_option("ns_norm_divisor", 1e-6); }), "ns_norm_divisor"));
+  CHECK(
+      contains(error_message([&] { opt.set_option("ns_norm_divisor", 1e-6); }), "ns_norm_divisor"));
   // Enum values out of range.
   muon::NewtonSchulzOptions method;
   method.method = static_cast<muon::NsMethod>(7);
-  CHECK(contains(error_of([&] { method.validate(); }), "options.method"));
+  CHECK(contains(error_message([&] { method.validate(); }), "options.method"));
   muon::NewtonSchulzOptions mode;
   mode.eps_mode = static_cast<muon::EpsMode>(5);
-  CHECK(contains(error_of([&] { mode.validate(); }), "options.eps_mode"));
+  CHECK(contains(error_message([&] { mode.validate(); }), "options.eps_mode"));
   muon::MuonGroupOptions kind;
   kind.momentum_kind = static_cast<muon::MomentumKind>(3);
-  CHECK(contains(error_of([&] { kind.validate(); }), "momentum_kind"));
+  CHECK(contains(error_message([&] { kind.validate(); }), "momentum_kind"));
   // The shipped schedules and Polar Express with its 1.01 pass.
   for (const char* name : {"jordan", "cubic", "quintic", "polar_express"})
     CHECK_NOTHROW(muon::NewtonSchulzOptions(muon::Schedule::by_name(name), 10).validate());
@@ -1114,7 +1105,7 @@ TEST_CASE("options under which Newton-Schulz would write NaN are refused up fron
   muon::Workspace<float> ws(3, 4);
   Eigen::MatrixXf out(3, 4);
   CHECK(contains(
-      error_of([&] { muon::orthogonalize_into(huge, out, ws, muon::NewtonSchulzOptions()); }),
+      error_message([&] { muon::orthogonalize_into(huge, out, ws, muon::NewtonSchulzOptions()); }),
       "beyond the range of float"));
 }
 
@@ -1156,7 +1147,7 @@ TEST_CASE("Eigen objects register in their own storage order: column-major equal
   REQUIRE(blocks.routing().at("block").lr_scale == ec.lr_scale);
   muon::ParamOptions split;
   split.split = {6, 6};
-  CHECK(contains(error_of([&] { blocks.add_param("qkv", Wc, Gc, split); }), "column-major"));
+  CHECK(contains(error_message([&] { blocks.add_param("qkv", Wc, Gc, split); }), "column-major"));
 }
 
 // ---- one tensor, one parameter --------------------------------------------------------
@@ -1215,7 +1206,7 @@ TEST_CASE("the same memory under two parameters is refused, naming both; disjoin
   opt.add_param("a", {w.data(), {4, 6}}, {g.data(), {4, 6}});
   const auto refused = [&](auto&& f, const std::string& part) {
     const std::size_t before = opt.param_count();
-    const std::string msg = error_of(f);
+    const std::string msg = error_message(f);
     INFO(msg);
     CHECK(contains(msg, part));
     CHECK(opt.param_count() == before);
@@ -1252,7 +1243,7 @@ TEST_CASE("the same memory under two parameters is refused, naming both; disjoin
   muon::Optimizer<float> cols;
   cols.add_param("left", V::matrix(m.data(), 8, 5, 10), V::matrix(gm.data(), 8, 5, 10));
   cols.add_param("right", V::matrix(m.data() + 5, 8, 5, 10), V::matrix(gm.data() + 5, 8, 5, 10));
-  CHECK(contains(error_of([&] {
+  CHECK(contains(error_message([&] {
                    cols.add_param("mid", V::matrix(m.data() + 3, 8, 4, 10),
                                   V::matrix(gm.data() + 3, 8, 4, 10));
                  }),
@@ -1262,8 +1253,9 @@ TEST_CASE("the same memory under two parameters is refused, naming both; disjoin
   muon::Optimizer<float> eig;
   eig.add_param("top", E.topRows(5), gE.topRows(5));
   eig.add_param("bottom", E.bottomRows(5), gE.bottomRows(5));
-  CHECK(contains(error_of([&] { eig.add_param("six", E.middleRows(4, 2), gE.middleRows(4, 2)); }),
-                 "'six' shares memory with 'top'"));
+  CHECK(contains(
+      error_message([&] { eig.add_param("six", E.middleRows(4, 2), gE.middleRows(4, 2)); }),
+      "'six' shares memory with 'top'"));
   CHECK(eig.param_count() == 2);
 
   // Both slices step, each updating its own elements once.
@@ -1279,7 +1271,7 @@ TEST_CASE("set_param into another parameter's memory is refused; the parameter s
   muon::Optimizer<double> opt;
   opt.add_param("a", {a.data(), {3, 4}}, {g.data(), {3, 4}});
   opt.add_param("b", {b.data(), {3, 4}}, {g.data(), {3, 4}});
-  CHECK(contains(error_of([&] {
+  CHECK(contains(error_message([&] {
                    opt.set_param("a", {b.data(), {3, 4}});
                  }),
                  "'a' shares memory with 'b'"));
@@ -1288,7 +1280,7 @@ TEST_CASE("set_param into another parameter's memory is refused; the parameter s
   CHECK(a == b);
   opt.set_param("a", {a.data(), {3, 4}});  // its own memory again: fine
   opt.set_param("a", {c.data() + 12, {3, 4}});
-  CHECK(contains(error_of([&] {
+  CHECK(contains(error_message([&] {
                    opt.set_param("b", {c.data() + 8, {3, 4}});
                  }),
                  "'b' shares memory with 'a'"));
@@ -1320,7 +1312,7 @@ TEST_CASE("sizes that do not fit are refused by name, not wrapped or thrown as b
   const Index big = Index(1) << 31;
   // 2^62 floats: more bytes than the address space.
   muon::Optimizer<float> opt;
-  CHECK(contains(error_of([&] {
+  CHECK(contains(error_message([&] {
                    opt.add_param("huge", {w.data(), {big, big}}, {});
                  }),
                  "'huge' spans more bytes than the address space"));
@@ -1328,7 +1320,7 @@ TEST_CASE("sizes that do not fit are refused by name, not wrapped or thrown as b
   // memory, a named error, the optimizer unchanged and usable.
   muon::Optimizer<float, double> wide;
   for (const muon::Route route : {muon::Route::adamw, muon::Route::muon}) {
-    const std::string msg = error_of([&] {
+    const std::string msg = error_message([&] {
       wide.add_param("huge", {w.data(), {big, big / 2}}, {}, route);
     });
     INFO(msg);
@@ -1343,7 +1335,7 @@ TEST_CASE("sizes that do not fit are refused by name, not wrapped or thrown as b
   muon::ParamOptions po;
   const std::ptrdiff_t most = std::numeric_limits<std::ptrdiff_t>::max();
   po.split = {most, most, 66};
-  CHECK(contains(error_of([&] {
+  CHECK(contains(error_message([&] {
                    opt.add_param("qkv", {w.data(), {64, 1}}, {g.data(), {64, 1}}, po);
                  }),
                  "block sizes sum to more than the 64 rows of 'qkv'"));

@@ -342,12 +342,8 @@ TEST_CASE("a workspace whose arena size would wrap is refused by name", "[worksp
   const Eigen::Index huge = Eigen::Index(1) << 62;
   for (const auto& shape :
        {std::pair<Eigen::Index, Eigen::Index>{4, huge}, {huge, 4}, {huge, huge}}) {
-    std::string message;
-    try {
-      muon::Workspace<float> ws(shape.first, shape.second, 1);
-    } catch (const muon::Error& e) {
-      message = e.what();
-    }
+    const std::string message =
+        muon_test::error_message([&] { muon::Workspace<float> ws(shape.first, shape.second, 1); });
     INFO(message);
     CHECK(message.find("workspace shape:") != std::string::npos);
     CHECK(message.find("needs more memory than the address space holds") != std::string::npos);

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "catch.hpp"
+#include "test_support.hpp"
 
 namespace {
 
@@ -20,12 +21,7 @@ namespace step = muon::optim::step;
 bool near(double a, double b, double tol) { return std::abs(a - b) <= tol * (1.0 + std::abs(b)); }
 
 std::string refusal(const std::string& name, int flags, bool muon) {
-  try {
-    step::refuse(name, flags, muon, "float", "bfloat16");
-  } catch (const muon::Error& e) {
-    return e.what();
-  }
-  return "";
+  return muon_test::error_message([&] { step::refuse(name, flags, muon, "float", "bfloat16"); });
 }
 
 }  // namespace

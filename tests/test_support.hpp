@@ -26,6 +26,8 @@
 
 #include <muon/error.hpp>
 
+#include "catch.hpp"
+
 namespace muon_test {
 
 /// Added to every seed; 0 unless MUON_TEST_SEED is set. Printed once.
@@ -138,16 +140,36 @@ struct Tolerances<Eigen::bfloat16> {
 
 namespace muon_test {
 
-/// what() of the muon::Error that f() throws, or a marker when it throws none
-/// (any other exception propagates and fails the test).
+/// what() of the muon::Error that f() throws ("muon: <field>: <problem>"),
+/// for a test that checks what the message says. When f throws nothing, or
+/// another exception, the test fails here and the result is a marker that no
+/// check of a message matches; the test case goes on (FAIL_CHECK, not FAIL),
+/// so its later checks still run, and under MPI every rank reaches the same
+/// collectives.
 template <class F>
 std::string error_message(F&& f) {
   try {
     f();
   } catch (const muon::Error& e) {
     return e.what();
+  } catch (const std::exception& e) {
+    FAIL_CHECK("expected a muon::Error, but another exception was thrown: " << e.what());
+    return "<another exception thrown>";
   }
+  FAIL_CHECK("expected a muon::Error, but nothing was thrown");
   return "<no muon::Error thrown>";
+}
+
+/// True when f throws a muon::Error whose message names `field` first
+/// ("muon: <field>: ..."). When it does not, the message is shown with the
+/// next check (the one that asserts this).
+template <class F>
+bool throws_naming(F&& f, const std::string& field) {
+  const std::string message = error_message(f);
+  const bool named = message.rfind("muon: " + field + ":", 0) == 0;
+  if (!named)
+    UNSCOPED_INFO("expected a muon::Error naming '" << field << "' first, got: " << message);
+  return named;
 }
 
 inline bool contains(const std::string& haystack, const std::string& needle) {

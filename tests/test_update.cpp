@@ -13,8 +13,11 @@
 #define MUON_TEST_DEFINE_ALLOC_COUNTER
 #include "alloc_counter.hpp"
 #include "catch.hpp"
+#include "test_support.hpp"
 
 namespace {
+
+using muon_test::throws_naming;
 
 Eigen::MatrixXd random_matrix(Eigen::Index rows, Eigen::Index cols, unsigned seed) {
   std::mt19937 gen(seed);
@@ -23,16 +26,6 @@ Eigen::MatrixXd random_matrix(Eigen::Index rows, Eigen::Index cols, unsigned see
   for (Eigen::Index j = 0; j < cols; ++j)
     for (Eigen::Index i = 0; i < rows; ++i) m(i, j) = dist(gen);
   return m;
-}
-
-template <class F>
-bool throws_naming(F&& f, const std::string& parameter) {
-  try {
-    f();
-  } catch (const muon::Error& e) {
-    return std::string(e.what()).rfind("muon: " + parameter + ":", 0) == 0;
-  }
-  return false;
 }
 
 bool near(double a, double b, double tol = 1e-15) {
