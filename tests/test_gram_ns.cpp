@@ -313,8 +313,11 @@ Eigen::MatrixXd bf16_rounded(const Eigen::MatrixXf& M) {
 TEST_CASE("the bf16 kernel computes the fp32-accumulated products of bf16-rounded factors",
           "[products][bf16][bf16_kernel]") {
   if (!muon::detail::cpu_has_avx512_bf16()) MUON_SKIP("the CPU lacks AVX512-BF16");
-  // Partial strips (m, n not multiples of 32 or 8), odd depths, one row.
-  const std::vector<Case> shapes = {{1, 3}, {7, 9}, {33, 70}, {64, 64}, {45, 45}, {100, 257}};
+  // Partial strips (m, n not multiples of 32 or 8), odd depths, one row;
+  // 290 x 301: the apply step's depth (145 pairs) in two depth blocks, the
+  // second partial.
+  const std::vector<Case> shapes = {{1, 3},   {7, 9},     {33, 70},  {64, 64},
+                                    {45, 45}, {100, 257}, {290, 301}};
   for (const Case& c : shapes) {
     const Index m = c.rows, n = c.cols;
     const Eigen::MatrixXf X = mt::gaussian(m, n, 11).cast<float>();
