@@ -348,7 +348,7 @@ class Workspace {
   void normalize(double divisor, double eps, EpsMode mode) {
     xt_current_ = false;
     // Accumulate in double: no overflow for any finite float input.
-    const double norm = std::sqrt(X().template cast<double>().squaredNorm());
+    const double norm = std::sqrt(sum_of_squares(x_, std::size_t(m_) * std::size_t(n_)));
     const double denominator = detail::normalization_denominator(norm, divisor, eps, mode);
     // Divide in double: 1/denominator overflows a float compute scalar for a
     // tiny eps with a zero or denormal X, and 0 * inf would be NaN.
@@ -448,6 +448,28 @@ class Workspace {
     for (int k = 0; k < 6; ++k) *slot[k] = base + offset_[k];
   }
   MatrixMap X() { return MatrixMap(x_, m_, n_); }
+  // The sum of x[k]^2 over k < count, in double, in kSquareLanes partial
+  // sums (entry k into sum k mod kSquareLanes: a fixed order, which the
+  // compiler vectorizes). Eigen's cast<double>().squaredNorm() ran as one
+  // dependent chain here: 1.25 ms at 768 x 3072 against 0.15, 1.5 % of a
+  // bf16 Newton–Schulz call.
+  static double sum_of_squares(const S* x, std::size_t count) {
+    constexpr std::size_t kSquareLanes = 16;
+    double lane[kSquareLanes] = {};
+    std::size_t k = 0;
+    for (; k + kSquareLanes <= count; k += kSquareLanes)
+      for (std::size_t j = 0; j < kSquareLanes; ++j) {
+        const double v = static_cast<double>(x[k + j]);
+        lane[j] += v * v;
+      }
+    double sum = 0;
+    for (; k < count; ++k) {
+      const double v = static_cast<double>(x[k]);
+      sum += v * v;
+    }
+    for (const double l : lane) sum += l;
+    return sum;
+  }
   // f(i, j) for every (i, j) of the m x n iterate, column tiles of 32 x 32.
   template <class F>
   void for_tiles(F&& f) const {
