@@ -19,9 +19,9 @@
 #include <filesystem>
 #include <iostream>
 #include <random>
-#include <system_error>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include <muon/error.hpp>
@@ -294,8 +294,8 @@ class TempDir {
     const std::filesystem::path base = std::filesystem::temp_directory_path();
     std::random_device entropy;
     for (int attempt = 0; attempt < 100; ++attempt) {
-      const std::filesystem::path p =
-          base / ("muon_" + tag + "_" + std::to_string(entropy()) + "_" + std::to_string(++counter));
+      const std::filesystem::path p = base / ("muon_" + tag + "_" + std::to_string(entropy()) +
+                                              "_" + std::to_string(++counter));
       std::error_code ec;
       if (std::filesystem::create_directory(p, ec)) {
         path_ = p;
