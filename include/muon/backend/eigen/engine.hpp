@@ -648,10 +648,9 @@ class Engine {
       }
       if (metrics) {
         const auto X = ws.iterate();
-        job.metrics.update_sumsq +=
-            job.variant == MuonVariant::muon
-                ? static_cast<double>(X.template cast<double>().squaredNorm())
-                : update_sumsq;
+        job.metrics.update_sumsq += job.variant == MuonVariant::muon
+                                        ? WS::sum_of_squares(X.data(), std::size_t(X.size()))
+                                        : update_sumsq;
         job.metrics.orth_error = std::max(
             job.metrics.orth_error,
             job.metrics.orthogonality_error(local, job.block_count, X, [&](std::size_t k2) -> WS& {
